@@ -1,0 +1,181 @@
+// Finite-difference gradient checks (double precision) of whole tiny GPT and BERT models over
+// random active-layer sets and output scales, and the skipped-layer guarantees.
+#include <cmath>
+#include <vector>
+
+#include "common/random.h"
+#include "gtest/gtest.h"
+#include "worker/engine/cpu/cpu_backend.h"
+#include "worker/engine/flops.h"
+#include "worker/engine/model.h"
+
+namespace raptr {
+namespace {
+
+ModelConfig TinyConfig(ModelKind kind) {
+  ModelConfig c;
+  c.kind = kind;
+  c.num_layers = 4;
+  c.d_model = 8;
+  c.num_heads = 2;
+  c.d_ff = 12;
+  c.vocab_size = 11;
+  c.max_seq = 6;
+  return c;
+}
+
+// Random weights larger than the GPT-2 init so every path matters numerically.
+void RandomizeParams(Model<double>& model, uint64_t seed) {
+  CounterRng rng(seed, 0);
+  for (const ParamTensor& t : model.layout().tensors()) {
+    const bool ln_weight = t.name.find("ln_") != std::string::npos && t.shape.size() == 1 &&
+                           t.name.find("weight") != std::string::npos;
+    for (size_t i = 0; i < t.numel; ++i) {
+      model.params()[t.offset + i] = (ln_weight ? 1.0 : 0.0) + 0.4 * rng.Normal();
+    }
+  }
+}
+
+struct Batch {
+  std::vector<int32_t> inputs, targets;
+};
+
+Batch RandomBatch(const ModelConfig& cfg, int B, int T, uint64_t seed) {
+  CounterRng rng(seed, 1);
+  Batch b;
+  for (int i = 0; i < B * T; ++i) {
+    b.inputs.push_back(static_cast<int32_t>(rng.Below(cfg.vocab_size)));
+    int32_t target = static_cast<int32_t>(rng.Below(cfg.vocab_size));
+    // BERT scores only the masked positions: leave about half unscored.
+    if (cfg.kind == ModelKind::kBert && rng.Uniform() < 0.5) target = -1;
+    b.targets.push_back(target);
+  }
+  if (cfg.kind == ModelKind::kBert) b.targets[0] = 3;  // at least one scored position
+  return b;
+}
+
+ActiveLayerSet RandomActive(int L, uint64_t seed, bool scaled) {
+  CounterRng rng(seed, 2);
+  ActiveLayerSet s = ActiveLayerSet::Of(L, {});
+  for (int l = 0; l < L; ++l) {
+    if (rng.Uniform() < 0.6) s.set_active(l, true);
+    if (scaled) s.set_scale(l, static_cast<float>(0.5 + rng.Uniform()));
+  }
+  if (s.NumActive() == L) s.set_active(static_cast<int>(rng.Below(L)), false);
+  return s;
+}
+
+void CheckModelGradients(ModelKind kind, bool scaled, uint64_t seed) {
+  const ModelConfig cfg = TinyConfig(kind);
+  CpuBackend<double> backend;
+  Model<double> model(cfg, &backend);
+  RandomizeParams(model, seed);
+  const int B = 2, T = 5;
+  const Batch batch = RandomBatch(cfg, B, T, seed);
+  const ActiveLayerSet active = RandomActive(cfg.num_layers, seed, scaled);
+  SCOPED_TRACE(ModelKindName(kind) + " active=" + active.DebugString());
+
+  model.ZeroGrads();
+  auto loss = model.Forward(batch.inputs.data(), batch.targets.data(), B, T, active, true);
+  ASSERT_TRUE(loss.ok()) << loss.status();
+  model.Backward(1.0);
+  const std::vector<double> analytic(model.grads(), model.grads() + model.layout().total());
+
+  const double h = 1e-6;
+  double worst = 0;
+  for (const ParamTensor& t : model.layout().tensors()) {
+    const bool skipped = t.layer >= 0 && !active.active(t.layer);
+    for (size_t i = 0; i < t.numel; ++i) {
+      const size_t idx = t.offset + i;
+      if (skipped) {
+        ASSERT_EQ(analytic[idx], 0.0) << t.name << "[" << i << "] of a skipped layer";
+        continue;
+      }
+      const double saved = model.params()[idx];
+      model.params()[idx] = saved + h;
+      const double up = *model.Forward(batch.inputs.data(), batch.targets.data(), B, T, active,
+                                       false);
+      model.params()[idx] = saved - h;
+      const double down = *model.Forward(batch.inputs.data(), batch.targets.data(), B, T, active,
+                                         false);
+      model.params()[idx] = saved;
+      const double numeric = (up - down) / (2 * h);
+      const double err = std::abs(numeric - analytic[idx]) / std::max(1e-3, std::abs(numeric));
+      worst = std::max(worst, err);
+      ASSERT_LT(err, 1e-5) << t.name << "[" << i << "]: analytic " << analytic[idx]
+                           << " numeric " << numeric;
+    }
+  }
+  EXPECT_LT(worst, 1e-5);
+}
+
+TEST(ModelGradCheck, GptRandomPathsUnscaled) {
+  for (uint64_t seed = 1; seed <= 3; ++seed) CheckModelGradients(ModelKind::kGpt, false, seed);
+}
+TEST(ModelGradCheck, GptRandomPathsScaled) {
+  for (uint64_t seed = 4; seed <= 6; ++seed) CheckModelGradients(ModelKind::kGpt, true, seed);
+}
+TEST(ModelGradCheck, BertRandomPathsUnscaled) {
+  for (uint64_t seed = 7; seed <= 9; ++seed) CheckModelGradients(ModelKind::kBert, false, seed);
+}
+TEST(ModelGradCheck, BertRandomPathsScaled) {
+  for (uint64_t seed = 10; seed <= 12; ++seed) CheckModelGradients(ModelKind::kBert, true, seed);
+}
+
+TEST(ModelSkippedLayers, ZeroComputeCountedAndMatchesFlopsModel) {
+  const ModelConfig cfg = TinyConfig(ModelKind::kGpt);
+  CpuBackend<double> backend;
+  Model<double> model(cfg, &backend);
+  RandomizeParams(model, 42);
+  const int B = 2, T = 5;
+  const Batch batch = RandomBatch(cfg, B, T, 42);
+  for (const auto& layers : std::vector<std::vector<int>>{{}, {0}, {1, 3}, {0, 1, 2, 3}}) {
+    const ActiveLayerSet active = ActiveLayerSet::Of(cfg.num_layers, layers);
+    backend.ResetFlops();
+    ASSERT_TRUE(model.Forward(batch.inputs.data(), batch.targets.data(), B, T, active, true).ok());
+    model.Backward(1.0);
+    const int k = static_cast<int>(layers.size());
+    EXPECT_EQ(backend.flops_executed(), TrainingFlops(cfg, B, T, k)) << "path of " << k;
+    // Every active block adds exactly one block's worth: a skipped block adds nothing.
+    EXPECT_EQ(TrainingFlops(cfg, B, T, k) - TrainingFlops(cfg, B, T, 0),
+              3ull * k * BlockForwardFlops(cfg, B, T));
+  }
+}
+
+TEST(ModelSkippedLayers, SkippedLayerIsIdentity) {
+  // The output with block 2 skipped equals the output of the same model with block 2's weights
+  // replaced by anything: the block is not evaluated at all.
+  const ModelConfig cfg = TinyConfig(ModelKind::kGpt);
+  CpuBackend<double> backend;
+  Model<double> model(cfg, &backend);
+  RandomizeParams(model, 5);
+  const Batch batch = RandomBatch(cfg, 2, 5, 5);
+  const ActiveLayerSet active = ActiveLayerSet::Of(cfg.num_layers, {0, 1, 3});
+  const double before = *model.Forward(batch.inputs.data(), batch.targets.data(), 2, 5, active,
+                                       false);
+  const ParamRange r = model.layout().LayerRange(2);
+  for (size_t i = r.begin; i < r.end; ++i) model.params()[i] = 1e6;
+  const double after = *model.Forward(batch.inputs.data(), batch.targets.data(), 2, 5, active,
+                                      false);
+  EXPECT_EQ(before, after);
+}
+
+TEST(ModelForward, RejectsBadInput) {
+  const ModelConfig cfg = TinyConfig(ModelKind::kGpt);
+  CpuBackend<float> backend;
+  Model<float> model(cfg, &backend);
+  model.InitWeights(1);
+  std::vector<int32_t> in(10, 1), tg(10, 1);
+  in[3] = 11;  // == vocab
+  auto r = model.Forward(in.data(), tg.data(), 2, 5, ActiveLayerSet::Full(4), false);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("position 3"), std::string::npos) << r.status();
+  in[3] = 1;
+  r = model.Forward(in.data(), tg.data(), 1, 10, ActiveLayerSet::Full(4), false);  // T > max_seq
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  r = model.Forward(in.data(), tg.data(), 2, 5, ActiveLayerSet::Full(3), false);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace raptr

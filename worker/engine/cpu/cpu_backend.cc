@@ -1,0 +1,401 @@
+// CpuBackend kernels (see cpu_backend.h). Shapes are in each kernel's comment in backend.h.
+#include "worker/engine/cpu/cpu_backend.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "worker/engine/cpu/fast_math.h"
+
+namespace raptr {
+namespace {
+
+constexpr double kLayerNormEps = 1e-5;
+
+// Row-major GEMM: C (M,N) = alpha * op(A) (M,K) @ op(B) (K,N) + beta * C.
+inline void Gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+                 int lda, const float* B, int ldb, float beta, float* Cm, int ldc) {
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              M, N, K, alpha, A, lda, B, ldb, beta, Cm, ldc);
+}
+inline void Gemm(bool trans_a, bool trans_b, int M, int N, int K, double alpha, const double* A,
+                 int lda, const double* B, int ldb, double beta, double* Cm, int ldc) {
+  cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              M, N, K, alpha, A, lda, B, ldb, beta, Cm, ldc);
+}
+
+// Splits [0, n) into contiguous chunks, one per thread: used for reductions over rows whose
+// result is per-column, so each column is summed by one thread in a fixed order.
+inline void ThreadChunk(size_t n, size_t* begin, size_t* end) {
+  const size_t threads = static_cast<size_t>(omp_get_num_threads());
+  const size_t id = static_cast<size_t>(omp_get_thread_num());
+  const size_t chunk = (n + threads - 1) / threads;
+  *begin = std::min(n, id * chunk);
+  *end = std::min(n, *begin + chunk);
+}
+
+template <typename T>
+constexpr T GeluK() {
+  return static_cast<T>(0.7978845608028654);  // sqrt(2/pi)
+}
+
+}  // namespace
+
+template <typename T>
+void* CpuBackend<T>::AllocBytes(size_t bytes) {
+  const size_t rounded = ((bytes + 63) / 64) * 64;
+  void* p = std::aligned_alloc(64, std::max<size_t>(rounded, 64));
+  if (p == nullptr) throw std::bad_alloc();
+  std::memset(p, 0, rounded);  // touch every page once, here, not in the first step
+  return p;
+}
+
+template <typename T>
+void CpuBackend<T>::FreeBytes(void* ptr) {
+  std::free(ptr);
+}
+
+template <typename T>
+void CpuBackend<T>::CopyToDevice(void* dst, const void* host_src, size_t bytes) {
+  std::memcpy(dst, host_src, bytes);
+}
+
+template <typename T>
+void CpuBackend<T>::CopyToHost(void* host_dst, const void* src, size_t bytes) {
+  std::memcpy(host_dst, src, bytes);
+}
+
+template <typename T>
+void CpuBackend<T>::Copy(T* dst, const T* src, size_t n) {
+  std::memcpy(dst, src, n * sizeof(T));
+}
+
+template <typename T>
+void CpuBackend<T>::Zero(T* x, size_t n) {
+  std::memset(x, 0, n * sizeof(T));
+}
+
+template <typename T>
+void CpuBackend<T>::EncoderForward(T* out, const int32_t* tokens, const T* wte, const T* wpe,
+                                   int B, int Tn, int C) {
+#pragma omp parallel for schedule(static)
+  for (int bt = 0; bt < B * Tn; ++bt) {
+    const T* e = wte + static_cast<size_t>(tokens[bt]) * C;
+    const T* p = wpe + static_cast<size_t>(bt % Tn) * C;
+    T* o = out + static_cast<size_t>(bt) * C;
+#pragma omp simd
+    for (int c = 0; c < C; ++c) o[c] = e[c] + p[c];
+  }
+}
+
+template <typename T>
+void CpuBackend<T>::EncoderBackward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B,
+                                    int Tn, int C) {
+  // Tokens repeat, so rows of dwte collide: split by channel instead, each thread owning a
+  // column range and walking positions in order (deterministic, no atomics).
+#pragma omp parallel
+  {
+    size_t c0, c1;
+    ThreadChunk(static_cast<size_t>(C), &c0, &c1);
+    for (int bt = 0; bt < B * Tn; ++bt) {
+      T* e = dwte + static_cast<size_t>(tokens[bt]) * C;
+      T* p = dwpe + static_cast<size_t>(bt % Tn) * C;
+      const T* d = dout + static_cast<size_t>(bt) * C;
+      for (size_t c = c0; c < c1; ++c) {
+        e[c] += d[c];
+        p[c] += d[c];
+      }
+    }
+  }
+}
+
+template <typename T>
+void CpuBackend<T>::LayerNormForward(T* out, T* mean, T* rstd, const T* inp, const T* w,
+                                     const T* b, int N, int C) {
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < N; ++i) {
+    const T* x = inp + static_cast<size_t>(i) * C;
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int c = 0; c < C; ++c) sum += x[c];
+    const T m = sum / C;
+    T var = 0;
+#pragma omp simd reduction(+ : var)
+    for (int c = 0; c < C; ++c) var += (x[c] - m) * (x[c] - m);
+    const T s = static_cast<T>(1.0 / std::sqrt(static_cast<double>(var / C) + kLayerNormEps));
+    T* o = out + static_cast<size_t>(i) * C;
+#pragma omp simd
+    for (int c = 0; c < C; ++c) o[c] = (x[c] - m) * s * w[c] + b[c];
+    mean[i] = m;
+    rstd[i] = s;
+  }
+}
+
+template <typename T>
+void CpuBackend<T>::LayerNormBackward(T* dinp, T* dw, T* db, const T* dout, const T* inp,
+                                      const T* w, const T* mean, const T* rstd, int N, int C) {
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int i = 0; i < N; ++i) {
+      const T* x = inp + static_cast<size_t>(i) * C;
+      const T* d = dout + static_cast<size_t>(i) * C;
+      T* dx = dinp + static_cast<size_t>(i) * C;
+      const T m = mean[i], s = rstd[i];
+      // dnorm = d * w; dx = s * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)).
+      T sum_dn = 0, sum_dn_n = 0;
+#pragma omp simd reduction(+ : sum_dn, sum_dn_n)
+      for (int c = 0; c < C; ++c) {
+        const T dn = d[c] * w[c];
+        sum_dn += dn;
+        sum_dn_n += dn * (x[c] - m) * s;
+      }
+      const T mean_dn = sum_dn / C, mean_dn_n = sum_dn_n / C;
+#pragma omp simd
+      for (int c = 0; c < C; ++c) {
+        const T n = (x[c] - m) * s;
+        dx[c] += s * (d[c] * w[c] - mean_dn - n * mean_dn_n);
+      }
+    }
+    // Parameter gradients sum over rows: each thread owns a channel range.
+    size_t c0, c1;
+    ThreadChunk(static_cast<size_t>(C), &c0, &c1);
+    for (int i = 0; i < N; ++i) {
+      const T* x = inp + static_cast<size_t>(i) * C;
+      const T* d = dout + static_cast<size_t>(i) * C;
+      const T m = mean[i], s = rstd[i];
+      for (size_t c = c0; c < c1; ++c) {
+        dw[c] += d[c] * (x[c] - m) * s;
+        db[c] += d[c];
+      }
+    }
+  }
+}
+
+template <typename T>
+void CpuBackend<T>::MatmulForward(T* out, const T* inp, const T* w, const T* bias, int N, int C,
+                                  int OC, T alpha, bool accumulate) {
+  T beta = accumulate ? T(1) : T(0);
+  if (bias != nullptr) {
+    // Seed the output with the (scaled) bias so the GEMM adds onto it.
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; ++i) {
+      T* o = out + static_cast<size_t>(i) * OC;
+      if (accumulate) {
+#pragma omp simd
+        for (int j = 0; j < OC; ++j) o[j] += alpha * bias[j];
+      } else {
+#pragma omp simd
+        for (int j = 0; j < OC; ++j) o[j] = alpha * bias[j];
+      }
+    }
+    beta = T(1);
+  }
+  Gemm(false, true, N, OC, C, alpha, inp, C, w, C, beta, out, OC);
+  this->flops_executed_ += 2ull * N * C * OC;
+}
+
+template <typename T>
+void CpuBackend<T>::MatmulBackward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp,
+                                   const T* w, int N, int C, int OC, T alpha) {
+  if (dinp != nullptr) {
+    Gemm(false, false, N, C, OC, alpha, dout, OC, w, C, T(0), dinp, C);
+    this->flops_executed_ += 2ull * N * C * OC;
+  }
+  Gemm(true, false, OC, C, N, alpha, dout, OC, inp, C, T(1), dw, C);
+  this->flops_executed_ += 2ull * N * C * OC;
+  if (dbias != nullptr) {
+#pragma omp parallel
+    {
+      size_t j0, j1;
+      ThreadChunk(static_cast<size_t>(OC), &j0, &j1);
+      for (int i = 0; i < N; ++i) {
+        const T* d = dout + static_cast<size_t>(i) * OC;
+        for (size_t j = j0; j < j1; ++j) dbias[j] += alpha * d[j];
+      }
+    }
+  }
+}
+
+template <typename T>
+void CpuBackend<T>::AttentionForward(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH,
+                                     bool causal) {
+  const int hs = C / NH;
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hs)));
+  const size_t TT = static_cast<size_t>(Tn) * Tn;
+  // One (batch, head) per task; the GEMMs inside run single-threaded (OpenBLAS's OpenMP build
+  // does not nest), so the threads split the heads instead.
+#pragma omp parallel for schedule(static)
+  for (int bh = 0; bh < B * NH; ++bh) {
+    const int b = bh / NH, h = bh % NH;
+    const T* q = qkv + static_cast<size_t>(b) * Tn * 3 * C + static_cast<size_t>(h) * hs;
+    const T* k = q + C;
+    const T* v = q + 2 * C;
+    T* p = att + static_cast<size_t>(bh) * TT;
+    Gemm(false, true, Tn, Tn, hs, scale, q, 3 * C, k, 3 * C, T(0), p, Tn);
+    for (int i = 0; i < Tn; ++i) {
+      T* row = p + static_cast<size_t>(i) * Tn;
+      const int valid = causal ? i + 1 : Tn;
+      T mx = row[0];
+      for (int j = 1; j < valid; ++j) mx = std::max(mx, row[j]);
+      T sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int j = 0; j < valid; ++j) {
+        row[j] = cpu::Exp(row[j] - mx);
+        sum += row[j];
+      }
+      const T inv = T(1) / sum;
+#pragma omp simd
+      for (int j = 0; j < valid; ++j) row[j] *= inv;
+      for (int j = valid; j < Tn; ++j) row[j] = 0;
+    }
+    T* o = out + static_cast<size_t>(b) * Tn * C + static_cast<size_t>(h) * hs;
+    Gemm(false, false, Tn, hs, Tn, T(1), p, Tn, v, 3 * C, T(0), o, C);
+  }
+  this->flops_executed_ += 4ull * B * NH * TT * hs;
+}
+
+template <typename T>
+void CpuBackend<T>::AttentionBackward(T* dqkv, T* datt, const T* dout, const T* qkv, const T* att,
+                                      int B, int Tn, int C, int NH) {
+  const int hs = C / NH;
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hs)));
+  const size_t TT = static_cast<size_t>(Tn) * Tn;
+#pragma omp parallel for schedule(static)
+  for (int bh = 0; bh < B * NH; ++bh) {
+    const int b = bh / NH, h = bh % NH;
+    const size_t qoff = static_cast<size_t>(b) * Tn * 3 * C + static_cast<size_t>(h) * hs;
+    const T* q = qkv + qoff;
+    const T* k = q + C;
+    const T* v = q + 2 * C;
+    T* dq = dqkv + qoff;
+    T* dk = dq + C;
+    T* dv = dq + 2 * C;
+    const T* p = att + static_cast<size_t>(bh) * TT;
+    T* dp = datt + static_cast<size_t>(bh) * TT;
+    const T* dO = dout + static_cast<size_t>(b) * Tn * C + static_cast<size_t>(h) * hs;
+    // dP = dO @ V^T ; dV = P^T @ dO
+    Gemm(false, true, Tn, Tn, hs, T(1), dO, C, v, 3 * C, T(0), dp, Tn);
+    Gemm(true, false, Tn, hs, Tn, T(1), p, Tn, dO, C, T(0), dv, 3 * C);
+    // Softmax backward: dS = P * (dP - rowsum(P * dP)), then the 1/sqrt(hs) of the scores.
+    for (int i = 0; i < Tn; ++i) {
+      const T* prow = p + static_cast<size_t>(i) * Tn;
+      T* drow = dp + static_cast<size_t>(i) * Tn;
+      T dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int j = 0; j < Tn; ++j) dot += prow[j] * drow[j];
+#pragma omp simd
+      for (int j = 0; j < Tn; ++j) drow[j] = prow[j] * (drow[j] - dot) * scale;
+    }
+    // dQ = dS @ K ; dK = dS^T @ Q
+    Gemm(false, false, Tn, hs, Tn, T(1), dp, Tn, k, 3 * C, T(0), dq, 3 * C);
+    Gemm(true, false, Tn, hs, Tn, T(1), dp, Tn, q, 3 * C, T(0), dk, 3 * C);
+  }
+  this->flops_executed_ += 8ull * B * NH * TT * hs;
+}
+
+template <typename T>
+void CpuBackend<T>::GeluForward(T* out, const T* inp, size_t n) {
+  const T k = GeluK<T>();
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = 0; i < n; ++i) {
+    const T x = inp[i];
+    const T u = k * (x + T(0.044715) * x * x * x);
+    out[i] = T(0.5) * x * (T(1) + cpu::Tanh(u));
+  }
+}
+
+template <typename T>
+void CpuBackend<T>::GeluBackward(T* dinp, const T* inp, const T* dout, size_t n) {
+  const T k = GeluK<T>();
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = 0; i < n; ++i) {
+    const T x = inp[i];
+    const T u = k * (x + T(0.044715) * x * x * x);
+    const T t = cpu::Tanh(u);
+    const T sech2 = T(1) - t * t;
+    const T grad = T(0.5) * (T(1) + t) + T(0.5) * x * sech2 * k * (T(1) + T(3 * 0.044715) * x * x);
+    dinp[i] = grad * dout[i];
+  }
+}
+
+template <typename T>
+void CpuBackend<T>::CrossEntropyForward(T* logits, T* losses, const int32_t* targets, int N,
+                                        int V, T grad_scale, bool compute_grad) {
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < N; ++i) {
+    T* row = logits + static_cast<size_t>(i) * V;
+    const int32_t target = targets[i];
+    if (target < 0) {
+      losses[i] = 0;
+      if (compute_grad) std::memset(row, 0, sizeof(T) * V);
+      continue;
+    }
+    T mx = row[0];
+    for (int j = 1; j < V; ++j) mx = std::max(mx, row[j]);
+    const T target_logit = row[target];
+    T sum = 0;
+    if (compute_grad) {
+#pragma omp simd reduction(+ : sum)
+      for (int j = 0; j < V; ++j) {
+        row[j] = cpu::Exp(row[j] - mx);
+        sum += row[j];
+      }
+      const T inv = grad_scale / sum;
+#pragma omp simd
+      for (int j = 0; j < V; ++j) row[j] *= inv;
+      row[target] -= grad_scale;
+    } else {
+#pragma omp simd reduction(+ : sum)
+      for (int j = 0; j < V; ++j) sum += cpu::Exp(row[j] - mx);
+    }
+    losses[i] = static_cast<T>(std::log(static_cast<double>(sum))) + mx - target_logit;
+  }
+}
+
+template <typename T>
+double CpuBackend<T>::SumSquares(const T* x, size_t n) {
+  // Per-thread partials combined in thread order: deterministic for a fixed thread count.
+  std::vector<double> partial(static_cast<size_t>(omp_get_max_threads()), 0.0);
+#pragma omp parallel
+  {
+    size_t i0, i1;
+    ThreadChunk(n, &i0, &i1);
+    double s = 0;
+#pragma omp simd reduction(+ : s)
+    for (size_t i = i0; i < i1; ++i) s += static_cast<double>(x[i]) * x[i];
+    partial[static_cast<size_t>(omp_get_thread_num())] = s;
+  }
+  double total = 0;
+  for (double p : partial) total += p;
+  return total;
+}
+
+template <typename T>
+void CpuBackend<T>::AdamW(T* params, const T* grads, T* m, T* v, size_t n, float lr, float beta1,
+                          float beta2, float eps, float weight_decay, int64_t t,
+                          float grad_scale) {
+  const T bc1 = static_cast<T>(1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(t)));
+  const T bc2 = static_cast<T>(1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(t)));
+  const T b1 = beta1, b2 = beta2, e = eps, wd = weight_decay, a = lr, gs = grad_scale;
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = 0; i < n; ++i) {
+    const T g = grads[i] * gs;
+    const T mi = b1 * m[i] + (T(1) - b1) * g;
+    const T vi = b2 * v[i] + (T(1) - b2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    params[i] -= a * ((mi / bc1) / (std::sqrt(vi / bc2) + e) + wd * params[i]);
+  }
+}
+
+template class CpuBackend<float>;
+template class CpuBackend<double>;
+
+}  // namespace raptr

@@ -1,0 +1,283 @@
+// Model forward/backward over the active blocks only (see model.h).
+#include "worker/engine/model.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/random.h"
+
+namespace raptr {
+
+template <typename T>
+struct Model<T>::Slot {
+  T* ln1 = nullptr;       // (N,C)
+  T* ln1_mean = nullptr;  // (N)
+  T* ln1_rstd = nullptr;  // (N)
+  T* qkv = nullptr;       // (N,3C)
+  T* att = nullptr;       // (B,NH,T,T)
+  T* atty = nullptr;      // (N,C)
+  T* resmid = nullptr;    // (N,C) residual after attention
+  T* ln2 = nullptr;       // (N,C)
+  T* ln2_mean = nullptr;  // (N)
+  T* ln2_rstd = nullptr;  // (N)
+  T* fch = nullptr;       // (N,F) pre-GELU
+  T* fchg = nullptr;      // (N,F) post-GELU
+};
+
+template <typename T>
+Model<T>::Model(const ModelConfig& config, Backend<T>* backend)
+    : config_(config), layout_(config), backend_(backend) {
+  params_ = backend_->Alloc(layout_.total());
+  grads_ = backend_->Alloc(layout_.total());
+}
+
+template <typename T>
+Model<T>::~Model() {
+  FreeActivations();
+  backend_->FreeBytes(params_);
+  backend_->FreeBytes(grads_);
+}
+
+template <typename T>
+void Model<T>::FreeActivations() {
+  for (auto& s : slots_) {
+    for (T* p : {s->ln1, s->ln1_mean, s->ln1_rstd, s->qkv, s->att, s->atty, s->resmid, s->ln2,
+                 s->ln2_mean, s->ln2_rstd, s->fch, s->fchg}) {
+      backend_->FreeBytes(p);
+    }
+  }
+  slots_.clear();
+  for (T* p : residual_) backend_->FreeBytes(p);
+  residual_.clear();
+  for (void* p : {static_cast<void*>(lnf_), static_cast<void*>(lnf_mean_),
+                  static_cast<void*>(lnf_rstd_), static_cast<void*>(logits_),
+                  static_cast<void*>(losses_), static_cast<void*>(inputs_),
+                  static_cast<void*>(targets_), static_cast<void*>(dres_),
+                  static_cast<void*>(dln_), static_cast<void*>(datty_), static_cast<void*>(dqkv_),
+                  static_cast<void*>(dfch_), static_cast<void*>(datt_)}) {
+    if (p != nullptr) backend_->FreeBytes(p);
+  }
+  lnf_ = lnf_mean_ = lnf_rstd_ = logits_ = losses_ = nullptr;
+  dres_ = dln_ = datty_ = dqkv_ = dfch_ = datt_ = nullptr;
+  inputs_ = targets_ = nullptr;
+  B_ = T_ = 0;
+}
+
+template <typename T>
+void Model<T>::EnsureBuffers(int B, int Tn, int num_slots) {
+  const size_t C = config_.d_model, F = config_.d_ff, V = config_.vocab_size;
+  const size_t NH = config_.num_heads;
+  if (B != B_ || Tn != T_) {
+    FreeActivations();
+    B_ = B;
+    T_ = Tn;
+    const size_t N = static_cast<size_t>(B) * Tn;
+    lnf_ = backend_->Alloc(N * C);
+    lnf_mean_ = backend_->Alloc(N);
+    lnf_rstd_ = backend_->Alloc(N);
+    logits_ = backend_->Alloc(N * V);
+    losses_ = backend_->Alloc(N);
+    inputs_ = static_cast<int32_t*>(backend_->AllocBytes(N * sizeof(int32_t)));
+    targets_ = static_cast<int32_t*>(backend_->AllocBytes(N * sizeof(int32_t)));
+    host_losses_.assign(N, T(0));
+  }
+  const size_t N = static_cast<size_t>(B_) * T_;
+  // Slots and the residual stream grow with the longest path seen so far, never beyond it.
+  while (static_cast<int>(slots_.size()) < num_slots) {
+    auto s = std::make_unique<Slot>();
+    s->ln1 = backend_->Alloc(N * C);
+    s->ln1_mean = backend_->Alloc(N);
+    s->ln1_rstd = backend_->Alloc(N);
+    s->qkv = backend_->Alloc(N * 3 * C);
+    s->att = backend_->Alloc(static_cast<size_t>(B_) * NH * T_ * T_);
+    s->atty = backend_->Alloc(N * C);
+    s->resmid = backend_->Alloc(N * C);
+    s->ln2 = backend_->Alloc(N * C);
+    s->ln2_mean = backend_->Alloc(N);
+    s->ln2_rstd = backend_->Alloc(N);
+    s->fch = backend_->Alloc(N * F);
+    s->fchg = backend_->Alloc(N * F);
+    slots_.push_back(std::move(s));
+  }
+  while (static_cast<int>(residual_.size()) < std::max(2, num_slots + 1)) {
+    residual_.push_back(backend_->Alloc(N * C));
+  }
+}
+
+template <typename T>
+void Model<T>::InitWeights(uint64_t seed) {
+  std::vector<T> host(layout_.total(), T(0));
+  const double residual_std = 0.02 / std::sqrt(2.0 * config_.num_layers);
+  for (size_t ti = 0; ti < layout_.tensors().size(); ++ti) {
+    const ParamTensor& t = layout_.tensors()[ti];
+    T* p = host.data() + t.offset;
+    const bool is_ln_weight = t.name.find("ln_") != std::string::npos &&
+                              t.name.find(".weight") != std::string::npos;
+    if (is_ln_weight) {
+      for (size_t i = 0; i < t.numel; ++i) p[i] = T(1);
+    } else if (t.shape.size() == 2) {
+      const bool residual_proj = t.name.find("attn.proj.weight") != std::string::npos ||
+                                 t.name.find("mlp.proj.weight") != std::string::npos;
+      const double stddev = residual_proj ? residual_std : 0.02;
+      // One random stream per tensor, so a tensor's values do not depend on the others' sizes.
+      CounterRng rng(seed, ti);
+      for (size_t i = 0; i < t.numel; ++i) p[i] = static_cast<T>(stddev * rng.Normal());
+    }  // biases stay 0
+  }
+  backend_->CopyToDevice(params_, host.data(), host.size() * sizeof(T));
+}
+
+template <typename T>
+absl::StatusOr<double> Model<T>::Forward(const int32_t* inputs, const int32_t* targets, int B,
+                                         int Tn, const ActiveLayerSet& active, bool training) {
+  const ModelConfig& cfg = config_;
+  if (B <= 0 || Tn <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("batch shape must be positive, got B=", B,
+                                                   " T=", Tn));
+  }
+  if (Tn > cfg.max_seq) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequence length ", Tn, " exceeds model.max_seq ", cfg.max_seq));
+  }
+  if (active.num_layers() != cfg.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("active layer set has ", active.num_layers(),
+                                                   " layers, model has ", cfg.num_layers));
+  }
+  const int N = B * Tn;
+  int64_t num_targets = 0;
+  for (int i = 0; i < N; ++i) {
+    if (inputs[i] < 0 || inputs[i] >= cfg.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("input token ", inputs[i], " at position ", i,
+                                                     " is outside the vocabulary [0, ",
+                                                     cfg.vocab_size, ")"));
+    }
+    if (targets[i] >= cfg.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("target token ", targets[i], " at position ",
+                                                     i, " is outside the vocabulary"));
+    }
+    if (targets[i] >= 0) ++num_targets;
+  }
+
+  const std::vector<int> path = active.ActiveLayers();
+  const int K = static_cast<int>(path.size());
+  // Training keeps one slot per path position for Backward; evaluation reuses slot 0 and
+  // ping-pongs between two residual buffers.
+  EnsureBuffers(B, Tn, training ? K : std::min(K, 1));
+  const int C = cfg.d_model, F = cfg.d_ff, V = cfg.vocab_size, NH = cfg.num_heads;
+  Backend<T>* be = backend_;
+  const T* P = params_;
+  be->CopyToDevice(inputs_, inputs, sizeof(int32_t) * N);
+  be->CopyToDevice(targets_, targets, sizeof(int32_t) * N);
+
+  be->EncoderForward(residual_[0], inputs_, P + layout_.wte(), P + layout_.wpe(), B, Tn, C);
+  for (int k = 0; k < K; ++k) {
+    const int l = path[k];
+    const T s = static_cast<T>(active.scale(l));
+    Slot& a = *slots_[training ? k : 0];
+    const T* x = training ? residual_[k] : residual_[k % 2];
+    T* y = training ? residual_[k + 1] : residual_[(k + 1) % 2];
+    be->LayerNormForward(a.ln1, a.ln1_mean, a.ln1_rstd, x, P + layout_.block(l, kLn1W),
+                         P + layout_.block(l, kLn1B), N, C);
+    be->MatmulForward(a.qkv, a.ln1, P + layout_.block(l, kQkvW), P + layout_.block(l, kQkvB), N,
+                      C, 3 * C, T(1), false);
+    be->AttentionForward(a.atty, a.att, a.qkv, B, Tn, C, NH, cfg.causal());
+    be->Copy(a.resmid, x, static_cast<size_t>(N) * C);
+    be->MatmulForward(a.resmid, a.atty, P + layout_.block(l, kAttnProjW),
+                      P + layout_.block(l, kAttnProjB), N, C, C, s, true);
+    be->LayerNormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.resmid, P + layout_.block(l, kLn2W),
+                         P + layout_.block(l, kLn2B), N, C);
+    be->MatmulForward(a.fch, a.ln2, P + layout_.block(l, kFcW), P + layout_.block(l, kFcB), N, C,
+                      F, T(1), false);
+    be->GeluForward(a.fchg, a.fch, static_cast<size_t>(N) * F);
+    be->Copy(y, a.resmid, static_cast<size_t>(N) * C);
+    be->MatmulForward(y, a.fchg, P + layout_.block(l, kFcProjW), P + layout_.block(l, kFcProjB),
+                      N, F, C, s, true);
+  }
+  const T* final_residual = training ? residual_[K] : residual_[K % 2];
+  be->LayerNormForward(lnf_, lnf_mean_, lnf_rstd_, final_residual, P + layout_.lnf_w(),
+                       P + layout_.lnf_b(), N, C);
+  be->MatmulForward(logits_, lnf_, P + layout_.wte(), nullptr, N, C, V, T(1), false);
+  // Training fuses the loss gradient (mean over valid targets) into the logits buffer.
+  const T grad_scale = num_targets > 0 ? T(1) / static_cast<T>(num_targets) : T(0);
+  be->CrossEntropyForward(logits_, losses_, targets_, N, V, grad_scale, training);
+  be->CopyToHost(host_losses_.data(), losses_, sizeof(T) * N);
+  double total = 0;
+  for (int i = 0; i < N; ++i) total += static_cast<double>(host_losses_[i]);
+
+  have_forward_ = training;
+  last_B_ = B;
+  last_T_ = Tn;
+  last_path_ = path;
+  last_scales_.clear();
+  for (int l : path) last_scales_.push_back(static_cast<T>(active.scale(l)));
+  last_num_targets_ = num_targets;
+  return num_targets > 0 ? total / static_cast<double>(num_targets) : 0.0;
+}
+
+template <typename T>
+void Model<T>::Backward(T grad_scale) {
+  if (!have_forward_) return;  // REQUIRES violated; nothing to differentiate
+  have_forward_ = false;
+  const ModelConfig& cfg = config_;
+  const int B = last_B_, Tn = last_T_, N = B * Tn;
+  const int C = cfg.d_model, F = cfg.d_ff, V = cfg.vocab_size, NH = cfg.num_heads;
+  const int K = static_cast<int>(last_path_.size());
+  Backend<T>* be = backend_;
+  const T* P = params_;
+  T* G = grads_;
+  if (dres_ == nullptr) {
+    dres_ = be->Alloc(static_cast<size_t>(N) * C);
+    dln_ = be->Alloc(static_cast<size_t>(N) * C);
+    datty_ = be->Alloc(static_cast<size_t>(N) * C);
+    dqkv_ = be->Alloc(static_cast<size_t>(N) * 3 * C);
+    dfch_ = be->Alloc(static_cast<size_t>(N) * F);
+    datt_ = be->Alloc(static_cast<size_t>(B) * NH * Tn * Tn);
+  }
+  // Head (tied to wte): logits_ holds dloss/dlogits from the fused cross-entropy.
+  be->MatmulBackward(dln_, G + layout_.wte(), nullptr, logits_, lnf_, P + layout_.wte(), N, C, V,
+                     grad_scale);
+  be->Zero(dres_, static_cast<size_t>(N) * C);
+  be->LayerNormBackward(dres_, G + layout_.lnf_w(), G + layout_.lnf_b(), dln_, residual_[K],
+                        P + layout_.lnf_w(), lnf_mean_, lnf_rstd_, N, C);
+  for (int k = K - 1; k >= 0; --k) {
+    const int l = last_path_[k];
+    const T s = last_scales_[k];
+    Slot& a = *slots_[k];
+    // y = resmid + s * proj(gelu(fc(ln2(resmid)))): dres is dy and becomes d resmid.
+    be->MatmulBackward(dfch_, G + layout_.block(l, kFcProjW), G + layout_.block(l, kFcProjB),
+                       dres_, a.fchg, P + layout_.block(l, kFcProjW), N, F, C, s);
+    be->GeluBackward(dfch_, a.fch, dfch_, static_cast<size_t>(N) * F);
+    be->MatmulBackward(dln_, G + layout_.block(l, kFcW), G + layout_.block(l, kFcB), dfch_, a.ln2,
+                       P + layout_.block(l, kFcW), N, C, F, T(1));
+    be->LayerNormBackward(dres_, G + layout_.block(l, kLn2W), G + layout_.block(l, kLn2B), dln_,
+                          a.resmid, P + layout_.block(l, kLn2W), a.ln2_mean, a.ln2_rstd, N, C);
+    // resmid = x + s * proj(attn(qkv(ln1(x)))): dres becomes dx.
+    be->MatmulBackward(datty_, G + layout_.block(l, kAttnProjW), G + layout_.block(l, kAttnProjB),
+                       dres_, a.atty, P + layout_.block(l, kAttnProjW), N, C, C, s);
+    be->AttentionBackward(dqkv_, datt_, datty_, a.qkv, a.att, B, Tn, C, NH);
+    be->MatmulBackward(dln_, G + layout_.block(l, kQkvW), G + layout_.block(l, kQkvB), dqkv_,
+                       a.ln1, P + layout_.block(l, kQkvW), N, C, 3 * C, T(1));
+    be->LayerNormBackward(dres_, G + layout_.block(l, kLn1W), G + layout_.block(l, kLn1B), dln_,
+                          residual_[k], P + layout_.block(l, kLn1W), a.ln1_mean, a.ln1_rstd, N,
+                          C);
+  }
+  be->EncoderBackward(G + layout_.wte(), G + layout_.wpe(), dres_, inputs_, B, Tn, C);
+}
+
+template <typename T>
+std::vector<T> Model<T>::LogitsToHost() const {
+  std::vector<T> out(static_cast<size_t>(B_) * T_ * config_.vocab_size);
+  backend_->CopyToHost(out.data(), logits_, out.size() * sizeof(T));
+  return out;
+}
+
+template <typename T>
+void Model<T>::ZeroGrads() {
+  backend_->Zero(grads_, layout_.total());
+}
+
+template class Model<float>;
+template class Model<double>;
+
+}  // namespace raptr

@@ -1,0 +1,108 @@
+// Model: a GPT-2 style causal LM or a BERT-style masked LM, trained one ActiveLayerSet at a time.
+//
+// Parameters, gradients live in two flat buffers laid out by ParamLayout (llm.c style); the
+// optimizer keeps its moments beside them. Activations are kept only for the blocks that run:
+// they live in per-path-position "slots" allocated on first use, so a run whose paths are k
+// blocks long never holds more than k blocks of activations.
+//
+// Usage per micro-batch: Forward(..., training=true) then Backward(). Gradients accumulate in
+// grads() until the caller zeroes them (ZeroGrads / ZeroGradRanges). Not thread-safe; the
+// backend threads internally.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/active_layer_set.h"
+#include "worker/engine/backend.h"
+#include "worker/engine/config.h"
+#include "worker/engine/param_layout.h"
+
+namespace raptr {
+
+template <typename T>
+class Model {
+ public:
+  // REQUIRES: config.Validate().ok(); backend outlives the model.
+  Model(const ModelConfig& config, Backend<T>* backend);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  const ParamLayout& layout() const { return layout_; }
+  Backend<T>* backend() const { return backend_; }
+  T* params() { return params_; }
+  T* grads() { return grads_; }
+  const T* params() const { return params_; }
+  const T* grads() const { return grads_; }
+
+  // GPT-2 initialisation: weights N(0, 0.02), the two residual output projections of each block
+  // N(0, 0.02/sqrt(2L)), biases 0, LayerNorm weight 1. A pure function of the seed.
+  void InitWeights(uint64_t seed);
+
+  // Runs the model over inputs (B,T) (host token ids in [0,V)) and returns the mean
+  // cross-entropy over positions whose target (host, (B,T)) is >= 0. With training=true the
+  // activations of the active blocks are kept for Backward(); evaluation passes
+  // ActiveLayerSet::Full with training=false. Errors name bad shapes or token ids.
+  absl::StatusOr<double> Forward(const int32_t* inputs, const int32_t* targets, int B, int Tn,
+                                 const ActiveLayerSet& active, bool training);
+
+  // Accumulates grad_scale * d(loss of the last training Forward)/d(params) into grads().
+  // Only the active blocks' slices (and the shared tensors) are written.
+  // REQUIRES: the last call was Forward(..., training=true).
+  void Backward(T grad_scale);
+
+  // Logits (B,T,V) of the last Forward, copied to the host. Valid after Forward and before
+  // Backward (Backward overwrites them with their gradient).
+  std::vector<T> LogitsToHost() const;
+
+  void ZeroGrads();
+  // Number of positions with a valid target in the last Forward.
+  int64_t last_num_targets() const { return last_num_targets_; }
+
+ private:
+  struct Slot;  // activations of one block on the path
+  void EnsureBuffers(int B, int Tn, int num_slots);
+  void FreeActivations();
+
+  ModelConfig config_;
+  ParamLayout layout_;
+  Backend<T>* backend_;
+  T* params_ = nullptr;
+  T* grads_ = nullptr;
+
+  // Activation and scratch buffers, sized for (B_, T_).
+  int B_ = 0, T_ = 0;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  std::vector<T*> residual_;  // residual_[k] = input of path position k; [K] = final output
+  T* lnf_ = nullptr;
+  T* lnf_mean_ = nullptr;
+  T* lnf_rstd_ = nullptr;
+  T* logits_ = nullptr;
+  T* losses_ = nullptr;
+  int32_t* inputs_ = nullptr;
+  int32_t* targets_ = nullptr;
+  // Backward scratch, shared by all blocks.
+  T* dres_ = nullptr;
+  T* dln_ = nullptr;
+  T* datty_ = nullptr;
+  T* dqkv_ = nullptr;
+  T* dfch_ = nullptr;
+  T* datt_ = nullptr;
+  std::vector<T> host_losses_;
+
+  // What the last training Forward ran.
+  bool have_forward_ = false;
+  int last_B_ = 0, last_T_ = 0;
+  std::vector<int> last_path_;
+  std::vector<T> last_scales_;
+  int64_t last_num_targets_ = 0;
+};
+
+extern template class Model<float>;
+extern template class Model<double>;
+
+}  // namespace raptr

@@ -1,0 +1,106 @@
+// AdamW, schedule and clipping (see optimizer.h).
+#include "worker/engine/optimizer.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace raptr {
+
+absl::Status ParseLrDecay(const std::string& text, LrDecay* out) {
+  if (text == "cosine") {
+    *out = LrDecay::kCosine;
+  } else if (text == "linear") {
+    *out = LrDecay::kLinear;
+  } else if (text == "constant") {
+    *out = LrDecay::kConstant;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lr decay '", text, "' is not one of cosine, linear, constant"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseSkippedLayerPolicy(const std::string& text, SkippedLayerPolicy* out) {
+  if (text == "zero_grad") {
+    *out = SkippedLayerPolicy::kZeroGrad;
+  } else if (text == "frozen") {
+    *out = SkippedLayerPolicy::kFrozen;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("skipped-layer policy '", text, "' is not one of zero_grad, frozen"));
+  }
+  return absl::OkStatus();
+}
+
+double LearningRate(const OptimizerConfig& c, int64_t step) {
+  if (c.warmup_steps > 0 && step < c.warmup_steps) {
+    return c.lr * static_cast<double>(step + 1) / static_cast<double>(c.warmup_steps);
+  }
+  const double min_lr = c.lr * c.min_lr_ratio;
+  const int64_t decay_steps = c.total_steps - c.warmup_steps;
+  if (c.decay == LrDecay::kConstant || decay_steps <= 0) return c.lr;
+  const double progress =
+      std::min(1.0, static_cast<double>(step - c.warmup_steps) / static_cast<double>(decay_steps));
+  if (c.decay == LrDecay::kLinear) return c.lr - (c.lr - min_lr) * progress;
+  return min_lr + 0.5 * (c.lr - min_lr) * (1.0 + std::cos(M_PI * progress));
+}
+
+template <typename T>
+AdamWOptimizer<T>::AdamWOptimizer(const OptimizerConfig& config, const ParamLayout& layout,
+                                  Backend<T>* backend)
+    : config_(config), layout_(layout), backend_(backend) {
+  m_ = backend_->Alloc(layout_.total());
+  v_ = backend_->Alloc(layout_.total());
+}
+
+template <typename T>
+AdamWOptimizer<T>::~AdamWOptimizer() {
+  backend_->FreeBytes(m_);
+  backend_->FreeBytes(v_);
+}
+
+template <typename T>
+double AdamWOptimizer<T>::GradNormSquared(const T* grads, const ActiveLayerSet& active) const {
+  double total = 0;
+  for (const ParamRange& r : layout_.SharedRanges()) {
+    total += backend_->SumSquares(grads + r.begin, r.size());
+  }
+  for (int l : active.ActiveLayers()) {
+    const ParamRange r = layout_.LayerRange(l);
+    total += backend_->SumSquares(grads + r.begin, r.size());
+  }
+  return total;
+}
+
+template <typename T>
+OptimizerStepInfo AdamWOptimizer<T>::Step(T* params, T* grads, const ActiveLayerSet& active,
+                                          int64_t step) {
+  OptimizerStepInfo info;
+  info.lr = LearningRate(config_, step);
+  info.grad_norm = std::sqrt(GradNormSquared(grads, active));
+  if (config_.grad_clip > 0 && info.grad_norm > config_.grad_clip) {
+    info.clip_scale = config_.grad_clip / (info.grad_norm + 1e-6);
+  }
+  const bool frozen = config_.skipped == SkippedLayerPolicy::kFrozen;
+  for (const ParamTensor& t : layout_.tensors()) {
+    if (frozen && t.layer >= 0 && !active.active(t.layer)) continue;
+    backend_->AdamW(params + t.offset, grads + t.offset, m_ + t.offset, v_ + t.offset, t.numel,
+                    static_cast<float>(info.lr), static_cast<float>(config_.beta1),
+                    static_cast<float>(config_.beta2), static_cast<float>(config_.eps),
+                    t.decay ? static_cast<float>(config_.weight_decay) : 0.0f, step + 1,
+                    static_cast<float>(info.clip_scale));
+  }
+  // Restore the invariant: only the slices written this step can be non-zero.
+  for (const ParamRange& r : layout_.SharedRanges()) backend_->Zero(grads + r.begin, r.size());
+  for (int l : active.ActiveLayers()) {
+    const ParamRange r = layout_.LayerRange(l);
+    backend_->Zero(grads + r.begin, r.size());
+  }
+  return info;
+}
+
+template class AdamWOptimizer<float>;
+template class AdamWOptimizer<double>;
+
+}  // namespace raptr

@@ -1,0 +1,32 @@
+// raptr-worker: the training process. Subcommands: train (local, one process), debug-step.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "worker/commands.h"
+
+namespace {
+
+void PrintUsage() {
+  std::fprintf(stderr,
+               "usage: raptr-worker <command> [flags]\n"
+               "commands:\n"
+               "  train        train a model locally in this process (see --help)\n"
+               "  debug-step   one forward/backward from safetensors weights; writes loss,\n"
+               "               logits and every gradient to a safetensors file\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "help") == 0 || std::strcmp(argv[1], "--help") == 0) {
+    PrintUsage();
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  if (command == "train") return raptr::RunLocalTrain(argc, argv);
+  if (command == "debug-step") return raptr::RunDebugStep(argc, argv);
+  std::fprintf(stderr, "raptr-worker: unknown command '%s'\n", command.c_str());
+  PrintUsage();
+  return 2;
+}
