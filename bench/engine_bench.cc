@@ -1,0 +1,162 @@
+// engine_bench: training-step throughput of the engine at a given shape and path length, with the
+// raw OpenBLAS sgemm rate measured in the same process as the ceiling to compare against.
+//
+// Prints one JSON line per configuration: median step time, tokens/s, model FLOPs/s (FLOPs model
+// of flops.h), sgemm GFLOP/s, peak resident memory. Random tokens: the speed of a step does not
+// depend on the data.
+#include <cblas.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "common/flags.h"
+#include "common/random.h"
+#include "worker/engine/cpu/cpu_backend.h"
+#include "worker/engine/flops.h"
+#include "worker/engine/model.h"
+#include "worker/engine/optimizer.h"
+
+namespace raptr {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double PeakRssMb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;
+}
+
+// Median GFLOP/s of an (M,K) x (K,N) sgemm, the engine's ceiling on this machine.
+double SgemmGflops(int M, int N, int K, int reps) {
+  std::vector<float> a(static_cast<size_t>(M) * K), b(static_cast<size_t>(K) * N),
+      c(static_cast<size_t>(M) * N);
+  CounterRng rng(7, 0);
+  for (auto& x : a) x = static_cast<float>(rng.Uniform() - 0.5);
+  for (auto& x : b) x = static_cast<float>(rng.Uniform() - 0.5);
+  std::vector<double> rates;
+  for (int r = 0; r < reps + 1; ++r) {
+    const double t0 = Now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a.data(), K, b.data(), K,
+                0.0f, c.data(), N);
+    const double dt = Now() - t0;
+    if (r > 0) rates.push_back(2.0 * M * N * K / dt / 1e9);
+  }
+  return Median(rates);
+}
+
+int Run(int argc, char** argv) {
+  Flags flags;
+  flags.Define("layers", "12", "blocks");
+  flags.Define("d-model", "768", "model width");
+  flags.Define("heads", "12", "attention heads");
+  flags.Define("d-ff", "0", "MLP width (0: 4 * d-model)");
+  flags.Define("vocab", "50257", "vocabulary size");
+  flags.Define("batch", "4", "sequences per step (B)");
+  flags.Define("seq", "64", "tokens per sequence (T)");
+  flags.Define("active", "", "comma list of path lengths to time (default: all layers)");
+  flags.Define("steps", "10", "timed steps per path length");
+  flags.Define("warmup", "2", "untimed steps first");
+  flags.Define("kind", "gpt", "gpt or bert");
+  if (auto s = flags.Parse(argc, argv, 1); !s.ok()) {
+    std::fprintf(stderr, "engine_bench: %s\n%s", std::string(s.message()).c_str(),
+                 flags.Usage().c_str());
+    return 2;
+  }
+  ModelConfig cfg;
+  cfg.kind = flags.Get("kind") == "bert" ? ModelKind::kBert : ModelKind::kGpt;
+  cfg.num_layers = static_cast<int>(*flags.GetInt("layers"));
+  cfg.d_model = static_cast<int>(*flags.GetInt("d-model"));
+  cfg.num_heads = static_cast<int>(*flags.GetInt("heads"));
+  cfg.d_ff = static_cast<int>(*flags.GetInt("d-ff"));
+  if (cfg.d_ff == 0) cfg.d_ff = 4 * cfg.d_model;
+  cfg.vocab_size = static_cast<int>(*flags.GetInt("vocab"));
+  const int B = static_cast<int>(*flags.GetInt("batch"));
+  const int T = static_cast<int>(*flags.GetInt("seq"));
+  cfg.max_seq = std::max(T, 1024);
+  if (auto s = cfg.Validate(); !s.ok()) {
+    std::fprintf(stderr, "engine_bench: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  const int steps = static_cast<int>(*flags.GetInt("steps"));
+  const int warmup = static_cast<int>(*flags.GetInt("warmup"));
+  std::vector<int> lengths;
+  if (flags.Get("active").empty()) {
+    lengths.push_back(cfg.num_layers);
+  } else {
+    for (const std::string& item : std::vector<std::string>(absl::StrSplit(flags.Get("active"), ',', absl::SkipEmpty()))) {
+      int k = 0;
+      if (!absl::SimpleAtoi(item, &k) || k < 0 || k > cfg.num_layers) {
+        std::fprintf(stderr, "engine_bench: --active: bad path length '%s'\n", item.c_str());
+        return 2;
+      }
+      lengths.push_back(k);
+    }
+  }
+
+  const double sgemm = SgemmGflops(1024, 1024, 1024, 5);
+  CpuBackend<float> backend;
+  Model<float> model(cfg, &backend);
+  model.InitWeights(1);
+  OptimizerConfig ocfg;
+  ocfg.total_steps = 1000000;
+  AdamWOptimizer<float> opt(ocfg, model.layout(), &backend);
+  std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
+  CounterRng rng(3, 0);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    inputs[i] = static_cast<int32_t>(rng.Below(cfg.vocab_size));
+    targets[i] = static_cast<int32_t>(rng.Below(cfg.vocab_size));
+  }
+  int64_t step = 0;
+  for (int k : lengths) {
+    // A fixed path of k blocks spread over the depth, like a RaPTr step of length k.
+    std::vector<int> layers;
+    for (int i = 0; i < k; ++i) layers.push_back(static_cast<int>((i * cfg.num_layers) / k));
+    const ActiveLayerSet active = ActiveLayerSet::Of(cfg.num_layers, layers);
+    std::vector<double> times;
+    for (int s = 0; s < warmup + steps; ++s) {
+      const double t0 = Now();
+      auto loss = model.Forward(inputs.data(), targets.data(), B, T, active, true);
+      if (!loss.ok()) {
+        std::fprintf(stderr, "engine_bench: %s\n", std::string(loss.status().message()).c_str());
+        return 1;
+      }
+      model.Backward(1.0f);
+      opt.Step(model.params(), model.grads(), active, step++);
+      const double dt = Now() - t0;
+      if (s >= warmup) times.push_back(dt);
+    }
+    const double med = Median(times);
+    const double flops = static_cast<double>(TrainingFlops(cfg, B, T, k));
+    std::printf(
+        "{\"impl\":\"raptr\",\"kind\":\"%s\",\"layers\":%d,\"d_model\":%d,\"heads\":%d,"
+        "\"d_ff\":%d,\"vocab\":%d,\"batch\":%d,\"seq\":%d,\"active\":%d,\"steps\":%d,"
+        "\"step_s_median\":%.5f,\"step_s_min\":%.5f,\"tokens_per_s_median\":%.2f,"
+        "\"model_gflops_per_s\":%.2f,\"sgemm_gflops_per_s\":%.2f,\"peak_rss_mb\":%.1f}\n",
+        ModelKindName(cfg.kind).c_str(), cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.d_ff,
+        cfg.vocab_size, B, T, k, steps, med, *std::min_element(times.begin(), times.end()),
+        B * T / med, flops / med / 1e9, sgemm, PeakRssMb());
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace raptr
+
+int main(int argc, char** argv) { return raptr::Run(argc, argv); }

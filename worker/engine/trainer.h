@@ -1,0 +1,77 @@
+// Trainer: the training loop of one process: batches, paths, micro-batch accumulation, AdamW,
+// evaluation of the full model, checkpoints and bitwise resume.
+//
+// Everything a step consumes is a pure function of (seed, step): the data batch (TokenDataset),
+// the path (PlanPath) and the learning rate. With checkpoints holding weights, moments and the
+// step, a resumed run continues bitwise identically to one that never stopped.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "common/path_schedule.h"
+#include "worker/engine/config.h"
+#include "worker/engine/optimizer.h"
+
+namespace raptr {
+
+struct TrainerConfig {
+  ModelConfig model;
+  OptimizerConfig optimizer;
+  PathScheduleConfig schedule;
+  std::vector<std::string> train_shards;
+  std::vector<std::string> val_shards;
+  int mask_id = -1;  // BERT: the tokenizer's [MASK] id
+  int batch = 8;      // sequences per micro-batch (B)
+  int seq = 64;       // tokens per sequence (T)
+  int micro_batches = 1;
+  int64_t steps = 100;
+  uint64_t seed = 1;
+  uint64_t init_seed = 0;    // weights; 0 means "same as seed"
+  int64_t eval_every = 0;    // 0: only at the end
+  int eval_batches = 8;
+  int64_t checkpoint_every = 0;  // 0: only at the end (when run_dir is set)
+  int64_t stop_after = -1;       // stop (with a checkpoint) after this step; tests use it
+  std::string run_dir;           // checkpoints + metrics.csv; empty: nothing written
+  bool resume = true;            // continue from run_dir's latest checkpoint when present
+  int log_every = 10;            // progress line cadence on stderr; 0: silent
+};
+
+struct StepReport {
+  int64_t step = 0;
+  int stage = -1;
+  int path_length = 0;
+  double loss = 0;
+  double lr = 0;
+  double grad_norm = 0;
+  int64_t tokens = 0;           // this step, all micro-batches
+  double flops = 0;             // this step, spent
+  double flops_full = 0;        // this step, had every block trained
+  double total_flops = 0;       // cumulative
+  double total_flops_full = 0;  // cumulative
+  double seconds = 0;
+  double forward_seconds = 0;
+  double backward_seconds = 0;
+  double optimizer_seconds = 0;
+  double eval_loss = -1;  // >= 0 when this step ran an evaluation
+};
+
+struct TrainResult {
+  int64_t steps_done = 0;
+  double final_loss = 0;
+  double final_eval_loss = -1;
+  double total_flops = 0;
+  double total_flops_full = 0;
+  double seconds = 0;
+  std::vector<float> final_params;  // filled when keep_params was requested
+};
+
+using StepCallback = std::function<void(const StepReport&)>;
+
+absl::Status Train(const TrainerConfig& config, const StepCallback& on_step, TrainResult* result,
+                   bool keep_params = false);
+
+}  // namespace raptr

@@ -1,0 +1,217 @@
+// raptr-worker train: trains a model in this one process on prepared token shards, with a RaPTr
+// or full schedule. The service (coordinator + workers) runs the same Trainer per rank.
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/numbers.h"
+#include "common/flags.h"
+#include "common/status.h"
+#include "worker/commands.h"
+#include "worker/engine/trainer.h"
+#include "worker/model_flags.h"
+
+namespace raptr {
+namespace {
+
+struct DataMeta {
+  int vocab_size = 0;
+  int mask_id = -1;
+};
+
+absl::StatusOr<DataMeta> ReadMeta(const std::string& data_dir) {
+  const std::string path = data_dir + "/meta.json";
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat(
+        path, " not found: prepare the data first (raptrctl data prepare --out ", data_dir,
+        ")"));
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.contains("vocab_size") || !j["vocab_size"].is_number_integer()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a raptr data meta.json"));
+  }
+  DataMeta m;
+  m.vocab_size = j["vocab_size"].get<int>();
+  if (j.contains("mask_id") && j["mask_id"].is_number_integer()) m.mask_id = j["mask_id"].get<int>();
+  return m;
+}
+
+absl::Status ParseFixedLayers(const std::string& text, int L, std::vector<int>* out) {
+  out->clear();
+  if (text == "none" || text.empty()) return absl::OkStatus();
+  for (absl::string_view item : absl::StrSplit(text, ',')) {
+    int l = 0;
+    if (item == "first") {
+      l = 0;
+    } else if (item == "last") {
+      l = L - 1;
+    } else if (!absl::SimpleAtoi(item, &l)) {
+      return absl::InvalidArgumentError(absl::StrCat("--fixed-layers: bad layer '", item, "'"));
+    }
+    out->push_back(l);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LocalTrain(int argc, char** argv) {
+  Flags flags;
+  ModelConfig d;
+  d.num_layers = 12;
+  d.d_model = 128;
+  d.num_heads = 4;
+  d.d_ff = 0;
+  d.vocab_size = 0;
+  d.max_seq = 0;
+  DefineModelFlags(flags, d);
+  flags.Define("data", "data/sotu-8k", "prepared data dir (train.bin, val.bin, meta.json)");
+  flags.Define("run-dir", "", "checkpoints and metrics.csv go here (empty: none)");
+  flags.Define("batch", "8", "sequences per micro-batch (B)");
+  flags.Define("seq", "64", "tokens per sequence (T)");
+  flags.Define("micro-batches", "1", "gradient accumulation micro-batches per step");
+  flags.Define("steps", "500", "optimizer steps");
+  flags.Define("seed", "1", "data order, paths and init");
+  flags.Define("lr", "1e-3", "peak learning rate");
+  flags.Define("min-lr-ratio", "0.1", "final lr as a fraction of the peak");
+  flags.Define("warmup", "50", "linear lr warmup steps");
+  flags.Define("decay", "cosine", "lr decay: cosine, linear or constant");
+  flags.Define("weight-decay", "0.1", "AdamW decoupled weight decay (matrices, embeddings)");
+  flags.Define("beta2", "0.95", "AdamW beta2");
+  flags.Define("grad-clip", "1.0", "global gradient-norm clip (0: off)");
+  flags.Define("schedule", "raptr", "raptr or full");
+  flags.Define("stages", "", "RaPTr stages path_length:steps,... (default: L/2,2L/3,5L/6,L equal)");
+  flags.Define("fixed-layers", "first,last", "always-on layers: list of indices/first/last, or none");
+  flags.Define("sampling", "bernoulli", "bernoulli or exact");
+  flags.Define("scaling", "none", "none or inverse_keep_prob");
+  flags.Define("skipped", "zero_grad", "optimizer on skipped layers: zero_grad or frozen");
+  flags.Define("full-warmup", "0", "full-model steps before the first RaPTr stage");
+  flags.Define("eval-every", "100", "evaluate the full model every N steps (0: at the end)");
+  flags.Define("eval-batches", "8", "validation batches per evaluation");
+  flags.Define("checkpoint-every", "0", "checkpoint every N steps (0: at the end)");
+  flags.Define("resume", "true", "continue from run-dir's latest checkpoint if any");
+  flags.Define("log-every", "10", "progress line every N steps (0: quiet)");
+  if (argc > 2 && std::string(argv[2]) == "--help") {
+    std::fprintf(stderr, "usage: raptr-worker train [flags]\n%s", flags.Usage().c_str());
+    std::exit(0);
+  }
+  RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
+
+  TrainerConfig cfg;
+  ASSIGN_OR_RETURN(cfg.model, ModelConfigFromFlags(flags));
+  const std::string data = flags.Get("data");
+  ASSIGN_OR_RETURN(DataMeta meta, ReadMeta(data));
+  if (cfg.model.vocab_size == 0) cfg.model.vocab_size = meta.vocab_size;
+  cfg.mask_id = meta.mask_id;
+  cfg.train_shards = {data + "/train.bin"};
+  cfg.val_shards = {data + "/val.bin"};
+  cfg.run_dir = flags.Get("run-dir");
+  ASSIGN_OR_RETURN(int64_t batch, flags.GetInt("batch"));
+  ASSIGN_OR_RETURN(int64_t seq, flags.GetInt("seq"));
+  ASSIGN_OR_RETURN(int64_t micro, flags.GetInt("micro-batches"));
+  ASSIGN_OR_RETURN(cfg.steps, flags.GetInt("steps"));
+  ASSIGN_OR_RETURN(int64_t seed, flags.GetInt("seed"));
+  cfg.batch = static_cast<int>(batch);
+  cfg.seq = static_cast<int>(seq);
+  cfg.micro_batches = static_cast<int>(micro);
+  cfg.seed = static_cast<uint64_t>(seed);
+  if (cfg.model.max_seq == 0) cfg.model.max_seq = cfg.seq;
+  ASSIGN_OR_RETURN(cfg.eval_every, flags.GetInt("eval-every"));
+  ASSIGN_OR_RETURN(int64_t eval_batches, flags.GetInt("eval-batches"));
+  cfg.eval_batches = static_cast<int>(eval_batches);
+  ASSIGN_OR_RETURN(cfg.checkpoint_every, flags.GetInt("checkpoint-every"));
+  ASSIGN_OR_RETURN(cfg.resume, flags.GetBool("resume"));
+  ASSIGN_OR_RETURN(int64_t log_every, flags.GetInt("log-every"));
+  cfg.log_every = static_cast<int>(log_every);
+
+  OptimizerConfig& o = cfg.optimizer;
+  ASSIGN_OR_RETURN(o.lr, flags.GetDouble("lr"));
+  ASSIGN_OR_RETURN(o.min_lr_ratio, flags.GetDouble("min-lr-ratio"));
+  ASSIGN_OR_RETURN(o.warmup_steps, flags.GetInt("warmup"));
+  ASSIGN_OR_RETURN(o.weight_decay, flags.GetDouble("weight-decay"));
+  ASSIGN_OR_RETURN(o.beta2, flags.GetDouble("beta2"));
+  ASSIGN_OR_RETURN(o.grad_clip, flags.GetDouble("grad-clip"));
+  RETURN_IF_ERROR(ParseLrDecay(flags.Get("decay"), &o.decay));
+  RETURN_IF_ERROR(ParseSkippedLayerPolicy(flags.Get("skipped"), &o.skipped));
+  o.total_steps = cfg.steps;
+
+  const int L = cfg.model.num_layers;
+  PathScheduleConfig& s = cfg.schedule;
+  ASSIGN_OR_RETURN(s.full_warmup_steps, flags.GetInt("full-warmup"));
+  const std::string schedule = flags.Get("schedule");
+  if (schedule == "full") {
+    s.kind = PathScheduleConfig::Kind::kFull;
+  } else if (schedule == "raptr") {
+    const int64_t warm = s.full_warmup_steps;
+    s = DefaultRaptrSchedule(L, cfg.steps - warm);
+    s.full_warmup_steps = warm;
+    if (!flags.Get("stages").empty()) RETURN_IF_ERROR(ParseStages(flags.Get("stages"), &s.stages));
+    RETURN_IF_ERROR(ParseFixedLayers(flags.Get("fixed-layers"), L, &s.fixed_layers));
+    const std::string sampling = flags.Get("sampling");
+    if (sampling == "bernoulli") {
+      s.sampling = PathSampling::kBernoulli;
+    } else if (sampling == "exact") {
+      s.sampling = PathSampling::kExact;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("--sampling '", sampling,
+                                                     "' is not bernoulli or exact"));
+    }
+    const std::string scaling = flags.Get("scaling");
+    if (scaling == "none") {
+      s.scaling = PathScaling::kNone;
+    } else if (scaling == "inverse_keep_prob") {
+      s.scaling = PathScaling::kInverseKeepProb;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("--scaling '", scaling,
+                                                     "' is not none or inverse_keep_prob"));
+    }
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("--schedule '", schedule,
+                                                   "' is not raptr or full"));
+  }
+
+  std::fprintf(stderr, "raptr train: %s, %s schedule, B=%d T=%d x%d micro, %lld steps, data %s\n",
+               cfg.model.DebugString().c_str(), schedule.c_str(), cfg.batch, cfg.seq,
+               cfg.micro_batches, static_cast<long long>(cfg.steps), data.c_str());
+  const int log = cfg.log_every;
+  auto on_step = [&](const StepReport& r) {
+    const bool eval = r.eval_loss >= 0;
+    if (log <= 0 || !((r.step + 1) % log == 0 || eval || r.step == 0)) return;
+    std::fprintf(stderr,
+                 "step %5lld/%lld  stage %2d  path %2d/%d  loss %.4f%s  lr %.2e  |g| %.3f  "
+                 "%.0f tok/s  FLOPs %.3g (%.1f%% of full)\n",
+                 static_cast<long long>(r.step + 1), static_cast<long long>(cfg.steps),
+                 r.stage + 1, r.path_length, L, r.loss,
+                 eval ? absl::StrFormat("  eval %.4f", r.eval_loss).c_str() : "", r.lr,
+                 r.grad_norm, r.tokens / r.seconds, r.total_flops,
+                 100.0 * r.total_flops / r.total_flops_full);
+  };
+  TrainResult result;
+  RETURN_IF_ERROR(Train(cfg, on_step, &result));
+  std::printf("{\"schedule\":\"%s\",\"steps\":%lld,\"final_loss\":%.6f,\"eval_loss\":%.6f,"
+              "\"flops\":%.6g,\"flops_full\":%.6g,\"flops_ratio\":%.4f,\"seconds\":%.2f}\n",
+              schedule.c_str(), static_cast<long long>(result.steps_done), result.final_loss,
+              result.final_eval_loss, result.total_flops, result.total_flops_full,
+              result.total_flops / result.total_flops_full, result.seconds);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunLocalTrain(int argc, char** argv) {
+  absl::Status s = LocalTrain(argc, argv);
+  if (!s.ok()) {
+    std::fprintf(stderr, "raptr-worker train: %s\n", std::string(s.message()).c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace raptr
