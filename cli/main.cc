@@ -1,0 +1,73 @@
+// raptrctl entry point: dispatches on the leading command words to a subcommand handler.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_join.h"
+#include "cli/data_command.h"
+
+namespace raptr::cli {
+namespace {
+
+// A subcommand is the command words that name it plus a handler taking the remaining arguments.
+// New subcommands (submit, list, get, watch, cancel, ...) are one more row in kCommands.
+struct Command {
+  std::vector<std::string> words;
+  const char* summary;
+  int (*run)(int argc, char** argv, int first);
+};
+
+const std::vector<Command>& Commands() {
+  static const std::vector<Command> kCommands = {
+      {{"data", "prepare"}, "tokenize a text corpus into llm.c train/val shards", RunDataPrepare},
+  };
+  return kCommands;
+}
+
+void PrintUsage(std::FILE* out) {
+  std::fprintf(out, "usage: raptrctl COMMAND [flags]\n\ncommands:\n");
+  for (const Command& c : Commands()) {
+    std::fprintf(out, "  %-22s %s\n", absl::StrJoin(c.words, " ").c_str(), c.summary);
+  }
+  std::fprintf(out, "  %-22s %s\n", "help", "show this text");
+  std::fprintf(out, "\nRun 'raptrctl COMMAND --help' for a command's flags.\n");
+}
+
+// The command whose words are the longest prefix of argv[1..]; nullptr if none.
+const Command* Find(int argc, char** argv) {
+  const Command* best = nullptr;
+  for (const Command& c : Commands()) {
+    if (static_cast<int>(c.words.size()) > argc - 1) continue;
+    bool match = true;
+    for (size_t i = 0; i < c.words.size() && match; ++i) match = c.words[i] == argv[1 + i];
+    if (match && (best == nullptr || c.words.size() > best->words.size())) best = &c;
+  }
+  return best;
+}
+
+int Main(int argc, char** argv) {
+  if (argc < 2) {
+    PrintUsage(stderr);
+    return 2;
+  }
+  const std::string first = argv[1];
+  if (first == "help" || first == "--help" || first == "-h") {
+    PrintUsage(stdout);
+    return 2;
+  }
+  const Command* cmd = Find(argc, argv);
+  if (cmd == nullptr) {
+    std::vector<std::string> words;
+    for (int i = 1; i < argc && std::strncmp(argv[i], "-", 1) != 0; ++i) words.push_back(argv[i]);
+    std::fprintf(stderr, "raptrctl: unknown command '%s'\n\n", absl::StrJoin(words, " ").c_str());
+    PrintUsage(stderr);
+    return 2;
+  }
+  return cmd->run(argc, argv, 1 + static_cast<int>(cmd->words.size()));
+}
+
+}  // namespace
+}  // namespace raptr::cli
+
+int main(int argc, char** argv) { return raptr::cli::Main(argc, argv); }
