@@ -80,8 +80,9 @@ class Backend {
   virtual double SumSquares(const T* x, size_t n) = 0;
   // One AdamW step over a slice: g = grads * grad_scale; m = b1 m + (1-b1) g;
   // v = b2 v + (1-b2) g^2; p -= lr * (m/bc1 / (sqrt(v/bc2) + eps) + wd * p) with
-  // bc1 = 1-b1^t, bc2 = 1-b2^t. Decoupled weight decay (wd may be 0).
-  virtual void AdamW(T* params, const T* grads, T* m, T* v, size_t n, float lr, float beta1,
+  // bc1 = 1-b1^t, bc2 = 1-b2^t. Decoupled weight decay (wd may be 0). The gradients are
+  // consumed: set to zero in the same pass, which saves the optimizer a separate sweep.
+  virtual void AdamW(T* params, T* grads, T* m, T* v, size_t n, float lr, float beta1,
                      float beta2, float eps, float weight_decay, int64_t t, float grad_scale) = 0;
 
   // Matmul-class FLOPs this backend has executed since construction (or ResetFlops).

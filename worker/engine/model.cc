@@ -120,9 +120,19 @@ void Model<T>::InitWeights(uint64_t seed) {
       const bool residual_proj = t.name.find("attn.proj.weight") != std::string::npos ||
                                  t.name.find("mlp.proj.weight") != std::string::npos;
       const double stddev = residual_proj ? residual_std : 0.02;
-      // One random stream per tensor, so a tensor's values do not depend on the others' sizes.
-      CounterRng rng(seed, ti);
-      for (size_t i = 0; i < t.numel; ++i) p[i] = static_cast<T>(stddev * rng.Normal());
+      // Box-Muller over counter-based uniforms: element pair j of tensor ti depends only on
+      // (seed, ti, j), so the fill is parallel yet identical for any thread count.
+      const int64_t pairs = static_cast<int64_t>((t.numel + 1) / 2);
+#pragma omp parallel for schedule(static)
+      for (int64_t j = 0; j < pairs; ++j) {
+        double u1 = ToUnitDouble(HashCounters(seed, ti, static_cast<uint64_t>(j), 0));
+        const double u2 = ToUnitDouble(HashCounters(seed, ti, static_cast<uint64_t>(j), 1));
+        if (u1 < 1e-300) u1 = 1e-300;
+        const double r = stddev * std::sqrt(-2.0 * std::log(u1));
+        const double a = 6.283185307179586 * u2;
+        p[2 * j] = static_cast<T>(r * std::cos(a));
+        if (static_cast<size_t>(2 * j + 1) < t.numel) p[2 * j + 1] = static_cast<T>(r * std::sin(a));
+      }
     }  // biases stay 0
   }
   backend_->CopyToDevice(params_, host.data(), host.size() * sizeof(T));

@@ -84,19 +84,15 @@ OptimizerStepInfo AdamWOptimizer<T>::Step(T* params, T* grads, const ActiveLayer
   }
   const bool frozen = config_.skipped == SkippedLayerPolicy::kFrozen;
   for (const ParamTensor& t : layout_.tensors()) {
-    if (frozen && t.layer >= 0 && !active.active(t.layer)) continue;
+    if (frozen && t.layer >= 0 && !active.active(t.layer)) continue;  // untouched, grads zero
     backend_->AdamW(params + t.offset, grads + t.offset, m_ + t.offset, v_ + t.offset, t.numel,
                     static_cast<float>(info.lr), static_cast<float>(config_.beta1),
                     static_cast<float>(config_.beta2), static_cast<float>(config_.eps),
                     t.decay ? static_cast<float>(config_.weight_decay) : 0.0f, step + 1,
                     static_cast<float>(info.clip_scale));
   }
-  // Restore the invariant: only the slices written this step can be non-zero.
-  for (const ParamRange& r : layout_.SharedRanges()) backend_->Zero(grads + r.begin, r.size());
-  for (int l : active.ActiveLayers()) {
-    const ParamRange r = layout_.LayerRange(l);
-    backend_->Zero(grads + r.begin, r.size());
-  }
+  // AdamW zeroed every slice it read; under `frozen` the skipped slices were zero already. So
+  // the invariant holds again: every gradient slice is zero before the next step.
   return info;
 }
 

@@ -2,8 +2,8 @@
 // flat parameter buffer, aware of which blocks were skipped this step.
 //
 // Invariant it keeps with the model: gradient slices that were not written this step are zero.
-// After Step() it zeroes exactly the slices the step wrote (shared tensors + active blocks), so a
-// skipped block's gradient reads as zero without a full-buffer memset every step.
+// Step() zeroes the gradients in the same pass that reads them (Backend::AdamW), so a skipped
+// block's gradient reads as zero without a separate full-buffer memset every step.
 #pragma once
 
 #include <cstdint>
@@ -59,8 +59,8 @@ class AdamWOptimizer {
   AdamWOptimizer(const AdamWOptimizer&) = delete;
   AdamWOptimizer& operator=(const AdamWOptimizer&) = delete;
 
-  // Applies one update for 0-based step `step` (bias correction uses step + 1), then zeroes the
-  // gradient slices this step wrote. `active` is the path the gradients came from.
+  // Applies one update for 0-based step `step` (bias correction uses step + 1) and leaves all
+  // gradients zero. `active` is the path the gradients came from.
   OptimizerStepInfo Step(T* params, T* grads, const ActiveLayerSet& active, int64_t step);
 
   // Squared L2 norm of the gradient slices written under `active`.

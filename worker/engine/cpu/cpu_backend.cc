@@ -378,7 +378,7 @@ double CpuBackend<T>::SumSquares(const T* x, size_t n) {
 }
 
 template <typename T>
-void CpuBackend<T>::AdamW(T* params, const T* grads, T* m, T* v, size_t n, float lr, float beta1,
+void CpuBackend<T>::AdamW(T* params, T* grads, T* m, T* v, size_t n, float lr, float beta1,
                           float beta2, float eps, float weight_decay, int64_t t,
                           float grad_scale) {
   const T bc1 = static_cast<T>(1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(t)));
@@ -387,6 +387,7 @@ void CpuBackend<T>::AdamW(T* params, const T* grads, T* m, T* v, size_t n, float
 #pragma omp parallel for simd schedule(static)
   for (size_t i = 0; i < n; ++i) {
     const T g = grads[i] * gs;
+    grads[i] = 0;
     const T mi = b1 * m[i] + (T(1) - b1) * g;
     const T vi = b2 * v[i] + (T(1) - b2) * g * g;
     m[i] = mi;

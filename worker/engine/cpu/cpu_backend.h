@@ -45,7 +45,7 @@ class CpuBackend final : public Backend<T> {
   void CrossEntropyForward(T* logits, T* losses, const int32_t* targets, int N, int V,
                            T grad_scale, bool compute_grad) override;
   double SumSquares(const T* x, size_t n) override;
-  void AdamW(T* params, const T* grads, T* m, T* v, size_t n, float lr, float beta1, float beta2,
+  void AdamW(T* params, T* grads, T* m, T* v, size_t n, float lr, float beta1, float beta2,
              float eps, float weight_decay, int64_t t, float grad_scale) override;
 };
 
