@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <string_view>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -279,24 +280,30 @@ absl::Status SaveCheckpoint(const std::string& run_dir, const ModelConfig& confi
   const fs::path root = CheckpointsRoot(run_dir);
   std::error_code ec;
   if (!fs::is_directory(root, ec)) {
+    // Remember which ancestors are new: each one's entry in its parent must be made durable.
+    std::vector<fs::path> created;
+    for (fs::path p = root; !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
+      created.push_back(p);
+      if (p == p.parent_path()) break;
+    }
     fs::create_directories(root, ec);
     if (ec) return FsError("cannot create checkpoint directory", root.string(), ec);
-    // Make the new directory's entry durable before anything inside it is relied on.
-    RETURN_IF_ERROR(SyncDirectory(root.parent_path().string()));
+    for (const fs::path& p : created) {
+      const fs::path parent = p.has_parent_path() ? p.parent_path() : fs::path(".");
+      RETURN_IF_ERROR(SyncDirectory(parent.string()));
+    }
   }
   const std::string name = CheckpointDirName(state.step);
   const fs::path final_dir = root / name;
   const fs::path tmp_dir = root / (name + ".tmp");
 
-  if (fs::exists(fs::symlink_status(final_dir, ec))) {
+  const bool final_exists = fs::exists(fs::symlink_status(final_dir, ec));
+  if (final_exists) {
     absl::StatusOr<std::string> latest = LatestCheckpoint(run_dir);
     if (latest.ok() && fs::path(*latest) == final_dir) {
       return absl::AlreadyExistsError(
           absl::StrCat(what, ": ", final_dir.string(), " is already the committed latest"));
     }
-    // Left by a save that crashed before committing LATEST: nothing relies on it.
-    fs::remove_all(final_dir, ec);
-    if (ec) return FsError("cannot remove uncommitted checkpoint", final_dir.string(), ec);
   }
   fs::remove_all(tmp_dir, ec);  // debris of an interrupted save
   if (ec) return FsError("cannot remove stale", tmp_dir.string(), ec);
@@ -305,6 +312,12 @@ absl::Status SaveCheckpoint(const std::string& run_dir, const ModelConfig& confi
 
   absl::Status st =
       WriteCheckpointFiles(tmp_dir.string(), config, layout, params, adam_m, adam_v, state);
+  if (st.ok() && final_exists) {
+    // Not the committed latest (a crash preceded LATEST's update, or the run resumed from an
+    // older step), so nothing relies on it; removed only once its replacement is complete.
+    fs::remove_all(final_dir, ec);
+    if (ec) st = FsError("cannot remove superseded checkpoint", final_dir.string(), ec);
+  }
   if (st.ok()) {
     fs::rename(tmp_dir, final_dir, ec);
     if (ec) {

@@ -49,8 +49,9 @@ absl::StatusOr<ModelConfig> ModelConfigFromJson(const std::string& json);
 // Writes and commits run_dir/checkpoints/step_%08d for state.step (creating directories as
 // needed). `layout` must be ParamLayout(config); params, adam_m and adam_v each hold
 // layout.total() floats. On error the previously committed checkpoint and LATEST are untouched.
-// Saving a step that is already the committed latest is AlreadyExists; an uncommitted directory
-// of that step (left by a crash before LATEST was updated) is replaced.
+// Saving a step that is already the committed latest is AlreadyExists; any other directory of
+// that step (left by a crash before LATEST was updated, or by a run that later resumed from an
+// older checkpoint) is replaced once the new one is fully written.
 absl::Status SaveCheckpoint(const std::string& run_dir, const ModelConfig& config,
                             const ParamLayout& layout, const float* params, const float* adam_m,
                             const float* adam_v, const TrainState& state);

@@ -358,7 +358,9 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string path, std::vector<u
   SafetensorsFile file;
   const uint8_t* buffer = bytes + 8 + header_len;
   const uint64_t buffer_size = size - 8 - header_len;
-  for (const auto& [name, value] : root.items()) {
+  for (const auto& item : root.items()) {
+    const std::string& name = item.key();  // not a structured binding: lambdas capture it
+    const Json& value = item.value();
     if (name == kMetadataKey) {
       if (!value.is_object()) return bad("__metadata__ is not a JSON object");
       for (const auto& [k, v] : value.items()) {
