@@ -318,8 +318,8 @@ void CpuBackend<T>::GeluBackward(T* dinp, const T* inp, const T* dout, size_t n)
   for (size_t i = 0; i < n; ++i) {
     const T x = inp[i];
     const T u = k * (x + T(0.044715) * x * x * x);
-    const T t = cpu::Tanh(u);
-    const T sech2 = T(1) - t * t;
+    T t, sech2;
+    cpu::TanhAndDerivative(u, &t, &sech2);
     const T grad = T(0.5) * (T(1) + t) + T(0.5) * x * sech2 * k * (T(1) + T(3 * 0.044715) * x * x);
     dinp[i] = grad * dout[i];
   }

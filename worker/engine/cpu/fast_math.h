@@ -34,4 +34,17 @@ inline float Tanh(float x) {
 }
 inline double Tanh(double x) { return std::tanh(x); }
 
+// tanh(x) and its derivative 1 - tanh(x)^2. For float the derivative is 4e/(e+1)^2 with
+// e = exp(2x): computing 1 - t*t with t near +-1 would magnify t's rounding error ~10x.
+inline void TanhAndDerivative(float x, float* t, float* dt) {
+  const float e = Exp(2.0f * x);
+  const float inv = 1.0f / (e + 1.0f);
+  *t = 1.0f - 2.0f * inv;
+  *dt = 4.0f * (e * inv) * inv;  // e * inv <= 1: no overflow for large x
+}
+inline void TanhAndDerivative(double x, double* t, double* dt) {
+  *t = std::tanh(x);
+  *dt = 1.0 - *t * *t;
+}
+
 }  // namespace raptr::cpu
