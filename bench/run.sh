@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# make bench: the engine against PyTorch's CPU training step on the same shapes, in one run.
+#
+# raptr runs at its defaults (no environment tuning). PyTorch runs twice: at its defaults and at
+# its best here (OMP_WAIT_POLICY=PASSIVE + tcmalloc). Every figure is a median over timed steps;
+# results go to bench/results/<date>.jsonl and a summary table on stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH=${RAPTR_BUILD_DIR:-build}/bench/engine_bench
+PY=/usr/bin/python3
+TCMALLOC=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
+STEPS=${BENCH_STEPS:-10}
+mkdir -p bench/results
+OUT=bench/results/$(date +%Y-%m-%d).jsonl
+: > "$OUT"
+
+torch_default() { "$PY" bench/torch_train_step.py "$@"; }
+torch_best() { env OMP_WAIT_POLICY=PASSIVE LD_PRELOAD="$TCMALLOC" "$PY" bench/torch_train_step.py "$@"; }
+tag() { sed "s/^{/{\"bench\":\"$1\",\"variant\":\"$2\",/"; }
+
+run_shape() {  # name, then shape flags shared by both implementations
+  local name=$1; shift
+  echo "== $name" >&2
+  "$BENCH" "$@" --steps "$STEPS" --warmup 2 | tag "$name" raptr >> "$OUT"
+  torch_default "$@" --steps "$STEPS" --warmup 2 | tag "$name" pytorch-default >> "$OUT"
+  torch_best "$@" --steps "$STEPS" --warmup 2 | tag "$name" pytorch-best >> "$OUT"
+}
+
+run_shape gpt2-124m --layers 12 --d-model 768 --heads 12 --vocab 50257 --batch 4 --seq 64
+run_shape d384 --layers 6 --d-model 384 --heads 6 --vocab 50257 --batch 4 --seq 64
+
+echo "== path length (12 layers, d 256, vocab 8192, B=16, T=128)" >&2
+PATH_SHAPE=(--layers 12 --d-model 256 --heads 4 --vocab 8192 --batch 16 --seq 128)
+"$BENCH" "${PATH_SHAPE[@]}" --active 6,9,12 --steps "$STEPS" --warmup 2 | tag path raptr >> "$OUT"
+for k in 6 9 12; do
+  torch_best "${PATH_SHAPE[@]}" --active "$k" --steps "$STEPS" --warmup 2 | tag path pytorch-best >> "$OUT"
+done
+
+"$PY" bench/summarize.py "$OUT"

@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Summarises a bench/run.sh results file (JSON lines) as the tables docs/PERF.md quotes."""
+import json
+import sys
+
+
+def flops_forward(r, k):
+    n = r["batch"] * r["seq"]
+    c, f, v, t = r["d_model"], r.get("d_ff") or 4 * r["d_model"], r["vocab"], r["seq"]
+    block = 2 * n * c * 3 * c + 2 * n * c * c + 4 * n * c * f + 4 * r["batch"] * t * t * c
+    return k * block + 2 * n * c * v
+
+
+def main(path):
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    print(f"results: {path}\n")
+    print("| shape | implementation | tokens/s (median) | vs PyTorch best | step s | model GFLOP/s | "
+          "% of sgemm | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for bench in ("gpt2-124m", "d384"):
+        group = [r for r in rows if r["bench"] == bench]
+        best = [r for r in group if r["variant"] == "pytorch-best"]
+        base = best[0]["tokens_per_s_median"] if best else None
+        for r in group:
+            tps = r["tokens_per_s_median"]
+            gf = r.get("model_gflops_per_s")
+            if gf is None:
+                gf = 3 * flops_forward(r, r.get("active") or r["layers"]) / r["step_s_median"] / 1e9
+            sg = [x for x in group if x["variant"] == "raptr"][0].get("sgemm_gflops_per_s")
+            print(f"| {bench} | {r['variant']} | {tps:.1f} | {tps / base:.2f}x | "
+                  f"{r['step_s_median']:.3f} | {gf:.1f} | {100 * gf / sg:.0f}% | "
+                  f"{r['peak_rss_mb']:.0f} |")
+    path_rows = [r for r in rows if r["bench"] == "path"]
+    if path_rows:
+        print("\n| implementation | t(6) s | t(9) s | t(12) s | t(6)/t(12) | FLOPs ratio | "
+              "t(9) vs linear fit |")
+        print("|---|---|---|---|---|---|---|")
+        for variant in ("raptr", "pytorch-best"):
+            t = {r["active"]: r["step_s_median"] for r in path_rows if r["variant"] == variant}
+            if not all(k in t for k in (6, 9, 12)):
+                continue
+            r0 = path_rows[0]
+            ratio = flops_forward(r0, 6) / flops_forward(r0, 12)
+            fit9 = t[6] + (t[12] - t[6]) / 2  # line through t(6), t(12)
+            print(f"| {variant} | {t[6]:.3f} | {t[9]:.3f} | {t[12]:.3f} | {t[6] / t[12]:.3f} | "
+                  f"{ratio:.3f} | {100 * (t[9] - fit9) / fit9:+.1f}% |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
