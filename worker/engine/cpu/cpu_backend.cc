@@ -243,6 +243,7 @@ void CpuBackend<T>::AttentionForward(T* out, T* att, const T* qkv, int B, int Tn
       T* row = p + static_cast<size_t>(i) * Tn;
       const int valid = causal ? i + 1 : Tn;
       T mx = row[0];
+#pragma omp simd reduction(max : mx)
       for (int j = 1; j < valid; ++j) mx = std::max(mx, row[j]);
       T sum = 0;
 #pragma omp simd reduction(+ : sum)
@@ -338,6 +339,7 @@ void CpuBackend<T>::CrossEntropyForward(T* logits, T* losses, const int32_t* tar
       continue;
     }
     T mx = row[0];
+#pragma omp simd reduction(max : mx)
     for (int j = 1; j < V; ++j) mx = std::max(mx, row[j]);
     const T target_logit = row[target];
     T sum = 0;
