@@ -31,8 +31,9 @@ run_shape d384 --layers 6 --d-model 384 --heads 6 --vocab 50257 --batch 4 --seq 
 
 echo "== path length (12 layers, d 256, vocab 8192, B=16, T=128)" >&2
 PATH_SHAPE=(--layers 12 --d-model 256 --heads 4 --vocab 8192 --batch 16 --seq 128)
-"$BENCH" "${PATH_SHAPE[@]}" --active 6,9,12 --steps "$STEPS" --warmup 2 | tag path raptr >> "$OUT"
+# One process per path length, so each peak RSS is that path's own: memory falls with the path.
 for k in 6 9 12; do
+  "$BENCH" "${PATH_SHAPE[@]}" --active "$k" --steps "$STEPS" --warmup 2 | tag path raptr >> "$OUT"
   torch_best "${PATH_SHAPE[@]}" --active "$k" --steps "$STEPS" --warmup 2 | tag path pytorch-best >> "$OUT"
 done
 

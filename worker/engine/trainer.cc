@@ -86,7 +86,7 @@ class MetricsCsv {
     if (!out_) return absl::InternalError(absl::StrCat("cannot write ", path_));
     if (kept.empty()) {
       out_ << "step,stage,path_length,loss,eval_loss,lr,grad_norm,tokens,flops,flops_full,"
-              "total_flops,total_flops_full,seconds,forward_s,backward_s,optimizer_s\n";
+              "total_flops,total_flops_full,seconds,forward_s,backward_s,optimizer_s,eval_s\n";
     }
     for (const auto& l : kept) out_ << l << "\n";
     out_.flush();
@@ -94,12 +94,12 @@ class MetricsCsv {
   }
   void Write(const StepReport& r) {
     if (!out_.is_open()) return;
-    out_ << absl::StrFormat("%d,%d,%d,%.6f,%s,%.6g,%.6g,%d,%.6g,%.6g,%.6g,%.6g,%.5f,%.5f,%.5f,%.5f\n",
+    out_ << absl::StrFormat("%d,%d,%d,%.6f,%s,%.6g,%.6g,%d,%.6g,%.6g,%.6g,%.6g,%.5f,%.5f,%.5f,%.5f,%.5f\n",
                             r.step, r.stage, r.path_length, r.loss,
                             r.eval_loss >= 0 ? absl::StrFormat("%.6f", r.eval_loss) : "",
                             r.lr, r.grad_norm, r.tokens, r.flops, r.flops_full, r.total_flops,
                             r.total_flops_full, r.seconds, r.forward_seconds, r.backward_seconds,
-                            r.optimizer_seconds);
+                            r.optimizer_seconds, r.eval_seconds);
     out_.flush();
   }
 
@@ -234,11 +234,13 @@ absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainR
     r.total_flops_full = state.flops_full;
     const bool last_step = state.step == cfg.steps;
     const bool stopping = cfg.stop_after >= 0 && step >= cfg.stop_after;
+    r.seconds = Now() - t0;
     if (last_step || (cfg.eval_every > 0 && state.step % cfg.eval_every == 0)) {
+      const double e0 = Now();
       ASSIGN_OR_RETURN(r.eval_loss, Evaluate(model, val, cfg, inputs, targets));
+      r.eval_seconds = Now() - e0;
       last_eval = r.eval_loss;
     }
-    r.seconds = Now() - t0;
     csv.Write(r);
     if (on_step) on_step(r);
     last = r;

@@ -52,7 +52,8 @@ struct StepReport {
   double flops_full = 0;        // this step, had every block trained
   double total_flops = 0;       // cumulative
   double total_flops_full = 0;  // cumulative
-  double seconds = 0;
+  double seconds = 0;  // the training step alone (batch, forward, backward, optimizer)
+  double eval_seconds = 0;
   double forward_seconds = 0;
   double backward_seconds = 0;
   double optimizer_seconds = 0;
