@@ -71,7 +71,8 @@ int Run(int argc, char** argv) {
   flags.Define("batch", "4", "sequences per step (B)");
   flags.Define("seq", "64", "tokens per sequence (T)");
   flags.Define("active", "", "comma list of path lengths to time (default: all layers)");
-  flags.Define("steps", "10", "timed steps per path length");
+  flags.Define("steps", "10", "timed steps per path length per round");
+  flags.Define("rounds", "1", "rounds over all path lengths (interleaved timing)");
   flags.Define("warmup", "2", "untimed steps first");
   flags.Define("kind", "gpt", "gpt or bert");
   if (auto s = flags.Parse(argc, argv, 1); !s.ok()) {
@@ -96,6 +97,7 @@ int Run(int argc, char** argv) {
   }
   const int steps = static_cast<int>(*flags.GetInt("steps"));
   const int warmup = static_cast<int>(*flags.GetInt("warmup"));
+  const int rounds = static_cast<int>(*flags.GetInt("rounds"));
   std::vector<int> lengths;
   if (flags.Get("active").empty()) {
     lengths.push_back(cfg.num_layers);
@@ -123,46 +125,63 @@ int Run(int argc, char** argv) {
     targets[i] = static_cast<int32_t>(rng.Below(cfg.vocab_size));
   }
   int64_t step = 0;
-  std::vector<std::function<void(double, double)>> lines;
+  // Timings per path length, interleaved in rounds (round r runs `steps` steps of every length
+  // in turn) so that drift in the machine's speed spreads evenly over the lengths compared.
+  struct Timings {
+    ActiveLayerSet active;
+    std::vector<double> total, fwd, bwd, optim;
+  };
+  std::vector<Timings> timings;
   for (int k : lengths) {
     // A fixed path of k blocks spread over the depth, like a RaPTr step of length k.
     std::vector<int> layers;
     for (int i = 0; i < k; ++i) layers.push_back(static_cast<int>((i * cfg.num_layers) / k));
-    const ActiveLayerSet active = ActiveLayerSet::Of(cfg.num_layers, layers);
-    std::vector<double> times, fwd, bwd, optim;
-    for (int s = 0; s < warmup + steps; ++s) {
-      const double t0 = Now();
-      auto loss = model.Forward(inputs.data(), targets.data(), B, T, active, true);
-      if (!loss.ok()) {
-        std::fprintf(stderr, "engine_bench: %s\n", std::string(loss.status().message()).c_str());
-        return 1;
-      }
-      const double t1 = Now();
-      model.Backward(1.0f);
-      const double t2 = Now();
-      opt.Step(model.params(), model.grads(), active, step++);
-      const double t3 = Now();
-      if (s >= warmup) {
-        times.push_back(t3 - t0);
-        fwd.push_back(t1 - t0);
-        bwd.push_back(t2 - t1);
-        optim.push_back(t3 - t2);
+    timings.push_back({ActiveLayerSet::Of(cfg.num_layers, layers), {}, {}, {}, {}});
+  }
+  for (int round = -1; round < rounds; ++round) {  // round -1: warmup, untimed
+    for (Timings& tk : timings) {
+      for (int s = 0; s < (round < 0 ? warmup : steps); ++s) {
+        const double t0 = Now();
+        auto loss = model.Forward(inputs.data(), targets.data(), B, T, tk.active, true);
+        if (!loss.ok()) {
+          std::fprintf(stderr, "engine_bench: %s\n", std::string(loss.status().message()).c_str());
+          return 1;
+        }
+        const double t1 = Now();
+        model.Backward(1.0f);
+        const double t2 = Now();
+        opt.Step(model.params(), model.grads(), tk.active, step++);
+        const double t3 = Now();
+        if (round >= 0) {
+          tk.total.push_back(t3 - t0);
+          tk.fwd.push_back(t1 - t0);
+          tk.bwd.push_back(t2 - t1);
+          tk.optim.push_back(t3 - t2);
+        }
       }
     }
+  }
+  std::vector<std::function<void(double, double)>> lines;
+  for (size_t i = 0; i < timings.size(); ++i) {
+    const Timings& tk = timings[i];
+    const int k = lengths[i];
+    const std::vector<double>& times = tk.total;
     const double med = Median(times);
     const double flops = static_cast<double>(TrainingFlops(cfg, B, T, k));
+    const int timed = static_cast<int>(times.size());
+    const double fwd = Median(tk.fwd), bwd = Median(tk.bwd), optim = Median(tk.optim);
+    const double min_time = *std::min_element(times.begin(), times.end());
     lines.push_back([=](double sgemm, double sgemm_model) {
-    std::printf(
-        "{\"impl\":\"raptr\",\"kind\":\"%s\",\"layers\":%d,\"d_model\":%d,\"heads\":%d,"
-        "\"d_ff\":%d,\"vocab\":%d,\"batch\":%d,\"seq\":%d,\"active\":%d,\"steps\":%d,"
-        "\"step_s_median\":%.5f,\"step_s_min\":%.5f,\"tokens_per_s_median\":%.2f,"
-        "\"forward_s\":%.5f,\"backward_s\":%.5f,\"optimizer_s\":%.5f,"
-        "\"model_gflops_per_s\":%.2f,\"sgemm_gflops_per_s\":%.2f,"
-        "\"sgemm_model_shape_gflops_per_s\":%.2f,\"peak_rss_mb\":%.1f}\n",
-        ModelKindName(cfg.kind).c_str(), cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.d_ff,
-        cfg.vocab_size, B, T, k, steps, med, *std::min_element(times.begin(), times.end()),
-        B * T / med, Median(fwd), Median(bwd), Median(optim), flops / med / 1e9, sgemm,
-        sgemm_model, PeakRssMb());
+      std::printf(
+          "{\"impl\":\"raptr\",\"kind\":\"%s\",\"layers\":%d,\"d_model\":%d,\"heads\":%d,"
+          "\"d_ff\":%d,\"vocab\":%d,\"batch\":%d,\"seq\":%d,\"active\":%d,\"steps\":%d,"
+          "\"step_s_median\":%.5f,\"step_s_min\":%.5f,\"tokens_per_s_median\":%.2f,"
+          "\"forward_s\":%.5f,\"backward_s\":%.5f,\"optimizer_s\":%.5f,"
+          "\"model_gflops_per_s\":%.2f,\"sgemm_gflops_per_s\":%.2f,"
+          "\"sgemm_model_shape_gflops_per_s\":%.2f,\"peak_rss_mb\":%.1f}\n",
+          ModelKindName(cfg.kind).c_str(), cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.d_ff,
+          cfg.vocab_size, B, T, k, timed, med, min_time, B * T / med, fwd, bwd, optim,
+          flops / med / 1e9, sgemm, sgemm_model, PeakRssMb());
     });
   }
   // The ceilings, measured after the model ran (a cold start under-reports them): a large square

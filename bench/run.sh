@@ -31,10 +31,19 @@ run_shape d384 --layers 6 --d-model 384 --heads 6 --vocab 50257 --batch 4 --seq 
 
 echo "== path length (12 layers, d 256, vocab 8192, B=16, T=128)" >&2
 PATH_SHAPE=(--layers 12 --d-model 256 --heads 4 --vocab 8192 --batch 16 --seq 128)
-# One process per path length, so each peak RSS is that path's own: memory falls with the path.
+# Timing: one process, the three lengths interleaved in rounds (drift spreads evenly).
+"$BENCH" "${PATH_SHAPE[@]}" --active 6,9,12 --steps 3 --rounds "$((STEPS / 2))" --warmup 2 \
+  | tag path raptr >> "$OUT"
+# Memory: one short process per length, so each peak RSS is that path's own.
 for k in 6 9 12; do
-  "$BENCH" "${PATH_SHAPE[@]}" --active "$k" --steps "$STEPS" --warmup 2 | tag path raptr >> "$OUT"
-  torch_best "${PATH_SHAPE[@]}" --active "$k" --steps "$STEPS" --warmup 2 | tag path pytorch-best >> "$OUT"
+  "$BENCH" "${PATH_SHAPE[@]}" --active "$k" --steps 2 --warmup 1 | tag path raptr-mem >> "$OUT"
+done
+# PyTorch runs one length per process: alternate the lengths over rounds, take medians.
+for round in 1 2 3; do
+  for k in 6 9 12; do
+    torch_best "${PATH_SHAPE[@]}" --active "$k" --steps "$((STEPS / 2))" --warmup 2 \
+      | tag path pytorch-best >> "$OUT"
+  done
 done
 
 "$PY" bench/summarize.py "$OUT"
