@@ -97,6 +97,7 @@ absl::Status LocalTrain(int argc, char** argv) {
   flags.Define("eval-batches", "8", "validation batches per evaluation");
   flags.Define("checkpoint-every", "0", "checkpoint every N steps (0: at the end)");
   flags.Define("resume", "true", "continue from run-dir's latest checkpoint if any");
+  flags.Define("stop-after", "-1", "stop after this 0-based step, with a checkpoint (-1: run all)");
   flags.Define("log-every", "10", "progress line every N steps (0: quiet)");
   if (argc > 2 && std::string(argv[2]) == "--help") {
     std::fprintf(stderr, "usage: raptr-worker train [flags]\n%s", flags.Usage().c_str());
@@ -128,6 +129,7 @@ absl::Status LocalTrain(int argc, char** argv) {
   cfg.eval_batches = static_cast<int>(eval_batches);
   ASSIGN_OR_RETURN(cfg.checkpoint_every, flags.GetInt("checkpoint-every"));
   ASSIGN_OR_RETURN(cfg.resume, flags.GetBool("resume"));
+  ASSIGN_OR_RETURN(cfg.stop_after, flags.GetInt("stop-after"));
   ASSIGN_OR_RETURN(int64_t log_every, flags.GetInt("log-every"));
   cfg.log_every = static_cast<int>(log_every);
 

@@ -154,10 +154,9 @@ absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainR
             "checkpoint ", *latest, " was trained with seed ", state.seed, ", this run has ",
             cfg.seed, ": refusing to mix runs"));
       }
-      if (cfg.log_every > 0) {
-        std::fprintf(stderr, "resumed from %s at step %lld\n", latest->c_str(),
-                     static_cast<long long>(state.step));
-      }
+      // Always said, even when quiet: silently continuing an old run would surprise.
+      std::fprintf(stderr, "resumed from %s at step %lld\n", latest->c_str(),
+                   static_cast<long long>(state.step));
     } else if (!absl::IsNotFound(latest.status())) {
       return latest.status();
     }
