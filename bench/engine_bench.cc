@@ -17,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "common/flags.h"
+#include "common/process_env.h"
 #include "common/random.h"
 #include "worker/engine/cpu/cpu_backend.h"
 #include "worker/engine/flops.h"
@@ -196,4 +197,7 @@ int Run(int argc, char** argv) {
 }  // namespace
 }  // namespace raptr
 
-int main(int argc, char** argv) { return raptr::Run(argc, argv); }
+int main(int argc, char** argv) {
+  raptr::EnsurePassiveOpenMpWaitPolicy(argv);  // the defaults the worker runs with
+  return raptr::Run(argc, argv);
+}

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <string>
 
+#include "common/process_env.h"
 #include "worker/commands.h"
 
 namespace {
@@ -19,6 +20,7 @@ void PrintUsage() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  raptr::EnsurePassiveOpenMpWaitPolicy(argv);
   if (argc < 2 || std::strcmp(argv[1], "help") == 0 || std::strcmp(argv[1], "--help") == 0) {
     PrintUsage();
     return argc < 2 ? 2 : 0;
