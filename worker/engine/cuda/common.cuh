@@ -150,8 +150,7 @@ void ColumnSums(ColumnOutputs<NQ> out, float* partial, int N, int C, float scale
                 cudaStream_t stream) {
   const int chunks = ColumnSumChunks(N);
   const dim3 grid(CeilDiv(C, kWarp), chunks), block(kWarp, 8);
-  ColumnPartialSumsKernel<NQ><<<grid, block, 0, stream>>>(partial, N, C, ColumnSumRows(N),
-                                                                 values);
+  ColumnPartialSumsKernel<NQ><<<grid, block, 0, stream>>>(partial, N, C, ColumnSumRows(N), values);
   CUDA_CHECK_LAUNCH("ColumnPartialSumsKernel");
   ColumnSumsFinishKernel<NQ><<<CeilDiv(C, 256), 256, 0, stream>>>(out, partial, chunks, C, scale);
   CUDA_CHECK_LAUNCH("ColumnSumsFinishKernel");

@@ -97,8 +97,7 @@ void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t bytes) {
 
 void CudaBackend::Copy(float* dst, const float* src, size_t n) {
   if (n > 0) {
-    CUDA_CHECK(
-        cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
   }
 }
 

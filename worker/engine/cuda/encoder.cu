@@ -76,8 +76,8 @@ void CudaBackend::EncoderForward(float* out, const int32_t* tokens, const float*
         reinterpret_cast<const float4*>(wpe), N, Tn, C4);
     CUDA_CHECK_LAUNCH("EncoderForwardKernel4");
   } else {
-    EncoderForwardKernel<<<CeilDiv(N * C, kThreads), kThreads, 0, stream_>>>(out, tokens, wte,
-                                                                             wpe, N, Tn, C);
+    EncoderForwardKernel<<<CeilDiv(N * C, kThreads), kThreads, 0, stream_>>>(out, tokens, wte, wpe,
+                                                                             N, Tn, C);
     CUDA_CHECK_LAUNCH("EncoderForwardKernel");
   }
 }

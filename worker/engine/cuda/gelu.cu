@@ -70,8 +70,8 @@ void CudaBackend::GeluForward(float* out, const float* inp, size_t n) {
     done = n4 * 4;
   }
   if (done < n) {
-    GeluForwardKernel<<<CeilDiv(n - done, kThreads), kThreads, 0, stream_>>>(out + done,
-                                                                             inp + done, n - done);
+    GeluForwardKernel<<<CeilDiv(n - done, kThreads), kThreads, 0, stream_>>>(out + done, inp + done,
+                                                                             n - done);
     CUDA_CHECK_LAUNCH("GeluForwardKernel");
   }
 }

@@ -37,24 +37,21 @@ struct Elements {
 
 }  // namespace
 
-void CudaBackend::Gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
-                       const float* A, int lda, int64_t stride_a, const float* B, int ldb,
-                       int64_t stride_b, float beta, float* C, int ldc, int64_t stride_c,
-                       int batch) {
+void CudaBackend::Gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* A,
+                       int lda, int64_t stride_a, const float* B, int ldb, int64_t stride_b,
+                       float beta, float* C, int ldc, int64_t stride_c, int batch) {
   if (m == 0 || n == 0 || batch == 0) return;
   const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasComputeType_t compute =
       options_.allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   if (batch == 1) {
-    CUDA_CHECK(cublasGemmEx(cublas_, op_a, op_b, m, n, k, &alpha, A, CUDA_R_32F, lda, B,
-                            CUDA_R_32F, ldb, &beta, C, CUDA_R_32F, ldc, compute,
-                            CUBLAS_GEMM_DEFAULT));
+    CUDA_CHECK(cublasGemmEx(cublas_, op_a, op_b, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F,
+                            ldb, &beta, C, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
   } else {
-    CUDA_CHECK(cublasGemmStridedBatchedEx(cublas_, op_a, op_b, m, n, k, &alpha, A, CUDA_R_32F, lda,
-                                          stride_a, B, CUDA_R_32F, ldb, stride_b, &beta, C,
-                                          CUDA_R_32F, ldc, stride_c, batch, compute,
-                                          CUBLAS_GEMM_DEFAULT));
+    CUDA_CHECK(cublasGemmStridedBatchedEx(
+        cublas_, op_a, op_b, m, n, k, &alpha, A, CUDA_R_32F, lda, stride_a, B, CUDA_R_32F, ldb,
+        stride_b, &beta, C, CUDA_R_32F, ldc, stride_c, batch, compute, CUBLAS_GEMM_DEFAULT));
   }
 }
 
