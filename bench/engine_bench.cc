@@ -16,6 +16,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_shape.h"
 #include "common/flags.h"
 #include "common/process_env.h"
 #include "common/random.h"
@@ -30,12 +31,6 @@ namespace {
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 double PeakRssMb() {
@@ -64,54 +59,25 @@ double SgemmGflops(int M, int N, int K, int reps) {
 
 int Run(int argc, char** argv) {
   Flags flags;
-  flags.Define("layers", "12", "blocks");
-  flags.Define("d-model", "768", "model width");
-  flags.Define("heads", "12", "attention heads");
-  flags.Define("d-ff", "0", "MLP width (0: 4 * d-model)");
-  flags.Define("vocab", "50257", "vocabulary size");
-  flags.Define("batch", "4", "sequences per step (B)");
-  flags.Define("seq", "64", "tokens per sequence (T)");
-  flags.Define("active", "", "comma list of path lengths to time (default: all layers)");
-  flags.Define("steps", "10", "timed steps per path length per round");
+  DefineBenchShapeFlags(flags);
   flags.Define("rounds", "1", "rounds over all path lengths (interleaved timing)");
-  flags.Define("warmup", "2", "untimed steps first");
-  flags.Define("kind", "gpt", "gpt or bert");
-  if (auto s = flags.Parse(argc, argv, 1); !s.ok()) {
-    std::fprintf(stderr, "engine_bench: %s\n%s", std::string(s.message()).c_str(),
+  absl::StatusOr<BenchShape> shape;
+  absl::StatusOr<int64_t> rounds_flag;
+  absl::Status parsed = flags.Parse(argc, argv, 1);
+  if (parsed.ok()) shape = BenchShapeFromFlags(flags);
+  if (parsed.ok()) parsed = shape.status();
+  if (parsed.ok()) rounds_flag = flags.GetInt("rounds");
+  if (parsed.ok()) parsed = rounds_flag.status();
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "engine_bench: %s\n%s", std::string(parsed.message()).c_str(),
                  flags.Usage().c_str());
     return 2;
   }
-  ModelConfig cfg;
-  cfg.kind = flags.Get("kind") == "bert" ? ModelKind::kBert : ModelKind::kGpt;
-  cfg.num_layers = static_cast<int>(*flags.GetInt("layers"));
-  cfg.d_model = static_cast<int>(*flags.GetInt("d-model"));
-  cfg.num_heads = static_cast<int>(*flags.GetInt("heads"));
-  cfg.d_ff = static_cast<int>(*flags.GetInt("d-ff"));
-  if (cfg.d_ff == 0) cfg.d_ff = 4 * cfg.d_model;
-  cfg.vocab_size = static_cast<int>(*flags.GetInt("vocab"));
-  const int B = static_cast<int>(*flags.GetInt("batch"));
-  const int T = static_cast<int>(*flags.GetInt("seq"));
-  cfg.max_seq = std::max(T, 1024);
-  if (auto s = cfg.Validate(); !s.ok()) {
-    std::fprintf(stderr, "engine_bench: %s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  const int steps = static_cast<int>(*flags.GetInt("steps"));
-  const int warmup = static_cast<int>(*flags.GetInt("warmup"));
-  const int rounds = static_cast<int>(*flags.GetInt("rounds"));
-  std::vector<int> lengths;
-  if (flags.Get("active").empty()) {
-    lengths.push_back(cfg.num_layers);
-  } else {
-    for (const std::string& item : std::vector<std::string>(absl::StrSplit(flags.Get("active"), ',', absl::SkipEmpty()))) {
-      int k = 0;
-      if (!absl::SimpleAtoi(item, &k) || k < 0 || k > cfg.num_layers) {
-        std::fprintf(stderr, "engine_bench: --active: bad path length '%s'\n", item.c_str());
-        return 2;
-      }
-      lengths.push_back(k);
-    }
-  }
+  const ModelConfig& cfg = shape->model;
+  const int B = shape->batch, T = shape->seq;
+  const int steps = shape->steps, warmup = shape->warmup;
+  const int rounds = static_cast<int>(*rounds_flag);
+  const std::vector<int>& lengths = shape->lengths;
 
   CpuBackend<float> backend;
   Model<float> model(cfg, &backend);

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/file_io.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
 
@@ -31,81 +32,6 @@ constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 // building absurdly deep documents.
 constexpr int kMaxJsonDepth = 64;
 constexpr char kMetadataKey[] = "__metadata__";
-
-absl::Status ErrnoError(const std::string& what, const std::string& path, int err) {
-  std::string msg = absl::StrCat(what, " ", path, ": ", std::strerror(err));
-  return err == ENOENT ? absl::NotFoundError(msg) : absl::InternalError(msg);
-}
-
-// Closes the descriptor on every return path.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  // Closes now so the caller sees close()'s error (NFS reports write errors there).
-  int Close() {
-    int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
-
-absl::Status WriteAll(int fd, const void* data, size_t size, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    ssize_t n = ::write(fd, p, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError("cannot write", path, errno);
-    }
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
-  return absl::OkStatus();
-}
-
-std::string ParentDir(const std::string& path) {
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  return dir.empty() ? "." : dir;
-}
-
-struct Chunk {
-  const void* data;
-  size_t size;
-};
-
-// The atomic-replace protocol shared by every writer here: tmp file, fsync, rename, fsync dir.
-absl::Status WriteChunksAtomically(const std::string& path, const std::vector<Chunk>& chunks) {
-  // The temporary lives next to the target so rename() stays within one filesystem.
-  const std::string tmp = path + ".tmp";
-  absl::Status st;
-  {
-    Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-    if (fd.get() < 0) return ErrnoError("cannot create", tmp, errno);
-    for (const Chunk& c : chunks) {
-      st = WriteAll(fd.get(), c.data, c.size, tmp);
-      if (!st.ok()) break;
-    }
-    if (st.ok() && ::fsync(fd.get()) != 0) st = ErrnoError("cannot fsync", tmp, errno);
-    if (fd.Close() != 0 && st.ok()) st = ErrnoError("cannot close", tmp, errno);
-  }
-  if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    st = ErrnoError(absl::StrCat("cannot rename ", tmp, " to"), path, errno);
-  }
-  if (!st.ok()) {
-    ::unlink(tmp.c_str());
-    return st;
-  }
-  return SyncDirectory(ParentDir(path));
-}
 
 // Rejects strings nlohmann::json could not serialize (it would throw on invalid UTF-8).
 bool IsValidUtf8(std::string_view s) {
@@ -240,17 +166,6 @@ bool GetUnsigned(const Json& j, uint64_t* out) {
 
 }  // namespace
 
-absl::Status SyncDirectory(const std::string& dir) {
-  Fd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dfd.get() < 0) return ErrnoError("cannot open directory", dir, errno);
-  if (::fsync(dfd.get()) != 0) return ErrnoError("cannot fsync directory", dir, errno);
-  return absl::OkStatus();
-}
-
-absl::Status WriteFileAtomically(const std::string& path, std::string_view contents) {
-  return WriteChunksAtomically(path, {{contents.data(), contents.size()}});
-}
-
 size_t SafetensorsDtypeSize(std::string_view dtype) {
   static const std::pair<std::string_view, size_t> kSizes[] = {
       {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1},
@@ -269,7 +184,7 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorV
     return absl::InvalidArgumentError(absl::StrCat("cannot write safetensors ", path, ": ", msg));
   };
   Json header = Json::object();
-  std::vector<Chunk> chunks(2);  // header length and header, filled in below
+  std::vector<FileChunk> chunks(2);  // header length and header, filled in below
   uint64_t offset = 0;
   for (const TensorView& t : tensors) {
     const std::string where = absl::StrCat("tensor '", t.name, "'");
@@ -446,7 +361,7 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string path, std::vector<u
 }
 
 absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return ErrnoError("cannot open safetensors file", path, errno);
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return ErrnoError("cannot stat", path, errno);

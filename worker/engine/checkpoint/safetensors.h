@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/file_io.h"  // WriteFileAtomically, SyncDirectory
 
 namespace raptr {
 
@@ -96,10 +97,5 @@ absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path);
 absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string path, std::vector<uint64_t> storage,
                                                  size_t size);
 
-// The durability primitives under WriteSafetensors, shared with the checkpoint layer.
-// Replaces `path` with `contents` atomically (tmp file, fsync, rename, directory fsync).
-absl::Status WriteFileAtomically(const std::string& path, std::string_view contents);
-// fsyncs a directory so renames and creations inside it survive a crash.
-absl::Status SyncDirectory(const std::string& dir);
 
 }  // namespace raptr

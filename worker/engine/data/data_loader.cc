@@ -6,19 +6,13 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/random.h"
 #include "common/status.h"
 #include "worker/engine/data/shard.h"
 
 namespace raptr {
 namespace {
 
-// splitmix64's finalizer: a bijective 64-bit mixer, the same on every platform and compiler.
-uint64_t Mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
 
 // Separates the data order from any other stream derived from the same job seed.
 constexpr uint64_t kPermDomain = 0x646174612D6F7264ULL;  // "data-ord"
@@ -58,14 +52,14 @@ uint64_t PermuteIndex(uint64_t seed, uint64_t epoch, uint64_t n, uint64_t i) {
   if (half < 1) half = 1;
   const uint64_t mask = (uint64_t{1} << half) - 1;
   uint64_t keys[kFeistelRounds];
-  const uint64_t base = Mix(Mix(seed ^ kPermDomain) + epoch);
-  for (int r = 0; r < kFeistelRounds; ++r) keys[r] = Mix(base + static_cast<uint64_t>(r));
+  const uint64_t base = Mix64(Mix64(seed ^ kPermDomain) + epoch);
+  for (int r = 0; r < kFeistelRounds; ++r) keys[r] = Mix64(base + static_cast<uint64_t>(r));
   uint64_t x = i;
   do {
     uint64_t left = x >> half;
     uint64_t right = x & mask;
     for (int r = 0; r < kFeistelRounds; ++r) {
-      const uint64_t next = left ^ (Mix(right ^ keys[r]) & mask);
+      const uint64_t next = left ^ (Mix64(right ^ keys[r]) & mask);
       left = right;
       right = next;
     }

@@ -2,17 +2,11 @@
 #include "worker/engine/data/mlm.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/random.h"
 
 namespace raptr {
 namespace {
 
-// splitmix64's finalizer: a bijective 64-bit mixer, the same on every platform and compiler.
-uint64_t Mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
 
 // Separates MLM draws from any other stream derived from the same job seed.
 constexpr uint64_t kMlmDomain = 0x6D6C6D2D6D61736BULL;  // "mlm-mask"
@@ -40,26 +34,26 @@ absl::Status ValidateMlmOptions(const MlmOptions& opts) {
 
 void ApplyMlmMask(const MlmOptions& opts, uint64_t seed, int64_t step, int rank_sequence_offset,
                   int B, int T, int32_t* inputs, int32_t* targets) {
-  const uint64_t step_key = Mix(Mix(seed ^ kMlmDomain) + static_cast<uint64_t>(step));
+  const uint64_t step_key = Mix64(Mix64(seed ^ kMlmDomain) + static_cast<uint64_t>(step));
   for (int b = 0; b < B; ++b) {
     const uint64_t seq = static_cast<uint64_t>(rank_sequence_offset) + static_cast<uint64_t>(b);
-    const uint64_t seq_key = Mix(step_key + seq);
+    const uint64_t seq_key = Mix64(step_key + seq);
     int32_t* in = inputs + static_cast<int64_t>(b) * T;
     int32_t* tg = targets + static_cast<int64_t>(b) * T;
     for (int t = 0; t < T; ++t) {
-      const uint64_t h = Mix(seq_key + static_cast<uint64_t>(t));
+      const uint64_t h = Mix64(seq_key + static_cast<uint64_t>(t));
       if (Unit(h) >= opts.select_prob) {
         tg[t] = -1;
         continue;
       }
       tg[t] = in[t];
-      const double action = Unit(Mix(h + 1));
+      const double action = Unit(Mix64(h + 1));
       if (action < 0.8) {
         in[t] = opts.mask_id;
       } else if (action < 0.9) {
         // Multiply-shift maps 32 random bits onto [0, vocab_size) without a modulo's bias
         // toward low ids beyond 2^-32.
-        const uint64_t r = Mix(h + 2) >> 32;
+        const uint64_t r = Mix64(h + 2) >> 32;
         in[t] = static_cast<int32_t>((r * static_cast<uint64_t>(opts.vocab_size)) >> 32);
       }
       // else: keep the original token; the model must still predict it.

@@ -12,6 +12,7 @@
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
+#include "common/file_io.h"
 #include "absl/strings/str_format.h"
 #include "common/status.h"
 #include "worker/engine/data/data_loader.h"
@@ -161,25 +162,6 @@ std::string JsonString(const std::string& s) {
     }
   }
   return out + "\"";
-}
-
-// Written via a temporary and rename so a crash never leaves a half-written meta.json.
-absl::Status WriteFileAtomically(const std::string& path, const std::string& contents) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) return absl::InternalError(absl::StrCat("prepare: cannot create ", tmp));
-    out << contents;
-    out.close();
-    if (!out) return absl::InternalError(absl::StrCat("prepare: cannot write ", tmp));
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    return absl::InternalError(
-        absl::StrCat("prepare: cannot rename ", tmp, " to ", path, ": ", ec.message()));
-  }
-  return absl::OkStatus();
 }
 
 std::string MetaJson(const PrepareOptions& opts, const Tokenizer& tok,
