@@ -61,8 +61,8 @@ absl::StatusOr<BenchShape> BenchShapeFromFlags(const Flags& flags) {
   for (absl::string_view item : absl::StrSplit(flags.Get("active"), ',', absl::SkipEmpty())) {
     int k = 0;
     if (!absl::SimpleAtoi(item, &k) || k < 0 || k > s.model.num_layers) {
-      return absl::InvalidArgumentError(absl::StrCat("--active: bad path length '", item,
-                                                     "' (0..", s.model.num_layers, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--active: bad path length '", item, "' (0..", s.model.num_layers, ")"));
     }
     s.lengths.push_back(k);
   }

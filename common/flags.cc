@@ -34,8 +34,9 @@ absl::Status Flags::Parse(int argc, char** argv, int first) {
     if (!has_value) {
       // Boolean flags may stand alone; others take the next argument.
       bool is_bool = it->second.default_value == "true" || it->second.default_value == "false";
-      if (is_bool && (i + 1 >= argc || std::string(argv[i + 1]).rfind("--", 0) == 0 ||
-                      (std::string(argv[i + 1]) != "true" && std::string(argv[i + 1]) != "false"))) {
+      if (is_bool &&
+          (i + 1 >= argc || std::string(argv[i + 1]).rfind("--", 0) == 0 ||
+           (std::string(argv[i + 1]) != "true" && std::string(argv[i + 1]) != "false"))) {
         value = "true";
       } else if (i + 1 < argc) {
         value = argv[++i];

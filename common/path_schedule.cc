@@ -55,8 +55,8 @@ absl::Status ValidatePathSchedule(const PathScheduleConfig& c, int L) {
   std::vector<bool> seen(L, false);
   for (int l : c.fixed_layers) {
     if (l < 0 || l >= L) {
-      return absl::InvalidArgumentError(absl::StrCat("schedule.fixed_layers: layer ", l,
-                                                     " is out of range [0, ", L, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("schedule.fixed_layers: layer ", l, " is out of range [0, ", L, ")"));
     }
     if (seen[l]) {
       return absl::InvalidArgumentError(
@@ -69,9 +69,9 @@ absl::Status ValidatePathSchedule(const PathScheduleConfig& c, int L) {
   for (size_t i = 0; i < c.stages.size(); ++i) {
     const RaptrStage& s = c.stages[i];
     if (s.path_length < fixed || s.path_length > L) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "schedule.stages[", i, "].path_length ", s.path_length, " must be in [", fixed,
-          " (the fixed layers), ", L, " (the model's layers)]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("schedule.stages[", i, "].path_length ", s.path_length, " must be in [",
+                       fixed, " (the fixed layers), ", L, " (the model's layers)]"));
     }
     if (s.steps <= 0) {
       return absl::InvalidArgumentError(

@@ -36,10 +36,10 @@ struct PathScheduleConfig {
 };
 
 struct PathPlan {
-  int stage = 0;                 // 0-based RaPTr stage; -1 during full warmup / full training
-  double keep_prob = 1.0;        // q_s of the non-fixed layers
-  std::vector<bool> active;      // size L
-  std::vector<float> scale;      // size L
+  int stage = 0;             // 0-based RaPTr stage; -1 during full warmup / full training
+  double keep_prob = 1.0;    // q_s of the non-fixed layers
+  std::vector<bool> active;  // size L
+  std::vector<float> scale;  // size L
   int num_active() const;
 };
 

@@ -8,10 +8,10 @@
 #define RAPTR_CONCAT(a, b) RAPTR_CONCAT_INNER(a, b)
 
 // Returns from the enclosing function if `expr` (an absl::Status) is not OK.
-#define RETURN_IF_ERROR(expr)                         \
-  do {                                                \
-    ::absl::Status raptr_status_ = (expr);            \
-    if (!raptr_status_.ok()) return raptr_status_;    \
+#define RETURN_IF_ERROR(expr)                      \
+  do {                                             \
+    ::absl::Status raptr_status_ = (expr);         \
+    if (!raptr_status_.ok()) return raptr_status_; \
   } while (0)
 
 // `lhs = value of expr` when expr (an absl::StatusOr<T>) is OK; else returns its status.

@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/numbers.h"
 #include "common/flags.h"
 #include "common/status.h"
 #include "worker/commands.h"
@@ -80,8 +80,8 @@ absl::Status DebugStep(int argc, char** argv) {
     RETURN_IF_ERROR(ReadBatchTensor(batch, "inputs", &inputs, &B, &T));
     RETURN_IF_ERROR(ReadBatchTensor(batch, "targets", &targets, &B2, &T2));
     if (B != B2 || T != T2) {
-      return absl::InvalidArgumentError(absl::StrCat(flags.Get("batch"),
-                                                     ": inputs and targets differ in shape"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(flags.Get("batch"), ": inputs and targets differ in shape"));
     }
   } else if (!flags.Get("tokens").empty()) {
     ASSIGN_OR_RETURN(std::vector<uint16_t> tokens, ReadShard(flags.Get("tokens")));
@@ -91,8 +91,8 @@ absl::Status DebugStep(int argc, char** argv) {
     T = static_cast<int>(t == 0 ? cfg.max_seq : t);
     const size_t need = static_cast<size_t>(B) * T + 1;
     if (B <= 0 || T <= 0 || tokens.size() < need) {
-      return absl::InvalidArgumentError(absl::StrCat(flags.Get("tokens"), " holds ",
-                                                     tokens.size(), " tokens, need ", need));
+      return absl::InvalidArgumentError(
+          absl::StrCat(flags.Get("tokens"), " holds ", tokens.size(), " tokens, need ", need));
     }
     for (size_t i = 0; i + 1 < need; ++i) {
       inputs.push_back(tokens[i]);
@@ -110,10 +110,10 @@ absl::Status DebugStep(int argc, char** argv) {
   }
   // Shapes left at 0 come from the weights.
   if (cfg.vocab_size == 0 || cfg.max_seq == 0) {
-    const char* wte = cfg.kind == ModelKind::kGpt ? "wte.weight"
-                                                   : "bert.embeddings.word_embeddings.weight";
-    const char* wpe = cfg.kind == ModelKind::kGpt ? "wpe.weight"
-                                                   : "bert.embeddings.position_embeddings.weight";
+    const char* wte =
+        cfg.kind == ModelKind::kGpt ? "wte.weight" : "bert.embeddings.word_embeddings.weight";
+    const char* wpe =
+        cfg.kind == ModelKind::kGpt ? "wpe.weight" : "bert.embeddings.position_embeddings.weight";
     const auto* e = weights.Find(wte);
     const auto* p = weights.Find(wpe);
     if (e == nullptr || p == nullptr || e->shape.size() != 2 || p->shape.size() != 2) {
@@ -131,9 +131,8 @@ absl::Status DebugStep(int argc, char** argv) {
     const std::vector<int> layers = active.ActiveLayers();
     std::vector<std::string> items = absl::StrSplit(flags.Get("scales"), ',');
     if (items.size() != layers.size()) {
-      return absl::InvalidArgumentError(absl::StrCat("--scales has ", items.size(),
-                                                     " values for ", layers.size(),
-                                                     " active layers"));
+      return absl::InvalidArgumentError(absl::StrCat("--scales has ", items.size(), " values for ",
+                                                     layers.size(), " active layers"));
     }
     for (size_t i = 0; i < items.size(); ++i) {
       float s = 0;
@@ -163,9 +162,8 @@ absl::Status DebugStep(int argc, char** argv) {
   std::vector<TensorView> views = AsTensorViews(grads);
   views.push_back(TensorView{"loss", "F32", {1}, &loss_f});
   views.push_back(TensorView{"logits", "F32", {B, T, cfg.vocab_size}, logits.data()});
-  RETURN_IF_ERROR(WriteSafetensors(flags.Get("out"), views,
-                                   {{"active", active.DebugString()},
-                                    {"config", cfg.DebugString()}}));
+  RETURN_IF_ERROR(WriteSafetensors(
+      flags.Get("out"), views, {{"active", active.DebugString()}, {"config", cfg.DebugString()}}));
   std::fprintf(stderr, "debug-step: loss %.6f over %lld targets, active %s -> %s\n", loss,
                static_cast<long long>(model.last_num_targets()), active.DebugString().c_str(),
                flags.Get("out").c_str());

@@ -2,15 +2,14 @@
 // or full schedule. The service (coordinator + workers) runs the same Trainer per rank.
 #include <cstdio>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 
-#include <nlohmann/json.hpp>
-
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/numbers.h"
 #include "common/flags.h"
 #include "common/status.h"
 #include "worker/commands.h"
@@ -30,8 +29,7 @@ absl::StatusOr<DataMeta> ReadMeta(const std::string& data_dir) {
   std::ifstream in(path);
   if (!in) {
     return absl::NotFoundError(absl::StrCat(
-        path, " not found: prepare the data first (raptrctl data prepare --out ", data_dir,
-        ")"));
+        path, " not found: prepare the data first (raptrctl data prepare --out ", data_dir, ")"));
   }
   std::stringstream ss;
   ss << in.rdbuf();
@@ -41,7 +39,8 @@ absl::StatusOr<DataMeta> ReadMeta(const std::string& data_dir) {
   }
   DataMeta m;
   m.vocab_size = j["vocab_size"].get<int>();
-  if (j.contains("mask_id") && j["mask_id"].is_number_integer()) m.mask_id = j["mask_id"].get<int>();
+  if (j.contains("mask_id") && j["mask_id"].is_number_integer())
+    m.mask_id = j["mask_id"].get<int>();
   return m;
 }
 
@@ -88,7 +87,8 @@ absl::Status LocalTrain(int argc, char** argv) {
   flags.Define("grad-clip", "1.0", "global gradient-norm clip (0: off)");
   flags.Define("schedule", "raptr", "raptr or full");
   flags.Define("stages", "", "RaPTr stages path_length:steps,... (default: L/2,2L/3,5L/6,L equal)");
-  flags.Define("fixed-layers", "first,last", "always-on layers: list of indices/first/last, or none");
+  flags.Define("fixed-layers", "first,last",
+               "always-on layers: list of indices/first/last, or none");
   flags.Define("sampling", "bernoulli", "bernoulli or exact");
   flags.Define("scaling", "none", "none or inverse_keep_prob");
   flags.Define("skipped", "zero_grad", "optimizer on skipped layers: zero_grad or frozen");
@@ -162,8 +162,8 @@ absl::Status LocalTrain(int argc, char** argv) {
     } else if (sampling == "exact") {
       s.sampling = PathSampling::kExact;
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("--sampling '", sampling,
-                                                     "' is not bernoulli or exact"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--sampling '", sampling, "' is not bernoulli or exact"));
     }
     const std::string scaling = flags.Get("scaling");
     if (scaling == "none") {
@@ -171,12 +171,12 @@ absl::Status LocalTrain(int argc, char** argv) {
     } else if (scaling == "inverse_keep_prob") {
       s.scaling = PathScaling::kInverseKeepProb;
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("--scaling '", scaling,
-                                                     "' is not none or inverse_keep_prob"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--scaling '", scaling, "' is not none or inverse_keep_prob"));
     }
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("--schedule '", schedule,
-                                                   "' is not raptr or full"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--schedule '", schedule, "' is not raptr or full"));
   }
 
   std::fprintf(stderr, "raptr train: %s, %s schedule, B=%d T=%d x%d micro, %lld steps, data %s\n",
@@ -189,19 +189,19 @@ absl::Status LocalTrain(int argc, char** argv) {
     std::fprintf(stderr,
                  "step %5lld/%lld  stage %2d  path %2d/%d  loss %.4f%s  lr %.2e  |g| %.3f  "
                  "%.0f tok/s  FLOPs %.3g (%.1f%% of full)\n",
-                 static_cast<long long>(r.step + 1), static_cast<long long>(cfg.steps),
-                 r.stage + 1, r.path_length, L, r.loss,
-                 eval ? absl::StrFormat("  eval %.4f", r.eval_loss).c_str() : "", r.lr,
-                 r.grad_norm, r.tokens / r.seconds, r.total_flops,
-                 100.0 * r.total_flops / r.total_flops_full);
+                 static_cast<long long>(r.step + 1), static_cast<long long>(cfg.steps), r.stage + 1,
+                 r.path_length, L, r.loss,
+                 eval ? absl::StrFormat("  eval %.4f", r.eval_loss).c_str() : "", r.lr, r.grad_norm,
+                 r.tokens / r.seconds, r.total_flops, 100.0 * r.total_flops / r.total_flops_full);
   };
   TrainResult result;
   RETURN_IF_ERROR(Train(cfg, on_step, &result));
-  std::printf("{\"schedule\":\"%s\",\"steps\":%lld,\"final_loss\":%.6f,\"eval_loss\":%.6f,"
-              "\"flops\":%.6g,\"flops_full\":%.6g,\"flops_ratio\":%.4f,\"seconds\":%.2f}\n",
-              schedule.c_str(), static_cast<long long>(result.steps_done), result.final_loss,
-              result.final_eval_loss, result.total_flops, result.total_flops_full,
-              result.total_flops / result.total_flops_full, result.seconds);
+  std::printf(
+      "{\"schedule\":\"%s\",\"steps\":%lld,\"final_loss\":%.6f,\"eval_loss\":%.6f,"
+      "\"flops\":%.6g,\"flops_full\":%.6g,\"flops_ratio\":%.4f,\"seconds\":%.2f}\n",
+      schedule.c_str(), static_cast<long long>(result.steps_done), result.final_loss,
+      result.final_eval_loss, result.total_flops, result.total_flops_full,
+      result.total_flops / result.total_flops_full, result.seconds);
   return absl::OkStatus();
 }
 

@@ -12,7 +12,8 @@ void DefineModelFlags(Flags& flags, const ModelConfig& d) {
   flags.Define("d-model", absl::StrCat(d.d_model), "model width (C)");
   flags.Define("heads", absl::StrCat(d.num_heads), "attention heads");
   flags.Define("d-ff", absl::StrCat(d.d_ff), "MLP width (0: 4 * d-model)");
-  flags.Define("vocab", absl::StrCat(d.vocab_size), "vocabulary size (0: from the data's meta.json)");
+  flags.Define("vocab", absl::StrCat(d.vocab_size),
+               "vocabulary size (0: from the data's meta.json)");
   flags.Define("max-seq", absl::StrCat(d.max_seq), "positions (0: the training sequence length)");
 }
 

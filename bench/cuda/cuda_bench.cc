@@ -36,7 +36,6 @@ void Check(cublasStatus_t s, const char* what) {
   }
 }
 
-
 // CUDA events on one stream; Seconds(a, b) after b has completed.
 class Events {
  public:

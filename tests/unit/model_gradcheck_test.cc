@@ -98,17 +98,17 @@ void CheckModelGradients(ModelKind kind, bool scaled, uint64_t seed) {
       }
       const double saved = model.params()[idx];
       model.params()[idx] = saved + h;
-      const double up = *model.Forward(batch.inputs.data(), batch.targets.data(), B, T, active,
-                                       false);
+      const double up =
+          *model.Forward(batch.inputs.data(), batch.targets.data(), B, T, active, false);
       model.params()[idx] = saved - h;
-      const double down = *model.Forward(batch.inputs.data(), batch.targets.data(), B, T, active,
-                                         false);
+      const double down =
+          *model.Forward(batch.inputs.data(), batch.targets.data(), B, T, active, false);
       model.params()[idx] = saved;
       const double numeric = (up - down) / (2 * h);
       const double err = std::abs(numeric - analytic[idx]) / std::max(1e-3, std::abs(numeric));
       worst = std::max(worst, err);
-      ASSERT_LT(err, 1e-5) << t.name << "[" << i << "]: analytic " << analytic[idx]
-                           << " numeric " << numeric;
+      ASSERT_LT(err, 1e-5) << t.name << "[" << i << "]: analytic " << analytic[idx] << " numeric "
+                           << numeric;
     }
   }
   omp_set_num_threads(saved_threads);
@@ -157,12 +157,12 @@ TEST(ModelSkippedLayers, SkippedLayerIsIdentity) {
   RandomizeParams(model, 5);
   const Batch batch = RandomBatch(cfg, 2, 5, 5);
   const ActiveLayerSet active = ActiveLayerSet::Of(cfg.num_layers, {0, 1, 3});
-  const double before = *model.Forward(batch.inputs.data(), batch.targets.data(), 2, 5, active,
-                                       false);
+  const double before =
+      *model.Forward(batch.inputs.data(), batch.targets.data(), 2, 5, active, false);
   const ParamRange r = model.layout().LayerRange(2);
   for (size_t i = r.begin; i < r.end; ++i) model.params()[i] = 1e6;
-  const double after = *model.Forward(batch.inputs.data(), batch.targets.data(), 2, 5, active,
-                                      false);
+  const double after =
+      *model.Forward(batch.inputs.data(), batch.targets.data(), 2, 5, active, false);
   EXPECT_EQ(before, after);
 }
 

@@ -1,5 +1,7 @@
 // Trainer and optimizer behaviour: determinism, bitwise resume, gradient accumulation, and what
 // AdamW does to skipped blocks under `zero_grad` and `frozen`.
+#include "worker/engine/trainer.h"
+
 #include <cmath>
 #include <filesystem>
 #include <string>
@@ -11,7 +13,6 @@
 #include "worker/engine/data/shard.h"
 #include "worker/engine/model.h"
 #include "worker/engine/optimizer.h"
-#include "worker/engine/trainer.h"
 
 namespace raptr {
 namespace {
@@ -157,8 +158,8 @@ TEST(GradientAccumulation, TwoHalvesEqualOneBatch) {
   const std::vector<float> whole(model.grads(), model.grads() + model.layout().total());
   model.ZeroGrads();
   for (int half = 0; half < 2; ++half) {
-    ASSERT_TRUE(model.Forward(in.data() + half * 16, tg.data() + half * 16, 2, 8, active, true)
-                    .ok());
+    ASSERT_TRUE(
+        model.Forward(in.data() + half * 16, tg.data() + half * 16, 2, 8, active, true).ok());
     model.Backward(0.5f);
   }
   double max_abs = 0, max_err = 0;

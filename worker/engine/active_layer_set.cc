@@ -37,12 +37,12 @@ absl::Status ActiveLayerSet::Parse(const std::string& text, int num_layers, Acti
     std::vector<absl::string_view> parts = absl::StrSplit(item, ':');
     int layer = -1;
     if (parts.size() > 2 || !absl::SimpleAtoi(parts[0], &layer)) {
-      return absl::InvalidArgumentError(absl::StrCat("active layers: '", item,
-                                                     "' is not a layer index (in '", text, "')"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("active layers: '", item, "' is not a layer index (in '", text, "')"));
     }
     if (layer < 0 || layer >= num_layers) {
-      return absl::InvalidArgumentError(absl::StrCat("active layers: layer ", layer,
-                                                     " is out of range [0, ", num_layers, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("active layers: layer ", layer, " is out of range [0, ", num_layers, ")"));
     }
     if (s.active_[layer]) {
       return absl::InvalidArgumentError(
@@ -52,8 +52,8 @@ absl::Status ActiveLayerSet::Parse(const std::string& text, int num_layers, Acti
     if (parts.size() == 2) {
       float scale = 0;
       if (!absl::SimpleAtof(parts[1], &scale) || !(scale > 0)) {
-        return absl::InvalidArgumentError(absl::StrCat("active layers: scale '", parts[1],
-                                                       "' of layer ", layer, " must be > 0"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("active layers: scale '", parts[1], "' of layer ", layer, " must be > 0"));
       }
       s.scale_[layer] = scale;
     }

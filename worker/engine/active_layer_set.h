@@ -1,9 +1,10 @@
-// ActiveLayerSet: which transformer blocks run this step, and the scale on each kept block's output.
+// ActiveLayerSet: which transformer blocks run this step, and the scale on each kept block's
+// output.
 //
 // A block that is not active is the identity: it costs no compute, forward or backward, and gets no
-// gradient. An active block l computes x + scale[l] * attn(ln1(x)), then y + scale[l] * mlp(ln2(y)):
-// the scale multiplies each residual branch (stochastic-depth style), 1.0 means unscaled.
-// Value type; cheap to copy for the layer counts we train.
+// gradient. An active block l computes x + scale[l] * attn(ln1(x)), then y + scale[l] *
+// mlp(ln2(y)): the scale multiplies each residual branch (stochastic-depth style), 1.0 means
+// unscaled. Value type; cheap to copy for the layer counts we train.
 #pragma once
 
 #include <string>

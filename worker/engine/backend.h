@@ -62,8 +62,8 @@ class Backend {
   virtual void AttentionForward(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH,
                                 bool causal) = 0;
   // dqkv (B,T,3C) overwritten; datt (B,NH,T,T) is scratch.
-  virtual void AttentionBackward(T* dqkv, T* datt, const T* dout, const T* qkv, const T* att,
-                                 int B, int Tn, int C, int NH) = 0;
+  virtual void AttentionBackward(T* dqkv, T* datt, const T* dout, const T* qkv, const T* att, int B,
+                                 int Tn, int C, int NH) = 0;
 
   // GELU, tanh approximation. out may alias nothing; GeluBackward may run in place (dinp==dout).
   virtual void GeluForward(T* out, const T* inp, size_t n) = 0;
@@ -82,8 +82,8 @@ class Backend {
   // v = b2 v + (1-b2) g^2; p -= lr * (m/bc1 / (sqrt(v/bc2) + eps) + wd * p) with
   // bc1 = 1-b1^t, bc2 = 1-b2^t. Decoupled weight decay (wd may be 0). The gradients are
   // consumed: set to zero in the same pass, which saves the optimizer a separate sweep.
-  virtual void AdamW(T* params, T* grads, T* m, T* v, size_t n, float lr, float beta1,
-                     float beta2, float eps, float weight_decay, int64_t t, float grad_scale) = 0;
+  virtual void AdamW(T* params, T* grads, T* m, T* v, size_t n, float lr, float beta1, float beta2,
+                     float eps, float weight_decay, int64_t t, float grad_scale) = 0;
 
   // Matmul-class FLOPs this backend has executed since construction (or ResetFlops).
   uint64_t flops_executed() const { return flops_executed_; }

@@ -15,15 +15,17 @@ absl::Status ModelConfig::Validate() const {
     }
     return absl::OkStatus();
   };
-  for (auto [field, v] : {std::pair{"num_layers", num_layers}, {"d_model", d_model},
-                          {"num_heads", num_heads}, {"d_ff", d_ff}, {"vocab_size", vocab_size},
+  for (auto [field, v] : {std::pair{"num_layers", num_layers},
+                          {"d_model", d_model},
+                          {"num_heads", num_heads},
+                          {"d_ff", d_ff},
+                          {"vocab_size", vocab_size},
                           {"max_seq", max_seq}}) {
     if (auto s = positive(field, v); !s.ok()) return s;
   }
   if (d_model % num_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("model.d_model (", d_model,
-                                                   ") must be divisible by model.num_heads (",
-                                                   num_heads, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model.d_model (", d_model, ") must be divisible by model.num_heads (", num_heads, ")"));
   }
   if (vocab_size > 65536) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -50,12 +50,12 @@ void Model<T>::FreeActivations() {
   slots_.clear();
   for (T* p : residual_) backend_->FreeBytes(p);
   residual_.clear();
-  for (void* p : {static_cast<void*>(lnf_), static_cast<void*>(lnf_mean_),
-                  static_cast<void*>(lnf_rstd_), static_cast<void*>(logits_),
-                  static_cast<void*>(losses_), static_cast<void*>(inputs_),
-                  static_cast<void*>(targets_), static_cast<void*>(dres_),
-                  static_cast<void*>(dln_), static_cast<void*>(datty_), static_cast<void*>(dqkv_),
-                  static_cast<void*>(dfch_), static_cast<void*>(datt_)}) {
+  for (void* p :
+       {static_cast<void*>(lnf_), static_cast<void*>(lnf_mean_), static_cast<void*>(lnf_rstd_),
+        static_cast<void*>(logits_), static_cast<void*>(losses_), static_cast<void*>(inputs_),
+        static_cast<void*>(targets_), static_cast<void*>(dres_), static_cast<void*>(dln_),
+        static_cast<void*>(datty_), static_cast<void*>(dqkv_), static_cast<void*>(dfch_),
+        static_cast<void*>(datt_)}) {
     if (p != nullptr) backend_->FreeBytes(p);
   }
   lnf_ = lnf_mean_ = lnf_rstd_ = logits_ = losses_ = nullptr;
@@ -112,8 +112,8 @@ void Model<T>::InitWeights(uint64_t seed) {
   for (size_t ti = 0; ti < layout_.tensors().size(); ++ti) {
     const ParamTensor& t = layout_.tensors()[ti];
     T* p = host.data() + t.offset;
-    const bool is_ln_weight = t.name.find("ln_") != std::string::npos &&
-                              t.name.find(".weight") != std::string::npos;
+    const bool is_ln_weight =
+        t.name.find("ln_") != std::string::npos && t.name.find(".weight") != std::string::npos;
     if (is_ln_weight) {
       for (size_t i = 0; i < t.numel; ++i) p[i] = T(1);
     } else if (t.shape.size() == 2) {
@@ -131,7 +131,8 @@ void Model<T>::InitWeights(uint64_t seed) {
         const double r = stddev * std::sqrt(-2.0 * std::log(u1));
         const double a = 6.283185307179586 * u2;
         p[2 * j] = static_cast<T>(r * std::cos(a));
-        if (static_cast<size_t>(2 * j + 1) < t.numel) p[2 * j + 1] = static_cast<T>(r * std::sin(a));
+        if (static_cast<size_t>(2 * j + 1) < t.numel)
+          p[2 * j + 1] = static_cast<T>(r * std::sin(a));
       }
     }  // biases stay 0
   }
@@ -143,8 +144,8 @@ absl::StatusOr<double> Model<T>::Forward(const int32_t* inputs, const int32_t* t
                                          int Tn, const ActiveLayerSet& active, bool training) {
   const ModelConfig& cfg = config_;
   if (B <= 0 || Tn <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("batch shape must be positive, got B=", B,
-                                                   " T=", Tn));
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch shape must be positive, got B=", B, " T=", Tn));
   }
   if (Tn > cfg.max_seq) {
     return absl::InvalidArgumentError(
@@ -189,20 +190,20 @@ absl::StatusOr<double> Model<T>::Forward(const int32_t* inputs, const int32_t* t
     T* y = training ? residual_[k + 1] : residual_[(k + 1) % 2];
     be->LayerNormForward(a.ln1, a.ln1_mean, a.ln1_rstd, x, P + layout_.block(l, kLn1W),
                          P + layout_.block(l, kLn1B), N, C);
-    be->MatmulForward(a.qkv, a.ln1, P + layout_.block(l, kQkvW), P + layout_.block(l, kQkvB), N,
-                      C, 3 * C, T(1), false);
+    be->MatmulForward(a.qkv, a.ln1, P + layout_.block(l, kQkvW), P + layout_.block(l, kQkvB), N, C,
+                      3 * C, T(1), false);
     be->AttentionForward(a.atty, a.att, a.qkv, B, Tn, C, NH, cfg.causal());
     be->Copy(a.resmid, x, static_cast<size_t>(N) * C);
     be->MatmulForward(a.resmid, a.atty, P + layout_.block(l, kAttnProjW),
                       P + layout_.block(l, kAttnProjB), N, C, C, s, true);
     be->LayerNormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.resmid, P + layout_.block(l, kLn2W),
                          P + layout_.block(l, kLn2B), N, C);
-    be->MatmulForward(a.fch, a.ln2, P + layout_.block(l, kFcW), P + layout_.block(l, kFcB), N, C,
-                      F, T(1), false);
+    be->MatmulForward(a.fch, a.ln2, P + layout_.block(l, kFcW), P + layout_.block(l, kFcB), N, C, F,
+                      T(1), false);
     be->GeluForward(a.fchg, a.fch, static_cast<size_t>(N) * F);
     be->Copy(y, a.resmid, static_cast<size_t>(N) * C);
-    be->MatmulForward(y, a.fchg, P + layout_.block(l, kFcProjW), P + layout_.block(l, kFcProjB),
-                      N, F, C, s, true);
+    be->MatmulForward(y, a.fchg, P + layout_.block(l, kFcProjW), P + layout_.block(l, kFcProjB), N,
+                      F, C, s, true);
   }
   const T* final_residual = training ? residual_[K] : residual_[K % 2];
   be->LayerNormForward(lnf_, lnf_mean_, lnf_rstd_, final_residual, P + layout_.lnf_w(),
@@ -255,8 +256,8 @@ void Model<T>::Backward(T grad_scale) {
     const T s = last_scales_[k];
     Slot& a = *slots_[k];
     // y = resmid + s * proj(gelu(fc(ln2(resmid)))): dres is dy and becomes d resmid.
-    be->MatmulBackward(dfch_, G + layout_.block(l, kFcProjW), G + layout_.block(l, kFcProjB),
-                       dres_, a.fchg, P + layout_.block(l, kFcProjW), N, F, C, s);
+    be->MatmulBackward(dfch_, G + layout_.block(l, kFcProjW), G + layout_.block(l, kFcProjB), dres_,
+                       a.fchg, P + layout_.block(l, kFcProjW), N, F, C, s);
     be->GeluBackward(dfch_, a.fch, dfch_, static_cast<size_t>(N) * F);
     be->MatmulBackward(dln_, G + layout_.block(l, kFcW), G + layout_.block(l, kFcB), dfch_, a.ln2,
                        P + layout_.block(l, kFcW), N, C, F, T(1));
@@ -266,11 +267,10 @@ void Model<T>::Backward(T grad_scale) {
     be->MatmulBackward(datty_, G + layout_.block(l, kAttnProjW), G + layout_.block(l, kAttnProjB),
                        dres_, a.atty, P + layout_.block(l, kAttnProjW), N, C, C, s);
     be->AttentionBackward(dqkv_, datt_, datty_, a.qkv, a.att, B, Tn, C, NH);
-    be->MatmulBackward(dln_, G + layout_.block(l, kQkvW), G + layout_.block(l, kQkvB), dqkv_,
-                       a.ln1, P + layout_.block(l, kQkvW), N, C, 3 * C, T(1));
+    be->MatmulBackward(dln_, G + layout_.block(l, kQkvW), G + layout_.block(l, kQkvB), dqkv_, a.ln1,
+                       P + layout_.block(l, kQkvW), N, C, 3 * C, T(1));
     be->LayerNormBackward(dres_, G + layout_.block(l, kLn1W), G + layout_.block(l, kLn1B), dln_,
-                          residual_[k], P + layout_.block(l, kLn1W), a.ln1_mean, a.ln1_rstd, N,
-                          C);
+                          residual_[k], P + layout_.block(l, kLn1W), a.ln1_mean, a.ln1_rstd, N, C);
   }
   be->EncoderBackward(G + layout_.wte(), G + layout_.wpe(), dres_, inputs_, B, Tn, C);
 }

@@ -24,8 +24,19 @@ namespace raptr {
 
 // Index of each tensor within a block, in layout order.
 enum BlockTensor : int {
-  kLn1W = 0, kLn1B, kQkvW, kQkvB, kAttnProjW, kAttnProjB,
-  kLn2W, kLn2B, kFcW, kFcB, kFcProjW, kFcProjB, kNumBlockTensors
+  kLn1W = 0,
+  kLn1B,
+  kQkvW,
+  kQkvB,
+  kAttnProjW,
+  kAttnProjB,
+  kLn2W,
+  kLn2B,
+  kFcW,
+  kFcB,
+  kFcProjW,
+  kFcProjB,
+  kNumBlockTensors
 };
 
 struct ParamTensor {
@@ -33,8 +44,8 @@ struct ParamTensor {
   std::vector<int64_t> shape;  // row-major
   size_t offset = 0;           // elements from the start of the flat buffer
   size_t numel = 0;
-  int layer = -1;              // block index, or -1 for embeddings / final LayerNorm
-  bool decay = false;          // AdamW weight decay applies (matrices and embeddings only)
+  int layer = -1;      // block index, or -1 for embeddings / final LayerNorm
+  bool decay = false;  // AdamW weight decay applies (matrices and embeddings only)
 };
 
 struct ParamRange {

@@ -21,8 +21,7 @@ namespace raptr {
 namespace {
 
 double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 constexpr uint64_t kEvalMaskSeed = 0x6576616cULL;  // eval masks never change between evals
@@ -55,8 +54,8 @@ absl::StatusOr<double> Evaluate(Model<float>& model, const TokenDataset& val,
       MlmOptions mlm{cfg.model.vocab_size, cfg.mask_id, 0.15};
       ApplyMlmMask(mlm, kEvalMaskSeed, i, 0, cfg.batch, cfg.seq, inputs.data(), targets.data());
     }
-    ASSIGN_OR_RETURN(double loss, model.Forward(inputs.data(), targets.data(), cfg.batch,
-                                                cfg.seq, full, /*training=*/false));
+    ASSIGN_OR_RETURN(double loss, model.Forward(inputs.data(), targets.data(), cfg.batch, cfg.seq,
+                                                full, /*training=*/false));
     total += loss;
   }
   return total / static_cast<double>(n);
@@ -94,12 +93,12 @@ class MetricsCsv {
   }
   void Write(const StepReport& r) {
     if (!out_.is_open()) return;
-    out_ << absl::StrFormat("%d,%d,%d,%.6f,%s,%.6g,%.6g,%d,%.6g,%.6g,%.6g,%.6g,%.5f,%.5f,%.5f,%.5f,%.5f\n",
-                            r.step, r.stage, r.path_length, r.loss,
-                            r.eval_loss >= 0 ? absl::StrFormat("%.6f", r.eval_loss) : "",
-                            r.lr, r.grad_norm, r.tokens, r.flops, r.flops_full, r.total_flops,
-                            r.total_flops_full, r.seconds, r.forward_seconds, r.backward_seconds,
-                            r.optimizer_seconds, r.eval_seconds);
+    out_ << absl::StrFormat(
+        "%d,%d,%d,%.6f,%s,%.6g,%.6g,%d,%.6g,%.6g,%.6g,%.6g,%.5f,%.5f,%.5f,%.5f,%.5f\n", r.step,
+        r.stage, r.path_length, r.loss,
+        r.eval_loss >= 0 ? absl::StrFormat("%.6f", r.eval_loss) : "", r.lr, r.grad_norm, r.tokens,
+        r.flops, r.flops_full, r.total_flops, r.total_flops_full, r.seconds, r.forward_seconds,
+        r.backward_seconds, r.optimizer_seconds, r.eval_seconds);
     out_.flush();
   }
 
@@ -118,8 +117,8 @@ absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainR
     return absl::InvalidArgumentError("batch, seq, micro_batches and steps must be > 0");
   }
   if (cfg.seq > cfg.model.max_seq) {
-    return absl::InvalidArgumentError(absl::StrCat("seq ", cfg.seq, " exceeds model.max_seq ",
-                                                   cfg.model.max_seq));
+    return absl::InvalidArgumentError(
+        absl::StrCat("seq ", cfg.seq, " exceeds model.max_seq ", cfg.model.max_seq));
   }
   if (cfg.model.kind == ModelKind::kBert &&
       (cfg.mask_id < 0 || cfg.mask_id >= cfg.model.vocab_size)) {
@@ -150,9 +149,9 @@ absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainR
       RETURN_IF_ERROR(LoadCheckpoint(*latest, cfg.model, model.layout(), model.params(),
                                      optimizer.m(), optimizer.v(), &state));
       if (state.seed != cfg.seed) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "checkpoint ", *latest, " was trained with seed ", state.seed, ", this run has ",
-            cfg.seed, ": refusing to mix runs"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("checkpoint ", *latest, " was trained with seed ", state.seed,
+                         ", this run has ", cfg.seed, ": refusing to mix runs"));
       }
       // Always said, even when quiet: silently continuing an old run would surprise.
       std::fprintf(stderr, "resumed from %s at step %lld\n", latest->c_str(),
@@ -221,8 +220,8 @@ absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainR
     r.lr = info.lr;
     r.grad_norm = info.grad_norm;
     r.tokens = static_cast<int64_t>(B) * T * cfg.micro_batches;
-    r.flops = static_cast<double>(TrainingFlops(cfg.model, B, T, r.path_length)) *
-              cfg.micro_batches;
+    r.flops =
+        static_cast<double>(TrainingFlops(cfg.model, B, T, r.path_length)) * cfg.micro_batches;
     r.flops_full = static_cast<double>(TrainingFlops(cfg.model, B, T, cfg.model.num_layers)) *
                    cfg.micro_batches;
     state.step = step + 1;

@@ -25,13 +25,13 @@ struct TrainerConfig {
   std::vector<std::string> train_shards;
   std::vector<std::string> val_shards;
   int mask_id = -1;  // BERT: the tokenizer's [MASK] id
-  int batch = 8;      // sequences per micro-batch (B)
-  int seq = 64;       // tokens per sequence (T)
+  int batch = 8;     // sequences per micro-batch (B)
+  int seq = 64;      // tokens per sequence (T)
   int micro_batches = 1;
   int64_t steps = 100;
   uint64_t seed = 1;
-  uint64_t init_seed = 0;    // weights; 0 means "same as seed"
-  int64_t eval_every = 0;    // 0: only at the end
+  uint64_t init_seed = 0;  // weights; 0 means "same as seed"
+  int64_t eval_every = 0;  // 0: only at the end
   int eval_batches = 8;
   int64_t checkpoint_every = 0;  // 0: only at the end (when run_dir is set)
   int64_t stop_after = -1;       // stop (with a checkpoint) after this step; tests use it
@@ -52,7 +52,7 @@ struct StepReport {
   double flops_full = 0;        // this step, had every block trained
   double total_flops = 0;       // cumulative
   double total_flops_full = 0;  // cumulative
-  double seconds = 0;  // the training step alone (batch, forward, backward, optimizer)
+  double seconds = 0;           // the training step alone (batch, forward, backward, optimizer)
   double eval_seconds = 0;
   double forward_seconds = 0;
   double backward_seconds = 0;

@@ -14,8 +14,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "common/file_io.h"
 #include "absl/strings/str_join.h"
+#include "common/file_io.h"
 #include "nlohmann/json.hpp"
 
 namespace raptr {

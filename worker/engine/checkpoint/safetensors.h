@@ -97,5 +97,4 @@ absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path);
 absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string path, std::vector<uint64_t> storage,
                                                  size_t size);
 
-
 }  // namespace raptr

@@ -21,13 +21,13 @@ constexpr double kLayerNormEps = 1e-5;
 // Row-major GEMM: C (M,N) = alpha * op(A) (M,K) @ op(B) (K,N) + beta * C.
 inline void Gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                  int lda, const float* B, int ldb, float beta, float* Cm, int ldc) {
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              M, N, K, alpha, A, lda, B, ldb, beta, Cm, ldc);
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, Cm, ldc);
 }
 inline void Gemm(bool trans_a, bool trans_b, int M, int N, int K, double alpha, const double* A,
                  int lda, const double* B, int ldb, double beta, double* Cm, int ldc) {
-  cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              M, N, K, alpha, A, lda, B, ldb, beta, Cm, ldc);
+  cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, Cm, ldc);
 }
 
 // Splits [0, n) into contiguous chunks, one per thread: used for reductions over rows whose
@@ -82,8 +82,8 @@ void CpuBackend<T>::Zero(T* x, size_t n) {
 }
 
 template <typename T>
-void CpuBackend<T>::EncoderForward(T* out, const int32_t* tokens, const T* wte, const T* wpe,
-                                   int B, int Tn, int C) {
+void CpuBackend<T>::EncoderForward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B,
+                                   int Tn, int C) {
 #pragma omp parallel for schedule(static)
   for (int bt = 0; bt < B * Tn; ++bt) {
     const T* e = wte + static_cast<size_t>(tokens[bt]) * C;
@@ -116,8 +116,8 @@ void CpuBackend<T>::EncoderBackward(T* dwte, T* dwpe, const T* dout, const int32
 }
 
 template <typename T>
-void CpuBackend<T>::LayerNormForward(T* out, T* mean, T* rstd, const T* inp, const T* w,
-                                     const T* b, int N, int C) {
+void CpuBackend<T>::LayerNormForward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b,
+                                     int N, int C) {
 #pragma omp parallel for schedule(static)
   for (int i = 0; i < N; ++i) {
     const T* x = inp + static_cast<size_t>(i) * C;
@@ -327,8 +327,8 @@ void CpuBackend<T>::GeluBackward(T* dinp, const T* inp, const T* dout, size_t n)
 }
 
 template <typename T>
-void CpuBackend<T>::CrossEntropyForward(T* logits, T* losses, const int32_t* targets, int N,
-                                        int V, T grad_scale, bool compute_grad) {
+void CpuBackend<T>::CrossEntropyForward(T* logits, T* losses, const int32_t* targets, int N, int V,
+                                        T grad_scale, bool compute_grad) {
 #pragma omp parallel for schedule(static)
   for (int i = 0; i < N; ++i) {
     T* row = logits + static_cast<size_t>(i) * V;
@@ -381,8 +381,7 @@ double CpuBackend<T>::SumSquares(const T* x, size_t n) {
 
 template <typename T>
 void CpuBackend<T>::AdamW(T* params, T* grads, T* m, T* v, size_t n, float lr, float beta1,
-                          float beta2, float eps, float weight_decay, int64_t t,
-                          float grad_scale) {
+                          float beta2, float eps, float weight_decay, int64_t t, float grad_scale) {
   const T bc1 = static_cast<T>(1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(t)));
   const T bc2 = static_cast<T>(1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(t)));
   const T b1 = beta1, b2 = beta2, e = eps, wd = weight_decay, a = lr, gs = grad_scale;

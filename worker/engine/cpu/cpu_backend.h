@@ -32,18 +32,18 @@ class CpuBackend final : public Backend<T> {
                         int C) override;
   void LayerNormBackward(T* dinp, T* dw, T* db, const T* dout, const T* inp, const T* w,
                          const T* mean, const T* rstd, int N, int C) override;
-  void MatmulForward(T* out, const T* inp, const T* w, const T* bias, int N, int C, int OC,
-                     T alpha, bool accumulate) override;
+  void MatmulForward(T* out, const T* inp, const T* w, const T* bias, int N, int C, int OC, T alpha,
+                     bool accumulate) override;
   void MatmulBackward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, int N,
                       int C, int OC, T alpha) override;
   void AttentionForward(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH,
                         bool causal) override;
-  void AttentionBackward(T* dqkv, T* datt, const T* dout, const T* qkv, const T* att, int B,
-                         int Tn, int C, int NH) override;
+  void AttentionBackward(T* dqkv, T* datt, const T* dout, const T* qkv, const T* att, int B, int Tn,
+                         int C, int NH) override;
   void GeluForward(T* out, const T* inp, size_t n) override;
   void GeluBackward(T* dinp, const T* inp, const T* dout, size_t n) override;
-  void CrossEntropyForward(T* logits, T* losses, const int32_t* targets, int N, int V,
-                           T grad_scale, bool compute_grad) override;
+  void CrossEntropyForward(T* logits, T* losses, const int32_t* targets, int N, int V, T grad_scale,
+                           bool compute_grad) override;
   double SumSquares(const T* x, size_t n) override;
   void AdamW(T* params, T* grads, T* m, T* v, size_t n, float lr, float beta1, float beta2,
              float eps, float weight_decay, int64_t t, float grad_scale) override;

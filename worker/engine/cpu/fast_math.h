@@ -28,7 +28,7 @@ inline float Exp(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
   const int32_t n_int = std::bit_cast<int32_t>(shifted) - 0x4B400000;  // n as an integer
-  return p * std::bit_cast<float>((n_int + 127) << 23);                 // p * 2^n
+  return p * std::bit_cast<float>((n_int + 127) << 23);                // p * 2^n
 }
 inline double Exp(double x) { return std::exp(x); }
 

@@ -13,7 +13,6 @@
 namespace raptr {
 namespace {
 
-
 // Separates the data order from any other stream derived from the same job seed.
 constexpr uint64_t kPermDomain = 0x646174612D6F7264ULL;  // "data-ord"
 // Luby-Rackoff: 4 rounds already give a pseudo-random permutation; 6 for margin on tiny domains.

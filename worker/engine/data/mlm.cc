@@ -7,7 +7,6 @@
 namespace raptr {
 namespace {
 
-
 // Separates MLM draws from any other stream derived from the same job seed.
 constexpr uint64_t kMlmDomain = 0x6D6C6D2D6D61736BULL;  // "mlm-mask"
 

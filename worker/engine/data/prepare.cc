@@ -12,8 +12,8 @@
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
-#include "common/file_io.h"
 #include "absl/strings/str_format.h"
+#include "common/file_io.h"
 #include "common/status.h"
 #include "worker/engine/data/data_loader.h"
 #include "worker/engine/data/shard.h"
