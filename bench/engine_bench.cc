@@ -114,7 +114,10 @@ int Run(int argc, char** argv) {
           return 1;
         }
         const double t1 = Now();
-        model.Backward(1.0f);
+        if (absl::Status s = model.Backward(1.0f / static_cast<float>(B * T)); !s.ok()) {
+          std::fprintf(stderr, "engine_bench: %s\n", std::string(s.message()).c_str());
+          return 1;
+        }
         const double t2 = Now();
         opt.Step(model.params(), model.grads(), tk.active, step++);
         const double t3 = Now();

@@ -151,7 +151,10 @@ absl::Status DebugStep(int argc, char** argv) {
   const std::vector<float> logits = model.LogitsToHost();
   model.ZeroGrads();
   ASSIGN_OR_RETURN(double loss2, model.Forward(inputs.data(), targets.data(), B, T, active, true));
-  model.Backward(1.0f);
+  if (model.last_num_targets() == 0) {
+    return absl::InvalidArgumentError("the batch has no scored position (every target is -1)");
+  }
+  RETURN_IF_ERROR(model.Backward(1.0f / static_cast<float>(model.last_num_targets())));
   if (loss != loss2) {
     return absl::InternalError("forward is not deterministic: two passes gave different losses");
   }

@@ -163,7 +163,9 @@ int Run(int argc, char** argv) {
       }
       loss = *l;
       ev.Record(1, stream);
-      model.Backward(1.0f);
+      if (absl::Status s = model.Backward(1.0f / static_cast<float>(B * T)); !s.ok()) {
+        throw std::runtime_error(std::string(s.message()));
+      }
       ev.Record(2, stream);
       opt.Step(model.params(), model.grads(), active, step++);
       ev.Record(3, stream);

@@ -567,7 +567,7 @@ StepResult TrainStep(Backend<float>& be, const ModelConfig& cfg, const std::vect
   EXPECT_TRUE(loss.ok()) << loss.status();
   r.loss = loss.ok() ? *loss : std::nan("");
   r.logits = model.LogitsToHost();
-  model.Backward(1.f);
+  EXPECT_TRUE(model.Backward(1.f).ok());
   r.grads.resize(model.layout().total());
   be.CopyToHost(r.grads.data(), model.grads(), r.grads.size() * sizeof(float));
   r.flops = be.flops_executed();

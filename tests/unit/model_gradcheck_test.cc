@@ -80,7 +80,7 @@ void CheckModelGradients(ModelKind kind, bool scaled, uint64_t seed) {
   model.ZeroGrads();
   auto loss = model.Forward(batch.inputs.data(), batch.targets.data(), B, T, active, true);
   ASSERT_TRUE(loss.ok()) << loss.status();
-  model.Backward(1.0);
+  ASSERT_TRUE(model.Backward(1.0 / static_cast<double>(model.last_num_targets())).ok());
   const std::vector<double> analytic(model.grads(), model.grads() + model.layout().total());
 
   // Thousands of tiny forwards: one thread avoids OpenMP barrier costs on a loaded machine.
@@ -139,7 +139,7 @@ TEST(ModelSkippedLayers, ZeroComputeCountedAndMatchesFlopsModel) {
     const ActiveLayerSet active = ActiveLayerSet::Of(cfg.num_layers, layers);
     backend.ResetFlops();
     ASSERT_TRUE(model.Forward(batch.inputs.data(), batch.targets.data(), B, T, active, true).ok());
-    model.Backward(1.0);
+    ASSERT_TRUE(model.Backward(1.0).ok());
     const int k = static_cast<int>(layers.size());
     EXPECT_EQ(backend.flops_executed(), TrainingFlops(cfg, B, T, k)) << "path of " << k;
     // Every active block adds exactly one block's worth: a skipped block adds nothing.

@@ -96,6 +96,8 @@ TEST(Trainer, ResumeIsBitwiseIdentical) {
     const std::string name = ModelKindName(kind);
     const std::string dir = FreshDir("resume_" + name);
     TrainerConfig cfg = SmallConfig(dir, kind);
+    // BERT also exercises `frozen`, whose per-block update counts must survive the checkpoint.
+    if (kind == ModelKind::kBert) cfg.optimizer.skipped = SkippedLayerPolicy::kFrozen;
     const TrainRun straight = TrainOnce(cfg);
 
     cfg.run_dir = dir + "/run";
@@ -154,13 +156,13 @@ TEST(GradientAccumulation, TwoHalvesEqualOneBatch) {
   }
   const ActiveLayerSet active = ActiveLayerSet::Of(3, {0, 2});
   ASSERT_TRUE(model.Forward(in.data(), tg.data(), 4, 8, active, true).ok());
-  model.Backward(1.0f);
+  ASSERT_TRUE(model.Backward(1.0f / 32).ok());
   const std::vector<float> whole(model.grads(), model.grads() + model.layout().total());
   model.ZeroGrads();
   for (int half = 0; half < 2; ++half) {
     ASSERT_TRUE(
         model.Forward(in.data() + half * 16, tg.data() + half * 16, 2, 8, active, true).ok());
-    model.Backward(0.5f);
+    ASSERT_TRUE(model.Backward(1.0f / 32).ok());  // normalised by the whole step's targets
   }
   double max_abs = 0, max_err = 0;
   for (size_t i = 0; i < whole.size(); ++i) {
@@ -168,6 +170,101 @@ TEST(GradientAccumulation, TwoHalvesEqualOneBatch) {
     max_err = std::max(max_err, std::abs(static_cast<double>(whole[i]) - model.grads()[i]));
   }
   EXPECT_LT(max_err, 1e-5 * max_abs);
+}
+
+TEST(GradientAccumulation, BertSplitInvariantDespiteUnevenMaskCounts) {
+  // Halves with different numbers of scored positions: normalising by the step's total makes the
+  // accumulated gradient equal the whole batch's (a mean of per-half means would not).
+  ModelConfig cfg;
+  cfg.kind = ModelKind::kBert;
+  cfg.num_layers = 2;
+  cfg.d_model = 16;
+  cfg.num_heads = 2;
+  cfg.d_ff = 32;
+  cfg.vocab_size = 40;
+  cfg.max_seq = 8;
+  CpuBackend<float> backend;
+  Model<float> model(cfg, &backend);
+  model.InitWeights(4);
+  CounterRng rng(10, 0);
+  std::vector<int32_t> in(4 * 8), tg(4 * 8, -1);
+  for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<int32_t>(rng.Below(40));
+  for (size_t i = 0; i < 16; i += 4) tg[i] = 7;             // first half: 4 scored
+  for (size_t i = 16; i < 32; i += 1) tg[i] = 9 + (i % 3);  // second half: 16 scored
+  const ActiveLayerSet active = ActiveLayerSet::Full(2);
+  ASSERT_TRUE(model.Forward(in.data(), tg.data(), 4, 8, active, true).ok());
+  ASSERT_TRUE(model.Backward(1.0f / 20).ok());
+  const std::vector<float> whole(model.grads(), model.grads() + model.layout().total());
+  model.ZeroGrads();
+  for (int half = 0; half < 2; ++half) {
+    ASSERT_TRUE(
+        model.Forward(in.data() + half * 16, tg.data() + half * 16, 2, 8, active, true).ok());
+    ASSERT_TRUE(model.Backward(1.0f / 20).ok());
+  }
+  double max_abs = 0, max_err = 0;
+  for (size_t i = 0; i < whole.size(); ++i) {
+    max_abs = std::max(max_abs, std::abs(static_cast<double>(whole[i])));
+    max_err = std::max(max_err, std::abs(static_cast<double>(whole[i]) - model.grads()[i]));
+  }
+  EXPECT_LT(max_err, 1e-5 * max_abs);
+}
+
+TEST(ModelState, BackwardNeedsAPendingTrainingForward) {
+  ModelConfig cfg;
+  cfg.num_layers = 2;
+  cfg.d_model = 8;
+  cfg.num_heads = 2;
+  cfg.d_ff = 16;
+  cfg.vocab_size = 20;
+  cfg.max_seq = 4;
+  CpuBackend<float> backend;
+  Model<float> model(cfg, &backend);
+  model.InitWeights(1);
+  std::vector<int32_t> in = {1, 2, 3, 4}, tg = {2, 3, 4, 5};
+  const ActiveLayerSet full = ActiveLayerSet::Full(2);
+  EXPECT_EQ(model.Backward(1.0f).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(model.Forward(in.data(), tg.data(), 1, 4, full, true).ok());
+  // An evaluation in between clobbers the saved activations: Backward must refuse, not no-op.
+  ASSERT_TRUE(model.Forward(in.data(), tg.data(), 1, 4, full, false).ok());
+  EXPECT_EQ(model.Backward(1.0f).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(model.Forward(in.data(), tg.data(), 1, 4, full, true).ok());
+  in[0] = 99;  // a failed Forward also cancels the pending one
+  EXPECT_FALSE(model.Forward(in.data(), tg.data(), 1, 4, full, true).ok());
+  EXPECT_EQ(model.Backward(1.0f).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(Trainer, RefusesToResumeWithOtherSettings) {
+  const std::string dir = FreshDir("settings_mismatch");
+  TrainerConfig cfg = SmallConfig(dir, ModelKind::kGpt);
+  cfg.run_dir = dir + "/run";
+  cfg.stop_after = 1;
+  TrainOnce(cfg);
+  cfg.stop_after = -1;
+  cfg.optimizer.lr *= 2;
+  TrainResult result;
+  const absl::Status s = Train(cfg, nullptr, &result);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("optimizer.lr"), std::string::npos) << s;
+}
+
+TEST(Trainer, RefusesToOverwriteARunWithoutResume) {
+  const std::string dir = FreshDir("no_overwrite");
+  TrainerConfig cfg = SmallConfig(dir, ModelKind::kGpt);
+  cfg.run_dir = dir + "/run";
+  cfg.stop_after = 1;
+  TrainOnce(cfg);
+  cfg.resume = false;
+  TrainResult result;
+  const absl::Status s = Train(cfg, nullptr, &result);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+}
+
+TEST(Trainer, RejectsWarmupNotShorterThanTheRun) {
+  const std::string dir = FreshDir("warmup");
+  TrainerConfig cfg = SmallConfig(dir, ModelKind::kGpt);
+  cfg.optimizer.warmup_steps = cfg.steps;
+  TrainResult result;
+  EXPECT_EQ(Train(cfg, nullptr, &result).code(), absl::StatusCode::kInvalidArgument);
 }
 
 // AdamW on a model whose block 1 was skipped this step.
@@ -200,7 +297,7 @@ struct OptimizerFixture {
     std::vector<int32_t> in = {1, 2, 3, 4, 5, 6, 7, 8}, tg = {2, 3, 4, 5, 6, 7, 8, 9};
     const ActiveLayerSet active = ActiveLayerSet::Of(3, {0, 2});
     EXPECT_TRUE(model->Forward(in.data(), tg.data(), 2, 4, active, true).ok());
-    model->Backward(1.0f);
+    EXPECT_TRUE(model->Backward(1.0f / 8).ok());
     params0.assign(model->params(), model->params() + n);
     m0.assign(opt->m(), opt->m() + n);
     v0.assign(opt->v(), opt->v() + n);
@@ -243,6 +340,24 @@ TEST(OptimizerSkippedLayers, ZeroGradDecaysMomentsAndAppliesWeightDecay) {
   // A decayed matrix of the skipped block moved (moment update + weight decay).
   const size_t w = f.model->layout().block(1, kFcW);
   EXPECT_NE(f.model->params()[w], f.params0[w]);
+}
+
+TEST(OptimizerSkippedLayers, FrozenBlocksCountTheirOwnUpdates) {
+  // Bias correction follows each block's own update count (PyTorch's per-parameter step): a
+  // block first trained at global step 4 gets a first-step-sized update, not a shrunken one.
+  OptimizerFixture f(SkippedLayerPolicy::kFrozen);
+  const ActiveLayerSet skip1 = ActiveLayerSet::Of(3, {0, 2});
+  for (int64_t step = 0; step < 3; ++step) {
+    f.opt->Step(f.model->params(), f.model->grads(), skip1, step);
+  }
+  f.opt->Step(f.model->params(), f.model->grads(), ActiveLayerSet::Full(3), 3);
+  EXPECT_EQ(f.opt->shared_steps(), 4);
+  EXPECT_EQ(f.opt->layer_steps(), (std::vector<int64_t>{4, 1, 4}));
+  OptimizerFixture z(SkippedLayerPolicy::kZeroGrad);
+  for (int64_t step = 0; step < 3; ++step) {
+    z.opt->Step(z.model->params(), z.model->grads(), skip1, step);
+  }
+  EXPECT_EQ(z.opt->layer_steps(), (std::vector<int64_t>{3, 3, 3}));
 }
 
 TEST(OptimizerSkippedLayers, StepLeavesGradientsZero) {

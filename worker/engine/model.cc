@@ -143,9 +143,13 @@ template <typename T>
 absl::StatusOr<double> Model<T>::Forward(const int32_t* inputs, const int32_t* targets, int B,
                                          int Tn, const ActiveLayerSet& active, bool training) {
   const ModelConfig& cfg = config_;
+  have_forward_ = false;  // whatever happens below, an earlier training Forward is gone
   if (B <= 0 || Tn <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("batch shape must be positive, got B=", B, " T=", Tn));
+  }
+  if (static_cast<int64_t>(B) * Tn > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError(absl::StrCat("batch of ", B, "x", Tn, " tokens is too large"));
   }
   if (Tn > cfg.max_seq) {
     return absl::InvalidArgumentError(
@@ -209,9 +213,9 @@ absl::StatusOr<double> Model<T>::Forward(const int32_t* inputs, const int32_t* t
   be->LayerNormForward(lnf_, lnf_mean_, lnf_rstd_, final_residual, P + layout_.lnf_w(),
                        P + layout_.lnf_b(), N, C);
   be->MatmulForward(logits_, lnf_, P + layout_.wte(), nullptr, N, C, V, T(1), false);
-  // Training fuses the loss gradient (mean over valid targets) into the logits buffer.
-  const T grad_scale = num_targets > 0 ? T(1) / static_cast<T>(num_targets) : T(0);
-  be->CrossEntropyForward(logits_, losses_, targets_, N, V, grad_scale, training);
+  // Training fuses the gradient of the summed loss into the logits buffer; Backward's
+  // grad_scale normalises it.
+  be->CrossEntropyForward(logits_, losses_, targets_, N, V, T(1), training);
   be->CopyToHost(host_losses_.data(), losses_, sizeof(T) * N);
   double total = 0;
   for (int i = 0; i < N; ++i) total += static_cast<double>(host_losses_[i]);
@@ -227,8 +231,11 @@ absl::StatusOr<double> Model<T>::Forward(const int32_t* inputs, const int32_t* t
 }
 
 template <typename T>
-void Model<T>::Backward(T grad_scale) {
-  if (!have_forward_) return;  // REQUIRES violated; nothing to differentiate
+absl::Status Model<T>::Backward(T grad_scale) {
+  if (!have_forward_) {
+    return absl::FailedPreconditionError(
+        "Backward needs a successful training Forward just before it (none pending)");
+  }
   have_forward_ = false;
   const ModelConfig& cfg = config_;
   const int B = last_B_, Tn = last_T_, N = B * Tn;
@@ -273,6 +280,7 @@ void Model<T>::Backward(T grad_scale) {
                           residual_[k], P + layout_.block(l, kLn1W), a.ln1_mean, a.ln1_rstd, N, C);
   }
   be->EncoderBackward(G + layout_.wte(), G + layout_.wpe(), dres_, inputs_, B, Tn, C);
+  return absl::OkStatus();
 }
 
 template <typename T>

@@ -50,13 +50,16 @@ class Model {
   absl::StatusOr<double> Forward(const int32_t* inputs, const int32_t* targets, int B, int Tn,
                                  const ActiveLayerSet& active, bool training);
 
-  // Accumulates grad_scale * d(loss of the last training Forward)/d(params) into grads().
-  // Only the active blocks' slices (and the shared tensors) are written.
-  // REQUIRES: the last call was Forward(..., training=true).
-  void Backward(T grad_scale);
+  // Accumulates grad_scale * d(SUM of the last training Forward's per-position losses)/d(params)
+  // into grads(). The caller normalises: for the mean over every target of a step's
+  // micro-batches, grad_scale = 1 / (targets in all of them), so gradient accumulation and data
+  // parallelism give the same gradient however the batch is split (BERT's masked-target counts
+  // differ between micro-batches). Only the active blocks' slices and the shared tensors are
+  // written. FailedPrecondition unless the last Forward was a successful training one.
+  absl::Status Backward(T grad_scale);
 
-  // Logits (B,T,V) of the last Forward, copied to the host. Valid after Forward and before
-  // Backward (Backward overwrites them with their gradient).
+  // Logits (B,T,V) of the last Forward, copied to the host. Valid after a Forward with
+  // training=false: a training Forward overwrites them with the loss gradient.
   std::vector<T> LogitsToHost() const;
 
   void ZeroGrads();

@@ -1,6 +1,7 @@
 // AdamW, schedule and clipping (see optimizer.h).
 #include "worker/engine/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -52,6 +53,22 @@ AdamWOptimizer<T>::AdamWOptimizer(const OptimizerConfig& config, const ParamLayo
     : config_(config), layout_(layout), backend_(backend) {
   m_ = backend_->Alloc(layout_.total());
   v_ = backend_->Alloc(layout_.total());
+  int layers = 0;
+  for (const ParamTensor& t : layout_.tensors()) layers = std::max(layers, t.layer + 1);
+  layer_steps_.assign(layers, 0);
+}
+
+template <typename T>
+absl::Status AdamWOptimizer<T>::RestoreStepCounts(int64_t shared_steps,
+                                                  const std::vector<int64_t>& layer_steps) {
+  if (layer_steps.size() != layer_steps_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("optimizer state has step counts for ",
+                                                   layer_steps.size(), " blocks, model has ",
+                                                   layer_steps_.size()));
+  }
+  shared_steps_ = shared_steps;
+  layer_steps_ = layer_steps;
+  return absl::OkStatus();
 }
 
 template <typename T>
@@ -83,12 +100,17 @@ OptimizerStepInfo AdamWOptimizer<T>::Step(T* params, T* grads, const ActiveLayer
     info.clip_scale = config_.grad_clip / (info.grad_norm + 1e-6);
   }
   const bool frozen = config_.skipped == SkippedLayerPolicy::kFrozen;
+  ++shared_steps_;
+  for (size_t l = 0; l < layer_steps_.size(); ++l) {
+    if (!frozen || active.active(static_cast<int>(l))) ++layer_steps_[l];
+  }
   for (const ParamTensor& t : layout_.tensors()) {
     if (frozen && t.layer >= 0 && !active.active(t.layer)) continue;  // untouched, grads zero
     backend_->AdamW(params + t.offset, grads + t.offset, m_ + t.offset, v_ + t.offset, t.numel,
                     static_cast<float>(info.lr), static_cast<float>(config_.beta1),
                     static_cast<float>(config_.beta2), static_cast<float>(config_.eps),
-                    t.decay ? static_cast<float>(config_.weight_decay) : 0.0f, step + 1,
+                    t.decay ? static_cast<float>(config_.weight_decay) : 0.0f,
+                    t.layer >= 0 ? layer_steps_[t.layer] : shared_steps_,
                     static_cast<float>(info.clip_scale));
   }
   // AdamW zeroed every slice it read; under `frozen` the skipped slices were zero already. So

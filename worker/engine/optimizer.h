@@ -59,8 +59,8 @@ class AdamWOptimizer {
   AdamWOptimizer(const AdamWOptimizer&) = delete;
   AdamWOptimizer& operator=(const AdamWOptimizer&) = delete;
 
-  // Applies one update for 0-based step `step` (bias correction uses step + 1) and leaves all
-  // gradients zero. `active` is the path the gradients came from.
+  // Applies one update for 0-based step `step` (which sets the learning rate; bias correction
+  // uses the per-tensor update counts) and leaves all gradients zero. `active` is the path the gradients came from.
   OptimizerStepInfo Step(T* params, T* grads, const ActiveLayerSet& active, int64_t step);
 
   // Squared L2 norm of the gradient slices written under `active`.
@@ -68,6 +68,13 @@ class AdamWOptimizer {
 
   T* m() { return m_; }
   T* v() { return v_; }
+  // Updates applied so far to the shared tensors and to each block. Bias correction uses these,
+  // not the global step: under `frozen` a block skipped for a while must not see its first
+  // update shrunk as if its moments had been averaging all along (PyTorch's per-parameter step).
+  int64_t shared_steps() const { return shared_steps_; }
+  const std::vector<int64_t>& layer_steps() const { return layer_steps_; }
+  // For resuming from a checkpoint. Error if the block count differs.
+  absl::Status RestoreStepCounts(int64_t shared_steps, const std::vector<int64_t>& layer_steps);
   const OptimizerConfig& config() const { return config_; }
 
  private:
@@ -76,6 +83,8 @@ class AdamWOptimizer {
   Backend<T>* backend_;
   T* m_ = nullptr;
   T* v_ = nullptr;
+  int64_t shared_steps_ = 0;
+  std::vector<int64_t> layer_steps_;
 };
 
 extern template class AdamWOptimizer<float>;

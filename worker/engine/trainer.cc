@@ -6,7 +6,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <new>
 #include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -46,7 +50,9 @@ absl::StatusOr<double> Evaluate(Model<float>& model, const TokenDataset& val,
     return absl::FailedPreconditionError(absl::StrCat(
         "validation set has too few tokens for one batch of ", cfg.batch, "x", cfg.seq));
   }
+  // Weighted by scored positions, so BERT batches with more masked tokens count for more.
   double total = 0;
+  int64_t scored = 0;
   const ActiveLayerSet full = ActiveLayerSet::Full(cfg.model.num_layers);
   for (int64_t i = 0; i < n; ++i) {
     RETURN_IF_ERROR(val.GetEvalBatch(i, cfg.batch, cfg.seq, inputs.data(), targets.data()));
@@ -56,9 +62,11 @@ absl::StatusOr<double> Evaluate(Model<float>& model, const TokenDataset& val,
     }
     ASSIGN_OR_RETURN(double loss, model.Forward(inputs.data(), targets.data(), cfg.batch, cfg.seq,
                                                 full, /*training=*/false));
-    total += loss;
+    total += loss * static_cast<double>(model.last_num_targets());
+    scored += model.last_num_targets();
   }
-  return total / static_cast<double>(n);
+  if (scored == 0) return absl::FailedPreconditionError("no scored positions in the eval batches");
+  return total / static_cast<double>(scored);
 }
 
 // metrics.csv: one row per step; on resume, rows past the checkpoint are dropped so the file
@@ -107,6 +115,59 @@ class MetricsCsv {
   std::ofstream out_;
 };
 
+// What determines a run's trajectory besides the model shape (which the checkpoint checks
+// itself). A resumed run must match it, or it would silently continue with another schedule,
+// learning rate or data order.
+nlohmann::json RunFingerprint(const TrainerConfig& c) {
+  nlohmann::json j;
+  const OptimizerConfig& o = c.optimizer;
+  j["optimizer"] = {{"lr", o.lr},
+                    {"min_lr_ratio", o.min_lr_ratio},
+                    {"warmup_steps", o.warmup_steps},
+                    {"total_steps", o.total_steps},
+                    {"decay", static_cast<int>(o.decay)},
+                    {"beta1", o.beta1},
+                    {"beta2", o.beta2},
+                    {"eps", o.eps},
+                    {"weight_decay", o.weight_decay},
+                    {"grad_clip", o.grad_clip},
+                    {"skipped", o.skipped == SkippedLayerPolicy::kFrozen ? "frozen" : "zero_grad"}};
+  const PathScheduleConfig& p = c.schedule;
+  nlohmann::json stages = nlohmann::json::array();
+  for (const RaptrStage& st : p.stages) stages.push_back({st.path_length, st.steps});
+  j["schedule"] = {{"kind", p.kind == PathScheduleConfig::Kind::kRaptr ? "raptr" : "full"},
+                   {"stages", stages},
+                   {"fixed_layers", p.fixed_layers},
+                   {"sampling", p.sampling == PathSampling::kExact ? "exact" : "bernoulli"},
+                   {"scaling", p.scaling == PathScaling::kInverseKeepProb ? "inverse_keep_prob"
+                                                                            : "none"},
+                   {"full_warmup_steps", p.full_warmup_steps}};
+  j["batch"] = c.batch;
+  j["seq"] = c.seq;
+  j["micro_batches"] = c.micro_batches;
+  j["steps"] = c.steps;
+  j["seed"] = c.seed;
+  j["init_seed"] = c.init_seed;
+  j["mask_id"] = c.mask_id;
+  return j;
+}
+
+// Names the first field where two fingerprints differ ("optimizer.lr: 0.001 vs 0.002").
+std::string FirstDifference(const nlohmann::json& a, const nlohmann::json& b,
+                            const std::string& prefix = "") {
+  if (a.is_object() && b.is_object()) {
+    for (auto it = a.begin(); it != a.end(); ++it) {
+      const std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
+      if (!b.contains(it.key())) return key + ": missing in the checkpoint";
+      std::string d = FirstDifference(it.value(), b[it.key()], key);
+      if (!d.empty()) return d;
+    }
+    return "";
+  }
+  return a == b ? "" : absl::StrCat(prefix, ": ", b.dump(), " in the checkpoint, ", a.dump(),
+                                    " now");
+}
+
 }  // namespace
 
 absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainResult* result,
@@ -115,6 +176,22 @@ absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainR
   RETURN_IF_ERROR(ValidatePathSchedule(cfg.schedule, cfg.model.num_layers));
   if (cfg.batch <= 0 || cfg.seq <= 0 || cfg.micro_batches <= 0 || cfg.steps <= 0) {
     return absl::InvalidArgumentError("batch, seq, micro_batches and steps must be > 0");
+  }
+  const OptimizerConfig& o = cfg.optimizer;
+  if (!(o.lr > 0) || !(o.beta1 >= 0 && o.beta1 < 1) || !(o.beta2 >= 0 && o.beta2 < 1) ||
+      !(o.eps > 0) || !(o.weight_decay >= 0) || !(o.min_lr_ratio >= 0 && o.min_lr_ratio <= 1)) {
+    return absl::InvalidArgumentError(
+        "optimizer: need lr > 0, 0 <= beta1, beta2 < 1, eps > 0, weight_decay >= 0, "
+        "0 <= min_lr_ratio <= 1");
+  }
+  if (o.warmup_steps < 0 || (o.warmup_steps > 0 && o.warmup_steps >= o.total_steps)) {
+    return absl::InvalidArgumentError(absl::StrCat("warmup steps (", o.warmup_steps,
+                                                   ") must be fewer than the run's steps (",
+                                                   o.total_steps, ")"));
+  }
+  if (cfg.eval_batches <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("eval_batches must be > 0, got ", cfg.eval_batches));
   }
   if (cfg.seq > cfg.model.max_seq) {
     return absl::InvalidArgumentError(
@@ -137,40 +214,78 @@ absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainR
   }
 
   CpuBackend<float> backend;
-  Model<float> model(cfg.model, &backend);
+  std::unique_ptr<Model<float>> model_owner;
+  std::unique_ptr<AdamWOptimizer<float>> optimizer_owner;
+  try {
+    model_owner = std::make_unique<Model<float>>(cfg.model, &backend);
+    optimizer_owner =
+        std::make_unique<AdamWOptimizer<float>>(cfg.optimizer, model_owner->layout(), &backend);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "not enough memory for the parameters, gradients and AdamW moments of ",
+        cfg.model.DebugString()));
+  }
+  Model<float>& model = *model_owner;
+  AdamWOptimizer<float>& optimizer = *optimizer_owner;
   model.InitWeights(cfg.init_seed != 0 ? cfg.init_seed : cfg.seed);
-  AdamWOptimizer<float> optimizer(cfg.optimizer, model.layout(), &backend);
+  const nlohmann::json fingerprint = RunFingerprint(cfg);
 
   TrainState state;
   state.seed = cfg.seed;
-  if (!cfg.run_dir.empty() && cfg.resume) {
+  if (!cfg.run_dir.empty()) {
     auto latest = LatestCheckpoint(cfg.run_dir);
+    if (!latest.ok() && !absl::IsNotFound(latest.status())) return latest.status();
+    if (latest.ok() && !cfg.resume) {
+      // Training over it would interleave two runs' checkpoints in one directory.
+      return absl::FailedPreconditionError(absl::StrCat(
+          cfg.run_dir, " already holds a run (", *latest,
+          "): resume it, or train into a fresh run directory"));
+    }
     if (latest.ok()) {
       RETURN_IF_ERROR(LoadCheckpoint(*latest, cfg.model, model.layout(), model.params(),
                                      optimizer.m(), optimizer.v(), &state));
-      if (state.seed != cfg.seed) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("checkpoint ", *latest, " was trained with seed ", state.seed,
-                         ", this run has ", cfg.seed, ": refusing to mix runs"));
+      const nlohmann::json extra =
+          nlohmann::json::parse(state.extra_json, nullptr, /*allow_exceptions=*/false);
+      if (extra.is_discarded() || !extra.contains("run") || !extra.contains("adam")) {
+        return absl::DataLossError(
+            absl::StrCat("checkpoint ", *latest, " lacks the run description (state.extra)"));
       }
+      const std::string diff = FirstDifference(fingerprint, extra["run"]);
+      if (!diff.empty()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("checkpoint ", *latest, " belongs to a run with other settings (", diff,
+                         "): refusing to mix runs; use a fresh run directory"));
+      }
+      RETURN_IF_ERROR(optimizer.RestoreStepCounts(
+          extra["adam"].value("shared_steps", int64_t{0}),
+          extra["adam"].value("layer_steps", std::vector<int64_t>{})));
       // Always said, even when quiet: silently continuing an old run would surprise.
       std::fprintf(stderr, "resumed from %s at step %lld\n", latest->c_str(),
                    static_cast<long long>(state.step));
-    } else if (!absl::IsNotFound(latest.status())) {
-      return latest.status();
     }
+  }
+  if (state.step >= cfg.steps) {
+    std::fprintf(stderr, "run already complete: %lld of %lld steps done\n",
+                 static_cast<long long>(state.step), static_cast<long long>(cfg.steps));
   }
   if (!cfg.run_dir.empty()) std::filesystem::create_directories(cfg.run_dir);
   MetricsCsv csv;
   RETURN_IF_ERROR(csv.Open(cfg.run_dir, state.step));
 
   const int B = cfg.batch, T = cfg.seq;
-  std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
+  // One step's micro-batches; evaluation uses the first B x T of them.
+  std::vector<int32_t> inputs(static_cast<size_t>(B) * T * cfg.micro_batches),
+      targets(inputs.size());
   const double t_start = Now();
   StepReport last;
   double last_eval = -1;
   auto save = [&]() -> absl::Status {
     if (cfg.run_dir.empty()) return absl::OkStatus();
+    nlohmann::json extra;
+    extra["run"] = fingerprint;
+    extra["adam"] = {{"shared_steps", optimizer.shared_steps()},
+                     {"layer_steps", optimizer.layer_steps()}};
+    state.extra_json = extra.dump();
     return SaveCheckpoint(cfg.run_dir, cfg.model, model.layout(), model.params(), optimizer.m(),
                           optimizer.v(), state);
   };
@@ -184,6 +299,10 @@ absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainR
     r.stage = plan.stage;
     r.path_length = active.NumActive();
     double fwd = 0, bwd = 0, loss_sum = 0;
+    // All micro-batches first: the loss is the mean over every scored position of the step, so
+    // the gradient normaliser (1 / all targets) must be known before the first Backward.
+    // Batches are pure functions of (seed, step, micro), so this is cheap and changes nothing.
+    int64_t step_targets = 0;
     for (int micro = 0; micro < cfg.micro_batches; ++micro) {
       BatchSpec spec;
       spec.seed = cfg.seed;
@@ -192,27 +311,33 @@ absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainR
       spec.micro = micro;
       spec.B = B;
       spec.T = T;
+      int32_t* in = inputs.data() + static_cast<size_t>(micro) * B * T;
+      int32_t* tg = targets.data() + static_cast<size_t>(micro) * B * T;
       if (cfg.model.kind == ModelKind::kBert) {
         MlmOptions mlm{cfg.model.vocab_size, cfg.mask_id, 0.15};
-        RETURN_IF_ERROR(train.GetMlmBatch(spec, mlm, inputs.data(), targets.data()));
+        RETURN_IF_ERROR(train.GetMlmBatch(spec, mlm, in, tg));
       } else {
-        RETURN_IF_ERROR(train.GetBatch(spec, inputs.data(), targets.data()));
+        RETURN_IF_ERROR(train.GetBatch(spec, in, tg));
       }
+      for (size_t i = 0; i < static_cast<size_t>(B) * T; ++i) step_targets += tg[i] >= 0 ? 1 : 0;
+    }
+    for (int micro = 0; micro < cfg.micro_batches && step_targets > 0; ++micro) {
+      const int32_t* in = inputs.data() + static_cast<size_t>(micro) * B * T;
+      const int32_t* tg = targets.data() + static_cast<size_t>(micro) * B * T;
       const double f0 = Now();
-      ASSIGN_OR_RETURN(double loss, model.Forward(inputs.data(), targets.data(), B, T, active,
-                                                  /*training=*/true));
+      ASSIGN_OR_RETURN(double loss, model.Forward(in, tg, B, T, active, /*training=*/true));
       const double f1 = Now();
-      model.Backward(1.0f / static_cast<float>(cfg.micro_batches));
+      RETURN_IF_ERROR(model.Backward(1.0f / static_cast<float>(step_targets)));
       bwd += Now() - f1;
       fwd += f1 - f0;
-      loss_sum += loss;
+      loss_sum += loss * static_cast<double>(model.last_num_targets());
     }
     const double o0 = Now();
     const OptimizerStepInfo info = optimizer.Step(model.params(), model.grads(), active, step);
     r.optimizer_seconds = Now() - o0;
     r.forward_seconds = fwd;
     r.backward_seconds = bwd;
-    r.loss = loss_sum / cfg.micro_batches;
+    r.loss = step_targets > 0 ? loss_sum / static_cast<double>(step_targets) : 0.0;
     if (!std::isfinite(r.loss)) {
       return absl::InternalError(absl::StrCat("training loss is ", r.loss, " at step ", step,
                                               ": diverged (lower the learning rate?)"));
