@@ -1,6 +1,8 @@
 // Strict command-line flag parsing (see flags.h).
 #include "common/flags.h"
 
+#include <cstdint>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -62,6 +64,15 @@ absl::StatusOr<int64_t> Flags::GetInt(const std::string& name) const {
         absl::StrCat("flag --", name, ": '", Get(name), "' is not an integer"));
   }
   return v;
+}
+
+absl::StatusOr<int> Flags::GetInt32(const std::string& name) const {
+  absl::StatusOr<int64_t> v = GetInt(name);
+  if (!v.ok()) return v.status();
+  if (*v < INT32_MIN || *v > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("flag --", name, ": ", *v, " is out of range"));
+  }
+  return static_cast<int>(*v);
 }
 
 absl::StatusOr<double> Flags::GetDouble(const std::string& name) const {

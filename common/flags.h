@@ -25,6 +25,8 @@ class Flags {
 
   std::string Get(const std::string& name) const;
   absl::StatusOr<int64_t> GetInt(const std::string& name) const;
+  // An integer that must fit in int (sizes, counts): an error, never a silent truncation.
+  absl::StatusOr<int> GetInt32(const std::string& name) const;
   absl::StatusOr<double> GetDouble(const std::string& name) const;
   absl::StatusOr<bool> GetBool(const std::string& name) const;
   bool IsSet(const std::string& name) const { return set_.count(name) > 0; }

@@ -74,6 +74,7 @@ absl::Status DebugStep(int argc, char** argv) {
 
   std::vector<int32_t> inputs, targets;
   int B = 0, T = 0;
+  bool mask_tokens = false;  // --tokens with BERT: MLM-mask once the vocabulary is known
   if (!flags.Get("batch").empty()) {
     ASSIGN_OR_RETURN(SafetensorsFile batch, ReadSafetensors(flags.Get("batch")));
     int B2 = 0, T2 = 0;
@@ -98,13 +99,7 @@ absl::Status DebugStep(int argc, char** argv) {
       inputs.push_back(tokens[i]);
       targets.push_back(tokens[i + 1]);
     }
-    if (cfg.kind == ModelKind::kBert) {
-      ASSIGN_OR_RETURN(int64_t mask_id, flags.GetInt("mask-id"));
-      ASSIGN_OR_RETURN(int64_t seed, flags.GetInt("seed"));
-      inputs.assign(tokens.begin(), tokens.begin() + static_cast<int64_t>(B) * T);
-      ApplyMlmMask(MlmOptions{cfg.vocab_size, static_cast<int>(mask_id), 0.15},
-                   static_cast<uint64_t>(seed), 0, 0, B, T, inputs.data(), targets.data());
-    }
+    mask_tokens = cfg.kind == ModelKind::kBert;
   } else {
     return absl::InvalidArgumentError("give the batch with --batch or --tokens");
   }
@@ -124,6 +119,13 @@ absl::Status DebugStep(int argc, char** argv) {
     if (cfg.max_seq == 0) cfg.max_seq = static_cast<int>(p->shape[0]);
   }
   RETURN_IF_ERROR(cfg.Validate());
+  if (mask_tokens) {
+    ASSIGN_OR_RETURN(int64_t mask_id, flags.GetInt("mask-id"));
+    ASSIGN_OR_RETURN(int64_t seed, flags.GetInt("seed"));
+    const MlmOptions mlm{cfg.vocab_size, static_cast<int>(mask_id), 0.15};
+    RETURN_IF_ERROR(ValidateMlmOptions(mlm));
+    ApplyMlmMask(mlm, static_cast<uint64_t>(seed), 0, 0, B, T, inputs.data(), targets.data());
+  }
 
   ActiveLayerSet active;
   RETURN_IF_ERROR(ActiveLayerSet::Parse(flags.Get("active"), cfg.num_layers, &active));

@@ -1,5 +1,6 @@
 // raptr-worker train: trains a model in this one process on prepared token shards, with a RaPTr
 // or full schedule. The service (coordinator + workers) runs the same Trainer per rank.
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -80,7 +81,7 @@ absl::Status LocalTrain(int argc, char** argv) {
   flags.Define("seed", "1", "data order, paths and init");
   flags.Define("lr", "1e-3", "peak learning rate");
   flags.Define("min-lr-ratio", "0.1", "final lr as a fraction of the peak");
-  flags.Define("warmup", "50", "linear lr warmup steps");
+  flags.Define("warmup", "-1", "linear lr warmup steps (-1: 10% of the steps, at most 100)");
   flags.Define("decay", "cosine", "lr decay: cosine, linear or constant");
   flags.Define("weight-decay", "0.1", "AdamW decoupled weight decay (matrices, embeddings)");
   flags.Define("beta2", "0.95", "AdamW beta2");
@@ -114,9 +115,9 @@ absl::Status LocalTrain(int argc, char** argv) {
   cfg.train_shards = {data + "/train.bin"};
   cfg.val_shards = {data + "/val.bin"};
   cfg.run_dir = flags.Get("run-dir");
-  ASSIGN_OR_RETURN(int64_t batch, flags.GetInt("batch"));
-  ASSIGN_OR_RETURN(int64_t seq, flags.GetInt("seq"));
-  ASSIGN_OR_RETURN(int64_t micro, flags.GetInt("micro-batches"));
+  ASSIGN_OR_RETURN(int batch, flags.GetInt32("batch"));
+  ASSIGN_OR_RETURN(int seq, flags.GetInt32("seq"));
+  ASSIGN_OR_RETURN(int micro, flags.GetInt32("micro-batches"));
   ASSIGN_OR_RETURN(cfg.steps, flags.GetInt("steps"));
   ASSIGN_OR_RETURN(int64_t seed, flags.GetInt("seed"));
   cfg.batch = static_cast<int>(batch);
@@ -125,7 +126,7 @@ absl::Status LocalTrain(int argc, char** argv) {
   cfg.seed = static_cast<uint64_t>(seed);
   if (cfg.model.max_seq == 0) cfg.model.max_seq = cfg.seq;
   ASSIGN_OR_RETURN(cfg.eval_every, flags.GetInt("eval-every"));
-  ASSIGN_OR_RETURN(int64_t eval_batches, flags.GetInt("eval-batches"));
+  ASSIGN_OR_RETURN(int eval_batches, flags.GetInt32("eval-batches"));
   cfg.eval_batches = static_cast<int>(eval_batches);
   ASSIGN_OR_RETURN(cfg.checkpoint_every, flags.GetInt("checkpoint-every"));
   ASSIGN_OR_RETURN(cfg.resume, flags.GetBool("resume"));
@@ -137,6 +138,7 @@ absl::Status LocalTrain(int argc, char** argv) {
   ASSIGN_OR_RETURN(o.lr, flags.GetDouble("lr"));
   ASSIGN_OR_RETURN(o.min_lr_ratio, flags.GetDouble("min-lr-ratio"));
   ASSIGN_OR_RETURN(o.warmup_steps, flags.GetInt("warmup"));
+  if (o.warmup_steps == -1) o.warmup_steps = std::min<int64_t>(100, cfg.steps / 10);
   ASSIGN_OR_RETURN(o.weight_decay, flags.GetDouble("weight-decay"));
   ASSIGN_OR_RETURN(o.beta2, flags.GetDouble("beta2"));
   ASSIGN_OR_RETURN(o.grad_clip, flags.GetDouble("grad-clip"));
@@ -154,8 +156,21 @@ absl::Status LocalTrain(int argc, char** argv) {
     const int64_t warm = s.full_warmup_steps;
     s = DefaultRaptrSchedule(L, cfg.steps - warm);
     s.full_warmup_steps = warm;
+    if (flags.Get("stages").empty() && cfg.steps - warm < 4) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the default RaPTr schedule has 4 equal stages: it needs at least 4 steps after the "
+          "full warmup (--steps ", cfg.steps, ", --full-warmup ", warm, "); or give --stages"));
+    }
     if (!flags.Get("stages").empty()) RETURN_IF_ERROR(ParseStages(flags.Get("stages"), &s.stages));
     RETURN_IF_ERROR(ParseFixedLayers(flags.Get("fixed-layers"), L, &s.fixed_layers));
+    // "first,last" of a one-block model is one layer.
+    std::sort(s.fixed_layers.begin(), s.fixed_layers.end());
+    s.fixed_layers.erase(std::unique(s.fixed_layers.begin(), s.fixed_layers.end()),
+                         s.fixed_layers.end());
+    if (!s.stages.empty() && s.stages.back().path_length < L) {
+      std::fprintf(stderr, "warning: the last stage trains paths of %d of %d blocks: the full "
+                   "model is never trained\n", s.stages.back().path_length, L);
+    }
     const std::string sampling = flags.Get("sampling");
     if (sampling == "bernoulli") {
       s.sampling = PathSampling::kBernoulli;

@@ -27,18 +27,18 @@ absl::StatusOr<ModelConfig> ModelConfigFromFlags(const Flags& flags) {
   } else {
     return absl::InvalidArgumentError(absl::StrCat("--model '", kind, "' is not gpt or bert"));
   }
-  ASSIGN_OR_RETURN(int64_t layers, flags.GetInt("layers"));
-  ASSIGN_OR_RETURN(int64_t d_model, flags.GetInt("d-model"));
-  ASSIGN_OR_RETURN(int64_t heads, flags.GetInt("heads"));
-  ASSIGN_OR_RETURN(int64_t d_ff, flags.GetInt("d-ff"));
-  ASSIGN_OR_RETURN(int64_t vocab, flags.GetInt("vocab"));
-  ASSIGN_OR_RETURN(int64_t max_seq, flags.GetInt("max-seq"));
-  c.num_layers = static_cast<int>(layers);
-  c.d_model = static_cast<int>(d_model);
-  c.num_heads = static_cast<int>(heads);
-  c.d_ff = static_cast<int>(d_ff == 0 ? 4 * d_model : d_ff);
-  c.vocab_size = static_cast<int>(vocab);
-  c.max_seq = static_cast<int>(max_seq);
+  ASSIGN_OR_RETURN(int layers, flags.GetInt32("layers"));
+  ASSIGN_OR_RETURN(int d_model, flags.GetInt32("d-model"));
+  ASSIGN_OR_RETURN(int heads, flags.GetInt32("heads"));
+  ASSIGN_OR_RETURN(int d_ff, flags.GetInt32("d-ff"));
+  ASSIGN_OR_RETURN(int vocab, flags.GetInt32("vocab"));
+  ASSIGN_OR_RETURN(int max_seq, flags.GetInt32("max-seq"));
+  c.num_layers = layers;
+  c.d_model = d_model;
+  c.num_heads = heads;
+  c.d_ff = d_ff == 0 ? 4 * d_model : d_ff;
+  c.vocab_size = vocab;
+  c.max_seq = max_seq;
   return c;
 }
 

@@ -363,16 +363,18 @@ void CpuBackend<T>::CrossEntropyForward(T* logits, T* losses, const int32_t* tar
 
 template <typename T>
 double CpuBackend<T>::SumSquares(const T* x, size_t n) {
-  // Per-thread partials combined in thread order: deterministic for a fixed thread count.
-  std::vector<double> partial(static_cast<size_t>(omp_get_max_threads()), 0.0);
-#pragma omp parallel
-  {
-    size_t i0, i1;
-    ThreadChunk(n, &i0, &i1);
+  // Fixed-size blocks summed in block order: the result depends only on n, not on the thread
+  // count or the schedule (the clipping scale, and so the whole run, stays reproducible).
+  constexpr size_t kBlock = 1 << 16;
+  const size_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<double> partial(blocks, 0.0);
+#pragma omp parallel for schedule(static)
+  for (size_t b = 0; b < blocks; ++b) {
+    const size_t i1 = std::min(n, (b + 1) * kBlock);
     double s = 0;
 #pragma omp simd reduction(+ : s)
-    for (size_t i = i0; i < i1; ++i) s += static_cast<double>(x[i]) * x[i];
-    partial[static_cast<size_t>(omp_get_thread_num())] = s;
+    for (size_t i = b * kBlock; i < i1; ++i) s += static_cast<double>(x[i]) * x[i];
+    partial[b] = s;
   }
   double total = 0;
   for (double p : partial) total += p;
