@@ -10,9 +10,69 @@
 #include "common/random.h"
 
 namespace raptr {
+namespace {
+
+// Domains of the counter-based draws, one per use, so no two schedules share a uniform.
+constexpr uint64_t kRaptrBernoulliDomain = 0x7061746800ULL;  // "path\0"
+constexpr uint64_t kRaptrExactDomain = 0x65786163ULL;        // "exac"
+constexpr uint64_t kPldDomain = 0x706c6400ULL;               // "pld\0"
+constexpr uint64_t kLayerDropDomain = 0x6c64726f70ULL;       // "ldrop"
+
+using Kind = PathScheduleConfig::Kind;
+
+// The 0-based stage holding `t` steps after the warmup, and the step its stage began at
+// (relative to the end of the warmup). Steps past the last stage stay in it.
+std::pair<size_t, int64_t> StageAt(const std::vector<RaptrStage>& stages, int64_t t) {
+  size_t s = 0;
+  int64_t start = 0;
+  while (s + 1 < stages.size() && t - start >= stages[s].steps) {
+    start += stages[s].steps;
+    ++s;
+  }
+  return {s, start};
+}
+
+absl::Status CheckStageDurations(const std::vector<RaptrStage>& stages) {
+  for (size_t i = 0; i < stages.size(); ++i) {
+    if (stages[i].steps <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("schedule.stages[", i, "].steps must be > 0, got ", stages[i].steps));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 int PathPlan::num_active() const {
   return static_cast<int>(std::count(active.begin(), active.end(), true));
+}
+
+const char* PathScheduleKindName(Kind kind) {
+  switch (kind) {
+    case Kind::kFull:
+      return "full";
+    case Kind::kRaptr:
+      return "raptr";
+    case Kind::kPld:
+      return "pld";
+    case Kind::kLayerDrop:
+      return "layerdrop";
+    case Kind::kStacking:
+      return "stacking";
+  }
+  return "unknown";
+}
+
+absl::Status ParsePathScheduleKind(const std::string& text, Kind* out) {
+  for (Kind k : {Kind::kFull, Kind::kRaptr, Kind::kPld, Kind::kLayerDrop, Kind::kStacking}) {
+    if (text == PathScheduleKindName(k)) {
+      *out = k;
+      return absl::OkStatus();
+    }
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "schedule.kind: '", text, "' is not one of full, raptr, pld, layerdrop, stacking"));
 }
 
 PathScheduleConfig DefaultRaptrSchedule(int L, int64_t total_steps) {
@@ -26,6 +86,20 @@ PathScheduleConfig DefaultRaptrSchedule(int L, int64_t total_steps) {
     stage.path_length = std::max(static_cast<int>(c.fixed_layers.size()),
                                  static_cast<int>(std::lround(fractions[s] * L)));
     stage.steps = s < 3 ? per_stage : total_steps - 3 * per_stage;
+    c.stages.push_back(stage);
+  }
+  return c;
+}
+
+PathScheduleConfig DefaultStackingSchedule(int L, int64_t total_steps) {
+  PathScheduleConfig c;
+  c.kind = Kind::kStacking;
+  const double fractions[3] = {1.0 / 2, 3.0 / 4, 1.0};
+  const int64_t per_stage = total_steps / 3;
+  for (int s = 0; s < 3; ++s) {
+    RaptrStage stage;
+    stage.path_length = std::max(1, static_cast<int>(std::lround(fractions[s] * L)));
+    stage.steps = s < 2 ? per_stage : total_steps - 2 * per_stage;
     c.stages.push_back(stage);
   }
   return c;
@@ -51,7 +125,58 @@ absl::Status ValidatePathSchedule(const PathScheduleConfig& c, int L) {
   if (c.full_warmup_steps < 0) {
     return absl::InvalidArgumentError("schedule.full_warmup_steps must be >= 0");
   }
-  if (c.kind == PathScheduleConfig::Kind::kFull) return absl::OkStatus();
+  if (c.kind == Kind::kFull) return absl::OkStatus();
+  const char* kind = PathScheduleKindName(c.kind);
+  if (c.kind != Kind::kRaptr && !c.fixed_layers.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "schedule.fixed_layers: only the raptr schedule has fixed layers, not ", kind));
+  }
+  if ((c.kind == Kind::kPld || c.kind == Kind::kStacking) && c.full_warmup_steps != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("schedule.full_warmup_steps must be 0 for the ",
+                                                   kind, " schedule, got ", c.full_warmup_steps));
+  }
+  if ((c.kind == Kind::kPld || c.kind == Kind::kLayerDrop) && !c.stages.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("schedule.stages: the ", kind, " schedule has no stages"));
+  }
+  switch (c.kind) {
+    case Kind::kPld:
+      if (!(c.pld_theta_bar > 0 && c.pld_theta_bar <= 1)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("schedule.pld_theta_bar must be in (0, 1], got ", c.pld_theta_bar));
+      }
+      if (!(c.pld_gamma >= 0 && std::isfinite(c.pld_gamma))) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("schedule.pld_gamma must be finite and >= 0, got ", c.pld_gamma));
+      }
+      return absl::OkStatus();
+    case Kind::kLayerDrop:
+      if (!(c.keep_prob > 0 && c.keep_prob <= 1)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("schedule.keep_prob must be in (0, 1], got ", c.keep_prob));
+      }
+      return absl::OkStatus();
+    case Kind::kStacking: {
+      if (c.stages.empty()) return absl::InvalidArgumentError("schedule.stages: no stage given");
+      for (size_t i = 0; i < c.stages.size(); ++i) {
+        const int k = c.stages[i].path_length;
+        if (k < 1 || k > L) {
+          return absl::InvalidArgumentError(absl::StrCat("schedule.stages[", i, "].path_length ", k,
+                                                         " (stacking depth) must be in [1, ", L,
+                                                         " (the model's layers)]"));
+        }
+        if (i > 0 && k < c.stages[i - 1].path_length) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "schedule.stages[", i, "].path_length ", k, " is below the previous stage's ",
+              c.stages[i - 1].path_length, ": a stacked model only grows"));
+        }
+      }
+      return CheckStageDurations(c.stages);
+    }
+    case Kind::kFull:
+    case Kind::kRaptr:
+      break;
+  }
   std::vector<bool> seen(L, false);
   for (int l : c.fixed_layers) {
     if (l < 0 || l >= L) {
@@ -73,12 +198,8 @@ absl::Status ValidatePathSchedule(const PathScheduleConfig& c, int L) {
           absl::StrCat("schedule.stages[", i, "].path_length ", s.path_length, " must be in [",
                        fixed, " (the fixed layers), ", L, " (the model's layers)]"));
     }
-    if (s.steps <= 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("schedule.stages[", i, "].steps must be > 0, got ", s.steps));
-    }
   }
-  return absl::OkStatus();
+  return CheckStageDurations(c.stages);
 }
 
 PathPlan PlanPath(const PathScheduleConfig& c, int L, uint64_t seed, int64_t step) {
@@ -86,15 +207,30 @@ PathPlan PlanPath(const PathScheduleConfig& c, int L, uint64_t seed, int64_t ste
   plan.active.assign(L, true);
   plan.scale.assign(L, 1.0f);
   plan.stage = -1;
-  if (c.kind == PathScheduleConfig::Kind::kFull || step < c.full_warmup_steps) return plan;
+  if (c.kind == Kind::kFull || step < c.full_warmup_steps) return plan;
 
-  int64_t t = step - c.full_warmup_steps;
-  size_t s = 0;
-  while (s + 1 < c.stages.size() && t >= c.stages[s].steps) {
-    t -= c.stages[s].steps;
-    ++s;
+  if (c.kind == Kind::kPld || c.kind == Kind::kLayerDrop) {
+    const bool pld = c.kind == Kind::kPld;
+    plan.keep_prob = pld ? PldTheta(c, step) : c.keep_prob;
+    for (int l = 0; l < L; ++l) {
+      const double p = pld ? PldKeepProbability(c, L, step, l) : c.keep_prob;
+      // One independent uniform per (step, block). p > 0 (theta_bar, keep_prob > 0): 1/p is finite.
+      const uint64_t bits =
+          HashCounters(seed, pld ? kPldDomain : kLayerDropDomain, step, static_cast<uint64_t>(l));
+      plan.active[l] = ToUnitDouble(bits) < p;
+      if (plan.active[l] && (pld || c.layerdrop_scale)) {
+        plan.scale[l] = static_cast<float>(1.0 / p);
+      }
+    }
+    return plan;
   }
+
+  const size_t s = StageAt(c.stages, step - c.full_warmup_steps).first;
   plan.stage = static_cast<int>(s);
+  if (c.kind == Kind::kStacking) {
+    for (int l = 0; l < L; ++l) plan.active[l] = l < c.stages[s].path_length;
+    return plan;
+  }
   const int p = c.stages[s].path_length;
   std::vector<bool> fixed(L, false);
   for (int l : c.fixed_layers) fixed[l] = true;
@@ -108,11 +244,12 @@ PathPlan PlanPath(const PathScheduleConfig& c, int L, uint64_t seed, int64_t ste
   if (c.sampling == PathSampling::kBernoulli) {
     for (int l : others) {
       // One independent uniform per (step, layer).
-      plan.active[l] = ToUnitDouble(HashCounters(seed, 0x7061746800ULL, step, l)) < plan.keep_prob;
+      plan.active[l] =
+          ToUnitDouble(HashCounters(seed, kRaptrBernoulliDomain, step, l)) < plan.keep_prob;
     }
   } else {
     // Partial Fisher-Yates: the first `want` of a uniform shuffle of the others.
-    CounterRng rng(HashCounters(seed, 0x65786163ULL, step), 0);
+    CounterRng rng(HashCounters(seed, kRaptrExactDomain, step), 0);
     for (int i = 0; i < want; ++i) {
       const int j = i + static_cast<int>(rng.Below(others.size() - i));
       std::swap(others[i], others[j]);
@@ -125,6 +262,62 @@ PathPlan PlanPath(const PathScheduleConfig& c, int L, uint64_t seed, int64_t ste
     }
   }
   return plan;
+}
+
+double PldTheta(const PathScheduleConfig& c, int64_t step) {
+  return (1.0 - c.pld_theta_bar) * std::exp(-c.pld_gamma * static_cast<double>(step)) +
+         c.pld_theta_bar;
+}
+
+double PldKeepProbability(const PathScheduleConfig& c, int L, int64_t step, int layer) {
+  const double i = layer + 1;  // 1-based, as in Zhang & He
+  return 1.0 - i * (1.0 - PldTheta(c, step)) / L;
+}
+
+double LayerDropKeepProbMatchingRaptr(const PathScheduleConfig& c, int L, int64_t total_steps) {
+  if (total_steps <= 0 || c.kind == Kind::kFull) return 1.0;
+  const int64_t warm = std::min(c.full_warmup_steps, total_steps);
+  // Expected active blocks over the run. Integer sums stay exact in double far beyond any run.
+  double blocks = static_cast<double>(warm) * L;
+  int64_t left = total_steps - warm;
+  switch (c.kind) {
+    case Kind::kRaptr:
+    case Kind::kStacking:
+      for (size_t s = 0; s < c.stages.size() && left > 0; ++s) {
+        const bool last = s + 1 == c.stages.size();
+        const int64_t n = last ? left : std::min(left, c.stages[s].steps);
+        blocks += static_cast<double>(n) * c.stages[s].path_length;
+        left -= n;
+      }
+      break;
+    case Kind::kLayerDrop:
+      blocks += static_cast<double>(left) * L * c.keep_prob;
+      break;
+    case Kind::kPld:
+      for (int64_t t = warm; t < total_steps; ++t) {
+        for (int l = 0; l < L; ++l) blocks += PldKeepProbability(c, L, t, l);
+      }
+      break;
+    case Kind::kFull:
+      break;
+  }
+  return blocks / (static_cast<double>(L) * static_cast<double>(total_steps));
+}
+
+// The depths were validated against the model's layer count, so it is not needed here.
+std::vector<std::pair<int, int>> StackingCopiesAtStep(const PathScheduleConfig& c,
+                                                      int /*num_layers*/, int64_t step) {
+  std::vector<std::pair<int, int>> copies;
+  if (c.kind != Kind::kStacking || step <= 0) return copies;
+  const auto [s, start] = StageAt(c.stages, step);
+  if (s == 0 || step != start) return copies;
+  const int a = c.stages[s - 1].path_length, b = c.stages[s].path_length;
+  const int n = b - a;
+  for (int j = 0; j < n; ++j) {
+    const int src = ((a - n + j) % a + a) % a;
+    copies.emplace_back(a + j, src);
+  }
+  return copies;
 }
 
 }  // namespace raptr

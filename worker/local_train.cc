@@ -86,8 +86,14 @@ absl::Status LocalTrain(int argc, char** argv) {
   flags.Define("weight-decay", "0.1", "AdamW decoupled weight decay (matrices, embeddings)");
   flags.Define("beta2", "0.95", "AdamW beta2");
   flags.Define("grad-clip", "1.0", "global gradient-norm clip (0: off)");
-  flags.Define("schedule", "raptr", "raptr or full");
-  flags.Define("stages", "", "RaPTr stages path_length:steps,... (default: L/2,2L/3,5L/6,L equal)");
+  flags.Define("schedule", "raptr", "raptr, full, pld, layerdrop or stacking");
+  flags.Define("stages", "",
+               "RaPTr stages path_length:steps,... (default: L/2,2L/3,5L/6,L equal); stacking: "
+               "depth:steps,... (default: L/2,3L/4,L equal)");
+  flags.Define("pld-theta-bar", "0.5", "pld: the keep probability theta(t) decays to this");
+  flags.Define("pld-gamma", "0.001", "pld: decay rate of theta(t) per step");
+  flags.Define("keep-prob", "0.75", "layerdrop: constant keep probability of every block");
+  flags.Define("layerdrop-scale", "true", "layerdrop: scale kept blocks by 1/keep-prob");
   flags.Define("fixed-layers", "first,last",
                "always-on layers: list of indices/first/last, or none");
   flags.Define("sampling", "bernoulli", "bernoulli or exact");
@@ -150,6 +156,16 @@ absl::Status LocalTrain(int argc, char** argv) {
   PathScheduleConfig& s = cfg.schedule;
   ASSIGN_OR_RETURN(s.full_warmup_steps, flags.GetInt("full-warmup"));
   const std::string schedule = flags.Get("schedule");
+  // A baseline's flag given with another schedule would be silently ignored: refuse it.
+  for (const auto& [flag, owner] : {std::pair<const char*, const char*>{"pld-theta-bar", "pld"},
+                                    {"pld-gamma", "pld"},
+                                    {"keep-prob", "layerdrop"},
+                                    {"layerdrop-scale", "layerdrop"}}) {
+    if (flags.IsSet(flag) && schedule != owner) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, " applies to --schedule ", owner, ", not ", schedule));
+    }
+  }
   if (schedule == "full") {
     s.kind = PathScheduleConfig::Kind::kFull;
   } else if (schedule == "raptr") {
@@ -159,7 +175,8 @@ absl::Status LocalTrain(int argc, char** argv) {
     if (flags.Get("stages").empty() && cfg.steps - warm < 4) {
       return absl::InvalidArgumentError(absl::StrCat(
           "the default RaPTr schedule has 4 equal stages: it needs at least 4 steps after the "
-          "full warmup (--steps ", cfg.steps, ", --full-warmup ", warm, "); or give --stages"));
+          "full warmup (--steps ",
+          cfg.steps, ", --full-warmup ", warm, "); or give --stages"));
     }
     if (!flags.Get("stages").empty()) RETURN_IF_ERROR(ParseStages(flags.Get("stages"), &s.stages));
     RETURN_IF_ERROR(ParseFixedLayers(flags.Get("fixed-layers"), L, &s.fixed_layers));
@@ -168,8 +185,10 @@ absl::Status LocalTrain(int argc, char** argv) {
     s.fixed_layers.erase(std::unique(s.fixed_layers.begin(), s.fixed_layers.end()),
                          s.fixed_layers.end());
     if (!s.stages.empty() && s.stages.back().path_length < L) {
-      std::fprintf(stderr, "warning: the last stage trains paths of %d of %d blocks: the full "
-                   "model is never trained\n", s.stages.back().path_length, L);
+      std::fprintf(stderr,
+                   "warning: the last stage trains paths of %d of %d blocks: the full "
+                   "model is never trained\n",
+                   s.stages.back().path_length, L);
     }
     const std::string sampling = flags.Get("sampling");
     if (sampling == "bernoulli") {
@@ -189,9 +208,44 @@ absl::Status LocalTrain(int argc, char** argv) {
       return absl::InvalidArgumentError(
           absl::StrCat("--scaling '", scaling, "' is not none or inverse_keep_prob"));
     }
+  } else if (schedule == "pld" || schedule == "layerdrop" || schedule == "stacking") {
+    RETURN_IF_ERROR(ParsePathScheduleKind(schedule, &s.kind));
+    // Flags of the other schedules would be silently ignored: refuse them instead.
+    for (const char* f : {"fixed-layers", "sampling", "scaling"}) {
+      if (flags.IsSet(f)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--", f, " applies to --schedule raptr, not ", schedule));
+      }
+    }
+    ASSIGN_OR_RETURN(s.pld_theta_bar, flags.GetDouble("pld-theta-bar"));
+    ASSIGN_OR_RETURN(s.pld_gamma, flags.GetDouble("pld-gamma"));
+    ASSIGN_OR_RETURN(s.keep_prob, flags.GetDouble("keep-prob"));
+    ASSIGN_OR_RETURN(s.layerdrop_scale, flags.GetBool("layerdrop-scale"));
+    if (s.kind == PathScheduleConfig::Kind::kStacking) {
+      if (flags.Get("stages").empty()) {
+        if (cfg.steps < 3) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "the default stacking schedule has 3 equal stages: it needs at least 3 steps "
+              "(--steps ",
+              cfg.steps, "); or give --stages"));
+        }
+        s.stages = DefaultStackingSchedule(L, cfg.steps).stages;
+      } else {
+        RETURN_IF_ERROR(ParseStages(flags.Get("stages"), &s.stages));
+      }
+      if (s.stages.back().path_length < L) {
+        std::fprintf(stderr,
+                     "warning: the last stacking stage trains %d of %d blocks: the blocks above "
+                     "are never trained\n",
+                     s.stages.back().path_length, L);
+      }
+    } else if (!flags.Get("stages").empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--stages applies to --schedule raptr or stacking, not ", schedule));
+    }
   } else {
     return absl::InvalidArgumentError(
-        absl::StrCat("--schedule '", schedule, "' is not raptr or full"));
+        absl::StrCat("--schedule '", schedule, "' is not raptr, full, pld, layerdrop or stacking"));
   }
 
   std::fprintf(stderr, "raptr train: %s, %s schedule, B=%d T=%d x%d micro, %lld steps, data %s\n",

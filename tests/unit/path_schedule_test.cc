@@ -1,5 +1,7 @@
-// RaPTr path schedules: the paper's default stages, stage boundaries and warmup, exact and
-// Bernoulli sampling statistics, purity in (seed, step), scaling, validation and parsing.
+// Path schedules. RaPTr: the paper's default stages, stage boundaries and warmup, exact and
+// Bernoulli sampling statistics, purity in (seed, step), scaling, validation and parsing. The
+// baselines: PLD keep probabilities against DeepSpeed's formula (exactly and statistically),
+// LayerDrop marginals and its FLOPs-matched keep probability, stacking's stages and block copies.
 #include "common/path_schedule.h"
 
 #include <algorithm>
@@ -398,6 +400,444 @@ TEST(PathScheduleParse, RejectsMalformed) {
     const absl::Status st = ParseStages(text, &stages);
     EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << "'" << text << "': " << st;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Progressive layer dropping.
+
+PathScheduleConfig Pld(double theta_bar = 0.5, double gamma = 0.001) {
+  PathScheduleConfig c;
+  c.kind = PathScheduleConfig::Kind::kPld;
+  c.pld_theta_bar = theta_bar;
+  c.pld_gamma = gamma;
+  return c;
+}
+
+// Zhang & He's formula, written out independently of the implementation.
+double PldFormula(double theta_bar, double gamma, int L, int64_t t, int layer_1_based) {
+  const double theta = (1 - theta_bar) * std::exp(-gamma * static_cast<double>(t)) + theta_bar;
+  return 1 - layer_1_based * (1 - theta) / L;
+}
+
+TEST(PathSchedulePld, KeepProbabilityMatchesFormula) {
+  for (const auto& [theta_bar, gamma] :
+       std::vector<std::pair<double, double>>{{0.5, 0.001}, {0.3, 0.01}, {1.0, 0.001}}) {
+    const PathScheduleConfig c = Pld(theta_bar, gamma);
+    ASSERT_TRUE(ValidatePathSchedule(c, 12).ok());
+    for (int L : {1, 12, 24}) {
+      for (int64_t t : {0, 1, 10, 100, 693, 1000, 5000, 100000}) {
+        const double theta =
+            (1 - theta_bar) * std::exp(-gamma * static_cast<double>(t)) + theta_bar;
+        EXPECT_NEAR(PldTheta(c, t), theta, 1e-12) << "t " << t;
+        for (int l = 0; l < L; ++l) {
+          EXPECT_NEAR(PldKeepProbability(c, L, t, l), PldFormula(theta_bar, gamma, L, t, l + 1),
+                      1e-12)
+              << "L " << L << " t " << t << " layer " << l;
+        }
+        // The top block keeps with probability theta(t); keep probabilities fall with depth.
+        EXPECT_NEAR(PldKeepProbability(c, L, t, L - 1), theta, 1e-12);
+        for (int l = 1; l < L; ++l) {
+          EXPECT_LE(PldKeepProbability(c, L, t, l), PldKeepProbability(c, L, t, l - 1));
+        }
+        EXPECT_EQ(PlanPath(c, L, kSeed, t).keep_prob, PldTheta(c, t));
+      }
+    }
+  }
+  // Spot values at the defaults: t = 0 keeps everything; t -> infinity reaches theta_bar = 0.5
+  // at the top and 1 - 1/(2L) at the bottom.
+  const PathScheduleConfig c = Pld();
+  for (int l = 0; l < 12; ++l) EXPECT_EQ(PldKeepProbability(c, 12, 0, l), 1.0);
+  EXPECT_NEAR(PldKeepProbability(c, 12, 1000000, 11), 0.5, 1e-12);
+  EXPECT_NEAR(PldKeepProbability(c, 12, 1000000, 0), 1 - 0.5 / 12, 1e-12);
+  // t = 1000 (gamma t = 1): theta = 0.5 e^-1 + 0.5; layer 6 (1-based) keeps 1 - 6 (1 - theta)/12.
+  const double theta = 0.5 * std::exp(-1.0) + 0.5;
+  EXPECT_NEAR(PldKeepProbability(c, 12, 1000, 5), 1 - 0.5 * (1 - theta), 1e-12);
+}
+
+TEST(PathSchedulePld, StepZeroKeepsEveryBlockUnscaled) {
+  const PathPlan plan = PlanPath(Pld(), 12, kSeed, 0);
+  EXPECT_EQ(plan.stage, -1);
+  EXPECT_EQ(plan.active, std::vector<bool>(12, true));
+  EXPECT_EQ(plan.scale, std::vector<float>(12, 1.0f));
+}
+
+// Frequency of each block being kept at `step`, over `seeds` seeds, within 5 standard errors
+// of PldKeepProbability.
+void CheckPldMarginalsAt(const PathScheduleConfig& c, int L, int64_t step, int seeds) {
+  std::vector<int64_t> count(L, 0);
+  for (int seed = 0; seed < seeds; ++seed) {
+    const PathPlan plan = PlanPath(c, L, static_cast<uint64_t>(seed) * 7919 + 1, step);
+    for (int l = 0; l < L; ++l) count[l] += plan.active[l];
+  }
+  double worst_z = 0;
+  for (int l = 0; l < L; ++l) {
+    const double p = PldKeepProbability(c, L, step, l);
+    const double freq = static_cast<double>(count[l]) / seeds;
+    if (p == 1.0) {
+      EXPECT_EQ(count[l], seeds) << "step " << step << " layer " << l;
+      continue;
+    }
+    const double se = std::sqrt(p * (1 - p) / seeds);
+    worst_z = std::max(worst_z, std::abs(freq - p) / se);
+    EXPECT_LT(std::abs(freq - p), 5 * se)
+        << "step " << step << " layer " << l << " freq " << freq << " p " << p;
+  }
+  ::testing::Test::RecordProperty("pld_max_z_step" + std::to_string(step), std::to_string(worst_z));
+}
+
+TEST(PathSchedulePld, MarginalsOverSeedsMatchFormula) {
+  const PathScheduleConfig c = Pld();
+  for (int64_t step : {0, 300, 1000, 3000, 20000}) CheckPldMarginalsAt(c, 12, step, 20000);
+  // A faster decay and a lower floor, on a deeper model.
+  CheckPldMarginalsAt(Pld(0.2, 0.01), 24, 150, 20000);
+}
+
+TEST(PathSchedulePld, MarginalsOverStepsMatchFormula) {
+  // Long after the decay (gamma t > 100), theta(t) = theta_bar to double precision, so every
+  // step of one seed has the same keep probabilities: frequencies over 20000 steps.
+  const PathScheduleConfig c = Pld();
+  const int L = 12;
+  const int64_t first = 200000, n = 20000;
+  std::vector<int64_t> count(L, 0);
+  for (int64_t step = first; step < first + n; ++step) {
+    const PathPlan plan = PlanPath(c, L, kSeed, step);
+    for (int l = 0; l < L; ++l) count[l] += plan.active[l];
+  }
+  for (int l = 0; l < L; ++l) {
+    const double p = 1 - (l + 1) * 0.5 / L;
+    ASSERT_NEAR(PldKeepProbability(c, L, first, l), p, 1e-15);
+    const double se = std::sqrt(p * (1 - p) / n);
+    const double freq = static_cast<double>(count[l]) / n;
+    EXPECT_LT(std::abs(freq - p), 5 * se) << "layer " << l << " freq " << freq << " p " << p;
+  }
+}
+
+TEST(PathSchedulePld, KeptBlocksScaledByInverseKeepProbability) {
+  const PathScheduleConfig c = Pld();
+  int kept = 0, skipped = 0;
+  for (int64_t step : {1, 50, 500, 1000, 4000, 100000}) {
+    for (uint64_t seed = 1; seed <= 20; ++seed) {
+      const PathPlan plan = PlanPath(c, 12, seed, step);
+      EXPECT_EQ(plan.stage, -1);
+      for (int l = 0; l < 12; ++l) {
+        if (plan.active[l]) {
+          ++kept;
+          EXPECT_EQ(plan.scale[l], static_cast<float>(1.0 / PldKeepProbability(c, 12, step, l)))
+              << "step " << step << " layer " << l;
+          EXPECT_GE(plan.scale[l], 1.0f);
+        } else {
+          ++skipped;
+          EXPECT_EQ(plan.scale[l], 1.0f);
+        }
+      }
+    }
+  }
+  EXPECT_GT(kept, 0);
+  EXPECT_GT(skipped, 0);
+  // theta_bar = 1: nothing is ever dropped and nothing scaled.
+  for (int64_t step : {0, 1000, 100000}) {
+    const PathPlan plan = PlanPath(Pld(1.0, 0.001), 12, kSeed, step);
+    EXPECT_EQ(plan.num_active(), 12);
+    EXPECT_EQ(plan.scale, std::vector<float>(12, 1.0f));
+  }
+}
+
+TEST(PathSchedulePld, PureInSeedAndStepAndIndependentOfRaptrDraws) {
+  const PathScheduleConfig c = Pld(0.5, 0.01);
+  std::vector<std::vector<bool>> paths;
+  for (int64_t step = 0; step < 400; ++step) paths.push_back(PlanPath(c, 12, kSeed, step).active);
+  for (int64_t step = 399; step >= 0; --step) {
+    ASSERT_EQ(PlanPath(c, 12, kSeed, step).active, paths[step]) << "step " << step;
+  }
+  int differing = 0;
+  for (int64_t step = 200; step < 400; ++step) {
+    differing += PlanPath(c, 12, kSeed + 1, step).active != paths[step];
+  }
+  EXPECT_GT(differing, 100) << "of 200 steps";
+  // PLD and LayerDrop draw from their own domains: with equal keep probabilities their paths
+  // still differ (same-domain draws would give identical paths).
+  PathScheduleConfig flat = Pld(0.5, 1e9);  // theta = 0.5 from step 1 on
+  PathScheduleConfig drop;
+  drop.kind = PathScheduleConfig::Kind::kLayerDrop;
+  drop.keep_prob = 0.5;
+  int same = 0;
+  for (int64_t step = 1; step < 201; ++step) {
+    const PathPlan p = PlanPath(flat, 1, kSeed, step), q = PlanPath(drop, 1, kSeed, step);
+    ASSERT_EQ(PldKeepProbability(flat, 1, step, 0), 0.5);
+    same += p.active == q.active;
+  }
+  EXPECT_LT(same, 140) << "of 200 single-block paths agree";
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerDrop.
+
+PathScheduleConfig LayerDrop(double keep, bool scale = true) {
+  PathScheduleConfig c;
+  c.kind = PathScheduleConfig::Kind::kLayerDrop;
+  c.keep_prob = keep;
+  c.layerdrop_scale = scale;
+  return c;
+}
+
+TEST(PathScheduleLayerDrop, Marginals) {
+  for (double keep : {0.75, 0.3}) {
+    SCOPED_TRACE("keep " + std::to_string(keep));
+    const PathScheduleConfig c = LayerDrop(keep);
+    ASSERT_TRUE(ValidatePathSchedule(c, 12).ok());
+    const int L = 12;
+    const int64_t n = 20000;
+    std::vector<int64_t> count(L, 0);
+    double length_sum = 0;
+    for (int64_t step = 0; step < n; ++step) {
+      const PathPlan plan = PlanPath(c, L, kSeed, step);
+      ASSERT_EQ(plan.stage, -1);
+      ASSERT_EQ(plan.keep_prob, keep);
+      for (int l = 0; l < L; ++l) count[l] += plan.active[l];
+      length_sum += plan.num_active();
+    }
+    const double se = std::sqrt(keep * (1 - keep) / n);
+    for (int l = 0; l < L; ++l) {
+      const double freq = static_cast<double>(count[l]) / n;
+      EXPECT_LT(std::abs(freq - keep), 5 * se) << "layer " << l << " freq " << freq;
+    }
+    const double length_se = std::sqrt(L * keep * (1 - keep) / n);
+    EXPECT_LT(std::abs(length_sum / n - L * keep), 5 * length_se);
+  }
+}
+
+TEST(PathScheduleLayerDrop, ScalingOption) {
+  for (bool scale : {true, false}) {
+    const PathScheduleConfig c = LayerDrop(0.75, scale);
+    for (int64_t step = 0; step < 100; ++step) {
+      const PathPlan plan = PlanPath(c, 12, kSeed, step);
+      for (int l = 0; l < 12; ++l) {
+        const float want = scale && plan.active[l] ? static_cast<float>(1 / 0.75) : 1.0f;
+        ASSERT_EQ(plan.scale[l], want) << "step " << step << " layer " << l;
+      }
+    }
+  }
+  // keep_prob = 1: every block, unscaled (1/1).
+  for (int64_t step = 0; step < 50; ++step) {
+    const PathPlan plan = PlanPath(LayerDrop(1.0), 12, kSeed, step);
+    ASSERT_EQ(plan.num_active(), 12);
+    ASSERT_EQ(plan.scale, std::vector<float>(12, 1.0f));
+  }
+}
+
+TEST(PathScheduleLayerDrop, FullWarmupComesFirst) {
+  PathScheduleConfig c = LayerDrop(0.5);
+  c.full_warmup_steps = 20;
+  ASSERT_TRUE(ValidatePathSchedule(c, 12).ok());
+  for (int64_t step = 0; step < 20; ++step) {
+    const PathPlan plan = PlanPath(c, 12, kSeed, step);
+    ASSERT_EQ(plan.num_active(), 12);
+    ASSERT_EQ(plan.scale, std::vector<float>(12, 1.0f));
+  }
+  int dropped = 0;
+  for (int64_t step = 20; step < 60; ++step)
+    dropped += PlanPath(c, 12, kSeed, step).num_active() < 12;
+  EXPECT_GT(dropped, 30);
+}
+
+TEST(PathScheduleLayerDrop, KeepProbMatchingRaptr) {
+  // The paper's 6-8-10-12 averages 9 of 12 layers.
+  EXPECT_DOUBLE_EQ(LayerDropKeepProbMatchingRaptr(DefaultRaptrSchedule(12, 1000), 12, 1000), 0.75);
+  EXPECT_DOUBLE_EQ(LayerDropKeepProbMatchingRaptr(DefaultRaptrSchedule(24, 4000), 24, 4000),
+                   0.75);  // 12-16-20-24
+  // Sampling mode and the fixed layers do not change the expectation (p_s either way).
+  PathScheduleConfig exact = DefaultRaptrSchedule(12, 1000);
+  exact.sampling = PathSampling::kExact;
+  exact.fixed_layers = {0};
+  EXPECT_DOUBLE_EQ(LayerDropKeepProbMatchingRaptr(exact, 12, 1000), 0.75);
+  // A full warmup counts L blocks a step: (100 * 12 + 250 * (6 + 8 + 10 + 12)) / (12 * 1100).
+  PathScheduleConfig warm = DefaultRaptrSchedule(12, 1000);
+  warm.full_warmup_steps = 100;
+  EXPECT_DOUBLE_EQ(LayerDropKeepProbMatchingRaptr(warm, 12, 1100), 10200.0 / 13200.0);
+  // A run shorter than the schedule stops in it; a longer one stays in the last stage.
+  const PathScheduleConfig d = DefaultRaptrSchedule(12, 1000);
+  EXPECT_DOUBLE_EQ(LayerDropKeepProbMatchingRaptr(d, 12, 500), 7.0 / 12);
+  EXPECT_DOUBLE_EQ(LayerDropKeepProbMatchingRaptr(d, 12, 2000), 21000.0 / 24000);
+  // Full training is 1, as is an empty run.
+  EXPECT_EQ(LayerDropKeepProbMatchingRaptr(PathScheduleConfig{}, 12, 1000), 1.0);
+  EXPECT_EQ(LayerDropKeepProbMatchingRaptr(d, 12, 0), 1.0);
+  // Other kinds: stacking trains k_s blocks a step; LayerDrop its keep probability; PLD the
+  // mean of its keep probabilities (gamma = 1e9: theta = theta_bar from step 1 on).
+  EXPECT_DOUBLE_EQ(LayerDropKeepProbMatchingRaptr(DefaultStackingSchedule(12, 900), 12, 900),
+                   9.0 / 12);
+  EXPECT_DOUBLE_EQ(LayerDropKeepProbMatchingRaptr(LayerDrop(0.6), 12, 1000), 0.6);
+  EXPECT_NEAR(LayerDropKeepProbMatchingRaptr(Pld(0.5, 1e9), 12, 1001),
+              (12 + 1000 * (12 - 13 * 0.5 / 2)) / (12.0 * 1001), 1e-12);
+  EXPECT_DOUBLE_EQ(LayerDropKeepProbMatchingRaptr(Pld(0.5, 0.0), 12, 1000), 1.0);
+  // Cross-check against the plans: exact sampling trains exactly p_s blocks a step, so the
+  // blocks it trains over an odd-sized run equal L * keep * steps.
+  PathScheduleConfig odd = DefaultRaptrSchedule(12, 1003);
+  odd.sampling = PathSampling::kExact;
+  odd.full_warmup_steps = 7;
+  int64_t blocks = 0;
+  for (int64_t step = 0; step < 1010; ++step) blocks += PlanPath(odd, 12, kSeed, step).num_active();
+  EXPECT_NEAR(LayerDropKeepProbMatchingRaptr(odd, 12, 1010) * 12 * 1010,
+              static_cast<double>(blocks), 1e-6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gradual stacking.
+
+PathScheduleConfig Stacking(std::vector<RaptrStage> stages) {
+  PathScheduleConfig c;
+  c.kind = PathScheduleConfig::Kind::kStacking;
+  c.stages = std::move(stages);
+  return c;
+}
+
+using Copies = std::vector<std::pair<int, int>>;
+
+TEST(PathScheduleStacking, DefaultSchedule) {
+  const PathScheduleConfig c = DefaultStackingSchedule(12, 900);
+  EXPECT_EQ(c.kind, PathScheduleConfig::Kind::kStacking);
+  EXPECT_EQ(Lengths(c), (std::vector<int>{6, 9, 12}));
+  EXPECT_EQ(Durations(c), (std::vector<int64_t>{300, 300, 300}));
+  EXPECT_TRUE(c.fixed_layers.empty());
+  EXPECT_TRUE(ValidatePathSchedule(c, 12).ok());
+  EXPECT_EQ(Lengths(DefaultStackingSchedule(24, 10)), (std::vector<int>{12, 18, 24}));
+  EXPECT_EQ(Durations(DefaultStackingSchedule(24, 10)), (std::vector<int64_t>{3, 3, 4}));
+  // Tiny models stay valid: depths at least 1, never shrinking.
+  for (int L : {1, 2, 3}) {
+    EXPECT_TRUE(ValidatePathSchedule(DefaultStackingSchedule(L, 30), L).ok()) << "L " << L;
+  }
+}
+
+TEST(PathScheduleStacking, FirstBlocksOfEachStage) {
+  const PathScheduleConfig c = DefaultStackingSchedule(12, 900);
+  for (int64_t step = 0; step < 1000; ++step) {
+    const PathPlan plan = PlanPath(c, 12, kSeed + static_cast<uint64_t>(step), step);
+    const int stage = step < 300 ? 0 : step < 600 ? 1 : 2;
+    const int k = c.stages[stage].path_length;
+    ASSERT_EQ(plan.stage, stage) << "step " << step;
+    ASSERT_EQ(plan.keep_prob, 1.0);
+    for (int l = 0; l < 12; ++l) ASSERT_EQ(plan.active[l], l < k) << "step " << step;
+    ASSERT_EQ(plan.scale, std::vector<float>(12, 1.0f));
+  }
+}
+
+TEST(PathScheduleStacking, CopiesAtTransitionsOnly) {
+  const PathScheduleConfig c = DefaultStackingSchedule(12, 900);
+  for (int64_t step = 0; step < 1200; ++step) {
+    const Copies copies = StackingCopiesAtStep(c, 12, step);
+    if (step == 300) {
+      // 6 -> 9: the top three trained blocks, in order.
+      EXPECT_EQ(copies, (Copies{{6, 3}, {7, 4}, {8, 5}}));
+    } else if (step == 600) {
+      EXPECT_EQ(copies, (Copies{{9, 6}, {10, 7}, {11, 8}}));
+    } else {
+      ASSERT_TRUE(copies.empty()) << "step " << step;
+    }
+  }
+  // Doubling copies the whole stack; more new blocks than trained ones repeat the stack
+  // downward from its top; an unchanged depth copies nothing.
+  EXPECT_EQ(StackingCopiesAtStep(Stacking({{3, 5}, {6, 5}}), 6, 5),
+            (Copies{{3, 0}, {4, 1}, {5, 2}}));
+  EXPECT_EQ(StackingCopiesAtStep(Stacking({{2, 5}, {5, 5}}), 5, 5),
+            (Copies{{2, 1}, {3, 0}, {4, 1}}));
+  EXPECT_EQ(StackingCopiesAtStep(Stacking({{1, 4}, {4, 4}}), 4, 4),
+            (Copies{{1, 0}, {2, 0}, {3, 0}}));
+  EXPECT_TRUE(StackingCopiesAtStep(Stacking({{3, 5}, {3, 5}, {4, 5}}), 4, 5).empty());
+  EXPECT_EQ(StackingCopiesAtStep(Stacking({{3, 5}, {3, 5}, {4, 5}}), 4, 10), (Copies{{3, 2}}));
+  // Other kinds never copy.
+  PathScheduleConfig raptr = DefaultRaptrSchedule(12, 900);
+  for (int64_t step : {0, 225, 250, 300, 600}) {
+    EXPECT_TRUE(StackingCopiesAtStep(raptr, 12, step).empty());
+  }
+}
+
+TEST(PathScheduleStacking, CopiesFillExactlyTheNewBlocksFromTrainedOnes) {
+  // Every grow of every small schedule: each new block is a destination exactly once, every
+  // source is a trained block, and the highest new block copies the top trained block.
+  for (int a = 1; a <= 8; ++a) {
+    for (int b = a; b <= 12; ++b) {
+      const PathScheduleConfig c = Stacking({{a, 3}, {b, 3}});
+      ASSERT_TRUE(ValidatePathSchedule(c, 12).ok());
+      const Copies copies = StackingCopiesAtStep(c, 12, 3);
+      ASSERT_EQ(static_cast<int>(copies.size()), b - a);
+      for (int j = 0; j < b - a; ++j) {
+        EXPECT_EQ(copies[j].first, a + j);
+        EXPECT_GE(copies[j].second, 0);
+        EXPECT_LT(copies[j].second, a);
+        if (b - a <= a) {
+          EXPECT_EQ(copies[j].second, a - (b - a) + j);
+        }
+      }
+      if (b > a) {
+        EXPECT_EQ(copies.back().second, a - 1);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The baselines' validation and kind names.
+
+TEST(PathScheduleValidate, PldFields) {
+  EXPECT_TRUE(ValidatePathSchedule(Pld(), 12).ok());
+  EXPECT_TRUE(ValidatePathSchedule(Pld(1.0, 0.0), 12).ok());
+  ExpectInvalid(Pld(0.0), 12, "schedule.pld_theta_bar");
+  ExpectInvalid(Pld(1.5), 12, "schedule.pld_theta_bar");
+  ExpectInvalid(Pld(std::nan("")), 12, "schedule.pld_theta_bar");
+  ExpectInvalid(Pld(0.5, -0.1), 12, "schedule.pld_gamma");
+  ExpectInvalid(Pld(0.5, INFINITY), 12, "schedule.pld_gamma");
+  PathScheduleConfig c = Pld();
+  c.stages = {{6, 10}};
+  ExpectInvalid(c, 12, "schedule.stages");
+  c = Pld();
+  c.fixed_layers = {0};
+  ExpectInvalid(c, 12, "schedule.fixed_layers");
+  c = Pld();
+  c.full_warmup_steps = 5;
+  ExpectInvalid(c, 12, "schedule.full_warmup_steps");
+}
+
+TEST(PathScheduleValidate, LayerDropFields) {
+  EXPECT_TRUE(ValidatePathSchedule(LayerDrop(1.0), 12).ok());
+  EXPECT_TRUE(ValidatePathSchedule(LayerDrop(0.01), 12).ok());
+  ExpectInvalid(LayerDrop(0.0), 12, "schedule.keep_prob");
+  ExpectInvalid(LayerDrop(-0.5), 12, "schedule.keep_prob");
+  ExpectInvalid(LayerDrop(1.01), 12, "schedule.keep_prob");
+  ExpectInvalid(LayerDrop(std::nan("")), 12, "schedule.keep_prob");
+  PathScheduleConfig c = LayerDrop(0.5);
+  c.stages = {{6, 10}};
+  ExpectInvalid(c, 12, "schedule.stages");
+  c = LayerDrop(0.5);
+  c.fixed_layers = {0, 11};
+  ExpectInvalid(c, 12, "schedule.fixed_layers");
+}
+
+TEST(PathScheduleValidate, StackingFields) {
+  EXPECT_TRUE(ValidatePathSchedule(Stacking({{1, 1}, {12, 1}}), 12).ok());
+  ExpectInvalid(Stacking({}), 12, "schedule.stages");
+  ExpectInvalid(Stacking({{0, 10}, {12, 10}}), 12, "schedule.stages[0].path_length");
+  ExpectInvalid(Stacking({{6, 10}, {13, 10}}), 12, "schedule.stages[1].path_length");
+  ExpectInvalid(Stacking({{6, 10}, {9, 10}, {8, 10}}), 12, "schedule.stages[2].path_length");
+  ExpectInvalid(Stacking({{6, 10}, {9, 0}}), 12, "schedule.stages[1].steps");
+  PathScheduleConfig c = DefaultStackingSchedule(12, 900);
+  c.fixed_layers = {0};
+  ExpectInvalid(c, 12, "schedule.fixed_layers");
+  c = DefaultStackingSchedule(12, 900);
+  c.full_warmup_steps = 10;
+  ExpectInvalid(c, 12, "schedule.full_warmup_steps");
+}
+
+TEST(PathScheduleKindNames, RoundTrip) {
+  using Kind = PathScheduleConfig::Kind;
+  for (Kind k : {Kind::kFull, Kind::kRaptr, Kind::kPld, Kind::kLayerDrop, Kind::kStacking}) {
+    Kind parsed = Kind::kFull;
+    ASSERT_TRUE(ParsePathScheduleKind(PathScheduleKindName(k), &parsed).ok());
+    EXPECT_EQ(parsed, k);
+  }
+  EXPECT_STREQ(PathScheduleKindName(Kind::kLayerDrop), "layerdrop");
+  Kind k = Kind::kFull;
+  const absl::Status st = ParsePathScheduleKind("dropout", &k);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("schedule.kind"), std::string::npos) << st;
 }
 
 }  // namespace

@@ -9,7 +9,9 @@
 
 #include "common/random.h"
 #include "gtest/gtest.h"
+#include "worker/engine/checkpoint/checkpoint.h"
 #include "worker/engine/cpu/cpu_backend.h"
+#include "worker/engine/data/data_loader.h"
 #include "worker/engine/data/shard.h"
 #include "worker/engine/model.h"
 #include "worker/engine/optimizer.h"
@@ -369,6 +371,202 @@ TEST(LearningRate, WarmupThenCosineToMin) {
   c.decay = LrDecay::kLinear;
   EXPECT_NEAR(LearningRate(c, 60), 0.55, 1e-12);
   EXPECT_NEAR(LearningRate(c, 35), 1.0 - 0.9 * 0.25, 1e-12);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The baseline schedules in the trainer: stacking's growth at stage transitions, resume across
+// it, and PLD / LayerDrop runs.
+
+// SmallConfig (4 blocks, 8 steps) with gradual stacking 2 -> 4 blocks, growing at step 3.
+TrainerConfig StackingConfig(const std::string& dir) {
+  TrainerConfig c = SmallConfig(dir, ModelKind::kGpt);
+  c.schedule = PathScheduleConfig{};
+  c.schedule.kind = PathScheduleConfig::Kind::kStacking;
+  c.schedule.stages = {{2, 3}, {4, 5}};
+  return c;
+}
+
+std::vector<float> Slice(const float* data, ParamRange r) {
+  return std::vector<float>(data + r.begin, data + r.end);
+}
+
+TEST(TrainerStacking, ApplyStackingCopiesCopiesWeightsAndStartsFreshMoments) {
+  OptimizerFixture f(SkippedLayerPolicy::kZeroGrad);
+  for (int64_t step = 0; step < 3; ++step) {
+    f.opt->Step(f.model->params(), f.model->grads(), ActiveLayerSet::Full(3), step);
+  }
+  const ParamLayout& layout = f.model->layout();
+  float* p = f.model->params();
+  const std::vector<float> block0 = Slice(p, layout.LayerRange(0));
+  const std::vector<float> block1_m = Slice(f.opt->m(), layout.LayerRange(1));
+  const std::vector<float> block1 = Slice(p, layout.LayerRange(1));
+  const std::vector<float> shared_before = Slice(p, layout.SharedRanges()[0]);
+  ASSERT_TRUE(ApplyStackingCopies({{2, 0}}, layout, p, *f.opt).ok());
+  EXPECT_EQ(Slice(p, layout.LayerRange(2)), block0);
+  EXPECT_EQ(Slice(p, layout.LayerRange(0)), block0);  // the source is untouched
+  EXPECT_EQ(Slice(p, layout.LayerRange(1)), block1);
+  EXPECT_EQ(Slice(f.opt->m(), layout.LayerRange(1)), block1_m);
+  EXPECT_EQ(Slice(p, layout.SharedRanges()[0]), shared_before);
+  const ParamRange r2 = layout.LayerRange(2);
+  for (size_t i = r2.begin; i < r2.end; ++i) {
+    ASSERT_EQ(f.opt->m()[i], 0.0f);
+    ASSERT_EQ(f.opt->v()[i], 0.0f);
+  }
+  EXPECT_EQ(f.opt->layer_steps(), (std::vector<int64_t>{3, 3, 0}));
+  EXPECT_EQ(f.opt->shared_steps(), 3);
+  // Refused, changing nothing: a block out of range, or a destination that is also a source.
+  const std::vector<float> before(p, p + layout.total());
+  EXPECT_EQ(ApplyStackingCopies({{3, 0}}, layout, p, *f.opt).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ApplyStackingCopies({{1, 0}, {2, 1}}, layout, p, *f.opt).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(std::vector<float>(p, p + layout.total()) == before);
+}
+
+// Mean training loss of `step`'s batch on `params` with the step's plan: what the trainer's
+// forward computes (one micro-batch, GPT).
+double StepLoss(const TrainerConfig& cfg, const float* params, int64_t step) {
+  CpuBackend<float> backend;
+  Model<float> model(cfg.model, &backend);
+  std::copy(params, params + model.layout().total(), model.params());
+  auto train = TokenDataset::Open(cfg.train_shards);
+  EXPECT_TRUE(train.ok()) << train.status();
+  BatchSpec spec;
+  spec.seed = cfg.seed;
+  spec.step = step;
+  spec.B = cfg.batch;
+  spec.T = cfg.seq;
+  std::vector<int32_t> in(static_cast<size_t>(cfg.batch) * cfg.seq), tg(in.size());
+  EXPECT_TRUE(train->GetBatch(spec, in.data(), tg.data()).ok());
+  const PathPlan plan = PlanPath(cfg.schedule, cfg.model.num_layers, cfg.seed, step);
+  ActiveLayerSet active = ActiveLayerSet::Of(cfg.model.num_layers, {});
+  for (int l = 0; l < cfg.model.num_layers; ++l) {
+    active.set_active(l, plan.active[l]);
+    active.set_scale(l, plan.scale[l]);
+  }
+  auto loss = model.Forward(in.data(), tg.data(), cfg.batch, cfg.seq, active, true);
+  EXPECT_TRUE(loss.ok()) << loss.status();
+  return loss.ok() ? *loss : -1;
+}
+
+TEST(TrainerStacking, TransitionStepTrainsOnTheCopiedBlocks) {
+  const std::string dir = FreshDir("stacking_copy");
+  TrainerConfig cfg = StackingConfig(dir);
+  ASSERT_EQ(StackingCopiesAtStep(cfg.schedule, 4, 3),
+            (std::vector<std::pair<int, int>>{{2, 0}, {3, 1}}));
+  cfg.run_dir = dir + "/run";
+  cfg.stop_after = 2;  // steps 0..2 (2 blocks); the checkpoint holds the state before step 3
+  const TrainRun before = TrainOnce(cfg);
+  ASSERT_EQ(before.result.steps_done, 3);
+  auto ckpt = LatestCheckpoint(cfg.run_dir);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+
+  // What the transition must produce: the checkpoint with blocks 2, 3 := blocks 0, 1.
+  CpuBackend<float> backend;
+  Model<float> model(cfg.model, &backend);
+  AdamWOptimizer<float> opt(cfg.optimizer, model.layout(), &backend);
+  TrainState state;
+  ASSERT_TRUE(
+      LoadCheckpoint(*ckpt, cfg.model, model.layout(), model.params(), opt.m(), opt.v(), &state)
+          .ok());
+  ASSERT_EQ(state.step, 3);
+  const std::vector<float> loaded(model.params(), model.params() + model.layout().total());
+  ASSERT_TRUE(ApplyStackingCopies(StackingCopiesAtStep(cfg.schedule, 4, 3), model.layout(),
+                                  model.params(), opt)
+                  .ok());
+  const ParamLayout& layout = model.layout();
+  EXPECT_EQ(Slice(model.params(), layout.LayerRange(2)),
+            Slice(loaded.data(), layout.LayerRange(0)));
+  EXPECT_EQ(Slice(model.params(), layout.LayerRange(3)),
+            Slice(loaded.data(), layout.LayerRange(1)));
+  // Blocks 2, 3 never trained (under zero_grad only weight decay moved them), so they differ
+  // from the blocks they are about to copy.
+  EXPECT_NE(Slice(loaded.data(), layout.LayerRange(2)), Slice(loaded.data(), layout.LayerRange(0)));
+
+  // The resumed run's step 3 (the first of stage 1) computed its loss on exactly those weights:
+  // B*T = 64 scored positions, so the reported mean is the forward's loss bitwise.
+  cfg.stop_after = 3;
+  const TrainRun resumed = TrainOnce(cfg);
+  ASSERT_EQ(resumed.losses.size(), 1u);
+  const double grown = StepLoss(cfg, model.params(), 3);
+  EXPECT_EQ(resumed.losses[0], grown);
+  EXPECT_NE(StepLoss(cfg, loaded.data(), 3), grown);  // without the copies: another loss
+}
+
+TEST(TrainerStacking, ResumeAcrossATransitionIsBitwiseIdentical) {
+  for (SkippedLayerPolicy policy : {SkippedLayerPolicy::kZeroGrad, SkippedLayerPolicy::kFrozen}) {
+    const std::string name = policy == SkippedLayerPolicy::kFrozen ? "frozen" : "zero_grad";
+    const std::string dir = FreshDir("stacking_resume_" + name);
+    TrainerConfig cfg = StackingConfig(dir);
+    cfg.optimizer.skipped = policy;
+    const TrainRun straight = TrainOnce(cfg);
+    ASSERT_EQ(straight.losses.size(), 8u);
+    // Stop at the step before the transition, and (another run) at the transition itself.
+    for (int64_t stop : {2, 3}) {
+      cfg.run_dir = dir + "/run_" + std::to_string(stop);
+      cfg.stop_after = stop;
+      const TrainRun first = TrainOnce(cfg);
+      EXPECT_EQ(first.result.steps_done, stop + 1);
+      cfg.stop_after = -1;
+      const TrainRun second = TrainOnce(cfg);
+      EXPECT_EQ(second.result.steps_done, 8);
+      std::vector<double> joined = first.losses;
+      joined.insert(joined.end(), second.losses.begin(), second.losses.end());
+      EXPECT_EQ(joined, straight.losses) << name << " stop " << stop;
+      EXPECT_TRUE(second.result.final_params == straight.result.final_params)
+          << name << " stop " << stop;
+      EXPECT_EQ(second.result.total_flops, straight.result.total_flops) << name;
+    }
+    // 3 steps of 2 blocks and 5 of 4: less than full training.
+    EXPECT_LT(straight.result.total_flops, straight.result.total_flops_full);
+  }
+}
+
+TEST(TrainerBaselines, PldAndLayerDropTrainAndResumeBitwise) {
+  for (PathScheduleConfig::Kind kind :
+       {PathScheduleConfig::Kind::kPld, PathScheduleConfig::Kind::kLayerDrop}) {
+    const std::string name = PathScheduleKindName(kind);
+    const std::string dir = FreshDir("baseline_" + name);
+    TrainerConfig cfg = SmallConfig(dir, ModelKind::kGpt);
+    cfg.schedule = PathScheduleConfig{};
+    cfg.schedule.kind = kind;
+    cfg.schedule.pld_gamma = 0.5;  // theta falls from 1 towards 0.5 within the 8 steps
+    cfg.schedule.keep_prob = 0.5;
+    const TrainRun straight = TrainOnce(cfg);
+    ASSERT_EQ(straight.losses.size(), 8u) << name;
+    EXPECT_LT(straight.result.total_flops, straight.result.total_flops_full) << name;
+    cfg.run_dir = dir + "/run";
+    cfg.stop_after = 3;
+    const TrainRun first = TrainOnce(cfg);
+    cfg.stop_after = -1;
+    const TrainRun second = TrainOnce(cfg);
+    std::vector<double> joined = first.losses;
+    joined.insert(joined.end(), second.losses.begin(), second.losses.end());
+    EXPECT_EQ(joined, straight.losses) << name;
+    EXPECT_TRUE(second.result.final_params == straight.result.final_params) << name;
+  }
+}
+
+TEST(TrainerBaselines, RefusesToResumeWithAnotherScheduleOrKeepProb) {
+  const std::string dir = FreshDir("baseline_mismatch");
+  TrainerConfig cfg = SmallConfig(dir, ModelKind::kGpt);
+  cfg.schedule = PathScheduleConfig{};
+  cfg.schedule.kind = PathScheduleConfig::Kind::kLayerDrop;
+  cfg.run_dir = dir + "/run";
+  cfg.stop_after = 1;
+  TrainOnce(cfg);
+  cfg.stop_after = -1;
+  TrainResult result;
+  TrainerConfig other = cfg;
+  other.schedule.keep_prob = 0.5;
+  absl::Status s = Train(other, nullptr, &result);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("schedule.keep_prob"), std::string::npos) << s;
+  other = cfg;
+  other.schedule.kind = PathScheduleConfig::Kind::kPld;
+  s = Train(other, nullptr, &result);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("schedule.kind"), std::string::npos) << s;
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // The training loop (see trainer.h).
 #include "worker/engine/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -8,9 +9,8 @@
 #include <fstream>
 #include <memory>
 #include <new>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -43,7 +43,7 @@ ActiveLayerSet ToActiveSet(const PathPlan& plan) {
 // Mean full-model loss over the first `batches` validation batches.
 absl::StatusOr<double> Evaluate(Model<float>& model, const TokenDataset& val,
                                 const TrainerConfig& cfg, std::vector<int32_t>& inputs,
-                                std::vector<int32_t>& targets) {
+                                std::vector<int32_t>& targets, int64_t step) {
   const int64_t available = val.NumEvalBatches(cfg.batch, cfg.seq);
   const int64_t n = std::min<int64_t>(cfg.eval_batches, available);
   if (n <= 0) {
@@ -53,7 +53,14 @@ absl::StatusOr<double> Evaluate(Model<float>& model, const TokenDataset& val,
   // Weighted by scored positions, so BERT batches with more masked tokens count for more.
   double total = 0;
   int64_t scored = 0;
-  const ActiveLayerSet full = ActiveLayerSet::Full(cfg.model.num_layers);
+  // The model as it stands: every block, except under stacking, whose model at this step is
+  // its first k_s blocks (the rest are not trained yet; the paper's point is that stacking
+  // cannot evaluate the full model early).
+  ActiveLayerSet model_now = ActiveLayerSet::Full(cfg.model.num_layers);
+  if (cfg.schedule.kind == PathScheduleConfig::Kind::kStacking) {
+    const PathPlan plan = PlanPath(cfg.schedule, cfg.model.num_layers, cfg.seed, step);
+    for (int l = 0; l < cfg.model.num_layers; ++l) model_now.set_active(l, plan.active[l]);
+  }
   for (int64_t i = 0; i < n; ++i) {
     RETURN_IF_ERROR(val.GetEvalBatch(i, cfg.batch, cfg.seq, inputs.data(), targets.data()));
     if (cfg.model.kind == ModelKind::kBert) {
@@ -61,7 +68,7 @@ absl::StatusOr<double> Evaluate(Model<float>& model, const TokenDataset& val,
       ApplyMlmMask(mlm, kEvalMaskSeed, i, 0, cfg.batch, cfg.seq, inputs.data(), targets.data());
     }
     ASSIGN_OR_RETURN(double loss, model.Forward(inputs.data(), targets.data(), cfg.batch, cfg.seq,
-                                                full, /*training=*/false));
+                                                model_now, /*training=*/false));
     total += loss * static_cast<double>(model.last_num_targets());
     scored += model.last_num_targets();
   }
@@ -135,13 +142,23 @@ nlohmann::json RunFingerprint(const TrainerConfig& c) {
   const PathScheduleConfig& p = c.schedule;
   nlohmann::json stages = nlohmann::json::array();
   for (const RaptrStage& st : p.stages) stages.push_back({st.path_length, st.steps});
-  j["schedule"] = {{"kind", p.kind == PathScheduleConfig::Kind::kRaptr ? "raptr" : "full"},
-                   {"stages", stages},
-                   {"fixed_layers", p.fixed_layers},
-                   {"sampling", p.sampling == PathSampling::kExact ? "exact" : "bernoulli"},
-                   {"scaling", p.scaling == PathScaling::kInverseKeepProb ? "inverse_keep_prob"
-                                                                            : "none"},
-                   {"full_warmup_steps", p.full_warmup_steps}};
+  j["schedule"] = {
+      {"kind", PathScheduleKindName(p.kind)},
+      {"stages", stages},
+      {"fixed_layers", p.fixed_layers},
+      {"sampling", p.sampling == PathSampling::kExact ? "exact" : "bernoulli"},
+      {"scaling", p.scaling == PathScaling::kInverseKeepProb ? "inverse_keep_prob" : "none"},
+      {"full_warmup_steps", p.full_warmup_steps}};
+  // Only the kinds that use them add these, so raptr and full runs keep the fingerprint (and
+  // resume the checkpoints) they had before the baselines existed.
+  if (p.kind == PathScheduleConfig::Kind::kPld) {
+    j["schedule"]["pld_theta_bar"] = p.pld_theta_bar;
+    j["schedule"]["pld_gamma"] = p.pld_gamma;
+  }
+  if (p.kind == PathScheduleConfig::Kind::kLayerDrop) {
+    j["schedule"]["keep_prob"] = p.keep_prob;
+    j["schedule"]["layerdrop_scale"] = p.layerdrop_scale;
+  }
   j["batch"] = c.batch;
   j["seq"] = c.seq;
   j["micro_batches"] = c.micro_batches;
@@ -164,11 +181,50 @@ std::string FirstDifference(const nlohmann::json& a, const nlohmann::json& b,
     }
     return "";
   }
-  return a == b ? "" : absl::StrCat(prefix, ": ", b.dump(), " in the checkpoint, ", a.dump(),
-                                    " now");
+  return a == b ? ""
+                : absl::StrCat(prefix, ": ", b.dump(), " in the checkpoint, ", a.dump(), " now");
 }
 
 }  // namespace
+
+// Weights are copied (Reddi et al. initialise new blocks from the top trained ones); optimizer
+// state is a design choice. raptr starts the new blocks with fresh AdamW moments and a zero
+// update count rather than copying the sources' moments: the sources' moments estimate their
+// gradients in their old position of a shallower model, which says little about the new block's
+// first gradients in a new position, and a fresh start with its own bias correction gives the
+// first updates the usual AdamW size. It is also what most stacking implementations do (the new
+// model's optimizer is created afresh). In practice the destinations have never trained (a
+// stacked model only grows), so their moments are zero already; the reset of the update count
+// matters under `zero_grad`, where skipped blocks count every step.
+absl::Status ApplyStackingCopies(const std::vector<std::pair<int, int>>& copies,
+                                 const ParamLayout& layout, float* params,
+                                 AdamWOptimizer<float>& optimizer) {
+  if (copies.empty()) return absl::OkStatus();
+  std::vector<int64_t> steps = optimizer.layer_steps();
+  const int L = static_cast<int>(steps.size());
+  for (const auto& [dst, src] : copies) {
+    if (dst < 0 || dst >= L || src < 0 || src >= L) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stacking copy ", src, " -> ", dst, ": block out of range [0, ", L, ")"));
+    }
+    for (const auto& other : copies) {
+      if (other.second == dst) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("stacking copies: block ", dst, " is both a destination and a source"));
+      }
+    }
+  }
+  float* m = optimizer.m();
+  float* v = optimizer.v();
+  for (const auto& [dst, src] : copies) {
+    const ParamRange d = layout.LayerRange(dst), s = layout.LayerRange(src);
+    std::copy(params + s.begin, params + s.end, params + d.begin);  // blocks share one shape
+    std::fill(m + d.begin, m + d.end, 0.0f);
+    std::fill(v + d.begin, v + d.end, 0.0f);
+    steps[dst] = 0;
+  }
+  return optimizer.RestoreStepCounts(optimizer.shared_steps(), steps);
+}
 
 absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainResult* result,
                    bool keep_params) {
@@ -221,9 +277,9 @@ absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainR
     optimizer_owner =
         std::make_unique<AdamWOptimizer<float>>(cfg.optimizer, model_owner->layout(), &backend);
   } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "not enough memory for the parameters, gradients and AdamW moments of ",
-        cfg.model.DebugString()));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("not enough memory for the parameters, gradients and AdamW moments of ",
+                     cfg.model.DebugString()));
   }
   Model<float>& model = *model_owner;
   AdamWOptimizer<float>& optimizer = *optimizer_owner;
@@ -237,9 +293,9 @@ absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainR
     if (!latest.ok() && !absl::IsNotFound(latest.status())) return latest.status();
     if (latest.ok() && !cfg.resume) {
       // Training over it would interleave two runs' checkpoints in one directory.
-      return absl::FailedPreconditionError(absl::StrCat(
-          cfg.run_dir, " already holds a run (", *latest,
-          "): resume it, or train into a fresh run directory"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(cfg.run_dir, " already holds a run (", *latest,
+                       "): resume it, or train into a fresh run directory"));
     }
     if (latest.ok()) {
       RETURN_IF_ERROR(LoadCheckpoint(*latest, cfg.model, model.layout(), model.params(),
@@ -256,9 +312,9 @@ absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainR
             absl::StrCat("checkpoint ", *latest, " belongs to a run with other settings (", diff,
                          "): refusing to mix runs; use a fresh run directory"));
       }
-      RETURN_IF_ERROR(optimizer.RestoreStepCounts(
-          extra["adam"].value("shared_steps", int64_t{0}),
-          extra["adam"].value("layer_steps", std::vector<int64_t>{})));
+      RETURN_IF_ERROR(
+          optimizer.RestoreStepCounts(extra["adam"].value("shared_steps", int64_t{0}),
+                                      extra["adam"].value("layer_steps", std::vector<int64_t>{})));
       // Always said, even when quiet: silently continuing an old run would surprise.
       std::fprintf(stderr, "resumed from %s at step %lld\n", latest->c_str(),
                    static_cast<long long>(state.step));
@@ -292,6 +348,20 @@ absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainR
 
   for (int64_t step = state.step; step < cfg.steps; ++step) {
     const double t0 = Now();
+    // Stacking grows the model at the start of a stage's first step: a pure function of the
+    // step, so a run resumed exactly at a transition (from the checkpoint written at the end of
+    // the step before) grows it too, and one resumed later finds it grown in the checkpoint.
+    const std::vector<std::pair<int, int>> copies =
+        StackingCopiesAtStep(cfg.schedule, cfg.model.num_layers, step);
+    if (!copies.empty()) {
+      RETURN_IF_ERROR(ApplyStackingCopies(copies, model.layout(), model.params(), optimizer));
+      if (cfg.log_every > 0) {
+        std::string pairs;
+        for (const auto& [dst, src] : copies) absl::StrAppend(&pairs, " ", src, "->", dst);
+        std::fprintf(stderr, "step %lld: stacking grows the model, blocks copied:%s\n",
+                     static_cast<long long>(step + 1), pairs.c_str());
+      }
+    }
     const PathPlan plan = PlanPath(cfg.schedule, cfg.model.num_layers, cfg.seed, step);
     const ActiveLayerSet active = ToActiveSet(plan);
     StepReport r;
@@ -360,7 +430,7 @@ absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainR
     r.seconds = Now() - t0;
     if (last_step || (cfg.eval_every > 0 && state.step % cfg.eval_every == 0)) {
       const double e0 = Now();
-      ASSIGN_OR_RETURN(r.eval_loss, Evaluate(model, val, cfg, inputs, targets));
+      ASSIGN_OR_RETURN(r.eval_loss, Evaluate(model, val, cfg, inputs, targets, step));
       r.eval_seconds = Now() - e0;
       last_eval = r.eval_loss;
     }

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -74,5 +75,16 @@ using StepCallback = std::function<void(const StepReport&)>;
 
 absl::Status Train(const TrainerConfig& config, const StepCallback& on_step, TrainResult* result,
                    bool keep_params = false);
+
+// Gradual stacking's growth (StackingCopiesAtStep gives the pairs): for each (dst, src), block
+// dst's parameters become a copy of block src's, and block dst starts with fresh AdamW state
+// (zero moments, zero update count). Train() calls it at the start of each step that has copies,
+// before its forward, so a run resumed from the checkpoint written at the end of the step before a
+// transition still grows the model. `params` and the optimizer's moments are host memory laid
+// out by `layout`. Errors (nothing changed): a block out of range, or a destination that is also
+// a source (the result would depend on the order).
+absl::Status ApplyStackingCopies(const std::vector<std::pair<int, int>>& copies,
+                                 const ParamLayout& layout, float* params,
+                                 AdamWOptimizer<float>& optimizer);
 
 }  // namespace raptr
