@@ -1,5 +1,6 @@
-// raptr-worker train: trains a model in this one process on prepared token shards, with a RaPTr
-// or full schedule. The service (coordinator + workers) runs the same Trainer per rank.
+// raptr-worker train: trains a model in this one process on prepared token shards, configured by
+// flags or by a job spec (--spec job.yaml). The service (coordinator + workers) runs the same
+// Trainer per rank.
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -7,14 +8,19 @@
 #include <sstream>
 #include <string>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "common/flags.h"
+#include "common/job_spec.h"
 #include "common/status.h"
 #include "worker/commands.h"
 #include "worker/engine/trainer.h"
+#include "worker/job_config.h"
 #include "worker/model_flags.h"
 
 namespace raptr {
@@ -62,6 +68,128 @@ absl::Status ParseFixedLayers(const std::string& text, int L, std::vector<int>* 
   return absl::OkStatus();
 }
 
+// The flags that may accompany --spec: how this process runs the job, not what the job is.
+constexpr const char* kSpecCompatibleFlags[] = {"spec", "run-dir", "log-every", "stop-after",
+                                                "resume"};
+
+// "6:150,8:150" for the stages of a RaPTr or stacking schedule.
+std::string StagesText(const PathScheduleConfig& s) {
+  return absl::StrJoin(s.stages, ",", [](std::string* out, const RaptrStage& st) {
+    absl::StrAppend(out, st.path_length, ":", st.steps);
+  });
+}
+
+// The schedule and its parameters, one line, as loaded.
+std::string ScheduleText(const PathScheduleConfig& s) {
+  std::string text = PathScheduleKindName(s.kind);
+  switch (s.kind) {
+    case PathScheduleConfig::Kind::kFull:
+      break;
+    case PathScheduleConfig::Kind::kRaptr:
+      absl::StrAppend(&text, " stages ", StagesText(s), " fixed {",
+                      absl::StrJoin(s.fixed_layers, ","), "} sampling ",
+                      s.sampling == PathSampling::kExact ? "exact" : "bernoulli", " scaling ",
+                      s.scaling == PathScaling::kNone ? "none" : "inverse_keep_prob",
+                      " full_warmup ", s.full_warmup_steps);
+      break;
+    case PathScheduleConfig::Kind::kPld:
+      absl::StrAppend(&text, " theta_bar ", s.pld_theta_bar, " gamma ", s.pld_gamma);
+      break;
+    case PathScheduleConfig::Kind::kLayerDrop:
+      absl::StrAppend(&text, " keep_prob ", s.keep_prob, " scale ",
+                      s.layerdrop_scale ? "inverse_keep_prob" : "none");
+      break;
+    case PathScheduleConfig::Kind::kStacking:
+      absl::StrAppend(&text, " stages ", StagesText(s));
+      break;
+  }
+  return text;
+}
+
+// When the train shard's directory has a `raptrctl data prepare` meta.json, the spec's
+// model.vocab_size (and BERT's data.mask_id) must match the tokenizer that wrote the shards.
+absl::Status CheckSpecAgainstMeta(const TrainerConfig& cfg) {
+  const std::string& shard = cfg.train_shards.front();
+  const size_t slash = shard.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : shard.substr(0, slash);
+  if (!std::ifstream(dir + "/meta.json")) return absl::OkStatus();
+  ASSIGN_OR_RETURN(DataMeta meta, ReadMeta(dir));
+  if (meta.vocab_size != cfg.model.vocab_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model.vocab_size (", cfg.model.vocab_size, ") does not match ", dir,
+                     "/meta.json vocab_size (", meta.vocab_size, ")"));
+  }
+  if (cfg.model.kind == ModelKind::kBert && meta.mask_id >= 0 && meta.mask_id != cfg.mask_id) {
+    return absl::InvalidArgumentError(absl::StrCat("data.mask_id (", cfg.mask_id,
+                                                   ") does not match ", dir, "/meta.json mask_id (",
+                                                   meta.mask_id, ")"));
+  }
+  return absl::OkStatus();
+}
+
+// --spec: the job spec is the source of truth; only kSpecCompatibleFlags may be given with it.
+absl::StatusOr<TrainerConfig> ConfigFromSpec(const Flags& flags,
+                                             const std::vector<std::string>& defined) {
+  std::vector<std::string> conflicting;
+  for (const std::string& name : defined) {
+    if (!flags.IsSet(name)) continue;
+    if (std::find(std::begin(kSpecCompatibleFlags), std::end(kSpecCompatibleFlags), name) ==
+        std::end(kSpecCompatibleFlags)) {
+      conflicting.push_back("--" + name);
+    }
+  }
+  if (!conflicting.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        absl::StrJoin(conflicting, ", "),
+        " cannot be combined with --spec (the spec is the source of truth; only --run-dir, "
+        "--log-every, --stop-after and --resume may be): edit the spec instead"));
+  }
+  const std::string path = flags.Get("spec");
+  std::ifstream in(path);
+  if (path.empty() || !in)
+    return absl::NotFoundError(absl::StrCat("--spec: cannot read '", path, "'"));
+  std::stringstream text;
+  text << in.rdbuf();
+  absl::StatusOr<v1::JobSpec> spec = ParseJobSpecYaml(text.str());
+  if (!spec.ok()) {
+    return absl::Status(spec.status().code(), absl::StrCat(path, ": ", spec.status().message()));
+  }
+  absl::StatusOr<TrainerConfig> cfg = TrainerConfigFromJobSpec(*spec);
+  if (!cfg.ok()) {
+    return absl::Status(cfg.status().code(), absl::StrCat(path, ": ", cfg.status().message()));
+  }
+  RETURN_IF_ERROR(CheckSpecAgainstMeta(*cfg));
+  cfg->run_dir = flags.Get("run-dir");
+  ASSIGN_OR_RETURN(cfg->resume, flags.GetBool("resume"));
+  ASSIGN_OR_RETURN(cfg->stop_after, flags.GetInt("stop-after"));
+  ASSIGN_OR_RETURN(int64_t log_every, flags.GetInt("log-every"));
+  cfg->log_every = static_cast<int>(log_every);
+  const v1::ResourceSpec& r = spec->resources();
+  std::fprintf(
+      stderr,
+      "raptr train: spec %s (job '%s'): %s; schedule %s; B=%d T=%d x%d micro, %lld "
+      "steps, seed %llu; optimizer lr %g min_lr_ratio %g warmup %lld decay %s "
+      "betas %g,%g eps %g wd %g clip %g; eval every %lld x%d, checkpoint every %lld; "
+      "train %s, val %s\n"
+      "raptr train: resources (%d..%d workers, priority %d) are the coordinator's: this "
+      "local run is one process with the whole global batch\n",
+      path.c_str(), spec->name().c_str(), cfg->model.DebugString().c_str(),
+      ScheduleText(cfg->schedule).c_str(), cfg->batch, cfg->seq, cfg->micro_batches,
+      static_cast<long long>(cfg->steps), static_cast<unsigned long long>(cfg->seed),
+      cfg->optimizer.lr, cfg->optimizer.min_lr_ratio,
+      static_cast<long long>(cfg->optimizer.warmup_steps),
+      absl::AsciiStrToLower(
+          absl::StripPrefix(v1::LrDecay_Name(spec->optimizer().decay()), "LR_DECAY_"))
+          .c_str(),
+      cfg->optimizer.beta1, cfg->optimizer.beta2, cfg->optimizer.eps, cfg->optimizer.weight_decay,
+      cfg->optimizer.grad_clip, static_cast<long long>(cfg->eval_every), cfg->eval_batches,
+      static_cast<long long>(cfg->checkpoint_every), absl::StrJoin(cfg->train_shards, ",").c_str(),
+      absl::StrJoin(cfg->val_shards, ",").c_str(), r.min_workers(), r.max_workers(), r.priority());
+  return cfg;
+}
+
+absl::Status RunTrainer(const TrainerConfig& cfg, const std::string& schedule);
+
 absl::Status LocalTrain(int argc, char** argv) {
   Flags flags;
   ModelConfig d;
@@ -106,11 +234,26 @@ absl::Status LocalTrain(int argc, char** argv) {
   flags.Define("resume", "true", "continue from run-dir's latest checkpoint if any");
   flags.Define("stop-after", "-1", "stop after this 0-based step, with a checkpoint (-1: run all)");
   flags.Define("log-every", "10", "progress line every N steps (0: quiet)");
+  flags.Define("spec", "",
+               "job spec YAML (examples/*.yaml): the source of truth for the job; only --run-dir, "
+               "--log-every, --stop-after and --resume may be combined with it");
   if (argc > 2 && std::string(argv[2]) == "--help") {
     std::fprintf(stderr, "usage: raptr-worker train [flags]\n%s", flags.Usage().c_str());
     std::exit(0);
   }
   RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
+  if (flags.IsSet("spec")) {
+    // Every flag defined above and by DefineModelFlags (Usage lists them all), to refuse the
+    // ones --spec overrides.
+    std::vector<std::string> defined;
+    for (absl::string_view line : absl::StrSplit(flags.Usage(), '\n')) {
+      line = absl::StripLeadingAsciiWhitespace(line);
+      if (!absl::ConsumePrefix(&line, "--")) continue;
+      defined.emplace_back(line.substr(0, line.find_first_of(" =\t")));
+    }
+    ASSIGN_OR_RETURN(TrainerConfig cfg, ConfigFromSpec(flags, defined));
+    return RunTrainer(cfg, PathScheduleKindName(cfg.schedule.kind));
+  }
 
   TrainerConfig cfg;
   ASSIGN_OR_RETURN(cfg.model, ModelConfigFromFlags(flags));
@@ -251,6 +394,12 @@ absl::Status LocalTrain(int argc, char** argv) {
   std::fprintf(stderr, "raptr train: %s, %s schedule, B=%d T=%d x%d micro, %lld steps, data %s\n",
                cfg.model.DebugString().c_str(), schedule.c_str(), cfg.batch, cfg.seq,
                cfg.micro_batches, static_cast<long long>(cfg.steps), data.c_str());
+  return RunTrainer(cfg, schedule);
+}
+
+// Trains `cfg`, with progress lines on stderr and a JSON summary on stdout.
+absl::Status RunTrainer(const TrainerConfig& cfg, const std::string& schedule) {
+  const int L = cfg.model.num_layers;
   const int log = cfg.log_every;
   auto on_step = [&](const StepReport& r) {
     const bool eval = r.eval_loss >= 0;

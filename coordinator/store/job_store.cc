@@ -1,0 +1,798 @@
+// JobStore over SQLite: schema, transactions and the job state machine.
+#include "coordinator/store/job_store.h"
+
+#include <sqlite3.h>
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/job_spec.h"
+#include "common/status.h"
+#include "google/protobuf/util/message_differencer.h"
+#include "google/protobuf/util/time_util.h"
+
+namespace raptr {
+namespace {
+
+using ::google::protobuf::util::TimeUtil;
+
+// How long a call waits for another connection's write lock before UNAVAILABLE.
+constexpr int kBusyTimeoutMs = 5000;
+
+// Schema version 1. Timestamps are unix milliseconds; states and backends are enum numbers.
+// jobs.seq is the AUTOINCREMENT counter the id is formatted from (never reused); id is the key
+// every other table refers to.
+constexpr char kSchemaV1[] = R"sql(
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE jobs (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  name TEXT NOT NULL,
+  spec BLOB NOT NULL,
+  spec_yaml TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  priority INTEGER NOT NULL,
+  generation INTEGER NOT NULL DEFAULT 0,
+  world_size INTEGER NOT NULL DEFAULT 0,
+  created_ms INTEGER NOT NULL,
+  updated_ms INTEGER NOT NULL,
+  started_ms INTEGER,
+  finished_ms INTEGER,
+  error TEXT NOT NULL DEFAULT '',
+  request_id TEXT UNIQUE
+);
+CREATE INDEX jobs_by_state ON jobs (state, seq);
+CREATE TABLE step_summaries (
+  job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+  step INTEGER NOT NULL,
+  stage INTEGER NOT NULL,
+  path_length INTEGER NOT NULL,
+  loss REAL NOT NULL,
+  eval_loss REAL,
+  learning_rate REAL NOT NULL,
+  tokens INTEGER NOT NULL,
+  flops REAL NOT NULL,
+  flops_full REAL NOT NULL,
+  seconds REAL NOT NULL,
+  PRIMARY KEY (job_id, step)
+) WITHOUT ROWID;
+CREATE TABLE checkpoints (
+  job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+  step INTEGER NOT NULL,
+  path TEXT NOT NULL,
+  committed_ms INTEGER NOT NULL,
+  PRIMARY KEY (job_id, step)
+) WITHOUT ROWID;
+CREATE TABLE workers (
+  worker_id TEXT PRIMARY KEY,
+  backend INTEGER NOT NULL,
+  devices INTEGER NOT NULL,
+  memory_bytes INTEGER NOT NULL,
+  last_seen_ms INTEGER NOT NULL,
+  state TEXT NOT NULL
+) WITHOUT ROWID;
+INSERT INTO schema_version (version) VALUES (1);
+)sql";
+
+int64_t NowMillis() { return absl::ToUnixMillis(absl::Now()); }
+
+// Maps an SQLite result code onto a status naming the store and what was being done.
+absl::Status SqliteError(sqlite3* db, int rc, absl::string_view what, const std::string& path) {
+  const std::string message = absl::StrCat("job store ", path, ": ", what, ": ",
+                                           db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc),
+                                           " (sqlite code ", rc, ")");
+  switch (rc & 0xff) {
+    case SQLITE_NOTADB:
+    case SQLITE_CORRUPT:
+      return absl::DataLossError(message);
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+      return absl::UnavailableError(message);
+    case SQLITE_FULL:
+      return absl::ResourceExhaustedError(message);
+    case SQLITE_CONSTRAINT:
+      return absl::FailedPreconditionError(message);
+    default:
+      return absl::InternalError(message);
+  }
+}
+
+// One prepared statement; finalized on destruction. Bind errors surface on the first Step.
+class Statement {
+ public:
+  static absl::StatusOr<Statement> Prepare(sqlite3* db, absl::string_view sql,
+                                           const std::string& path) {
+    sqlite3_stmt* stmt = nullptr;
+    const int rc = sqlite3_prepare_v2(db, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
+    if (rc != SQLITE_OK) {
+      sqlite3_finalize(stmt);
+      return SqliteError(db, rc, absl::StrCat("preparing \"", sql, "\""), path);
+    }
+    return Statement(db, stmt, path);
+  }
+  Statement(Statement&& other) noexcept
+      : db_(other.db_),
+        stmt_(std::exchange(other.stmt_, nullptr)),
+        path_(other.path_),
+        bind_rc_(other.bind_rc_) {}
+  Statement& operator=(Statement&&) = delete;
+  ~Statement() { sqlite3_finalize(stmt_); }
+
+  void BindInt(int index, int64_t value) { Note(sqlite3_bind_int64(stmt_, index, value)); }
+  void BindDouble(int index, double value) { Note(sqlite3_bind_double(stmt_, index, value)); }
+  void BindNull(int index) { Note(sqlite3_bind_null(stmt_, index)); }
+  void BindText(int index, absl::string_view value) {
+    Note(sqlite3_bind_text(stmt_, index, value.data(), static_cast<int>(value.size()),
+                           SQLITE_TRANSIENT));
+  }
+  void BindBlob(int index, absl::string_view value) {
+    Note(sqlite3_bind_blob(stmt_, index, value.data(), static_cast<int>(value.size()),
+                           SQLITE_TRANSIENT));
+  }
+
+  // True when a row is ready, false when the statement is done.
+  absl::StatusOr<bool> Step() {
+    if (bind_rc_ != SQLITE_OK) return SqliteError(db_, bind_rc_, Sql("binding"), path_);
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    return SqliteError(db_, rc, Sql("running"), path_);
+  }
+  // Steps to completion, ignoring rows; then the statement may be bound and run again.
+  absl::Status Run() {
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, Step());
+      if (!row) break;
+    }
+    return Reset();
+  }
+  absl::Status Reset() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+    bind_rc_ = SQLITE_OK;
+    return absl::OkStatus();
+  }
+
+  bool IsNull(int col) const { return sqlite3_column_type(stmt_, col) == SQLITE_NULL; }
+  int64_t Int(int col) const { return sqlite3_column_int64(stmt_, col); }
+  double Double(int col) const { return sqlite3_column_double(stmt_, col); }
+  std::string Text(int col) const {
+    const auto* text = sqlite3_column_text(stmt_, col);
+    return text == nullptr ? std::string()
+                           : std::string(reinterpret_cast<const char*>(text),
+                                         static_cast<size_t>(sqlite3_column_bytes(stmt_, col)));
+  }
+  std::string Blob(int col) const {
+    const void* blob = sqlite3_column_blob(stmt_, col);
+    return blob == nullptr ? std::string()
+                           : std::string(static_cast<const char*>(blob),
+                                         static_cast<size_t>(sqlite3_column_bytes(stmt_, col)));
+  }
+
+ private:
+  Statement(sqlite3* db, sqlite3_stmt* stmt, const std::string& path)
+      : db_(db), stmt_(stmt), path_(path) {}
+  void Note(int rc) {
+    if (bind_rc_ == SQLITE_OK) bind_rc_ = rc;
+  }
+  std::string Sql(absl::string_view verb) const {
+    return absl::StrCat(verb, " \"", sqlite3_sql(stmt_), "\"");
+  }
+
+  sqlite3* db_;
+  sqlite3_stmt* stmt_;
+  std::string path_;
+  int bind_rc_ = SQLITE_OK;
+};
+
+absl::Status Exec(sqlite3* db, const char* sql, const std::string& path) {
+  char* error = nullptr;
+  const int rc = sqlite3_exec(db, sql, nullptr, nullptr, &error);
+  sqlite3_free(error);
+  if (rc != SQLITE_OK) return SqliteError(db, rc, absl::StrCat("running \"", sql, "\""), path);
+  return absl::OkStatus();
+}
+
+// A write transaction (BEGIN IMMEDIATE, so the write lock is taken up front and a busy writer is
+// waited for instead of failing an upgrade later); rolled back unless Commit() succeeded.
+class WriteTransaction {
+ public:
+  static absl::StatusOr<std::unique_ptr<WriteTransaction>> Begin(sqlite3* db,
+                                                                 const std::string& path) {
+    RETURN_IF_ERROR(Exec(db, "BEGIN IMMEDIATE", path));
+    return std::unique_ptr<WriteTransaction>(new WriteTransaction(db, path));
+  }
+  ~WriteTransaction() {
+    if (!done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  absl::Status Commit() {
+    // A statement that stopped on a row (a point lookup read once) would block the COMMIT; its
+    // row was copied out already, so reset every such statement of this connection first.
+    for (sqlite3_stmt* stmt = sqlite3_next_stmt(db_, nullptr); stmt != nullptr;
+         stmt = sqlite3_next_stmt(db_, stmt)) {
+      if (sqlite3_stmt_busy(stmt)) sqlite3_reset(stmt);
+    }
+    RETURN_IF_ERROR(Exec(db_, "COMMIT", path_));
+    done_ = true;
+    return absl::OkStatus();
+  }
+
+ private:
+  WriteTransaction(sqlite3* db, const std::string& path) : db_(db), path_(path) {}
+  sqlite3* db_;
+  const std::string& path_;
+  bool done_ = false;
+};
+
+bool IsTerminal(v1::JobState state) {
+  return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
+         state == v1::JOB_STATE_CANCELLED;
+}
+
+bool IsLegalTransition(v1::JobState from, v1::JobState to) {
+  switch (from) {
+    case v1::JOB_STATE_PENDING:
+      return to == v1::JOB_STATE_RUNNING || to == v1::JOB_STATE_CANCELLED ||
+             to == v1::JOB_STATE_FAILED;
+    case v1::JOB_STATE_RUNNING:
+      return to == v1::JOB_STATE_RECOVERING || to == v1::JOB_STATE_SUCCEEDED ||
+             to == v1::JOB_STATE_FAILED || to == v1::JOB_STATE_CANCELLED;
+    case v1::JOB_STATE_RECOVERING:
+      return to == v1::JOB_STATE_RUNNING || to == v1::JOB_STATE_FAILED ||
+             to == v1::JOB_STATE_CANCELLED;
+    default:
+      return false;
+  }
+}
+
+std::string StateName(v1::JobState state) {
+  const std::string& name = v1::JobState_Name(state);
+  return name.empty() ? absl::StrCat("JobState(", static_cast<int>(state), ")") : name;
+}
+
+// The columns LoadJob and the list queries read, in JobFromRow's order.
+constexpr char kJobColumns[] =
+    "id, spec, state, error, generation, world_size, created_ms, updated_ms, started_ms, "
+    "finished_ms";
+
+absl::StatusOr<v1::Job> JobFromRow(const Statement& row, const std::string& path) {
+  v1::Job job;
+  job.set_id(row.Text(0));
+  if (!job.mutable_spec()->ParseFromString(row.Blob(1))) {
+    return absl::DataLossError(
+        absl::StrCat("job store ", path, ": job ", job.id(), ": stored spec does not parse"));
+  }
+  job.set_state(static_cast<v1::JobState>(row.Int(2)));
+  job.set_message(row.Text(3));
+  job.set_generation(row.Int(4));
+  job.set_world_size(static_cast<int32_t>(row.Int(5)));
+  *job.mutable_create_time() = TimeUtil::MillisecondsToTimestamp(row.Int(6));
+  *job.mutable_update_time() = TimeUtil::MillisecondsToTimestamp(row.Int(7));
+  if (!row.IsNull(8)) *job.mutable_start_time() = TimeUtil::MillisecondsToTimestamp(row.Int(8));
+  if (!row.IsNull(9)) *job.mutable_end_time() = TimeUtil::MillisecondsToTimestamp(row.Int(9));
+  return job;
+}
+
+constexpr char kStepColumns[] =
+    "step, stage, path_length, loss, eval_loss, learning_rate, tokens, flops, flops_full, "
+    "seconds";
+
+StepSummaryRecord StepFromRow(const Statement& row) {
+  StepSummaryRecord s;
+  s.step = row.Int(0);
+  s.stage = static_cast<int32_t>(row.Int(1));
+  s.path_length = static_cast<int32_t>(row.Int(2));
+  s.loss = row.Double(3);
+  if (!row.IsNull(4)) s.eval_loss = row.Double(4);
+  s.learning_rate = row.Double(5);
+  s.tokens = row.Int(6);
+  s.flops = row.Double(7);
+  s.flops_full = row.Double(8);
+  s.seconds = row.Double(9);
+  return s;
+}
+
+// Reads the schema version of an open database, or creates schema version 1 in an empty one.
+absl::Status EnsureSchema(sqlite3* db, const std::string& path) {
+  ASSIGN_OR_RETURN(auto txn, WriteTransaction::Begin(db, path));
+  ASSIGN_OR_RETURN(Statement tables,
+                   Statement::Prepare(db,
+                                      "SELECT COUNT(*), COALESCE(SUM(name = 'schema_version'), 0) "
+                                      "FROM sqlite_schema WHERE type = 'table'",
+                                      path));
+  ASSIGN_OR_RETURN(bool row, tables.Step());
+  if (!row) return absl::InternalError(absl::StrCat("job store ", path, ": no table count"));
+  const int64_t table_count = tables.Int(0);
+  const bool has_version = tables.Int(1) > 0;
+  if (table_count == 0) {
+    RETURN_IF_ERROR(Exec(db, kSchemaV1, path));
+    return txn->Commit();
+  }
+  if (!has_version) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job store ", path, ": an SQLite database that is not a raptr store (it has ",
+                     table_count, " tables but no schema_version table)"));
+  }
+  ASSIGN_OR_RETURN(Statement version,
+                   Statement::Prepare(db, "SELECT MAX(version) FROM schema_version", path));
+  ASSIGN_OR_RETURN(row, version.Step());
+  if (!row || version.IsNull(0)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job store ", path, ": schema_version table is empty"));
+  }
+  const int64_t v = version.Int(0);
+  if (v > JobStore::kSchemaVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job store ", path, ": schema version ", v, " is newer than this build supports (",
+        JobStore::kSchemaVersion, "); run a newer raptr-coordinator"));
+  }
+  if (v < 1) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job store ", path, ": unknown schema version ", v));
+  }
+  return txn->Commit();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path) {
+  if (path.empty()) return absl::InvalidArgumentError("job store path is empty");
+  sqlite3* db = nullptr;
+  const int rc = sqlite3_open_v2(
+      path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  if (rc != SQLITE_OK) {
+    absl::Status status = SqliteError(db, rc, "opening", path);
+    sqlite3_close(db);
+    return status;
+  }
+  // From here on the store owns the handle (its destructor closes it).
+  std::unique_ptr<JobStore> store(new JobStore(path, db));
+  sqlite3_extended_result_codes(db, 1);
+  sqlite3_busy_timeout(db, kBusyTimeoutMs);
+  // A non-database file fails here, on the first read of its header.
+  ASSIGN_OR_RETURN(Statement wal, Statement::Prepare(db, "PRAGMA journal_mode = WAL", path));
+  ASSIGN_OR_RETURN(bool row, wal.Step());
+  if (!row || wal.Text(0) != "wal") {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job store ", path, ": cannot use WAL journal mode (got ",
+                     row ? wal.Text(0) : std::string("nothing"), ")"));
+  }
+  // FULL, not NORMAL: in WAL mode NORMAL survives a process crash but may lose the last commits
+  // on a power loss or OS crash, and a submitted job the client was told about must survive
+  // those too. The store writes a few transactions per second (step summaries are batched), so
+  // an fsync per commit is cheap.
+  RETURN_IF_ERROR(Exec(db, "PRAGMA synchronous = FULL", path));
+  RETURN_IF_ERROR(Exec(db, "PRAGMA foreign_keys = ON", path));
+  RETURN_IF_ERROR(EnsureSchema(db, path));
+  return store;
+}
+
+JobStore::JobStore(std::string path, sqlite3* db) : path_(std::move(path)), db_(db) {}
+
+JobStore::~JobStore() { sqlite3_close(db_); }
+
+absl::StatusOr<v1::Job> JobStore::CreateJob(const v1::JobSpec& spec,
+                                            const std::string& request_id) {
+  v1::JobSpec filled = spec;
+  ApplyJobSpecDefaults(&filled);
+  RETURN_IF_ERROR(ValidateJobSpec(filled));
+  if (request_id.size() > 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("request_id must be at most 128 characters, got ", request_id.size()));
+  }
+  std::string blob;
+  if (!filled.SerializeToString(&blob)) {
+    return absl::InternalError(absl::StrCat("job ", filled.name(), ": spec does not serialize"));
+  }
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto txn, WriteTransaction::Begin(db_, path_));
+  if (!request_id.empty()) {
+    ASSIGN_OR_RETURN(Statement find,
+                     Statement::Prepare(db_, "SELECT id FROM jobs WHERE request_id = ?", path_));
+    find.BindText(1, request_id);
+    ASSIGN_OR_RETURN(bool found, find.Step());
+    if (found) {
+      ASSIGN_OR_RETURN(v1::Job existing, LoadJob(find.Text(0)));
+      if (!google::protobuf::util::MessageDifferencer::Equals(existing.spec(), filled)) {
+        return absl::AlreadyExistsError(absl::StrCat("request_id \"", request_id,
+                                                     "\" already created job ", existing.id(),
+                                                     " with a different spec"));
+      }
+      return existing;
+    }
+  }
+  const int64_t now = NowMillis();
+  ASSIGN_OR_RETURN(Statement insert,
+                   Statement::Prepare(db_,
+                                      "INSERT INTO jobs (id, name, spec, spec_yaml, state, "
+                                      "priority, created_ms, updated_ms, request_id) "
+                                      "VALUES ('', ?, ?, ?, ?, ?, ?, ?, ?)",
+                                      path_));
+  insert.BindText(1, filled.name());
+  insert.BindBlob(2, blob);
+  insert.BindText(3, JobSpecToYaml(filled));
+  insert.BindInt(4, v1::JOB_STATE_PENDING);
+  insert.BindInt(5, filled.resources().priority());
+  insert.BindInt(6, now);
+  insert.BindInt(7, now);
+  if (request_id.empty()) {
+    insert.BindNull(8);
+  } else {
+    insert.BindText(8, request_id);
+  }
+  RETURN_IF_ERROR(insert.Run());
+  const int64_t seq = sqlite3_last_insert_rowid(db_);
+  const std::string id = absl::StrFormat("job-%06d", seq);
+  ASSIGN_OR_RETURN(Statement name_it,
+                   Statement::Prepare(db_, "UPDATE jobs SET id = ? WHERE seq = ?", path_));
+  name_it.BindText(1, id);
+  name_it.BindInt(2, seq);
+  RETURN_IF_ERROR(name_it.Run());
+  ASSIGN_OR_RETURN(v1::Job job, LoadJob(id));
+  RETURN_IF_ERROR(txn->Commit());
+  return job;
+}
+
+absl::StatusOr<v1::Job> JobStore::GetJob(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  return LoadJob(id);
+}
+
+absl::StatusOr<v1::Job> JobStore::LoadJob(const std::string& id) {
+  ASSIGN_OR_RETURN(
+      Statement select,
+      Statement::Prepare(db_, absl::StrCat("SELECT ", kJobColumns, " FROM jobs WHERE id = ?"),
+                         path_));
+  select.BindText(1, id);
+  ASSIGN_OR_RETURN(bool found, select.Step());
+  if (!found) return absl::NotFoundError(absl::StrCat("job \"", id, "\" not found"));
+  ASSIGN_OR_RETURN(v1::Job job, JobFromRow(select, path_));
+  RETURN_IF_ERROR(LoadProgress(&job));
+  return job;
+}
+
+absl::Status JobStore::LoadProgress(v1::Job* job) {
+  v1::JobProgress* progress = job->mutable_progress();
+  progress->set_stage(-1);
+  ASSIGN_OR_RETURN(Statement totals,
+                   Statement::Prepare(db_,
+                                      "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(flops), 0), "
+                                      "COALESCE(SUM(flops_full), 0), COALESCE(SUM(seconds), 0) "
+                                      "FROM step_summaries WHERE job_id = ?",
+                                      path_));
+  totals.BindText(1, job->id());
+  ASSIGN_OR_RETURN(bool row, totals.Step());
+  if (row) {
+    progress->set_tokens(totals.Int(0));
+    progress->set_flops(totals.Double(1));
+    progress->set_flops_full(totals.Double(2));
+    progress->set_train_seconds(totals.Double(3));
+  }
+  ASSIGN_OR_RETURN(Statement latest,
+                   Statement::Prepare(db_,
+                                      "SELECT step, stage, path_length, loss FROM step_summaries "
+                                      "WHERE job_id = ? ORDER BY step DESC LIMIT 1",
+                                      path_));
+  latest.BindText(1, job->id());
+  ASSIGN_OR_RETURN(row, latest.Step());
+  if (row) {
+    progress->set_step(latest.Int(0) + 1);
+    progress->set_stage(static_cast<int32_t>(latest.Int(1)));
+    progress->set_path_length(static_cast<int32_t>(latest.Int(2)));
+    progress->set_loss(latest.Double(3));
+  }
+  ASSIGN_OR_RETURN(Statement eval,
+                   Statement::Prepare(db_,
+                                      "SELECT step, eval_loss FROM step_summaries WHERE job_id = ? "
+                                      "AND eval_loss IS NOT NULL ORDER BY step DESC LIMIT 1",
+                                      path_));
+  eval.BindText(1, job->id());
+  ASSIGN_OR_RETURN(row, eval.Step());
+  if (row) {
+    progress->set_eval_step(eval.Int(0));
+    progress->set_eval_loss(eval.Double(1));
+  }
+  ASSIGN_OR_RETURN(
+      Statement checkpoint,
+      Statement::Prepare(db_, "SELECT MAX(step) FROM checkpoints WHERE job_id = ?", path_));
+  checkpoint.BindText(1, job->id());
+  ASSIGN_OR_RETURN(row, checkpoint.Step());
+  if (row && !checkpoint.IsNull(0)) progress->set_checkpoint_step(checkpoint.Int(0));
+  return absl::OkStatus();
+}
+
+absl::Status JobStore::CheckJobExists(const std::string& id) {
+  ASSIGN_OR_RETURN(Statement select,
+                   Statement::Prepare(db_, "SELECT 1 FROM jobs WHERE id = ?", path_));
+  select.BindText(1, id);
+  ASSIGN_OR_RETURN(bool found, select.Step());
+  if (!found) return absl::NotFoundError(absl::StrCat("job \"", id, "\" not found"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<v1::Job>> JobStore::ListJobs(const JobFilter& filter) {
+  if (filter.limit < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("list limit must be >= 1, got ", filter.limit));
+  }
+  std::string sql = absl::StrCat("SELECT ", kJobColumns, " FROM jobs WHERE 1");
+  if (!filter.states.empty()) {
+    std::vector<std::string> states;
+    for (v1::JobState state : filter.states) states.push_back(absl::StrCat(state));
+    absl::StrAppend(&sql, " AND state IN (", absl::StrJoin(states, ", "), ")");
+  }
+  if (!filter.after_id.empty()) {
+    absl::StrAppend(&sql, " AND seq > (SELECT seq FROM jobs WHERE id = ?)");
+  }
+  absl::StrAppend(&sql, " ORDER BY seq LIMIT ", filter.limit);
+  absl::MutexLock lock(&mu_);
+  if (!filter.after_id.empty()) RETURN_IF_ERROR(CheckJobExists(filter.after_id));
+  ASSIGN_OR_RETURN(Statement select, Statement::Prepare(db_, sql, path_));
+  if (!filter.after_id.empty()) select.BindText(1, filter.after_id);
+  std::vector<v1::Job> jobs;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, select.Step());
+    if (!row) break;
+    ASSIGN_OR_RETURN(v1::Job job, JobFromRow(select, path_));
+    jobs.push_back(std::move(job));
+  }
+  for (v1::Job& job : jobs) RETURN_IF_ERROR(LoadProgress(&job));
+  return jobs;
+}
+
+absl::StatusOr<v1::Job> JobStore::UpdateJobState(const std::string& id, v1::JobState new_state,
+                                                 const std::string& message) {
+  if (!v1::JobState_IsValid(new_state)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("job \"", id, "\": unknown target state ", static_cast<int>(new_state)));
+  }
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto txn, WriteTransaction::Begin(db_, path_));
+  ASSIGN_OR_RETURN(
+      Statement select,
+      Statement::Prepare(db_, "SELECT state, started_ms FROM jobs WHERE id = ?", path_));
+  select.BindText(1, id);
+  ASSIGN_OR_RETURN(bool found, select.Step());
+  if (!found) return absl::NotFoundError(absl::StrCat("job \"", id, "\" not found"));
+  const auto old_state = static_cast<v1::JobState>(select.Int(0));
+  const bool started = !select.IsNull(1);
+  if (!IsLegalTransition(old_state, new_state)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job \"", id, "\" cannot go from ", StateName(old_state), " to ",
+                     StateName(new_state), IsTerminal(old_state) ? " (its state is final)" : ""));
+  }
+  const bool keeps_message = new_state == v1::JOB_STATE_FAILED ||
+                             new_state == v1::JOB_STATE_CANCELLED ||
+                             new_state == v1::JOB_STATE_RECOVERING;
+  const int64_t now = NowMillis();
+  ASSIGN_OR_RETURN(Statement update,
+                   Statement::Prepare(db_,
+                                      "UPDATE jobs SET state = ?, error = ?, updated_ms = ?, "
+                                      "started_ms = COALESCE(started_ms, ?), "
+                                      "finished_ms = COALESCE(finished_ms, ?) WHERE id = ?",
+                                      path_));
+  update.BindInt(1, new_state);
+  update.BindText(2, keeps_message ? message : std::string());
+  update.BindInt(3, now);
+  if (new_state == v1::JOB_STATE_RUNNING && !started) {
+    update.BindInt(4, now);
+  } else {
+    update.BindNull(4);
+  }
+  if (IsTerminal(new_state)) {
+    update.BindInt(5, now);
+  } else {
+    update.BindNull(5);
+  }
+  update.BindText(6, id);
+  RETURN_IF_ERROR(update.Run());
+  ASSIGN_OR_RETURN(v1::Job job, LoadJob(id));
+  RETURN_IF_ERROR(txn->Commit());
+  return job;
+}
+
+absl::Status JobStore::SetJobGroup(const std::string& id, int64_t generation, int32_t world_size) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto txn, WriteTransaction::Begin(db_, path_));
+  RETURN_IF_ERROR(CheckJobExists(id));
+  ASSIGN_OR_RETURN(Statement update,
+                   Statement::Prepare(db_,
+                                      "UPDATE jobs SET generation = ?, world_size = ?, "
+                                      "updated_ms = ? WHERE id = ?",
+                                      path_));
+  update.BindInt(1, generation);
+  update.BindInt(2, world_size);
+  update.BindInt(3, NowMillis());
+  update.BindText(4, id);
+  RETURN_IF_ERROR(update.Run());
+  return txn->Commit();
+}
+
+absl::Status JobStore::RecordStepSummaries(const std::string& job_id,
+                                           const std::vector<StepSummaryRecord>& summaries) {
+  for (const StepSummaryRecord& s : summaries) {
+    if (s.step < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("job \"", job_id, "\": step summary step must be >= 0, got ", s.step));
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto txn, WriteTransaction::Begin(db_, path_));
+  RETURN_IF_ERROR(CheckJobExists(job_id));
+  ASSIGN_OR_RETURN(
+      Statement upsert,
+      Statement::Prepare(db_,
+                         absl::StrCat("INSERT OR REPLACE INTO step_summaries (job_id, ",
+                                      kStepColumns, ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                         path_));
+  for (const StepSummaryRecord& s : summaries) {
+    upsert.BindText(1, job_id);
+    upsert.BindInt(2, s.step);
+    upsert.BindInt(3, s.stage);
+    upsert.BindInt(4, s.path_length);
+    upsert.BindDouble(5, s.loss);
+    if (s.eval_loss.has_value()) {
+      upsert.BindDouble(6, *s.eval_loss);
+    } else {
+      upsert.BindNull(6);
+    }
+    upsert.BindDouble(7, s.learning_rate);
+    upsert.BindInt(8, s.tokens);
+    upsert.BindDouble(9, s.flops);
+    upsert.BindDouble(10, s.flops_full);
+    upsert.BindDouble(11, s.seconds);
+    RETURN_IF_ERROR(upsert.Run());
+  }
+  ASSIGN_OR_RETURN(Statement touch,
+                   Statement::Prepare(db_, "UPDATE jobs SET updated_ms = ? WHERE id = ?", path_));
+  touch.BindInt(1, NowMillis());
+  touch.BindText(2, job_id);
+  RETURN_IF_ERROR(touch.Run());
+  return txn->Commit();
+}
+
+absl::Status JobStore::DiscardStepSummariesAfter(const std::string& job_id, int64_t step) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto txn, WriteTransaction::Begin(db_, path_));
+  RETURN_IF_ERROR(CheckJobExists(job_id));
+  ASSIGN_OR_RETURN(
+      Statement discard,
+      Statement::Prepare(db_, "DELETE FROM step_summaries WHERE job_id = ? AND step > ?", path_));
+  discard.BindText(1, job_id);
+  discard.BindInt(2, step);
+  RETURN_IF_ERROR(discard.Run());
+  return txn->Commit();
+}
+
+absl::StatusOr<std::vector<StepSummaryRecord>> JobStore::StepSummaries(const std::string& job_id,
+                                                                       int64_t from_step,
+                                                                       int limit) {
+  if (limit < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("job \"", job_id, "\": step summary limit must be >= 1, got ", limit));
+  }
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(CheckJobExists(job_id));
+  ASSIGN_OR_RETURN(Statement select,
+                   Statement::Prepare(db_,
+                                      absl::StrCat("SELECT ", kStepColumns,
+                                                   " FROM step_summaries WHERE job_id = ? AND "
+                                                   "step >= ? ORDER BY step LIMIT ?"),
+                                      path_));
+  select.BindText(1, job_id);
+  select.BindInt(2, from_step);
+  select.BindInt(3, limit);
+  std::vector<StepSummaryRecord> summaries;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, select.Step());
+    if (!row) break;
+    summaries.push_back(StepFromRow(select));
+  }
+  return summaries;
+}
+
+absl::Status JobStore::CommitCheckpoint(const std::string& job_id, int64_t step,
+                                        const std::string& path) {
+  if (step < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("job \"", job_id, "\": checkpoint step must be >= 0, got ", step));
+  }
+  if (path.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("job \"", job_id, "\": checkpoint path of step ", step, " is empty"));
+  }
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto txn, WriteTransaction::Begin(db_, path_));
+  RETURN_IF_ERROR(CheckJobExists(job_id));
+  const int64_t now = NowMillis();
+  ASSIGN_OR_RETURN(Statement upsert,
+                   Statement::Prepare(db_,
+                                      "INSERT OR REPLACE INTO checkpoints (job_id, step, path, "
+                                      "committed_ms) VALUES (?, ?, ?, ?)",
+                                      path_));
+  upsert.BindText(1, job_id);
+  upsert.BindInt(2, step);
+  upsert.BindText(3, path);
+  upsert.BindInt(4, now);
+  RETURN_IF_ERROR(upsert.Run());
+  ASSIGN_OR_RETURN(Statement touch,
+                   Statement::Prepare(db_, "UPDATE jobs SET updated_ms = ? WHERE id = ?", path_));
+  touch.BindInt(1, now);
+  touch.BindText(2, job_id);
+  RETURN_IF_ERROR(touch.Run());
+  return txn->Commit();
+}
+
+absl::StatusOr<std::optional<CheckpointRecord>> JobStore::LatestCheckpoint(
+    const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(CheckJobExists(job_id));
+  ASSIGN_OR_RETURN(Statement select,
+                   Statement::Prepare(db_,
+                                      "SELECT step, path, committed_ms FROM checkpoints WHERE "
+                                      "job_id = ? ORDER BY step DESC LIMIT 1",
+                                      path_));
+  select.BindText(1, job_id);
+  ASSIGN_OR_RETURN(bool row, select.Step());
+  if (!row) return std::optional<CheckpointRecord>();
+  CheckpointRecord checkpoint;
+  checkpoint.step = select.Int(0);
+  checkpoint.path = select.Text(1);
+  checkpoint.committed_at_ms = select.Int(2);
+  return std::optional<CheckpointRecord>(std::move(checkpoint));
+}
+
+absl::Status JobStore::UpsertWorker(const WorkerRecord& worker) {
+  if (worker.worker_id.empty()) return absl::InvalidArgumentError("worker_id is empty");
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Statement upsert,
+                   Statement::Prepare(db_,
+                                      "INSERT OR REPLACE INTO workers (worker_id, backend, "
+                                      "devices, memory_bytes, last_seen_ms, state) "
+                                      "VALUES (?, ?, ?, ?, ?, ?)",
+                                      path_));
+  upsert.BindText(1, worker.worker_id);
+  upsert.BindInt(2, worker.backend);
+  upsert.BindInt(3, worker.devices);
+  upsert.BindInt(4, worker.memory_bytes);
+  upsert.BindInt(5, worker.last_seen_ms != 0 ? worker.last_seen_ms : NowMillis());
+  upsert.BindText(6, worker.state);
+  // One statement: autocommit makes it its own transaction.
+  return upsert.Run();
+}
+
+absl::StatusOr<std::vector<WorkerRecord>> JobStore::ListWorkers() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Statement select,
+                   Statement::Prepare(db_,
+                                      "SELECT worker_id, backend, devices, memory_bytes, "
+                                      "last_seen_ms, state FROM workers ORDER BY worker_id",
+                                      path_));
+  std::vector<WorkerRecord> workers;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, select.Step());
+    if (!row) break;
+    WorkerRecord w;
+    w.worker_id = select.Text(0);
+    w.backend = static_cast<v1::Backend>(select.Int(1));
+    w.devices = static_cast<int32_t>(select.Int(2));
+    w.memory_bytes = select.Int(3);
+    w.last_seen_ms = select.Int(4);
+    w.state = select.Text(5);
+    workers.push_back(std::move(w));
+  }
+  return workers;
+}
+
+absl::StatusOr<std::vector<v1::Job>> JobStore::JobsToRecover() {
+  JobFilter filter;
+  filter.states = {v1::JOB_STATE_RUNNING, v1::JOB_STATE_RECOVERING};
+  filter.limit = 1 << 30;
+  return ListJobs(filter);
+}
+
+}  // namespace raptr

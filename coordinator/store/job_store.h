@@ -1,0 +1,160 @@
+// The coordinator's durable state: jobs, step summaries, committed checkpoints and workers.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "raptr/v1/job.pb.h"
+
+struct sqlite3;
+
+namespace raptr {
+
+// One completed training step of a job, as the coordinator aggregated it from every rank.
+struct StepSummaryRecord {
+  int64_t step = 0;                 // 0-based optimizer step.
+  int32_t stage = -1;               // 0-based schedule stage; -1 for full-model steps.
+  int32_t path_length = 0;          // Active blocks in the step's path.
+  double loss = 0;                  // Training loss, all ranks.
+  std::optional<double> eval_loss;  // Validation loss when an evaluation ran after this step.
+  double learning_rate = 0;
+  int64_t tokens = 0;     // Tokens consumed by this step, all ranks.
+  double flops = 0;       // FLOPs spent by this step, all ranks.
+  double flops_full = 0;  // FLOPs full training would have spent on this step, all ranks.
+  double seconds = 0;     // Wall time of the step (the slowest rank).
+};
+
+// A committed checkpoint: every rank wrote it and the coordinator recorded it.
+struct CheckpointRecord {
+  int64_t step = 0;             // Weights after this 0-based step.
+  std::string path;             // The checkpoint's directory.
+  int64_t committed_at_ms = 0;  // Unix milliseconds of the commit.
+};
+
+// A worker the coordinator has seen (from its Hello and heartbeats).
+struct WorkerRecord {
+  std::string worker_id;  // Stable identity, e.g. "host-a/gpu0".
+  v1::Backend backend = v1::BACKEND_UNSPECIFIED;
+  int32_t devices = 0;       // Accelerators it uses (0 for CPU workers).
+  int64_t memory_bytes = 0;  // Host memory available to training.
+  int64_t last_seen_ms = 0;  // Unix milliseconds of its last message; 0 in UpsertWorker: now.
+  std::string state;         // Free-form membership state, e.g. "idle", "busy", "gone".
+};
+
+// Which jobs ListJobs returns: in submission order (oldest first).
+struct JobFilter {
+  std::vector<v1::JobState> states;  // Only jobs in one of these states; empty: every state.
+  int limit = 100;                   // Most jobs returned; >= 1.
+  std::string after_id;              // Only jobs submitted after this one (paging); empty: all.
+};
+
+// JobStore persists everything the coordinator must not lose across a restart in one SQLite
+// database file (WAL journal, foreign keys on): jobs with their validated specs and states, the
+// per-step summaries their progress is computed from, committed checkpoints, and workers.
+// Every mutating call is one transaction: it is either entirely durable when it returns OK or
+// has changed nothing.
+//
+// Job ids are "job-" followed by at least six digits from an AUTOINCREMENT counter, so an id is
+// never reused, even after its job is gone. A Job's progress (step, loss, eval loss, tokens,
+// FLOPs, train seconds, checkpoint step) is derived from the step summaries and checkpoints on
+// every read, so it cannot drift from them.
+//
+// Thread safety: a JobStore is thread-safe; one mutex serialises every call on its connection.
+// Several JobStore objects (or processes) may open the same file: SQLite's locks serialise their
+// writes (writers wait up to the busy timeout, then get UNAVAILABLE) and WAL lets readers run
+// beside a writer.
+class JobStore {
+ public:
+  // Opens (creating when absent) the store at `path` and creates the schema in an empty file.
+  // Errors name the path: DATA_LOSS for a file that is not an SQLite database or is corrupt,
+  // FAILED_PRECONDITION for an SQLite file that is not a raptr store or has a schema version
+  // newer than this build knows, UNAVAILABLE when another writer holds the file too long.
+  static absl::StatusOr<std::unique_ptr<JobStore>> Open(const std::string& path);
+
+  JobStore(const JobStore&) = delete;
+  JobStore& operator=(const JobStore&) = delete;
+  ~JobStore();
+
+  // The schema version this build writes and reads.
+  static constexpr int kSchemaVersion = 1;
+
+  // Fills the spec's defaults, validates it (ValidateJobSpec) and stores a new PENDING job.
+  // INVALID_ARGUMENT naming the field when the spec is invalid; nothing is written then.
+  // A non-empty `request_id` makes the call idempotent: when a job was created with the same
+  // request_id, that job is returned and nothing is written; ALREADY_EXISTS if its spec differs.
+  absl::StatusOr<v1::Job> CreateJob(const v1::JobSpec& spec, const std::string& request_id);
+
+  // The job with that id. NOT_FOUND naming the id.
+  absl::StatusOr<v1::Job> GetJob(const std::string& id);
+
+  // Jobs matching `filter`, oldest first. INVALID_ARGUMENT for a limit < 1.
+  absl::StatusOr<std::vector<v1::Job>> ListJobs(const JobFilter& filter);
+
+  // Moves a job to `new_state` and records `message` (Job.message: why it FAILED, was
+  // CANCELLED or is RECOVERING; cleared on other states). Legal moves: PENDING -> RUNNING,
+  // CANCELLED, FAILED; RUNNING -> RECOVERING, SUCCEEDED, FAILED, CANCELLED; RECOVERING ->
+  // RUNNING, FAILED, CANCELLED. SUCCEEDED, FAILED and CANCELLED are final. The first RUNNING
+  // sets start_time, a terminal state end_time. Returns the updated job. NOT_FOUND for an
+  // unknown id; FAILED_PRECONDITION naming both states for an illegal move.
+  absl::StatusOr<v1::Job> UpdateJobState(const std::string& id, v1::JobState new_state,
+                                         const std::string& message);
+
+  // Records the job's current worker group (Job.generation, Job.world_size). NOT_FOUND for an
+  // unknown id.
+  absl::Status SetJobGroup(const std::string& id, int64_t generation, int32_t world_size);
+
+  // Inserts or replaces (by step) the summaries, all in one transaction. NOT_FOUND for an
+  // unknown job; INVALID_ARGUMENT for a negative step.
+  absl::Status RecordStepSummaries(const std::string& job_id,
+                                   const std::vector<StepSummaryRecord>& summaries);
+
+  // Deletes the job's summaries of steps > `step` (a recovery rewinds to its checkpoint; the
+  // replayed steps are then recorded again). NOT_FOUND for an unknown job.
+  absl::Status DiscardStepSummariesAfter(const std::string& job_id, int64_t step);
+
+  // Up to `limit` summaries of steps >= from_step, in step order. NOT_FOUND for an unknown job;
+  // INVALID_ARGUMENT for a limit < 1.
+  absl::StatusOr<std::vector<StepSummaryRecord>> StepSummaries(const std::string& job_id,
+                                                               int64_t from_step, int limit);
+
+  // Records a committed checkpoint of the job after `step` (replacing one of the same step).
+  // NOT_FOUND for an unknown job; INVALID_ARGUMENT for a negative step or an empty path.
+  absl::Status CommitCheckpoint(const std::string& job_id, int64_t step, const std::string& path);
+
+  // The job's committed checkpoint of the highest step; std::nullopt when none. NOT_FOUND for an
+  // unknown job.
+  absl::StatusOr<std::optional<CheckpointRecord>> LatestCheckpoint(const std::string& job_id);
+
+  // Inserts or replaces a worker by worker_id. INVALID_ARGUMENT for an empty worker_id.
+  absl::Status UpsertWorker(const WorkerRecord& worker);
+
+  // Every worker ever upserted, by worker_id.
+  absl::StatusOr<std::vector<WorkerRecord>> ListWorkers();
+
+  // Jobs that were RUNNING or RECOVERING when the coordinator stopped (they need a new group),
+  // oldest first.
+  absl::StatusOr<std::vector<v1::Job>> JobsToRecover();
+
+ private:
+  JobStore(std::string path, sqlite3* db);
+
+  // The shared body of GetJob and the reads after writes. REQUIRES: mu_ held.
+  absl::StatusOr<v1::Job> LoadJob(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Fills job->progress from the step summaries and checkpoints. REQUIRES: mu_ held.
+  absl::Status LoadProgress(v1::Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // OK when the job exists, else NOT_FOUND naming it. REQUIRES: mu_ held.
+  absl::Status CheckJobExists(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const std::string path_;
+  absl::Mutex mu_;
+  sqlite3* const db_ ABSL_PT_GUARDED_BY(mu_);
+};
+
+}  // namespace raptr

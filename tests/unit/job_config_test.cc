@@ -1,0 +1,335 @@
+// Job spec -> TrainerConfig: the examples, every schedule kind, and refusals naming the field.
+#include "worker/job_config.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "common/job_spec.h"
+#include "common/path_schedule.h"
+
+namespace raptr {
+namespace {
+
+std::filesystem::path ExamplesDir() {
+  if (const char* root = std::getenv("RAPTR_SOURCE_DIR")) {
+    return std::filesystem::path(root) / "examples";
+  }
+  // tests/unit/job_config_test.cc -> the repository root.
+  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "examples";
+}
+
+std::string ReadFile(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+constexpr char kMinimal[] = R"(name: tiny
+model:
+  layers: 12
+  d_model: 128
+  heads: 4
+  vocab_size: 8192
+data:
+  train_shards: [a.bin, b.bin]
+  val_shards: [v.bin]
+training:
+  batch: 16
+  steps: 600
+)";
+
+absl::StatusOr<TrainerConfig> Convert(const std::string& yaml) {
+  absl::StatusOr<v1::JobSpec> spec = ParseJobSpecYaml(yaml);
+  if (!spec.ok()) return spec.status();
+  return TrainerConfigFromJobSpec(*spec);
+}
+
+// Parses and converts, failing the test on an error.
+TrainerConfig MustConvert(const std::string& yaml) {
+  absl::StatusOr<TrainerConfig> cfg = Convert(yaml);
+  EXPECT_TRUE(cfg.ok()) << cfg.status();
+  return cfg.ok() ? *cfg : TrainerConfig{};
+}
+
+std::vector<std::pair<int, int64_t>> Stages(const PathScheduleConfig& s) {
+  std::vector<std::pair<int, int64_t>> out;
+  for (const RaptrStage& st : s.stages) out.emplace_back(st.path_length, st.steps);
+  return out;
+}
+
+TEST(JobConfigTest, EveryExampleConverts) {
+  int examples = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(ExamplesDir())) {
+    if (entry.path().extension() != ".yaml") continue;
+    ++examples;
+    SCOPED_TRACE(entry.path().string());
+    absl::StatusOr<v1::JobSpec> spec = ParseJobSpecYaml(ReadFile(entry.path()));
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    absl::StatusOr<TrainerConfig> cfg = TrainerConfigFromJobSpec(*spec);
+    ASSERT_TRUE(cfg.ok()) << cfg.status();
+    // "gpt-raptr.yaml" -> "raptr": the file names say the schedule.
+    const std::string stem = entry.path().stem().string();
+    EXPECT_EQ(stem.substr(stem.find('-') + 1), PathScheduleKindName(cfg->schedule.kind));
+    EXPECT_EQ(cfg->train_shards, std::vector<std::string>{"data/sotu-8k/train.bin"});
+    EXPECT_EQ(cfg->val_shards, std::vector<std::string>{"data/sotu-8k/val.bin"});
+    EXPECT_EQ(cfg->steps, spec->training().steps());
+    EXPECT_EQ(cfg->optimizer.total_steps, cfg->steps);
+    EXPECT_TRUE(ValidatePathSchedule(cfg->schedule, cfg->model.num_layers).ok());
+    EXPECT_TRUE(cfg->model.Validate().ok());
+  }
+  EXPECT_EQ(examples, 6);
+}
+
+// gpt-raptr.yaml is the quickstart's `raptr-worker train --batch 16 --seq 64 --steps 600 --lr 2e-3
+// --warmup 60` (flag defaults: 12 layers, d 128, 4 heads, the default RaPTr schedule, first and
+// last block fixed); the expected config is built the way local_train.cc builds it from those.
+TEST(JobConfigTest, GptRaptrEqualsTheEquivalentFlags) {
+  const TrainerConfig got = MustConvert(ReadFile(ExamplesDir() / "gpt-raptr.yaml"));
+
+  TrainerConfig want;
+  want.model.kind = ModelKind::kGpt;
+  want.model.num_layers = 12;
+  want.model.d_model = 128;
+  want.model.num_heads = 4;
+  want.model.d_ff = 4 * 128;     // --d-ff 0
+  want.model.vocab_size = 8192;  // data/sotu-8k/meta.json
+  want.model.max_seq = 64;       // --max-seq 0: the sequence length
+  want.batch = 16;
+  want.seq = 64;
+  want.micro_batches = 1;
+  want.steps = 600;
+  want.seed = 1;
+  want.eval_every = 100;
+  want.eval_batches = 8;
+  want.optimizer.lr = 2e-3;
+  want.optimizer.min_lr_ratio = 0.1;
+  want.optimizer.warmup_steps = 60;
+  want.optimizer.total_steps = 600;
+  want.optimizer.decay = LrDecay::kCosine;
+  want.optimizer.weight_decay = 0.1;
+  want.optimizer.beta2 = 0.95;
+  want.optimizer.grad_clip = 1.0;
+  want.optimizer.skipped = SkippedLayerPolicy::kZeroGrad;
+  want.schedule = DefaultRaptrSchedule(12, 600);
+  want.schedule.fixed_layers = {0, 11};  // --fixed-layers first,last
+
+  EXPECT_EQ(got.model.kind, want.model.kind);
+  EXPECT_EQ(got.model.DebugString(), want.model.DebugString());
+  EXPECT_EQ(got.batch, want.batch);
+  EXPECT_EQ(got.seq, want.seq);
+  EXPECT_EQ(got.micro_batches, want.micro_batches);
+  EXPECT_EQ(got.steps, want.steps);
+  EXPECT_EQ(got.seed, want.seed);
+  EXPECT_EQ(got.init_seed, 0u);
+  EXPECT_EQ(got.eval_every, want.eval_every);
+  EXPECT_EQ(got.eval_batches, want.eval_batches);
+  EXPECT_EQ(got.checkpoint_every, 100);  // the flag's default is 0; the spec says 100
+  EXPECT_EQ(got.mask_id, -1);
+  const OptimizerConfig& o = got.optimizer;
+  EXPECT_EQ(o.lr, want.optimizer.lr);
+  EXPECT_EQ(o.min_lr_ratio, want.optimizer.min_lr_ratio);
+  EXPECT_EQ(o.warmup_steps, want.optimizer.warmup_steps);
+  EXPECT_EQ(o.total_steps, want.optimizer.total_steps);
+  EXPECT_EQ(o.decay, want.optimizer.decay);
+  EXPECT_EQ(o.beta1, want.optimizer.beta1);
+  EXPECT_EQ(o.beta2, want.optimizer.beta2);
+  EXPECT_EQ(o.eps, want.optimizer.eps);
+  EXPECT_EQ(o.weight_decay, want.optimizer.weight_decay);
+  EXPECT_EQ(o.grad_clip, want.optimizer.grad_clip);
+  EXPECT_EQ(o.skipped, want.optimizer.skipped);
+  const PathScheduleConfig& s = got.schedule;
+  EXPECT_EQ(s.kind, PathScheduleConfig::Kind::kRaptr);
+  EXPECT_EQ(Stages(s), Stages(want.schedule));
+  EXPECT_EQ(Stages(s),
+            (std::vector<std::pair<int, int64_t>>{{6, 150}, {8, 150}, {10, 150}, {12, 150}}));
+  EXPECT_EQ(s.fixed_layers, want.schedule.fixed_layers);
+  EXPECT_EQ(s.sampling, want.schedule.sampling);
+  EXPECT_EQ(s.scaling, want.schedule.scaling);
+  EXPECT_EQ(s.full_warmup_steps, 0);
+  // The local-run knobs are the caller's.
+  EXPECT_EQ(got.run_dir, "");
+  EXPECT_EQ(got.stop_after, -1);
+}
+
+TEST(JobConfigTest, MapsEveryModelDataTrainingAndOptimizerField) {
+  const TrainerConfig cfg = MustConvert(R"(name: all
+model: {kind: bert, layers: 3, d_model: 48, heads: 6, d_ff: 100, vocab_size: 300, max_seq: 40}
+data: {train_shards: [t1.bin, t2.bin], val_shards: [v.bin], mask_id: 7}
+training: {batch: 6, seq: 32, micro_batches: 3, steps: 50, seed: 12345678901, eval_every: 0,
+           eval_batches: 2, checkpoint_every: 7}
+optimizer: {lr: 0.5, min_lr_ratio: 0.25, warmup_steps: 5, decay: linear, beta1: 0.8,
+            beta2: 0.99, eps: 1e-6, weight_decay: 0.01, grad_clip: 0, skipped: frozen}
+schedule: {full: {}}
+resources: {min_workers: 2, max_workers: 3, priority: 5, backend: cpu}
+)");
+  EXPECT_EQ(cfg.model.kind, ModelKind::kBert);
+  EXPECT_EQ(cfg.model.num_layers, 3);
+  EXPECT_EQ(cfg.model.d_model, 48);
+  EXPECT_EQ(cfg.model.num_heads, 6);
+  EXPECT_EQ(cfg.model.d_ff, 100);
+  EXPECT_EQ(cfg.model.vocab_size, 300);
+  EXPECT_EQ(cfg.model.max_seq, 40);
+  EXPECT_EQ(cfg.train_shards, (std::vector<std::string>{"t1.bin", "t2.bin"}));
+  EXPECT_EQ(cfg.val_shards, std::vector<std::string>{"v.bin"});
+  EXPECT_EQ(cfg.mask_id, 7);
+  EXPECT_EQ(cfg.batch, 6);
+  EXPECT_EQ(cfg.seq, 32);
+  EXPECT_EQ(cfg.micro_batches, 3);
+  EXPECT_EQ(cfg.steps, 50);
+  EXPECT_EQ(cfg.seed, 12345678901u);
+  EXPECT_EQ(cfg.eval_every, 0);
+  EXPECT_EQ(cfg.eval_batches, 2);
+  EXPECT_EQ(cfg.checkpoint_every, 7);
+  EXPECT_EQ(cfg.optimizer.lr, 0.5);
+  EXPECT_EQ(cfg.optimizer.min_lr_ratio, 0.25);
+  EXPECT_EQ(cfg.optimizer.warmup_steps, 5);
+  EXPECT_EQ(cfg.optimizer.total_steps, 50);
+  EXPECT_EQ(cfg.optimizer.decay, LrDecay::kLinear);
+  EXPECT_EQ(cfg.optimizer.beta1, 0.8);
+  EXPECT_EQ(cfg.optimizer.beta2, 0.99);
+  EXPECT_EQ(cfg.optimizer.eps, 1e-6);
+  EXPECT_EQ(cfg.optimizer.weight_decay, 0.01);
+  EXPECT_EQ(cfg.optimizer.grad_clip, 0);
+  EXPECT_EQ(cfg.optimizer.skipped, SkippedLayerPolicy::kFrozen);
+  EXPECT_EQ(cfg.schedule.kind, PathScheduleConfig::Kind::kFull);
+  EXPECT_TRUE(cfg.schedule.stages.empty());
+  EXPECT_TRUE(cfg.schedule.fixed_layers.empty());
+
+  EXPECT_EQ(MustConvert(absl::StrCat(kMinimal, "optimizer: {decay: constant}\n")).optimizer.decay,
+            LrDecay::kConstant);
+}
+
+TEST(JobConfigTest, RaptrMapsItsParametersAndResolvesFractions) {
+  const TrainerConfig cfg = MustConvert(absl::StrCat(kMinimal, R"(schedule:
+  raptr:
+    stages: [{path_length: 4, fraction: 0.5}, {path_length: 12, fraction: 0.5}]
+    no_fixed_layers: true
+    sampling: exact
+    scaling: inverse_keep_prob
+    full_warmup_steps: 99
+)"));
+  const PathScheduleConfig& s = cfg.schedule;
+  EXPECT_EQ(s.kind, PathScheduleConfig::Kind::kRaptr);
+  // T = 600 - 99 = 501: the first stage ends after floor(501 * 0.5) = 250 steps.
+  EXPECT_EQ(Stages(s), (std::vector<std::pair<int, int64_t>>{{4, 250}, {12, 251}}));
+  EXPECT_TRUE(s.fixed_layers.empty());
+  EXPECT_EQ(s.sampling, PathSampling::kExact);
+  EXPECT_EQ(s.scaling, PathScaling::kInverseKeepProb);
+  EXPECT_EQ(s.full_warmup_steps, 99);
+
+  // Omitted: the paper's default, as DefaultRaptrSchedule builds it for the flags.
+  const TrainerConfig def = MustConvert(kMinimal);
+  EXPECT_EQ(def.schedule.kind, PathScheduleConfig::Kind::kRaptr);
+  EXPECT_EQ(Stages(def.schedule), Stages(DefaultRaptrSchedule(12, 600)));
+  EXPECT_EQ(def.schedule.fixed_layers, (std::vector<int>{0, 11}));
+  EXPECT_EQ(def.schedule.sampling, PathSampling::kBernoulli);
+  EXPECT_EQ(def.schedule.scaling, PathScaling::kNone);
+
+  const TrainerConfig fixed = MustConvert(absl::StrCat(kMinimal, R"(schedule:
+  raptr: {stages: [{path_length: 3, steps: 100}, {path_length: 5, steps: 100}],
+          fixed_layers: [2, 5, 7]}
+)"));
+  EXPECT_EQ(Stages(fixed.schedule), (std::vector<std::pair<int, int64_t>>{{3, 100}, {5, 100}}));
+  EXPECT_EQ(fixed.schedule.fixed_layers, (std::vector<int>{2, 5, 7}));
+}
+
+TEST(JobConfigTest, PldMapsItsParameters) {
+  const TrainerConfig cfg =
+      MustConvert(absl::StrCat(kMinimal, "schedule: {pld: {theta_bar: 0.3, gamma: 0.02}}\n"));
+  EXPECT_EQ(cfg.schedule.kind, PathScheduleConfig::Kind::kPld);
+  EXPECT_EQ(cfg.schedule.pld_theta_bar, 0.3);
+  EXPECT_EQ(cfg.schedule.pld_gamma, 0.02);
+  EXPECT_TRUE(cfg.schedule.stages.empty());
+  EXPECT_TRUE(cfg.schedule.fixed_layers.empty());
+  EXPECT_EQ(cfg.schedule.full_warmup_steps, 0);
+
+  const TrainerConfig def = MustConvert(absl::StrCat(kMinimal, "schedule: {pld: {}}\n"));
+  EXPECT_EQ(def.schedule.pld_theta_bar, 0.5);
+  EXPECT_EQ(def.schedule.pld_gamma, 0.001);
+}
+
+TEST(JobConfigTest, LayerDropMapsItsParameters) {
+  const TrainerConfig cfg = MustConvert(absl::StrCat(
+      kMinimal, "schedule: {layerdrop: {keep_prob: 0.6, scale: inverse_keep_prob}}\n"));
+  EXPECT_EQ(cfg.schedule.kind, PathScheduleConfig::Kind::kLayerDrop);
+  EXPECT_EQ(cfg.schedule.keep_prob, 0.6);
+  EXPECT_TRUE(cfg.schedule.layerdrop_scale);
+
+  // The spec's default scale is NONE (PathScheduleConfig's own default is to scale).
+  const TrainerConfig def = MustConvert(absl::StrCat(kMinimal, "schedule: {layerdrop: {}}\n"));
+  EXPECT_EQ(def.schedule.keep_prob, 0.75);
+  EXPECT_FALSE(def.schedule.layerdrop_scale);
+}
+
+TEST(JobConfigTest, StackingMapsItsStages) {
+  const TrainerConfig cfg = MustConvert(absl::StrCat(kMinimal, R"(schedule:
+  stacking:
+    stages: [{layers: 6, fraction: 0.3}, {layers: 9, fraction: 0.3}, {layers: 12, fraction: 0.4}]
+)"));
+  EXPECT_EQ(cfg.schedule.kind, PathScheduleConfig::Kind::kStacking);
+  // 600 * 0.3 = 180, 600 * 0.6 = 360, the last to 600.
+  EXPECT_EQ(Stages(cfg.schedule),
+            (std::vector<std::pair<int, int64_t>>{{6, 180}, {9, 180}, {12, 240}}));
+  EXPECT_TRUE(cfg.schedule.fixed_layers.empty());
+
+  const TrainerConfig steps = MustConvert(absl::StrCat(
+      kMinimal,
+      "schedule: {stacking: {stages: [{layers: 4, steps: 10}, {layers: 12, steps: 20}]}}\n"));
+  EXPECT_EQ(Stages(steps.schedule), (std::vector<std::pair<int, int64_t>>{{4, 10}, {12, 20}}));
+}
+
+TEST(JobConfigTest, CudaBackendIsUnimplementedNamingTheField) {
+  absl::StatusOr<TrainerConfig> cfg =
+      Convert(absl::StrCat(kMinimal, "resources: {backend: cuda}\n"));
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_EQ(cfg.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(cfg.status().message().find("resources.backend"), std::string::npos) << cfg.status();
+}
+
+TEST(JobConfigTest, InvalidSpecsAreRefusedNamingTheField) {
+  absl::StatusOr<TrainerConfig> cfg = Convert(absl::StrCat(kMinimal, "optimizer: {lr: -1}\n"));
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(cfg.status().message().find("optimizer.lr"), std::string::npos) << cfg.status();
+
+  // Defaults not filled (a spec that skipped ApplyJobSpecDefaults): the validator names them.
+  v1::JobSpec bare;
+  bare.set_name("bare");
+  cfg = TrainerConfigFromJobSpec(bare);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A field this worker's mapping does not know (here: unknown to its job.proto, as a newer client
+// could send over the wire) is refused, never silently ignored.
+TEST(JobConfigTest, UnknownFieldsAreUnimplementedNamingTheirMessage) {
+  absl::StatusOr<v1::JobSpec> spec = ParseJobSpecYaml(kMinimal);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ASSERT_TRUE(TrainerConfigFromJobSpec(*spec).ok());
+
+  v1::JobSpec top = *spec;
+  top.GetReflection()->MutableUnknownFields(&top)->AddVarint(99, 1);
+  absl::StatusOr<TrainerConfig> cfg = TrainerConfigFromJobSpec(top);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_EQ(cfg.status().code(), absl::StatusCode::kUnimplemented);
+
+  v1::JobSpec nested = *spec;
+  v1::OptimizerSpec* optimizer = nested.mutable_optimizer();
+  optimizer->GetReflection()->MutableUnknownFields(optimizer)->AddVarint(42, 1);
+  cfg = TrainerConfigFromJobSpec(nested);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_EQ(cfg.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(cfg.status().message().find("optimizer"), std::string::npos) << cfg.status();
+}
+
+}  // namespace
+}  // namespace raptr

@@ -1,0 +1,265 @@
+// Job spec -> TrainerConfig: every JobSpec field mapped onto the engine, or refused by name.
+#include "worker/job_config.h"
+
+#include <cstdint>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/job_spec.h"
+#include "common/path_schedule.h"
+#include "common/status.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/message.h"
+
+namespace raptr {
+namespace {
+
+namespace pb = ::google::protobuf;
+
+// Every JobSpec field TrainerConfigFromJobSpec reads (or knowingly leaves to the coordinator:
+// name, resources.*), as "MessageType.field". A field not listed is refused when set.
+const std::set<std::string>& HandledFields() {
+  static const auto* const kFields = new std::set<std::string>{
+      "JobSpec.name", "JobSpec.model", "JobSpec.data", "JobSpec.training", "JobSpec.optimizer",
+      "JobSpec.schedule", "JobSpec.resources",
+      // model
+      "ModelSpec.kind", "ModelSpec.layers", "ModelSpec.d_model", "ModelSpec.heads",
+      "ModelSpec.d_ff", "ModelSpec.vocab_size", "ModelSpec.max_seq",
+      // data
+      "DataSpec.train_shards", "DataSpec.val_shards", "DataSpec.mask_id",
+      // training
+      "TrainingSpec.batch", "TrainingSpec.seq", "TrainingSpec.micro_batches", "TrainingSpec.steps",
+      "TrainingSpec.seed", "TrainingSpec.eval_every", "TrainingSpec.eval_batches",
+      "TrainingSpec.checkpoint_every",
+      // optimizer
+      "OptimizerSpec.lr", "OptimizerSpec.min_lr_ratio", "OptimizerSpec.warmup_steps",
+      "OptimizerSpec.decay", "OptimizerSpec.beta1", "OptimizerSpec.beta2", "OptimizerSpec.eps",
+      "OptimizerSpec.weight_decay", "OptimizerSpec.grad_clip", "OptimizerSpec.skipped",
+      // schedule
+      "ScheduleSpec.full", "ScheduleSpec.raptr", "ScheduleSpec.pld", "ScheduleSpec.layerdrop",
+      "ScheduleSpec.stacking", "RaptrSchedule.stages", "RaptrSchedule.fixed_layers",
+      "RaptrSchedule.no_fixed_layers", "RaptrSchedule.sampling", "RaptrSchedule.scaling",
+      "RaptrSchedule.full_warmup_steps", "RaptrStage.path_length", "RaptrStage.steps",
+      "RaptrStage.fraction", "PldSchedule.theta_bar", "PldSchedule.gamma",
+      "LayerDropSchedule.keep_prob", "LayerDropSchedule.scale", "StackingSchedule.stages",
+      "StackingStage.layers", "StackingStage.steps", "StackingStage.fraction",
+      // resources: scheduling (min/max workers, priority); backend is checked below
+      "ResourceSpec.min_workers", "ResourceSpec.max_workers", "ResourceSpec.priority",
+      "ResourceSpec.backend"};
+  return *kFields;
+}
+
+// UNIMPLEMENTED naming the first set field (or unknown field) of `message` that the mapping does
+// not know, so a field added to job.proto later is refused rather than silently dropped.
+absl::Status CheckEveryFieldHandled(const pb::Message& message, const std::string& path) {
+  const pb::Reflection* reflection = message.GetReflection();
+  if (!reflection->GetUnknownFields(message).empty()) {
+    return absl::UnimplementedError(
+        absl::StrCat(path.empty() ? "job spec" : path,
+                     ": carries fields unknown to this worker's job.proto; upgrade the worker"));
+  }
+  std::vector<const pb::FieldDescriptor*> fields;
+  reflection->ListFields(message, &fields);
+  for (const pb::FieldDescriptor* field : fields) {
+    const std::string field_path =
+        path.empty() ? field->name() : absl::StrCat(path, ".", field->name());
+    if (HandledFields().count(absl::StrCat(field->containing_type()->name(), ".", field->name())) ==
+        0) {
+      return absl::UnimplementedError(
+          absl::StrCat(field_path, ": not supported by the trainer yet (this worker ignores it)"));
+    }
+    if (field->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    if (field->is_repeated()) {
+      for (int i = 0; i < reflection->FieldSize(message, field); ++i) {
+        RETURN_IF_ERROR(CheckEveryFieldHandled(reflection->GetRepeatedMessage(message, field, i),
+                                               absl::StrCat(field_path, "[", i, "]")));
+      }
+    } else {
+      RETURN_IF_ERROR(CheckEveryFieldHandled(reflection->GetMessage(message, field), field_path));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BadEnum(const char* path, int value) {
+  return absl::InvalidArgumentError(absl::StrCat(path, ": unsupported value ", value));
+}
+
+absl::StatusOr<PathScaling> ToScaling(const char* path, v1::OutputScaling scaling) {
+  switch (scaling) {
+    case v1::OUTPUT_SCALING_NONE:
+      return PathScaling::kNone;
+    case v1::OUTPUT_SCALING_INVERSE_KEEP_PROB:
+      return PathScaling::kInverseKeepProb;
+    default:
+      return BadEnum(path, scaling);
+  }
+}
+
+absl::Status MapModel(const v1::JobSpec& spec, TrainerConfig* cfg) {
+  const v1::ModelSpec& m = spec.model();
+  switch (m.kind()) {
+    case v1::MODEL_KIND_GPT:
+      cfg->model.kind = ModelKind::kGpt;
+      break;
+    case v1::MODEL_KIND_BERT:
+      cfg->model.kind = ModelKind::kBert;
+      break;
+    default:
+      return BadEnum("model.kind", m.kind());
+  }
+  cfg->model.num_layers = m.layers();
+  cfg->model.d_model = m.d_model();
+  cfg->model.num_heads = m.heads();
+  cfg->model.d_ff = m.d_ff();
+  cfg->model.vocab_size = m.vocab_size();
+  cfg->model.max_seq = m.max_seq();
+  return absl::OkStatus();
+}
+
+void MapDataAndTraining(const v1::JobSpec& spec, TrainerConfig* cfg) {
+  const v1::DataSpec& d = spec.data();
+  cfg->train_shards.assign(d.train_shards().begin(), d.train_shards().end());
+  cfg->val_shards.assign(d.val_shards().begin(), d.val_shards().end());
+  // GPT specs may not set mask_id (ValidateJobSpec): -1 is the engine's "none".
+  cfg->mask_id = d.has_mask_id() ? d.mask_id() : -1;
+  const v1::TrainingSpec& t = spec.training();
+  cfg->batch = t.batch();
+  cfg->seq = t.seq();
+  cfg->micro_batches = t.micro_batches();
+  cfg->steps = t.steps();
+  cfg->seed = t.seed();
+  cfg->init_seed = 0;  // the weights use training.seed too
+  cfg->eval_every = t.eval_every();
+  cfg->eval_batches = t.eval_batches();
+  cfg->checkpoint_every = t.checkpoint_every();
+}
+
+absl::Status MapOptimizer(const v1::JobSpec& spec, TrainerConfig* cfg) {
+  const v1::OptimizerSpec& o = spec.optimizer();
+  OptimizerConfig& out = cfg->optimizer;
+  out.lr = o.lr();
+  out.min_lr_ratio = o.min_lr_ratio();
+  out.warmup_steps = o.warmup_steps();
+  out.total_steps = spec.training().steps();
+  switch (o.decay()) {
+    case v1::LR_DECAY_COSINE:
+      out.decay = LrDecay::kCosine;
+      break;
+    case v1::LR_DECAY_LINEAR:
+      out.decay = LrDecay::kLinear;
+      break;
+    case v1::LR_DECAY_CONSTANT:
+      out.decay = LrDecay::kConstant;
+      break;
+    default:
+      return BadEnum("optimizer.decay", o.decay());
+  }
+  out.beta1 = o.beta1();
+  out.beta2 = o.beta2();
+  out.eps = o.eps();
+  out.weight_decay = o.weight_decay();
+  out.grad_clip = o.grad_clip();
+  switch (o.skipped()) {
+    case v1::SKIPPED_LAYER_POLICY_ZERO_GRAD:
+      out.skipped = SkippedLayerPolicy::kZeroGrad;
+      break;
+    case v1::SKIPPED_LAYER_POLICY_FROZEN:
+      out.skipped = SkippedLayerPolicy::kFrozen;
+      break;
+    default:
+      return BadEnum("optimizer.skipped", o.skipped());
+  }
+  return absl::OkStatus();
+}
+
+// Stages with resolved step counts: `lengths[i]` for `steps[i]` steps.
+template <typename Stages, typename Length>
+std::vector<RaptrStage> ResolvedStages(const Stages& stages, const std::vector<int64_t>& steps,
+                                       Length length) {
+  std::vector<RaptrStage> out;
+  for (int i = 0; i < stages.size() && i < static_cast<int>(steps.size()); ++i) {
+    out.push_back(RaptrStage{length(stages.Get(i)), steps[i]});
+  }
+  return out;
+}
+
+absl::Status MapSchedule(const v1::JobSpec& spec, TrainerConfig* cfg) {
+  const v1::ScheduleSpec& s = spec.schedule();
+  PathScheduleConfig out;  // its defaults are overwritten for the fields each kind uses
+  out.layerdrop_scale = false;
+  switch (s.kind_case()) {
+    case v1::ScheduleSpec::kFull:
+      out.kind = PathScheduleConfig::Kind::kFull;
+      break;
+    case v1::ScheduleSpec::kRaptr: {
+      const v1::RaptrSchedule& r = s.raptr();
+      out.kind = PathScheduleConfig::Kind::kRaptr;
+      out.stages = ResolvedStages(r.stages(), RaptrStageSteps(spec),
+                                  [](const v1::RaptrStage& st) { return st.path_length(); });
+      if (!r.no_fixed_layers())
+        out.fixed_layers.assign(r.fixed_layers().begin(), r.fixed_layers().end());
+      switch (r.sampling()) {
+        case v1::PATH_SAMPLING_BERNOULLI:
+          out.sampling = PathSampling::kBernoulli;
+          break;
+        case v1::PATH_SAMPLING_EXACT:
+          out.sampling = PathSampling::kExact;
+          break;
+        default:
+          return BadEnum("schedule.raptr.sampling", r.sampling());
+      }
+      ASSIGN_OR_RETURN(out.scaling, ToScaling("schedule.raptr.scaling", r.scaling()));
+      out.full_warmup_steps = r.full_warmup_steps();
+      break;
+    }
+    case v1::ScheduleSpec::kPld:
+      out.kind = PathScheduleConfig::Kind::kPld;
+      out.pld_theta_bar = s.pld().theta_bar();
+      out.pld_gamma = s.pld().gamma();
+      break;
+    case v1::ScheduleSpec::kLayerdrop: {
+      out.kind = PathScheduleConfig::Kind::kLayerDrop;
+      out.keep_prob = s.layerdrop().keep_prob();
+      ASSIGN_OR_RETURN(PathScaling scale,
+                       ToScaling("schedule.layerdrop.scale", s.layerdrop().scale()));
+      out.layerdrop_scale = scale == PathScaling::kInverseKeepProb;
+      break;
+    }
+    case v1::ScheduleSpec::kStacking:
+      out.kind = PathScheduleConfig::Kind::kStacking;
+      out.stages = ResolvedStages(s.stacking().stages(), StackingStageSteps(spec),
+                                  [](const v1::StackingStage& st) { return st.layers(); });
+      break;
+    default:
+      return absl::InvalidArgumentError("schedule: no schedule kind set");
+  }
+  // ValidateJobSpec already checked the spec; this checks the mapping agrees with the engine.
+  RETURN_IF_ERROR(ValidatePathSchedule(out, cfg->model.num_layers));
+  cfg->schedule = std::move(out);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<TrainerConfig> TrainerConfigFromJobSpec(const v1::JobSpec& spec) {
+  RETURN_IF_ERROR(ValidateJobSpec(spec));
+  RETURN_IF_ERROR(CheckEveryFieldHandled(spec, ""));
+  if (spec.resources().backend() != v1::BACKEND_CPU) {
+    return absl::UnimplementedError(
+        absl::StrCat("resources.backend: ", v1::Backend_Name(spec.resources().backend()),
+                     " is not supported by the trainer yet (use cpu)"));
+  }
+  TrainerConfig cfg;
+  RETURN_IF_ERROR(MapModel(spec, &cfg));
+  MapDataAndTraining(spec, &cfg);
+  RETURN_IF_ERROR(MapOptimizer(spec, &cfg));
+  RETURN_IF_ERROR(MapSchedule(spec, &cfg));
+  RETURN_IF_ERROR(cfg.model.Validate());
+  return cfg;
+}
+
+}  // namespace raptr
