@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_join.h"
 #include "cli/data_command.h"
+#include "cli/job_commands.h"
 
 namespace raptr::cli {
 namespace {
@@ -21,6 +22,11 @@ struct Command {
 const std::vector<Command>& Commands() {
   static const std::vector<Command> kCommands = {
       {{"data", "prepare"}, "tokenize a text corpus into llm.c train/val shards", RunDataPrepare},
+      {{"submit"}, "submit a job spec (-f job.yaml) to the coordinator", RunSubmit},
+      {{"list"}, "list the coordinator's jobs", RunList},
+      {{"get"}, "show one job", RunGet},
+      {{"cancel"}, "cancel a job", RunCancel},
+      {{"watch"}, "print a job's events until it ends", RunWatch},
   };
   return kCommands;
 }

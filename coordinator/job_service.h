@@ -1,0 +1,46 @@
+// JobServiceImpl: the gRPC JobService, translating requests into JobStore calls and back.
+#pragma once
+
+#include <chrono>
+
+#include "absl/status/status.h"
+#include "coordinator/store/job_store.h"
+#include "grpcpp/grpcpp.h"
+#include "raptr/v1/job.grpc.pb.h"
+#include "raptr/v1/job.pb.h"
+
+namespace raptr {
+
+// The canonical gRPC status for an absl::Status: the same code (both follow google.rpc.Code) and
+// message.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// JobServiceImpl is thin: every RPC validates its request's envelope (ids, page tokens, sizes),
+// then calls the JobStore, which owns the job rules (spec validation, idempotency, legal state
+// moves), and maps the result back. It holds no state of its own.
+//
+// Thread safety: thread-safe (the JobStore is); gRPC calls its methods from many threads.
+class JobServiceImpl final : public v1::JobService::Service {
+ public:
+  // How often WatchJob polls the store for changes.
+  static constexpr std::chrono::milliseconds kWatchPollInterval{200};
+
+  // REQUIRES: `store` outlives this service.
+  explicit JobServiceImpl(JobStore* store) : store_(store) {}
+
+  grpc::Status SubmitJob(grpc::ServerContext* context, const v1::SubmitJobRequest* request,
+                         v1::SubmitJobResponse* response) override;
+  grpc::Status GetJob(grpc::ServerContext* context, const v1::GetJobRequest* request,
+                      v1::Job* response) override;
+  grpc::Status ListJobs(grpc::ServerContext* context, const v1::ListJobsRequest* request,
+                        v1::ListJobsResponse* response) override;
+  grpc::Status CancelJob(grpc::ServerContext* context, const v1::CancelJobRequest* request,
+                         v1::Job* response) override;
+  grpc::Status WatchJob(grpc::ServerContext* context, const v1::WatchJobRequest* request,
+                        grpc::ServerWriter<v1::JobEvent>* writer) override;
+
+ private:
+  JobStore* const store_;
+};
+
+}  // namespace raptr

@@ -1,0 +1,114 @@
+// raptr-coordinator: serves JobService (and gRPC health) over the job store until SIGINT/SIGTERM.
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <system_error>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "common/flags.h"
+#include "coordinator/job_service.h"
+#include "coordinator/store/job_store.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+
+namespace raptr {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: raptr-coordinator [flags]\n\n"
+    "Serves raptr.v1.JobService and grpc.health.v1.Health until SIGINT or SIGTERM.\n\nflags:\n";
+// In-flight calls (a WatchJob stream, say) get this long to finish at shutdown before they are
+// cancelled.
+constexpr int kShutdownGraceSeconds = 5;
+
+// Creates the directory the store file lives in.
+absl::Status EnsureParentDirectory(const std::string& path) {
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (parent.empty()) return absl::OkStatus();
+  std::error_code error;
+  std::filesystem::create_directories(parent, error);
+  if (error) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create directory ", parent.string(), ": ", error.message()));
+  }
+  return absl::OkStatus();
+}
+
+int Main(int argc, char** argv) {
+  Flags flags;
+  flags.Define("listen", "127.0.0.1:50051", "HOST:PORT to serve on; port 0 picks a free port");
+  flags.Define("store", "runs/coordinator.db", "the SQLite job store (created when absent)");
+  flags.Define("help", "false", "print this help");
+  if (absl::Status parsed = flags.Parse(argc, argv, 1); !parsed.ok()) {
+    std::fprintf(stderr, "raptr-coordinator: %s\n\n%s%s", std::string(parsed.message()).c_str(),
+                 kUsage, flags.Usage().c_str());
+    return 2;
+  }
+  if (flags.Get("help") == "true") {
+    std::printf("%s%s", kUsage, flags.Usage().c_str());
+    return 0;
+  }
+  if (!flags.positional().empty()) {
+    std::fprintf(stderr, "raptr-coordinator: unexpected argument '%s'\n",
+                 flags.positional()[0].c_str());
+    return 2;
+  }
+  const std::string listen = flags.Get("listen");
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == listen.size()) {
+    std::fprintf(stderr, "raptr-coordinator: --listen must be HOST:PORT, got '%s'\n",
+                 listen.c_str());
+    return 2;
+  }
+
+  const std::string store_path = flags.Get("store");
+  absl::StatusOr<std::unique_ptr<JobStore>> store = absl::InternalError("not opened");
+  if (absl::Status dir = EnsureParentDirectory(store_path); !dir.ok()) {
+    store = dir;
+  } else {
+    store = JobStore::Open(store_path);
+  }
+  if (!store.ok()) {
+    std::fprintf(stderr, "raptr-coordinator: %s\n", store.status().ToString().c_str());
+    return 1;
+  }
+
+  // Block the stop signals in every thread (gRPC's threads inherit this mask) so that only
+  // sigwait below receives them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  JobServiceImpl job_service(store->get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&job_service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::fprintf(stderr, "raptr-coordinator: cannot listen on %s\n", listen.c_str());
+    return 1;
+  }
+  std::printf("raptr-coordinator listening on %s:%d\n", listen.substr(0, colon).c_str(), port);
+  std::fflush(stdout);
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  std::fprintf(stderr, "raptr-coordinator: %s, shutting down\n",
+               signal_number == SIGINT ? "SIGINT" : "SIGTERM");
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(kShutdownGraceSeconds));
+  server->Wait();
+  return 0;
+}
+
+}  // namespace
+}  // namespace raptr
+
+int main(int argc, char** argv) { return raptr::Main(argc, argv); }
