@@ -537,17 +537,20 @@ void ApplyRaptrDefaults(const v1::ModelSpec& model, v1::RaptrSchedule* raptr) {
 
 void ApplyStackingDefaults(const v1::ModelSpec& model, v1::StackingSchedule* stacking) {
   if (stacking->stages_size() > 0 || !model.has_layers() || model.layers() < 1) return;
-  // Stacking grows strictly, so equal default lengths (small L) merge into one longer stage.
-  for (int32_t length : DefaultStageLengths(model.layers(), 1)) {
+  // Depths L/2, 3L/4, L over equal thirds (DefaultStackingSchedule in common/path_schedule.h;
+  // 6-9-12 for L = 12). Stacking grows strictly, so equal depths (small L) merge into one stage.
+  const int32_t num_layers = model.layers();
+  for (double depth : {1.0 / 2, 3.0 / 4, 1.0}) {
+    const int32_t length = std::max(1, static_cast<int32_t>(std::lround(depth * num_layers)));
     const int n = stacking->stages_size();
     if (n > 0 && stacking->stages(n - 1).layers() == length) {
       v1::StackingStage* last = stacking->mutable_stages(n - 1);
-      last->set_fraction(last->fraction() + kDefaultStageFraction);
+      last->set_fraction(last->fraction() + 1.0 / 3);
       continue;
     }
     v1::StackingStage* stage = stacking->add_stages();
     stage->set_layers(length);
-    stage->set_fraction(kDefaultStageFraction);
+    stage->set_fraction(1.0 / 3);
   }
 }
 

@@ -75,17 +75,22 @@ absl::Status ParsePathScheduleKind(const std::string& text, Kind* out) {
       "schedule.kind: '", text, "' is not one of full, raptr, pld, layerdrop, stacking"));
 }
 
+// Stage s of k equal stages ends after floor(total * (s+1) / k) steps: the rule job specs use for
+// stage fractions (common/job_spec.cc), so a default schedule is the same from flags or a spec.
+int64_t EqualStageSteps(int64_t total, int k, int s) {
+  return total * (s + 1) / k - total * s / k;
+}
+
 PathScheduleConfig DefaultRaptrSchedule(int L, int64_t total_steps) {
   PathScheduleConfig c;
   c.kind = PathScheduleConfig::Kind::kRaptr;
   c.fixed_layers = L >= 2 ? std::vector<int>{0, L - 1} : std::vector<int>{0};
   const double fractions[4] = {1.0 / 2, 2.0 / 3, 5.0 / 6, 1.0};
-  const int64_t per_stage = total_steps / 4;
   for (int s = 0; s < 4; ++s) {
     RaptrStage stage;
     stage.path_length = std::max(static_cast<int>(c.fixed_layers.size()),
                                  static_cast<int>(std::lround(fractions[s] * L)));
-    stage.steps = s < 3 ? per_stage : total_steps - 3 * per_stage;
+    stage.steps = EqualStageSteps(total_steps, 4, s);
     c.stages.push_back(stage);
   }
   return c;
@@ -95,11 +100,10 @@ PathScheduleConfig DefaultStackingSchedule(int L, int64_t total_steps) {
   PathScheduleConfig c;
   c.kind = Kind::kStacking;
   const double fractions[3] = {1.0 / 2, 3.0 / 4, 1.0};
-  const int64_t per_stage = total_steps / 3;
   for (int s = 0; s < 3; ++s) {
     RaptrStage stage;
     stage.path_length = std::max(1, static_cast<int>(std::lround(fractions[s] * L)));
-    stage.steps = s < 2 ? per_stage : total_steps - 2 * per_stage;
+    stage.steps = EqualStageSteps(total_steps, 3, s);
     c.stages.push_back(stage);
   }
   return c;

@@ -245,8 +245,9 @@ TEST(JobSpecTest, DefaultsDependOnTheModel) {
   ASSERT_EQ(stacking.stages_size(), 2);
   EXPECT_EQ(stacking.stages(0).layers(), 1);
   EXPECT_EQ(stacking.stages(1).layers(), 2);
-  EXPECT_DOUBLE_EQ(stacking.stages(0).fraction(), 0.5);
-  EXPECT_EQ(StackingStageSteps(*spec), (std::vector<int64_t>{300, 300}));
+  // Depths L/2, 3L/4, L over thirds: 1, 2, 2 for L = 2, the last two merged.
+  EXPECT_DOUBLE_EQ(stacking.stages(0).fraction(), 1.0 / 3);
+  EXPECT_EQ(StackingStageSteps(*spec), (std::vector<int64_t>{200, 400}));
   // Other schedules' defaults; BERT; a short job's warmup.
   spec = ParseJobSpecYaml(Minimal("schedule: {pld: {}}\n"));
   ASSERT_TRUE(spec.ok()) << spec.status();

@@ -67,9 +67,10 @@ TEST(PathScheduleDefault, TwentyFourLayers) {
   EXPECT_TRUE(ValidatePathSchedule(c, 24).ok());
 }
 
-TEST(PathScheduleDefault, LastStageAbsorbsRemainder) {
+TEST(PathScheduleDefault, StagesEndAtFlooredQuarters) {
+  // Stage s ends after floor(T * (s+1) / 4) steps, as job specs resolve equal fractions.
   const PathScheduleConfig c = DefaultRaptrSchedule(12, 1003);
-  EXPECT_EQ(Durations(c), (std::vector<int64_t>{250, 250, 250, 253}));
+  EXPECT_EQ(Durations(c), (std::vector<int64_t>{250, 251, 251, 251}));
 }
 
 TEST(PathScheduleStages, Boundaries) {
