@@ -14,24 +14,13 @@
 #include "absl/strings/str_replace.h"
 #include "common/job_spec.h"
 #include "common/path_schedule.h"
+#include "tests/unit/test_files.h"
 
 namespace raptr {
 namespace {
 
-std::filesystem::path ExamplesDir() {
-  if (const char* root = std::getenv("RAPTR_SOURCE_DIR")) {
-    return std::filesystem::path(root) / "examples";
-  }
-  // tests/unit/job_config_test.cc -> the repository root.
-  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "examples";
-}
-
-std::string ReadFile(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
+using ::raptr::testing::ExamplesDir;
+using ::raptr::testing::ReadFile;
 
 constexpr char kMinimal[] = R"(name: tiny
 model:

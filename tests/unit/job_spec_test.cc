@@ -16,26 +16,15 @@
 #include "absl/strings/str_replace.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/message_differencer.h"
+#include "tests/unit/test_files.h"
 
 namespace raptr {
 namespace {
 
 using ::google::protobuf::util::MessageDifferencer;
 
-std::filesystem::path ExamplesDir() {
-  if (const char* root = std::getenv("RAPTR_SOURCE_DIR")) {
-    return std::filesystem::path(root) / "examples";
-  }
-  // tests/unit/job_spec_test.cc -> the repository root.
-  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "examples";
-}
-
-std::string ReadFile(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
+using ::raptr::testing::ExamplesDir;
+using ::raptr::testing::ReadFile;
 
 // A small valid spec; tests replace one line at a time to break it.
 constexpr char kMinimal[] = R"(name: tiny
