@@ -92,9 +92,9 @@ double AdamWOptimizer<T>::GradNormSquared(const T* grads, const ActiveLayerSet& 
 
 template <typename T>
 OptimizerStepInfo AdamWOptimizer<T>::Step(T* params, T* grads, const ActiveLayerSet& active,
-                                          int64_t step) {
+                                          int64_t step, std::optional<double> learning_rate) {
   OptimizerStepInfo info;
-  info.lr = LearningRate(config_, step);
+  info.lr = learning_rate.has_value() ? *learning_rate : LearningRate(config_, step);
   info.grad_norm = std::sqrt(GradNormSquared(grads, active));
   if (config_.grad_clip > 0 && info.grad_norm > config_.grad_clip) {
     info.clip_scale = config_.grad_clip / (info.grad_norm + 1e-6);

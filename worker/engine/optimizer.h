@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -60,8 +61,11 @@ class AdamWOptimizer {
   AdamWOptimizer& operator=(const AdamWOptimizer&) = delete;
 
   // Applies one update for 0-based step `step` (which sets the learning rate; bias correction
-  // uses the per-tensor update counts) and leaves all gradients zero. `active` is the path the gradients came from.
-  OptimizerStepInfo Step(T* params, T* grads, const ActiveLayerSet& active, int64_t step);
+  // uses the per-tensor update counts) and leaves all gradients zero. `active` is the path the
+  // gradients came from. `learning_rate`, when set, replaces the schedule's rate for this step (a
+  // coordinator's step plan carries it).
+  OptimizerStepInfo Step(T* params, T* grads, const ActiveLayerSet& active, int64_t step,
+                         std::optional<double> learning_rate = std::nullopt);
 
   // Squared L2 norm of the gradient slices written under `active`.
   double GradNormSquared(const T* grads, const ActiveLayerSet& active) const;
