@@ -1,11 +1,15 @@
 // raptrctl's JobService commands: flags -> request, RPC with a deadline, response -> table/JSON.
 #include "cli/job_commands.h"
 
+#include <sys/ioctl.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -17,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "cli/progress.h"
 #include "common/flags.h"
 #include "common/job_spec.h"
 #include "google/protobuf/util/json_util.h"
@@ -202,6 +207,142 @@ absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
   return contents.str();
 }
 
+// One line per watch event (empty for an unknown one), as printed to pipes and logs (and above the
+// live progress line).
+std::string EventLine(const v1::JobEvent& event) {
+  const std::string time = TimeText(event.time());
+  if (event.has_snapshot()) {
+    return absl::StrFormat("%s %s: %s, step %d / %d", time, event.snapshot().id(),
+                           StateName(event.snapshot().state()), event.snapshot().progress().step(),
+                           event.snapshot().spec().training().steps());
+  }
+  if (event.has_state_changed()) {
+    const v1::JobStateChanged& changed = event.state_changed();
+    return absl::StrFormat("%s state %s -> %s%s%s", time, StateName(changed.old_state()),
+                           StateName(changed.new_state()), changed.reason().empty() ? "" : ": ",
+                           changed.reason());
+  }
+  if (event.has_step()) {
+    const v1::StepSummary& step = event.step();
+    return absl::StrFormat("%s step %d stage %d path %d loss %.4f lr %.3g %.3fs", time, step.step(),
+                           step.stage(), step.path_length(), step.loss(), step.learning_rate(),
+                           step.step_seconds());
+  }
+  if (event.has_eval()) {
+    return absl::StrFormat("%s eval after step %d: loss %.4f", time, event.eval().step(),
+                           event.eval().eval_loss());
+  }
+  if (event.has_checkpoint()) {
+    return absl::StrFormat("%s checkpoint after step %d: %s", time, event.checkpoint().step(),
+                           event.checkpoint().path());
+  }
+  return "";  // An event this client does not know (a newer coordinator): nothing to print.
+}
+
+// Columns of the terminal on stdout, read at each redraw so a resize takes effect at once.
+int TerminalWidth() {
+  struct winsize size;
+  if (ioctl(fileno(stdout), TIOCGWINSZ, &size) == 0 && size.ws_col > 0) return size.ws_col;
+  return 100;
+}
+
+// `watch` on a terminal: one status line redrawn in place, with state changes, evaluations and
+// checkpoints printed as permanent lines above it.
+class LiveProgress {
+ public:
+  void Update(const v1::JobEvent& event) {
+    if (event.has_snapshot()) {
+      const v1::Job& job = event.snapshot();
+      job_id_ = job.id();
+      spec_ = job.spec();
+      state_ = job.state();
+      progress_ = job.progress();
+      throughput_.Add(progress_.step(), progress_.tokens(), progress_.train_seconds());
+      PrintAbove(EventLine(event));
+    } else if (event.has_state_changed()) {
+      state_ = event.state_changed().new_state();
+      PrintAbove(EventLine(event));
+    } else if (event.has_step()) {
+      progress_ = event.step().progress();
+      throughput_.Add(progress_.step(), progress_.tokens(), progress_.train_seconds());
+      // Steps can arrive far faster than a terminal is worth redrawing; the latest one shows at
+      // the next redraw (the next event or the end of the stream).
+      if (Clock::now() - last_draw_ >= kMinRedrawInterval) Draw();
+    } else if (event.has_eval()) {
+      // The next step summary carries it too, but the line should not lag until then.
+      progress_.set_eval_loss(event.eval().eval_loss());
+      progress_.set_eval_step(event.eval().step());
+      PrintAbove(EventLine(event));
+    } else if (event.has_checkpoint()) {
+      progress_.set_checkpoint_step(event.checkpoint().step());
+      PrintAbove(EventLine(event));
+    }
+  }
+
+  // The stream ended: the final line stays, and a summary follows when the job's end was seen.
+  void Finish(bool stream_ok) {
+    if (!drawn_) return;  // Nothing arrived (the RPC failed at once): leave the terminal alone.
+    Draw();
+    std::printf("\n");
+    if (stream_ok) std::printf("%s\n", FormatSummaryLine(View()).c_str());
+    std::fflush(stdout);
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  static constexpr std::chrono::milliseconds kMinRedrawInterval{100};  // ~10 redraws a second
+
+  ProgressView View() const {
+    ProgressView view;
+    view.job_id = job_id_;
+    view.state = StateName(state_);
+    view.step = progress_.step();
+    view.total_steps = spec_.training().steps();
+    view.stage = progress_.stage();
+    const v1::ScheduleSpec& schedule = spec_.schedule();
+    if (schedule.has_raptr()) view.num_stages = schedule.raptr().stages_size();
+    if (schedule.has_stacking()) view.num_stages = schedule.stacking().stages_size();
+    view.stage_minus_one_is_full = !schedule.has_pld() && !schedule.has_layerdrop();
+    view.path_length = progress_.path_length();
+    view.layers = spec_.model().layers();
+    view.loss = progress_.loss();
+    if (progress_.has_eval_loss()) view.eval_loss = progress_.eval_loss();
+    view.tokens_per_second = throughput_.TokensPerSecond();
+    view.flops = progress_.flops();
+    view.flops_full = progress_.flops_full();
+    const double steps_per_second = throughput_.StepsPerSecond();
+    if (state_ == v1::JOB_STATE_RUNNING && steps_per_second > 0 && view.step < view.total_steps) {
+      view.eta_seconds = static_cast<double>(view.total_steps - view.step) / steps_per_second;
+    }
+    view.train_seconds = progress_.train_seconds();
+    return view;
+  }
+
+  void Draw() {
+    // One column short of the width: a line that fills the last column leaves some terminals
+    // wrapping, and the next '\r' would then redraw on a new line.
+    const std::string line = FormatProgressLine(View(), TerminalWidth() - 1);
+    std::printf("\r%s\x1b[K", line.c_str());
+    std::fflush(stdout);
+    drawn_ = true;
+    last_draw_ = Clock::now();
+  }
+
+  void PrintAbove(const std::string& line) {
+    if (line.empty()) return;
+    std::printf("\r\x1b[K%s\n", line.c_str());
+    Draw();
+  }
+
+  std::string job_id_;
+  v1::JobSpec spec_;
+  v1::JobState state_ = v1::JOB_STATE_UNSPECIFIED;
+  v1::JobProgress progress_;
+  ThroughputEstimator throughput_;
+  bool drawn_ = false;
+  Clock::time_point last_draw_;
+};
+
 }  // namespace
 
 int RunSubmit(int argc, char** argv, int first) {
@@ -327,6 +468,9 @@ int RunWatch(int argc, char** argv, int first) {
   // call is not wait-for-ready, so an unreachable coordinator still fails at once.
   grpc::ClientContext context;
   std::unique_ptr<grpc::ClientReader<v1::JobEvent>> reader = inv.stub->WatchJob(&context, request);
+  // The live line only where a person watches: pipes and CI logs keep one line per event.
+  std::optional<LiveProgress> live;
+  if (!inv.json && isatty(fileno(stdout))) live.emplace();
   v1::JobEvent event;
   while (reader->Read(&event)) {
     if (inv.json) {
@@ -335,32 +479,15 @@ int RunWatch(int argc, char** argv, int first) {
       std::string json;
       if (!google::protobuf::util::MessageToJsonString(event, &json, options).ok()) continue;
       std::printf("%s\n", json.c_str());
-    } else if (event.has_snapshot()) {
-      std::printf("%s %s: %s, step %lld / %lld\n", TimeText(event.time()).c_str(),
-                  event.snapshot().id().c_str(), StateName(event.snapshot().state()).c_str(),
-                  static_cast<long long>(event.snapshot().progress().step()),
-                  static_cast<long long>(event.snapshot().spec().training().steps()));
-    } else if (event.has_state_changed()) {
-      const v1::JobStateChanged& changed = event.state_changed();
-      std::printf("%s state %s -> %s%s%s\n", TimeText(event.time()).c_str(),
-                  StateName(changed.old_state()).c_str(), StateName(changed.new_state()).c_str(),
-                  changed.reason().empty() ? "" : ": ", changed.reason().c_str());
-    } else if (event.has_step()) {
-      const v1::StepSummary& step = event.step();
-      std::printf("%s step %lld stage %d path %d loss %.4f lr %.3g %.3fs\n",
-                  TimeText(event.time()).c_str(), static_cast<long long>(step.step()), step.stage(),
-                  step.path_length(), step.loss(), step.learning_rate(), step.step_seconds());
-    } else if (event.has_eval()) {
-      std::printf("%s eval after step %lld: loss %.4f\n", TimeText(event.time()).c_str(),
-                  static_cast<long long>(event.eval().step()), event.eval().eval_loss());
-    } else if (event.has_checkpoint()) {
-      std::printf("%s checkpoint after step %lld: %s\n", TimeText(event.time()).c_str(),
-                  static_cast<long long>(event.checkpoint().step()),
-                  event.checkpoint().path().c_str());
+    } else if (live.has_value()) {
+      live->Update(event);
+    } else if (std::string line = EventLine(event); !line.empty()) {
+      std::printf("%s\n", line.c_str());
     }
     std::fflush(stdout);
   }
   grpc::Status status = reader->Finish();
+  if (live.has_value()) live->Finish(/*stream_ok=*/status.ok());
   if (!status.ok()) return RpcError(inv, "WatchJob", status);
   return kExitOk;
 }

@@ -614,44 +614,53 @@ absl::Status JobStore::SetJobGroup(const std::string& id, int64_t generation, in
 
 absl::Status JobStore::RecordStepSummaries(const std::string& job_id,
                                            const std::vector<StepSummaryRecord>& summaries) {
-  for (const StepSummaryRecord& s : summaries) {
-    if (s.step < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("job \"", job_id, "\": step summary step must be >= 0, got ", s.step));
+  return RecordStepSummariesBatch({{job_id, summaries}});
+}
+
+absl::Status JobStore::RecordStepSummariesBatch(
+    const std::vector<std::pair<std::string, std::vector<StepSummaryRecord>>>& batch) {
+  for (const auto& [job_id, summaries] : batch) {
+    for (const StepSummaryRecord& s : summaries) {
+      if (s.step < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("job \"", job_id, "\": step summary step must be >= 0, got ", s.step));
+      }
     }
   }
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(auto txn, WriteTransaction::Begin(db_, path_));
-  RETURN_IF_ERROR(CheckJobExists(job_id));
   ASSIGN_OR_RETURN(
       Statement upsert,
       Statement::Prepare(db_,
                          absl::StrCat("INSERT OR REPLACE INTO step_summaries (job_id, ",
                                       kStepColumns, ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
                          path_));
-  for (const StepSummaryRecord& s : summaries) {
-    upsert.BindText(1, job_id);
-    upsert.BindInt(2, s.step);
-    upsert.BindInt(3, s.stage);
-    upsert.BindInt(4, s.path_length);
-    upsert.BindDouble(5, s.loss);
-    if (s.eval_loss.has_value()) {
-      upsert.BindDouble(6, *s.eval_loss);
-    } else {
-      upsert.BindNull(6);
-    }
-    upsert.BindDouble(7, s.learning_rate);
-    upsert.BindInt(8, s.tokens);
-    upsert.BindDouble(9, s.flops);
-    upsert.BindDouble(10, s.flops_full);
-    upsert.BindDouble(11, s.seconds);
-    RETURN_IF_ERROR(upsert.Run());
-  }
   ASSIGN_OR_RETURN(Statement touch,
                    Statement::Prepare(db_, "UPDATE jobs SET updated_ms = ? WHERE id = ?", path_));
-  touch.BindInt(1, NowMillis());
-  touch.BindText(2, job_id);
-  RETURN_IF_ERROR(touch.Run());
+  for (const auto& [job_id, summaries] : batch) {
+    RETURN_IF_ERROR(CheckJobExists(job_id));
+    for (const StepSummaryRecord& s : summaries) {
+      upsert.BindText(1, job_id);
+      upsert.BindInt(2, s.step);
+      upsert.BindInt(3, s.stage);
+      upsert.BindInt(4, s.path_length);
+      upsert.BindDouble(5, s.loss);
+      if (s.eval_loss.has_value()) {
+        upsert.BindDouble(6, *s.eval_loss);
+      } else {
+        upsert.BindNull(6);
+      }
+      upsert.BindDouble(7, s.learning_rate);
+      upsert.BindInt(8, s.tokens);
+      upsert.BindDouble(9, s.flops);
+      upsert.BindDouble(10, s.flops_full);
+      upsert.BindDouble(11, s.seconds);
+      RETURN_IF_ERROR(upsert.Run());
+    }
+    touch.BindInt(1, NowMillis());
+    touch.BindText(2, job_id);
+    RETURN_IF_ERROR(touch.Run());
+  }
   return txn->Commit();
 }
 

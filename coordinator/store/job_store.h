@@ -5,6 +5,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -114,6 +115,12 @@ class JobStore {
   // unknown job; INVALID_ARGUMENT for a negative step.
   absl::Status RecordStepSummaries(const std::string& job_id,
                                    const std::vector<StepSummaryRecord>& summaries);
+
+  // RecordStepSummaries for several jobs in one transaction (the coordinator flushes every
+  // running job's new summaries at once, paying one fsync). Nothing is written when any job is
+  // unknown (NOT_FOUND) or any step negative.
+  absl::Status RecordStepSummariesBatch(
+      const std::vector<std::pair<std::string, std::vector<StepSummaryRecord>>>& batch);
 
   // Deletes the job's summaries of steps > `step` (a recovery rewinds to its checkpoint; the
   // replayed steps are then recorded again). NOT_FOUND for an unknown job.
