@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/job_plan.h"
 #include "common/job_spec.h"
 #include "common/path_schedule.h"
 #include "common/status.h"
@@ -84,21 +85,6 @@ absl::Status CheckEveryFieldHandled(const pb::Message& message, const std::strin
   return absl::OkStatus();
 }
 
-absl::Status BadEnum(const char* path, int value) {
-  return absl::InvalidArgumentError(absl::StrCat(path, ": unsupported value ", value));
-}
-
-absl::StatusOr<PathScaling> ToScaling(const char* path, v1::OutputScaling scaling) {
-  switch (scaling) {
-    case v1::OUTPUT_SCALING_NONE:
-      return PathScaling::kNone;
-    case v1::OUTPUT_SCALING_INVERSE_KEEP_PROB:
-      return PathScaling::kInverseKeepProb;
-    default:
-      return BadEnum(path, scaling);
-  }
-}
-
 absl::Status MapModel(const v1::JobSpec& spec, TrainerConfig* cfg) {
   const v1::ModelSpec& m = spec.model();
   switch (m.kind()) {
@@ -109,7 +95,7 @@ absl::Status MapModel(const v1::JobSpec& spec, TrainerConfig* cfg) {
       cfg->model.kind = ModelKind::kBert;
       break;
     default:
-      return BadEnum("model.kind", m.kind());
+      return absl::InvalidArgumentError(absl::StrCat("model.kind: unsupported value ", m.kind()));
   }
   cfg->model.num_layers = m.layers();
   cfg->model.d_model = m.d_model();
@@ -138,111 +124,6 @@ void MapDataAndTraining(const v1::JobSpec& spec, TrainerConfig* cfg) {
   cfg->checkpoint_every = t.checkpoint_every();
 }
 
-absl::Status MapOptimizer(const v1::JobSpec& spec, TrainerConfig* cfg) {
-  const v1::OptimizerSpec& o = spec.optimizer();
-  OptimizerConfig& out = cfg->optimizer;
-  out.lr = o.lr();
-  out.min_lr_ratio = o.min_lr_ratio();
-  out.warmup_steps = o.warmup_steps();
-  out.total_steps = spec.training().steps();
-  switch (o.decay()) {
-    case v1::LR_DECAY_COSINE:
-      out.decay = LrDecay::kCosine;
-      break;
-    case v1::LR_DECAY_LINEAR:
-      out.decay = LrDecay::kLinear;
-      break;
-    case v1::LR_DECAY_CONSTANT:
-      out.decay = LrDecay::kConstant;
-      break;
-    default:
-      return BadEnum("optimizer.decay", o.decay());
-  }
-  out.beta1 = o.beta1();
-  out.beta2 = o.beta2();
-  out.eps = o.eps();
-  out.weight_decay = o.weight_decay();
-  out.grad_clip = o.grad_clip();
-  switch (o.skipped()) {
-    case v1::SKIPPED_LAYER_POLICY_ZERO_GRAD:
-      out.skipped = SkippedLayerPolicy::kZeroGrad;
-      break;
-    case v1::SKIPPED_LAYER_POLICY_FROZEN:
-      out.skipped = SkippedLayerPolicy::kFrozen;
-      break;
-    default:
-      return BadEnum("optimizer.skipped", o.skipped());
-  }
-  return absl::OkStatus();
-}
-
-// Stages with resolved step counts: `lengths[i]` for `steps[i]` steps.
-template <typename Stages, typename Length>
-std::vector<RaptrStage> ResolvedStages(const Stages& stages, const std::vector<int64_t>& steps,
-                                       Length length) {
-  std::vector<RaptrStage> out;
-  for (int i = 0; i < stages.size() && i < static_cast<int>(steps.size()); ++i) {
-    out.push_back(RaptrStage{length(stages.Get(i)), steps[i]});
-  }
-  return out;
-}
-
-absl::Status MapSchedule(const v1::JobSpec& spec, TrainerConfig* cfg) {
-  const v1::ScheduleSpec& s = spec.schedule();
-  PathScheduleConfig out;  // its defaults are overwritten for the fields each kind uses
-  out.layerdrop_scale = false;
-  switch (s.kind_case()) {
-    case v1::ScheduleSpec::kFull:
-      out.kind = PathScheduleConfig::Kind::kFull;
-      break;
-    case v1::ScheduleSpec::kRaptr: {
-      const v1::RaptrSchedule& r = s.raptr();
-      out.kind = PathScheduleConfig::Kind::kRaptr;
-      out.stages = ResolvedStages(r.stages(), RaptrStageSteps(spec),
-                                  [](const v1::RaptrStage& st) { return st.path_length(); });
-      if (!r.no_fixed_layers())
-        out.fixed_layers.assign(r.fixed_layers().begin(), r.fixed_layers().end());
-      switch (r.sampling()) {
-        case v1::PATH_SAMPLING_BERNOULLI:
-          out.sampling = PathSampling::kBernoulli;
-          break;
-        case v1::PATH_SAMPLING_EXACT:
-          out.sampling = PathSampling::kExact;
-          break;
-        default:
-          return BadEnum("schedule.raptr.sampling", r.sampling());
-      }
-      ASSIGN_OR_RETURN(out.scaling, ToScaling("schedule.raptr.scaling", r.scaling()));
-      out.full_warmup_steps = r.full_warmup_steps();
-      break;
-    }
-    case v1::ScheduleSpec::kPld:
-      out.kind = PathScheduleConfig::Kind::kPld;
-      out.pld_theta_bar = s.pld().theta_bar();
-      out.pld_gamma = s.pld().gamma();
-      break;
-    case v1::ScheduleSpec::kLayerdrop: {
-      out.kind = PathScheduleConfig::Kind::kLayerDrop;
-      out.keep_prob = s.layerdrop().keep_prob();
-      ASSIGN_OR_RETURN(PathScaling scale,
-                       ToScaling("schedule.layerdrop.scale", s.layerdrop().scale()));
-      out.layerdrop_scale = scale == PathScaling::kInverseKeepProb;
-      break;
-    }
-    case v1::ScheduleSpec::kStacking:
-      out.kind = PathScheduleConfig::Kind::kStacking;
-      out.stages = ResolvedStages(s.stacking().stages(), StackingStageSteps(spec),
-                                  [](const v1::StackingStage& st) { return st.layers(); });
-      break;
-    default:
-      return absl::InvalidArgumentError("schedule: no schedule kind set");
-  }
-  // ValidateJobSpec already checked the spec; this checks the mapping agrees with the engine.
-  RETURN_IF_ERROR(ValidatePathSchedule(out, cfg->model.num_layers));
-  cfg->schedule = std::move(out);
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::StatusOr<TrainerConfig> TrainerConfigFromJobSpec(const v1::JobSpec& spec) {
@@ -256,8 +137,8 @@ absl::StatusOr<TrainerConfig> TrainerConfigFromJobSpec(const v1::JobSpec& spec) 
   TrainerConfig cfg;
   RETURN_IF_ERROR(MapModel(spec, &cfg));
   MapDataAndTraining(spec, &cfg);
-  RETURN_IF_ERROR(MapOptimizer(spec, &cfg));
-  RETURN_IF_ERROR(MapSchedule(spec, &cfg));
+  ASSIGN_OR_RETURN(cfg.optimizer, OptimizerConfigFromJobSpec(spec));
+  ASSIGN_OR_RETURN(cfg.schedule, PathScheduleFromJobSpec(spec));
   RETURN_IF_ERROR(cfg.model.Validate());
   return cfg;
 }

@@ -12,39 +12,12 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "common/optimizer_config.h"
 #include "worker/engine/active_layer_set.h"
 #include "worker/engine/backend.h"
 #include "worker/engine/param_layout.h"
 
 namespace raptr {
-
-enum class LrDecay { kCosine, kLinear, kConstant };
-
-// What AdamW does to a block that was skipped this step (shared/PAPER.md).
-enum class SkippedLayerPolicy {
-  kZeroGrad,  // AdamW sees a zero gradient: moments decay, weight decay applies
-  kFrozen,    // parameters and moments untouched
-};
-
-absl::Status ParseLrDecay(const std::string& text, LrDecay* out);
-absl::Status ParseSkippedLayerPolicy(const std::string& text, SkippedLayerPolicy* out);
-
-struct OptimizerConfig {
-  double lr = 6e-4;            // peak learning rate
-  double min_lr_ratio = 0.1;   // final lr = lr * min_lr_ratio
-  int64_t warmup_steps = 0;    // linear warmup from lr/warmup to lr
-  int64_t total_steps = 1000;  // decay ends here
-  LrDecay decay = LrDecay::kCosine;
-  double beta1 = 0.9;
-  double beta2 = 0.95;
-  double eps = 1e-8;
-  double weight_decay = 0.1;  // matrices and embeddings only; no decay on biases / LayerNorm
-  double grad_clip = 1.0;     // global L2 norm; <= 0 disables
-  SkippedLayerPolicy skipped = SkippedLayerPolicy::kZeroGrad;
-};
-
-// Learning rate for 0-based optimizer step `step`.
-double LearningRate(const OptimizerConfig& config, int64_t step);
 
 struct OptimizerStepInfo {
   double lr = 0;
