@@ -94,6 +94,7 @@ grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* /*context*/,
   }
   absl::StatusOr<v1::Job> job = store_->CreateJob(request->spec(), request->request_id());
   if (!job.ok()) return ToGrpcStatus(job.status());
+  if (listener_ != nullptr) listener_->JobSubmitted(job->id());
   *response->mutable_job() = *std::move(job);
   return grpc::Status::OK;
 }
@@ -103,6 +104,7 @@ grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* /*context*/,
   if (grpc::Status valid = CheckJobId(request->job_id()); !valid.ok()) return valid;
   absl::StatusOr<v1::Job> job = store_->GetJob(request->job_id());
   if (!job.ok()) return ToGrpcStatus(job.status());
+  if (listener_ != nullptr) listener_->JobCancelled(job->id());
   *response = *std::move(job);
   return grpc::Status::OK;
 }

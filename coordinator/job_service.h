@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <string>
 
 #include "absl/status/status.h"
 #include "coordinator/store/job_store.h"
@@ -15,6 +16,16 @@ namespace raptr {
 // message.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// Told about jobs JobService changed, so scheduling reacts at once rather than at its next tick.
+class JobLifecycleListener {
+ public:
+  virtual ~JobLifecycleListener() = default;
+  // A job was stored PENDING.
+  virtual void JobSubmitted(const std::string& job_id) = 0;
+  // A job was moved to CANCELLED (its workers should stop).
+  virtual void JobCancelled(const std::string& job_id) = 0;
+};
+
 // JobServiceImpl is thin: every RPC validates its request's envelope (ids, page tokens, sizes),
 // then calls the JobStore, which owns the job rules (spec validation, idempotency, legal state
 // moves), and maps the result back. It holds no state of its own.
@@ -25,8 +36,9 @@ class JobServiceImpl final : public v1::JobService::Service {
   // How often WatchJob polls the store for changes.
   static constexpr std::chrono::milliseconds kWatchPollInterval{200};
 
-  // REQUIRES: `store` outlives this service.
-  explicit JobServiceImpl(JobStore* store) : store_(store) {}
+  // REQUIRES: `store` and `listener` (optional) outlive this service.
+  explicit JobServiceImpl(JobStore* store, JobLifecycleListener* listener = nullptr)
+      : store_(store), listener_(listener) {}
 
   grpc::Status SubmitJob(grpc::ServerContext* context, const v1::SubmitJobRequest* request,
                          v1::SubmitJobResponse* response) override;
@@ -41,6 +53,7 @@ class JobServiceImpl final : public v1::JobService::Service {
 
  private:
   JobStore* const store_;
+  JobLifecycleListener* const listener_;
 };
 
 }  // namespace raptr

@@ -1,15 +1,19 @@
 // raptr-coordinator: serves JobService (and gRPC health) over the job store until SIGINT/SIGTERM.
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <string>
 #include <system_error>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "common/flags.h"
+#include "coordinator/cluster.h"
+#include "coordinator/control_service.h"
 #include "coordinator/job_service.h"
 #include "coordinator/store/job_store.h"
 #include "grpcpp/grpcpp.h"
@@ -20,7 +24,9 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: raptr-coordinator [flags]\n\n"
-    "Serves raptr.v1.JobService and grpc.health.v1.Health until SIGINT or SIGTERM.\n\nflags:\n";
+    "Serves raptr.v1.JobService (clients), raptr.v1.ControlService (workers) and\n"
+    "grpc.health.v1.Health until SIGINT or SIGTERM. Jobs that were running when it last stopped\n"
+    "resume from their latest committed checkpoint as workers connect.\n\nflags:\n";
 // In-flight calls (a WatchJob stream, say) get this long to finish at shutdown before they are
 // cancelled.
 constexpr int kShutdownGraceSeconds = 5;
@@ -42,6 +48,11 @@ int Main(int argc, char** argv) {
   Flags flags;
   flags.Define("listen", "127.0.0.1:50051", "HOST:PORT to serve on; port 0 picks a free port");
   flags.Define("store", "runs/coordinator.db", "the SQLite job store (created when absent)");
+  flags.Define("checkpoint-dir", "runs/checkpoints",
+               "job checkpoints go to DIR/<job id>; workers must see the same path");
+  flags.Define("plan-window", "32", "step plans streamed ahead of the slowest worker");
+  flags.Define("heartbeat", "2", "seconds between worker heartbeats");
+  flags.Define("lease", "15", "seconds of worker silence before it counts as lost");
   flags.Define("help", "false", "print this help");
   if (absl::Status parsed = flags.Parse(argc, argv, 1); !parsed.ok()) {
     std::fprintf(stderr, "raptr-coordinator: %s\n\n%s%s", std::string(parsed.message()).c_str(),
@@ -65,6 +76,27 @@ int Main(int argc, char** argv) {
     return 2;
   }
 
+  ClusterOptions options;
+  options.checkpoint_root = flags.Get("checkpoint-dir");
+  absl::StatusOr<int> window = flags.GetInt32("plan-window");
+  absl::StatusOr<double> heartbeat = flags.GetDouble("heartbeat");
+  absl::StatusOr<double> lease = flags.GetDouble("lease");
+  for (const absl::Status& parsed : {window.status(), heartbeat.status(), lease.status()}) {
+    if (!parsed.ok()) {
+      std::fprintf(stderr, "raptr-coordinator: %s\n", std::string(parsed.message()).c_str());
+      return 2;
+    }
+  }
+  if (*window < 1 || !(*heartbeat > 0) || !(*lease > *heartbeat)) {
+    std::fprintf(stderr,
+                 "raptr-coordinator: need --plan-window >= 1, --heartbeat > 0 and --lease > "
+                 "--heartbeat\n");
+    return 2;
+  }
+  options.plan_window = *window;
+  options.heartbeat_seconds = *heartbeat;
+  options.lease_seconds = *lease;
+
   const std::string store_path = flags.Get("store");
   absl::StatusOr<std::unique_ptr<JobStore>> store = absl::InternalError("not opened");
   if (absl::Status dir = EnsureParentDirectory(store_path); !dir.ok()) {
@@ -85,12 +117,23 @@ int Main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  JobServiceImpl job_service(store->get());
+  Cluster cluster(store->get(), options);
+  if (absl::Status recovered = cluster.RecoverJobsFromStore(); !recovered.ok()) {
+    std::fprintf(stderr, "raptr-coordinator: %s\n", recovered.ToString().c_str());
+    return 1;
+  }
+  JobServiceImpl job_service(store->get(), &cluster);
+  ControlServiceImpl control_service(&cluster);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&job_service);
+  builder.RegisterService(&control_service);
+  // Workers' sessions are long-lived streams; keepalive pings find dead peers behind NATs and
+  // load balancers even when a job is quiet.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     std::fprintf(stderr, "raptr-coordinator: cannot listen on %s\n", listen.c_str());
@@ -99,8 +142,20 @@ int Main(int argc, char** argv) {
   std::printf("raptr-coordinator listening on %s:%d\n", listen.substr(0, colon).c_str(), port);
   std::fflush(stdout);
 
+  // Leases, summary flushes and scheduling run on this clock; events also act at once.
+  std::atomic<bool> stopping{false};
+  std::thread ticker([&cluster, &stopping] {
+    while (!stopping.load()) {
+      cluster.Tick();
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
+  stopping.store(true);
+  ticker.join();
+  cluster.Shutdown("the coordinator is shutting down");
   std::fprintf(stderr, "raptr-coordinator: %s, shutting down\n",
                signal_number == SIGINT ? "SIGINT" : "SIGTERM");
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(kShutdownGraceSeconds));

@@ -9,6 +9,7 @@
 
 #include "common/random.h"
 #include "gtest/gtest.h"
+#include "tests/unit/small_run.h"
 #include "worker/engine/checkpoint/checkpoint.h"
 #include "worker/engine/cpu/cpu_backend.h"
 #include "worker/engine/data/data_loader.h"
@@ -21,51 +22,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string FreshDir(const std::string& name) {
-  const fs::path dir = fs::path(::testing::TempDir()) / ("raptr_trainer_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
-}
-
-// A small corpus with structure (a noisy repeating pattern), so the loss can fall.
-std::vector<uint16_t> SyntheticTokens(size_t n, int vocab, uint64_t seed) {
-  CounterRng rng(seed, 0);
-  std::vector<uint16_t> t(n);
-  for (size_t i = 0; i < n; ++i) {
-    t[i] = rng.Uniform() < 0.8 ? static_cast<uint16_t>((i * 7) % (vocab - 4) + 4)
-                               : static_cast<uint16_t>(rng.Below(vocab));
-  }
-  return t;
-}
-
-TrainerConfig SmallConfig(const std::string& dir, ModelKind kind) {
-  TrainerConfig c;
-  c.model.kind = kind;
-  c.model.num_layers = 4;
-  c.model.d_model = 32;
-  c.model.num_heads = 4;
-  c.model.d_ff = 64;
-  c.model.vocab_size = 64;
-  c.model.max_seq = 16;
-  c.batch = 4;
-  c.seq = 16;
-  c.steps = 8;
-  c.seed = 11;
-  c.eval_batches = 2;
-  c.log_every = 0;
-  c.mask_id = 3;
-  c.optimizer.lr = 3e-3;
-  c.optimizer.warmup_steps = 2;
-  c.optimizer.total_steps = c.steps;
-  c.schedule = DefaultRaptrSchedule(c.model.num_layers, c.steps);
-  const std::string train = dir + "/train.bin", val = dir + "/val.bin";
-  EXPECT_TRUE(WriteShard(train, SyntheticTokens(5000, 64, 1)).ok());
-  EXPECT_TRUE(WriteShard(val, SyntheticTokens(1000, 64, 2)).ok());
-  c.train_shards = {train};
-  c.val_shards = {val};
-  return c;
-}
+using testing::FreshDir;
+using testing::SmallConfig;
+using testing::SyntheticTokens;
 
 struct TrainRun {
   std::vector<double> losses;

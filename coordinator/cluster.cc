@@ -1,0 +1,713 @@
+// The coordinator's scheduling, plan streaming, aggregation and recovery (see cluster.h).
+#include "coordinator/cluster.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <ctime>
+#include <regex>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+namespace raptr {
+namespace {
+
+constexpr size_t kMaxKeyBytes = 256;
+constexpr size_t kMaxValueBytes = 1 << 20;
+
+v1::Backend EffectiveBackend(v1::Backend backend) {
+  return backend == v1::BACKEND_UNSPECIFIED ? v1::BACKEND_CPU : backend;
+}
+
+std::string BackendName(v1::Backend backend) {
+  return EffectiveBackend(backend) == v1::BACKEND_CUDA ? "cuda" : "cpu";
+}
+
+}  // namespace
+
+Cluster::Cluster(JobStore* store, ClusterOptions options)
+    : store_(store), options_(std::move(options)) {}
+
+Cluster::~Cluster() = default;
+
+double Cluster::Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void Cluster::Log(const std::string& line) {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char stamp[32];
+  std::strftime(stamp, sizeof(stamp), "%H:%M:%S", &tm);
+  std::fprintf(stderr, "%s raptr-coordinator: %s\n", stamp, line.c_str());
+}
+
+absl::Status Cluster::RecoverJobsFromStore() {
+  absl::StatusOr<std::vector<v1::Job>> jobs = store_->JobsToRecover();
+  if (!jobs.ok()) return jobs.status();
+  for (const v1::Job& job : *jobs) {
+    if (job.state() == v1::JOB_STATE_RUNNING) {
+      absl::StatusOr<v1::Job> moved = store_->UpdateJobState(
+          job.id(), v1::JOB_STATE_RECOVERING, "the coordinator restarted; regrouping");
+      if (!moved.ok()) return moved.status();
+    }
+    Log(absl::StrCat(job.id(), " will resume (it was ", v1::JobState_Name(job.state()),
+                     " when the coordinator stopped)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> Cluster::Connect(const v1::Hello& hello, std::shared_ptr<WorkerLink> link) {
+  static const std::regex kWorkerId("[A-Za-z0-9._:/-]{1,128}");
+  if (!std::regex_match(hello.worker_id(), kWorkerId)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hello.worker_id must be 1 .. 128 characters from [A-Za-z0-9._:/-], got \"",
+                     hello.worker_id(), "\""));
+  }
+  if (hello.backend() == v1::BACKEND_UNSPECIFIED) {
+    return absl::InvalidArgumentError("hello.backend is required");
+  }
+  absl::MutexLock lock(&mu_);
+  if (shut_down_) return absl::UnavailableError("the coordinator is shutting down");
+  if (auto old = session_of_worker_.find(hello.worker_id()); old != session_of_worker_.end()) {
+    DropSession(old->second, "replaced by a new session of the same worker");
+  }
+  const int64_t id = next_session_++;
+  Worker& worker = sessions_[id];
+  worker.session = id;
+  worker.hello = hello;
+  worker.link = std::move(link);
+  worker.last_seen = Now();
+  session_of_worker_[hello.worker_id()] = id;
+  v1::CoordinatorMessage welcome;
+  welcome.mutable_welcome()->set_heartbeat_interval_seconds(options_.heartbeat_seconds);
+  welcome.mutable_welcome()->set_lease_seconds(options_.lease_seconds);
+  worker.link->Send(welcome);
+  WorkerRecord record;
+  record.worker_id = hello.worker_id();
+  record.backend = EffectiveBackend(hello.backend());
+  record.devices = hello.devices_size();
+  record.memory_bytes = hello.memory_bytes();
+  record.state = "idle";
+  if (absl::Status upserted = store_->UpsertWorker(record); !upserted.ok()) {
+    Log(absl::StrCat("cannot record worker ", hello.worker_id(), ": ", upserted.ToString()));
+  }
+  Log(absl::StrCat("worker ", hello.worker_id(), " connected (", BackendName(hello.backend()), ", ",
+                   hello.cpu_threads(), " threads, host ", hello.host(), ")"));
+  Schedule();
+  return id;
+}
+
+absl::Status Cluster::Receive(int64_t session, const v1::WorkerMessage& message) {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(session);
+  if (it == sessions_.end()) return absl::AbortedError("the session has ended");
+  it->second.last_seen = Now();
+  switch (message.message_case()) {
+    case v1::WorkerMessage::kHello:
+      return absl::InvalidArgumentError("Hello is only allowed as the first message");
+    case v1::WorkerMessage::kHeartbeat:
+      return absl::OkStatus();
+    case v1::WorkerMessage::kStepReport:
+      return OnStepReport(session, message.step_report());
+    case v1::WorkerMessage::kEvalResult:
+      return OnEvalResult(session, message.eval_result());
+    case v1::WorkerMessage::kCheckpointWritten:
+      return OnCheckpointWritten(session, message.checkpoint_written());
+    case v1::WorkerMessage::kError:
+      OnWorkerError(session, message.error());
+      return absl::OkStatus();
+    default:
+      return absl::InvalidArgumentError("empty or unknown WorkerMessage");
+  }
+}
+
+void Cluster::Disconnect(int64_t session) {
+  absl::MutexLock lock(&mu_);
+  if (sessions_.count(session) != 0) DropSession(session, "disconnected");
+  Schedule();
+}
+
+void Cluster::DropSession(int64_t session, const std::string& why) {
+  auto it = sessions_.find(session);
+  if (it == sessions_.end()) return;
+  Worker worker = std::move(it->second);
+  sessions_.erase(it);
+  if (auto s = session_of_worker_.find(worker.hello.worker_id());
+      s != session_of_worker_.end() && s->second == session) {
+    session_of_worker_.erase(s);
+  }
+  worker.link->Close(absl::AbortedError(why));
+  Log(absl::StrCat("worker ", worker.hello.worker_id(), " left: ", why));
+  WorkerRecord record;
+  record.worker_id = worker.hello.worker_id();
+  record.backend = EffectiveBackend(worker.hello.backend());
+  record.devices = worker.hello.devices_size();
+  record.memory_bytes = worker.hello.memory_bytes();
+  record.state = "gone";
+  if (absl::Status upserted = store_->UpsertWorker(record); !upserted.ok()) {
+    Log(absl::StrCat("cannot record worker ", record.worker_id, ": ", upserted.ToString()));
+  }
+  if (!worker.job_id.empty()) {
+    FailGroup(
+        worker.job_id,
+        absl::StrCat("worker ", worker.hello.worker_id(), " (rank ", worker.rank, ") lost: ", why),
+        /*retryable=*/true);
+  }
+}
+
+void Cluster::Tick() {
+  absl::MutexLock lock(&mu_);
+  if (shut_down_) return;
+  const double now = Now();
+  std::vector<int64_t> expired;
+  for (const auto& [id, worker] : sessions_) {
+    if (now - worker.last_seen > options_.lease_seconds) expired.push_back(id);
+  }
+  for (int64_t id : expired) {
+    DropSession(id, absl::StrCat("silent for over ", options_.lease_seconds, " s (lease expired)"));
+  }
+  if (now - last_flush_ >= options_.flush_seconds) Flush();
+  Schedule();
+}
+
+void Cluster::JobSubmitted(const std::string& /*job_id*/) {
+  absl::MutexLock lock(&mu_);
+  Schedule();
+}
+
+void Cluster::JobCancelled(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = running_.find(job_id);
+  if (it == running_.end()) return;
+  FlushJob(it->second);
+  EndGroup(it->second, "the job was cancelled", /*abort_members=*/true);
+  running_.erase(it);
+  recoveries_.erase(job_id);
+  Log(absl::StrCat(job_id, " cancelled; its workers are free"));
+  Schedule();
+}
+
+void Cluster::Schedule() {
+  if (shut_down_) return;
+  JobFilter filter;
+  filter.states = {v1::JOB_STATE_PENDING, v1::JOB_STATE_RECOVERING};
+  filter.limit = 1000;
+  absl::StatusOr<std::vector<v1::Job>> waiting = store_->ListJobs(filter);
+  if (!waiting.ok()) {
+    Log(absl::StrCat("cannot list waiting jobs: ", waiting.status().ToString()));
+    return;
+  }
+  std::vector<v1::Job> jobs;
+  for (v1::Job& job : *waiting) {
+    if (running_.count(job.id()) == 0) jobs.push_back(std::move(job));
+  }
+  if (jobs.empty()) return;
+  // Higher priority first; among equals, submission order (ids grow with submission).
+  std::stable_sort(jobs.begin(), jobs.end(), [](const v1::Job& a, const v1::Job& b) {
+    return a.spec().resources().priority() > b.spec().resources().priority();
+  });
+  std::map<v1::Backend, std::vector<int64_t>> idle;  // by worker_id order (the map's order)
+  for (const auto& [worker_id, session] : session_of_worker_) {
+    const Worker& worker = sessions_.at(session);
+    if (worker.job_id.empty()) idle[EffectiveBackend(worker.hello.backend())].push_back(session);
+  }
+  // Strict order per backend: a job that cannot start yet holds back the jobs behind it, so a
+  // large job is not starved by a stream of small ones.
+  std::map<v1::Backend, bool> blocked;
+  for (const v1::Job& job : jobs) {
+    const v1::Backend backend = EffectiveBackend(job.spec().resources().backend());
+    if (blocked[backend]) continue;
+    std::vector<int64_t>& free = idle[backend];
+    const int min_workers = job.spec().resources().min_workers();
+    const int max_workers = job.spec().resources().max_workers();
+    const int batch = job.spec().training().batch();
+    int world = 0;
+    for (int w = std::min<int>(max_workers, static_cast<int>(free.size())); w >= min_workers; --w) {
+      if (batch % w == 0) {
+        world = w;
+        break;
+      }
+    }
+    if (world == 0) {
+      blocked[backend] = true;
+      continue;
+    }
+    std::vector<int64_t> group(free.begin(), free.begin() + world);
+    free.erase(free.begin(), free.begin() + world);
+    StartGroup(job, std::move(group));
+  }
+}
+
+void Cluster::StartGroup(const v1::Job& job, std::vector<int64_t> sessions) {
+  absl::StatusOr<StepPlanner> planner = StepPlanner::Create(job.spec());
+  if (!planner.ok()) {
+    Log(absl::StrCat(job.id(), " cannot be planned: ", planner.status().ToString()));
+    (void)store_->UpdateJobState(job.id(), v1::JOB_STATE_FAILED,
+                                 absl::StrCat("cannot plan the job: ", planner.status().message()));
+    return;
+  }
+  absl::StatusOr<std::optional<CheckpointRecord>> latest = store_->LatestCheckpoint(job.id());
+  if (!latest.ok()) {
+    Log(absl::StrCat(job.id(), ": ", latest.status().ToString()));
+    return;
+  }
+  const int64_t start = latest->has_value() ? (*latest)->step : 0;
+  if (start >= planner->steps()) {
+    // Every step ran and the final checkpoint committed before the coordinator stopped.
+    (void)store_->UpdateJobState(job.id(), v1::JOB_STATE_SUCCEEDED, "");
+    return;
+  }
+  const int64_t generation = job.generation() + 1;
+  const int world = static_cast<int>(sessions.size());
+  // Steps after the checkpoint are replayed by the new group: their old summaries go, so
+  // progress never counts a step twice.
+  if (absl::Status discarded = store_->DiscardStepSummariesAfter(job.id(), start - 1);
+      !discarded.ok()) {
+    Log(absl::StrCat(job.id(), ": ", discarded.ToString()));
+    return;
+  }
+  if (absl::Status grouped = store_->SetJobGroup(job.id(), generation, world); !grouped.ok()) {
+    Log(absl::StrCat(job.id(), ": ", grouped.ToString()));
+    return;
+  }
+  absl::StatusOr<v1::Job> running = store_->UpdateJobState(job.id(), v1::JOB_STATE_RUNNING, "");
+  if (!running.ok()) {
+    // Cancelled meanwhile: the store's state machine refuses the move.
+    Log(absl::StrCat(job.id(), " not started: ", running.status().ToString()));
+    return;
+  }
+  RunningJob& run = running_[job.id()];
+  run.job = *running;
+  run.planner = std::move(*planner);
+  run.generation = generation;
+  run.members = sessions;
+  run.next_plan = start;
+  run.done.assign(world, start);
+  run.completed_steps = start;
+  run.committed_step = start;
+  std::string names;
+  for (int rank = 0; rank < world; ++rank) {
+    Worker& worker = sessions_.at(sessions[rank]);
+    worker.job_id = job.id();
+    worker.rank = rank;
+    absl::StrAppend(&names, rank == 0 ? "" : ", ", worker.hello.worker_id());
+    v1::CoordinatorMessage message;
+    v1::Assignment* assignment = message.mutable_assignment();
+    assignment->set_job_id(job.id());
+    *assignment->mutable_spec() = job.spec();
+    assignment->set_rank(rank);
+    assignment->set_world_size(world);
+    assignment->set_generation(generation);
+    if (latest->has_value()) {
+      assignment->mutable_resume_checkpoint()->set_step((*latest)->step);
+      assignment->mutable_resume_checkpoint()->set_path((*latest)->path);
+    }
+    worker.link->Send(message);
+  }
+  Log(absl::StrCat(job.id(), " generation ", generation, " started on ", world, " worker",
+                   world == 1 ? "" : "s", " (", names, ") at step ", start));
+  SendPlans(run);
+}
+
+void Cluster::SendToGroup(const RunningJob& run, const v1::CoordinatorMessage& message) {
+  for (int64_t session : run.members) {
+    auto it = sessions_.find(session);
+    if (it != sessions_.end()) it->second.link->Send(message);
+  }
+}
+
+void Cluster::SendPlans(RunningJob& run) {
+  const int64_t slowest = *std::min_element(run.done.begin(), run.done.end());
+  const int64_t limit = std::min(run.planner->steps(), slowest + options_.plan_window);
+  const std::string& id = run.job.id();
+  for (; run.next_plan < limit; ++run.next_plan) {
+    const int64_t step = run.next_plan;
+    v1::CoordinatorMessage message;
+    v1::StepPlan* plan = message.mutable_step_plan();
+    plan->set_job_id(id);
+    plan->set_generation(run.generation);
+    run.planner->Fill(step, plan);
+    StepAggregate& aggregate = run.steps[step];
+    aggregate = StepAggregate{};
+    SendToGroup(run, message);
+    ++plans_sent_;
+    if (run.planner->EvalAfter(step)) {
+      v1::CoordinatorMessage eval;
+      v1::EvalRequest* request = eval.mutable_eval_request();
+      request->set_job_id(id);
+      request->set_generation(run.generation);
+      request->set_step(step);
+      request->set_batches(run.planner->eval_batches());
+      for (int layer : run.planner->EvalLayers(step)) request->add_active_layers(layer);
+      run.evals[step] = EvalAggregate{};
+      SendToGroup(run, eval);
+    }
+    if (run.planner->CheckpointAfter(step)) {
+      v1::CoordinatorMessage checkpoint;
+      v1::CheckpointRequest* request = checkpoint.mutable_checkpoint_request();
+      request->set_job_id(id);
+      request->set_generation(run.generation);
+      request->set_step(step);
+      request->set_path(absl::StrCat(options_.checkpoint_root, "/", id));
+      run.checkpoints[step] = CheckpointAggregate{};
+      SendToGroup(run, checkpoint);
+    }
+  }
+}
+
+absl::StatusOr<Cluster::RunningJob*> Cluster::GroupOf(int64_t session, const std::string& job_id,
+                                                      int64_t generation) {
+  auto it = running_.find(job_id);
+  if (it == running_.end() || it->second.generation != generation) return nullptr;
+  const Worker& worker = sessions_.at(session);
+  if (worker.job_id != job_id || worker.rank < 0 || it->second.members[worker.rank] != session) {
+    return nullptr;
+  }
+  return &it->second;
+}
+
+absl::Status Cluster::OnStepReport(int64_t session, const v1::StepReport& report) {
+  ++reports_received_;
+  absl::StatusOr<RunningJob*> group = GroupOf(session, report.job_id(), report.generation());
+  if (!group.ok()) return group.status();
+  if (*group == nullptr) return absl::OkStatus();  // a straggler of an ended generation
+  RunningJob& run = **group;
+  const int rank = sessions_.at(session).rank;
+  const int world = static_cast<int>(run.members.size());
+  if (report.rank() != rank || report.step() != run.done[rank] || report.step() >= run.next_plan) {
+    FailGroup(run.job.id(),
+              absl::StrCat("rank ", rank, " reported step ", report.step(), " as rank ",
+                           report.rank(), "; expected step ", run.done[rank]),
+              /*retryable=*/true);
+    return absl::OkStatus();
+  }
+  auto agg_it = run.steps.find(report.step());
+  StepAggregate& agg = agg_it->second;
+  ++agg.reports;
+  agg.loss_sum += report.loss() * static_cast<double>(report.scored_targets());
+  agg.targets += report.scored_targets();
+  agg.tokens += report.tokens();
+  agg.flops += report.flops();
+  agg.flops_full += report.flops_full();
+  agg.seconds = std::max(agg.seconds, report.step_seconds());
+  run.done[rank] = report.step() + 1;
+  if (agg.reports == world) {
+    StepSummaryRecord summary;
+    v1::StepPlan plan;
+    run.planner->Fill(report.step(), &plan);
+    summary.step = report.step();
+    summary.stage = plan.stage();
+    summary.path_length = plan.active_layers_size();
+    summary.loss = agg.targets > 0 ? agg.loss_sum / static_cast<double>(agg.targets) : 0.0;
+    summary.learning_rate = plan.learning_rate();
+    summary.tokens = agg.tokens;
+    summary.flops = agg.flops;
+    summary.flops_full = agg.flops_full;
+    summary.seconds = agg.seconds;
+    run.steps.erase(agg_it);
+    run.completed_steps = report.step() + 1;
+    if (run.evals.count(summary.step) != 0) {
+      run.awaiting_eval[summary.step] = summary;
+    } else {
+      run.unflushed.push_back(summary);
+    }
+  }
+  SendPlans(run);
+  return absl::OkStatus();
+}
+
+absl::Status Cluster::OnEvalResult(int64_t session, const v1::EvalResult& result) {
+  absl::StatusOr<RunningJob*> group = GroupOf(session, result.job_id(), result.generation());
+  if (!group.ok()) return group.status();
+  if (*group == nullptr) return absl::OkStatus();
+  RunningJob& run = **group;
+  auto it = run.evals.find(result.step());
+  if (it == run.evals.end()) {
+    FailGroup(run.job.id(),
+              absl::StrCat("an evaluation after step ", result.step(), " was not requested"),
+              /*retryable=*/true);
+    return absl::OkStatus();
+  }
+  EvalAggregate& agg = it->second;
+  ++agg.results;
+  agg.loss_sum += result.loss() * static_cast<double>(result.scored_targets());
+  agg.targets += result.scored_targets();
+  agg.batches = result.batches();
+  agg.seconds = std::max(agg.seconds, result.seconds());
+  if (agg.results < static_cast<int>(run.members.size())) return absl::OkStatus();
+  const int64_t step = result.step();
+  if (agg.targets == 0) {
+    run.evals.erase(it);
+    FailGroup(run.job.id(), absl::StrCat("the evaluation after step ", step, " scored no targets"),
+              /*retryable=*/false);
+    return absl::OkStatus();
+  }
+  const double loss = agg.loss_sum / static_cast<double>(agg.targets);
+  run.evals.erase(it);
+  auto waiting = run.awaiting_eval.find(step);
+  if (waiting != run.awaiting_eval.end()) {
+    waiting->second.eval_loss = loss;
+    run.unflushed.push_back(waiting->second);
+    run.awaiting_eval.erase(waiting);
+  }
+  MaybeFinish(run.job.id());
+  return absl::OkStatus();
+}
+
+absl::Status Cluster::OnCheckpointWritten(int64_t session, const v1::CheckpointWritten& written) {
+  absl::StatusOr<RunningJob*> group = GroupOf(session, written.job_id(), written.generation());
+  if (!group.ok()) return group.status();
+  if (*group == nullptr) return absl::OkStatus();
+  RunningJob& run = **group;
+  // CheckpointRequest.step is the 0-based step after which to write; the answer's step counts
+  // optimizer steps done, one more.
+  auto it = run.checkpoints.find(written.step() - 1);
+  if (it == run.checkpoints.end()) {
+    FailGroup(run.job.id(),
+              absl::StrCat("a checkpoint at step ", written.step(), " was not requested"),
+              /*retryable=*/true);
+    return absl::OkStatus();
+  }
+  CheckpointAggregate& agg = it->second;
+  ++agg.answers;
+  const int rank = sessions_.at(session).rank;
+  if (rank == 0) agg.path = written.path();
+  if (agg.digest.has_value() && *agg.digest != written.state_digest()) agg.diverged = true;
+  agg.digest = written.state_digest();
+  if (agg.answers < static_cast<int>(run.members.size())) return absl::OkStatus();
+  const int64_t step = written.step();
+  const bool diverged = agg.diverged;
+  const std::string path = agg.path;
+  run.checkpoints.erase(it);
+  if (diverged) {
+    FailGroup(run.job.id(),
+              absl::StrCat("data-parallel replicas diverged: their states differ after step ",
+                           step - 1, "; not saving either"),
+              /*retryable=*/false);
+    return absl::OkStatus();
+  }
+  if (path.empty()) {
+    FailGroup(run.job.id(),
+              absl::StrCat("rank 0 reported no path for the checkpoint at step ", step),
+              /*retryable=*/true);
+    return absl::OkStatus();
+  }
+  // The summaries up to the checkpoint go first, so a reader never sees a checkpoint ahead of
+  // the progress it implies.
+  FlushJob(run);
+  if (absl::Status committed = store_->CommitCheckpoint(run.job.id(), step, path);
+      !committed.ok()) {
+    FailGroup(
+        run.job.id(),
+        absl::StrCat("cannot commit the checkpoint at step ", step, ": ", committed.message()),
+        /*retryable=*/true);
+    return absl::OkStatus();
+  }
+  run.committed_step = step;
+  recoveries_.erase(run.job.id());
+  MaybeFinish(run.job.id());
+  return absl::OkStatus();
+}
+
+void Cluster::OnWorkerError(int64_t session, const v1::WorkerError& error) {
+  const Worker& worker = sessions_.at(session);
+  Log(absl::StrCat("worker ", worker.hello.worker_id(), " error in ",
+                   error.job_id().empty() ? "no job" : error.job_id(), " at step ", error.step(),
+                   ": ", error.message()));
+  if (error.job_id().empty()) return;
+  absl::StatusOr<RunningJob*> group = GroupOf(session, error.job_id(), error.generation());
+  if (!group.ok() || *group == nullptr) return;
+  FailGroup(error.job_id(),
+            absl::StrCat("worker ", worker.hello.worker_id(), " (rank ", worker.rank,
+                         ") failed at step ", error.step(), ": ", error.message()),
+            error.retryable());
+}
+
+void Cluster::MaybeFinish(const std::string& job_id) {
+  auto it = running_.find(job_id);
+  if (it == running_.end()) return;
+  RunningJob& run = it->second;
+  const int64_t steps = run.planner->steps();
+  if (run.completed_steps < steps || run.committed_step < steps || !run.evals.empty() ||
+      !run.awaiting_eval.empty()) {
+    return;
+  }
+  FlushJob(run);
+  absl::StatusOr<v1::Job> done = store_->UpdateJobState(job_id, v1::JOB_STATE_SUCCEEDED, "");
+  if (!done.ok()) Log(absl::StrCat(job_id, ": ", done.status().ToString()));
+  v1::CoordinatorMessage release;
+  release.mutable_release()->set_job_id(job_id);
+  release.mutable_release()->set_generation(run.generation);
+  SendToGroup(run, release);
+  EndGroup(run, "", /*abort_members=*/false);
+  Log(absl::StrCat(job_id, " succeeded after ", steps, " steps"));
+  running_.erase(it);
+  recoveries_.erase(job_id);
+  Schedule();
+}
+
+void Cluster::EndGroup(RunningJob& run, const std::string& reason, bool abort_members) {
+  if (abort_members) {
+    v1::CoordinatorMessage abort;
+    abort.mutable_abort()->set_job_id(run.job.id());
+    abort.mutable_abort()->set_generation(run.generation);
+    abort.mutable_abort()->set_reason(reason);
+    SendToGroup(run, abort);
+  }
+  for (int64_t session : run.members) {
+    auto it = sessions_.find(session);
+    if (it == sessions_.end() || it->second.job_id != run.job.id()) continue;
+    it->second.job_id.clear();
+    it->second.rank = -1;
+  }
+  kv_.erase({run.job.id(), run.generation});
+}
+
+void Cluster::FailGroup(const std::string& job_id, const std::string& reason, bool retryable) {
+  auto it = running_.find(job_id);
+  if (it == running_.end()) return;
+  RunningJob& run = it->second;
+  EndGroup(run, reason, /*abort_members=*/true);
+  const int tries = ++recoveries_[job_id];
+  const bool give_up = !retryable || tries > options_.max_recoveries_without_progress;
+  std::string message = reason;
+  if (retryable && give_up) {
+    message =
+        absl::StrCat(reason, " (", tries - 1, " recoveries in a row made no progress; giving up)");
+  }
+  // Summaries past the committed checkpoint are dropped: the next group replays those steps.
+  if (absl::Status discarded = store_->DiscardStepSummariesAfter(job_id, run.committed_step - 1);
+      !discarded.ok()) {
+    Log(absl::StrCat(job_id, ": ", discarded.ToString()));
+  }
+  absl::StatusOr<v1::Job> moved = store_->UpdateJobState(
+      job_id, give_up ? v1::JOB_STATE_FAILED : v1::JOB_STATE_RECOVERING, message);
+  if (!moved.ok()) Log(absl::StrCat(job_id, ": ", moved.status().ToString()));
+  Log(absl::StrCat(job_id, give_up ? " failed: " : " recovering: ", message));
+  running_.erase(it);
+  if (give_up) recoveries_.erase(job_id);
+  Schedule();
+}
+
+void Cluster::FlushJob(RunningJob& run) {
+  if (run.unflushed.empty()) return;
+  if (absl::Status written = store_->RecordStepSummaries(run.job.id(), run.unflushed);
+      !written.ok()) {
+    Log(absl::StrCat(run.job.id(), ": cannot record step summaries: ", written.ToString()));
+    return;
+  }
+  run.unflushed.clear();
+}
+
+void Cluster::Flush() {
+  last_flush_ = Now();
+  std::vector<std::pair<std::string, std::vector<StepSummaryRecord>>> batch;
+  for (auto& [id, run] : running_) {
+    if (!run.unflushed.empty()) batch.emplace_back(id, run.unflushed);
+  }
+  if (batch.empty()) return;
+  if (absl::Status written = store_->RecordStepSummariesBatch(batch); !written.ok()) {
+    Log(absl::StrCat("cannot record step summaries: ", written.ToString()));
+    return;  // kept; the next flush tries again
+  }
+  for (auto& [id, run] : running_) run.unflushed.clear();
+}
+
+absl::Status Cluster::KvSet(const v1::KvSetRequest& request) {
+  if (request.key().empty() || request.key().size() > kMaxKeyBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key must be 1 .. ", kMaxKeyBytes, " bytes, got ", request.key().size()));
+  }
+  if (request.value().size() > kMaxValueBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "value of key \"", request.key(), "\" is over 1 MiB (", request.value().size(), " bytes)"));
+  }
+  absl::MutexLock lock(&mu_);
+  auto run = running_.find(request.job_id());
+  auto session = session_of_worker_.find(request.worker_id());
+  if (run == running_.end() || run->second.generation != request.generation() ||
+      session == session_of_worker_.end() ||
+      std::find(run->second.members.begin(), run->second.members.end(), session->second) ==
+          run->second.members.end()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("worker \"", request.worker_id(), "\" is not in generation ",
+                     request.generation(), " of job \"", request.job_id(), "\""));
+  }
+  kv_[{request.job_id(), request.generation()}].values[request.key()] = request.value();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> Cluster::KvGet(const v1::KvGetRequest& request,
+                                           std::chrono::system_clock::time_point deadline) {
+  absl::MutexLock lock(&mu_);
+  auto member = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto run = running_.find(request.job_id());
+    auto session = session_of_worker_.find(request.worker_id());
+    return run != running_.end() && run->second.generation == request.generation() &&
+           session != session_of_worker_.end() &&
+           std::find(run->second.members.begin(), run->second.members.end(), session->second) !=
+               run->second.members.end();
+  };
+  if (!member()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("worker \"", request.worker_id(), "\" is not in generation ",
+                     request.generation(), " of job \"", request.job_id(), "\""));
+  }
+  const std::pair<std::string, int64_t> space{request.job_id(), request.generation()};
+  auto lookup = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> const std::string* {
+    auto kv = kv_.find(space);
+    if (kv == kv_.end()) return nullptr;
+    auto value = kv->second.values.find(request.key());
+    return value == kv->second.values.end() ? nullptr : &value->second;
+  };
+  if (const std::string* value = lookup()) return *value;
+  if (!request.wait()) {
+    return absl::NotFoundError(absl::StrCat("key \"", request.key(), "\" is not set"));
+  }
+  absl::Time until = absl::InfiniteFuture();
+  if (deadline < std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) {
+    until = absl::FromChrono(deadline);
+  }
+  if (request.timeout_seconds() > 0) {
+    until = std::min(until, absl::Now() + absl::Seconds(request.timeout_seconds()));
+  }
+  auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return shut_down_ || !member() || lookup() != nullptr;
+  };
+  mu_.AwaitWithDeadline(absl::Condition(&ready), until);
+  if (shut_down_) return absl::UnavailableError("the coordinator is shutting down");
+  if (!member()) {
+    return absl::AbortedError(absl::StrCat("generation ", request.generation(), " of job \"",
+                                           request.job_id(), "\" ended while waiting"));
+  }
+  if (const std::string* value = lookup()) return *value;
+  return absl::DeadlineExceededError(
+      absl::StrCat("key \"", request.key(), "\" was not set in time"));
+}
+
+void Cluster::Shutdown(const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  if (shut_down_) return;
+  shut_down_ = true;
+  Flush();
+  // Jobs stay RUNNING in the store: the next coordinator recovers them. Workers see their
+  // streams end and reconnect, to this coordinator's successor.
+  for (auto& [id, worker] : sessions_) worker.link->Close(absl::UnavailableError(reason));
+}
+
+ClusterStats Cluster::Stats() {
+  absl::MutexLock lock(&mu_);
+  ClusterStats stats;
+  stats.workers = static_cast<int>(sessions_.size());
+  for (const auto& [id, worker] : sessions_) stats.idle_workers += worker.job_id.empty() ? 1 : 0;
+  stats.running_jobs = static_cast<int>(running_.size());
+  stats.plans_sent = plans_sent_;
+  stats.reports_received = reports_received_;
+  return stats;
+}
+
+}  // namespace raptr

@@ -1,0 +1,221 @@
+// Cluster: the coordinator's live view of its workers and running jobs, and every decision about
+// them: scheduling pending jobs onto free workers, forming worker groups (generations), streaming
+// step plans ahead of the workers, aggregating their reports into the job store, committing
+// checkpoints, finishing, cancelling and recovering jobs, and the rendezvous key-value store.
+//
+// The Cluster does no I/O of its own besides the JobStore: it talks to each worker through a
+// WorkerLink (ControlServiceImpl's is a gRPC stream's outbox), so its logic is the same whether
+// the link is a real stream or a test's. One mutex guards everything; no call blocks while
+// holding it except the store's SQLite writes, which are batched (one transaction per flush).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "coordinator/job_service.h"
+#include "coordinator/step_planner.h"
+#include "coordinator/store/job_store.h"
+#include "raptr/v1/control.pb.h"
+#include "raptr/v1/job.pb.h"
+
+namespace raptr {
+
+// The coordinator's side of one worker session.
+class WorkerLink {
+ public:
+  virtual ~WorkerLink() = default;
+  // Queues a message for the worker, in order; never blocks.
+  virtual void Send(const v1::CoordinatorMessage& message) = 0;
+  // Ends the session with `status` (the worker sees the RPC end); idempotent.
+  virtual void Close(const absl::Status& status) = 0;
+};
+
+struct ClusterOptions {
+  // Plans streamed ahead of the slowest rank's last completed step.
+  int plan_window = 32;
+  // Workers send a heartbeat at least this often (Welcome.heartbeat_interval_seconds).
+  double heartbeat_seconds = 2.0;
+  // A worker silent this long is lost (Welcome.lease_seconds).
+  double lease_seconds = 15.0;
+  // New step summaries are written to the store at least this often.
+  double flush_seconds = 0.5;
+  // Where each job's checkpoints go: checkpoint_root/<job id>. Workers must see the same path.
+  std::string checkpoint_root = "runs/checkpoints";
+  // A job fails after this many recoveries in a row without committing a new checkpoint.
+  int max_recoveries_without_progress = 3;
+};
+
+// Counts for logs, tests and metrics.
+struct ClusterStats {
+  int workers = 0;       // Connected.
+  int idle_workers = 0;  // Connected and not in a group.
+  int running_jobs = 0;  // With a group.
+  int64_t plans_sent = 0;
+  int64_t reports_received = 0;
+};
+
+class Cluster final : public JobLifecycleListener {
+ public:
+  // REQUIRES: `store` outlives the Cluster.
+  Cluster(JobStore* store, ClusterOptions options);
+  ~Cluster();
+  Cluster(const Cluster&) = delete;
+  Cluster& operator=(const Cluster&) = delete;
+
+  // Marks the jobs that were RUNNING or RECOVERING when the coordinator last stopped as
+  // RECOVERING (their groups are gone) so they are scheduled again as workers connect. Call once
+  // before serving.
+  absl::Status RecoverJobsFromStore();
+
+  // A worker's session began with `hello`. Validates it (INVALID_ARGUMENT naming the field), and
+  // replaces an older session of the same worker_id (closed with ABORTED; its job recovers).
+  // Sends Welcome on `link`. Returns the session id the other calls take.
+  absl::StatusOr<int64_t> Connect(const v1::Hello& hello, std::shared_ptr<WorkerLink> link);
+  // A message of the session (anything but Hello). Errors end the session.
+  absl::Status Receive(int64_t session, const v1::WorkerMessage& message);
+  // The session ended (the worker left, the network failed, or the link was closed).
+  void Disconnect(int64_t session);
+
+  // The periodic work: lease expiry, flushing summaries, scheduling. The coordinator calls it
+  // every ~100 ms; the event calls above also schedule when something changed.
+  void Tick();
+
+  // JobService's hooks: a job was submitted (schedule now) or cancelled (abort its group).
+  void JobSubmitted(const std::string& job_id) override;
+  void JobCancelled(const std::string& job_id) override;
+
+  // Rendezvous store (ControlService.KvSet / KvGet); see control.proto for the codes.
+  absl::Status KvSet(const v1::KvSetRequest& request);
+  absl::StatusOr<std::string> KvGet(const v1::KvGetRequest& request,
+                                    std::chrono::system_clock::time_point deadline);
+
+  // Tells every worker to exit (Shutdown) and closes their sessions; flushes the store.
+  void Shutdown(const std::string& reason);
+
+  ClusterStats Stats();
+
+ private:
+  struct Worker {
+    int64_t session = 0;
+    v1::Hello hello;
+    std::shared_ptr<WorkerLink> link;
+    double last_seen = 0;  // steady seconds
+    std::string job_id;    // empty when idle
+    int rank = -1;
+  };
+
+  // Per-step aggregation of the ranks' reports.
+  struct StepAggregate {
+    int reports = 0;
+    double loss_sum = 0;  // sum of loss * scored_targets
+    int64_t targets = 0;
+    int64_t tokens = 0;
+    double flops = 0;
+    double flops_full = 0;
+    double seconds = 0;  // slowest rank
+  };
+  struct EvalAggregate {
+    int results = 0;
+    double loss_sum = 0;
+    int64_t targets = 0;
+    int32_t batches = 0;
+    double seconds = 0;
+  };
+  struct CheckpointAggregate {
+    int answers = 0;
+    std::string path;  // rank 0's
+    std::optional<uint64_t> digest;
+    bool diverged = false;
+  };
+
+  // A job with a worker group.
+  struct RunningJob {
+    v1::Job job;
+    std::optional<StepPlanner> planner;
+    int64_t generation = 0;
+    std::vector<int64_t> members;  // session ids by rank
+    int64_t next_plan = 0;         // the next step whose plan is not sent yet
+    std::vector<int64_t> done;     // per rank: steps completed (next step to run)
+    std::map<int64_t, StepAggregate> steps;
+    std::map<int64_t, EvalAggregate> evals;
+    std::map<int64_t, CheckpointAggregate> checkpoints;
+    // Summaries complete but waiting for the evaluation after their step.
+    std::map<int64_t, StepSummaryRecord> awaiting_eval;
+    std::vector<StepSummaryRecord> unflushed;
+    int64_t committed_step = -1;  // the latest committed checkpoint (optimizer steps done)
+    int64_t completed_steps = 0;  // every rank has reported steps < this
+  };
+
+  // Rendezvous keys of one generation.
+  struct KvSpace {
+    std::map<std::string, std::string> values;
+  };
+
+  static double Now();
+
+  // Assigns waiting jobs to idle workers. REQUIRES: mu_.
+  void Schedule() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forms a group of `sessions` for `job` and sends the assignments and first plans.
+  void StartGroup(const v1::Job& job, std::vector<int64_t> sessions)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sends plans (and the eval / checkpoint requests after them) up to the window.
+  void SendPlans(RunningJob& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SendToGroup(const RunningJob& run, const v1::CoordinatorMessage& message)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends a group: Abort to its remaining members, which become idle; drops the job's keys.
+  void EndGroup(RunningJob& run, const std::string& reason, bool abort_members)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The group failed: back to RECOVERING (or FAILED) and scheduled again from its checkpoint.
+  void FailGroup(const std::string& job_id, const std::string& reason, bool retryable)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes every job's unflushed summaries in one transaction.
+  void Flush() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FlushJob(RunningJob& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The job finished its last step, evaluation and checkpoint: SUCCEEDED and Release.
+  void MaybeFinish(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropSession(int64_t session, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Validates a message's (job, generation, rank) against the session's group. nullptr when it
+  // is a straggler of an ended generation (to be ignored).
+  absl::StatusOr<RunningJob*> GroupOf(int64_t session, const std::string& job_id,
+                                      int64_t generation) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::Status OnStepReport(int64_t session, const v1::StepReport& report)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status OnEvalResult(int64_t session, const v1::EvalResult& result)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status OnCheckpointWritten(int64_t session, const v1::CheckpointWritten& written)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OnWorkerError(int64_t session, const v1::WorkerError& error)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Logs a line to stderr with a timestamp.
+  static void Log(const std::string& line);
+
+  JobStore* const store_;
+  const ClusterOptions options_;
+  absl::Mutex mu_;
+  int64_t next_session_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<int64_t, Worker> sessions_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int64_t> session_of_worker_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, RunningJob> running_ ABSL_GUARDED_BY(mu_);
+  // Consecutive recoveries without a new checkpoint, per job.
+  std::map<std::string, int> recoveries_ ABSL_GUARDED_BY(mu_);
+  // (job id, generation) -> keys.
+  std::map<std::pair<std::string, int64_t>, KvSpace> kv_ ABSL_GUARDED_BY(mu_);
+  double last_flush_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t plans_sent_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t reports_received_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace raptr
