@@ -141,7 +141,7 @@ void Cluster::DropSession(int64_t session, const std::string& why) {
     session_of_worker_.erase(s);
   }
   worker.link->Close(absl::AbortedError(why));
-  Log(absl::StrCat("worker ", worker.hello.worker_id(), " left: ", why));
+  if (!shut_down_) Log(absl::StrCat("worker ", worker.hello.worker_id(), " left: ", why));
   WorkerRecord record;
   record.worker_id = worker.hello.worker_id();
   record.backend = EffectiveBackend(worker.hello.backend());
@@ -352,7 +352,10 @@ void Cluster::SendPlans(RunningJob& run) {
       request->set_job_id(id);
       request->set_generation(run.generation);
       request->set_step(step);
-      request->set_path(absl::StrCat(options_.checkpoint_root, "/", id));
+      // One directory per generation: a replayed step never overwrites the checkpoint an
+      // earlier group wrote (and perhaps committed) for it.
+      request->set_path(
+          absl::StrCat(options_.checkpoint_root, "/", id, "/generation-", run.generation));
       run.checkpoints[step] = CheckpointAggregate{};
       SendToGroup(run, checkpoint);
     }

@@ -45,11 +45,10 @@ class StreamLink final : public WorkerLink {
         if (closed_) return;
         batch.swap(outbox_);
       }
-      for (size_t i = 0; i < batch.size(); ++i) {
-        grpc::WriteOptions options;
-        // Coalesce a burst (a window of plans) into few writes; the last one flushes.
-        if (i + 1 < batch.size()) options.set_buffer_hint();
-        if (!stream->Write(batch[i], options)) {
+      // No buffer_hint coalescing: a hinted write may sit in gRPC's buffer until the next
+      // flush, which delayed a fresh session's first messages by seconds.
+      for (const v1::CoordinatorMessage& message : batch) {
+        if (!stream->Write(message)) {
           Close(absl::UnavailableError("the stream to the worker broke"));
           return;
         }

@@ -1,4 +1,5 @@
-// raptr-worker: the training process. Subcommands: train (local, one process), debug-step.
+// raptr-worker: the training process. Subcommands: serve (a coordinator's worker), train (local,
+// one process), debug-step.
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -12,6 +13,7 @@ void PrintUsage() {
   std::fprintf(stderr,
                "usage: raptr-worker <command> [flags]\n"
                "commands:\n"
+               "  serve        connect to raptr-coordinator and train the jobs it assigns\n"
                "  train        train a model locally in this process (see --help)\n"
                "  debug-step   one forward/backward from safetensors weights; writes loss,\n"
                "               logits and every gradient to a safetensors file\n");
@@ -26,6 +28,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
+  if (command == "serve") return raptr::RunServe(argc, argv);
   if (command == "train") return raptr::RunLocalTrain(argc, argv);
   if (command == "debug-step") return raptr::RunDebugStep(argc, argv);
   std::fprintf(stderr, "raptr-worker: unknown command '%s'\n", command.c_str());

@@ -208,7 +208,7 @@ absl::StatusOr<std::string> TrainingSession::Save(const std::string& run_dir) {
   state_.extra_json = extra.dump();
   RETURN_IF_ERROR(SaveCheckpoint(run_dir, config_.model, model_->layout(), model_->params(),
                                  optimizer_->m(), optimizer_->v(), state_));
-  return run_dir + "/" + CheckpointDirName(state_.step);
+  return CheckpointPath(run_dir, state_.step);
 }
 
 uint64_t TrainingSession::StateDigest() const {

@@ -109,8 +109,8 @@ class TrainingSession {
   // (every block for the full model) and no dropout of any kind.
   absl::StatusOr<EvalOutcome> Evaluate(int batches, const ActiveLayerSet& active);
 
-  // Writes a checkpoint of the current state into run_dir/step_NNNNNNNN (atomically) and points
-  // run_dir/LATEST at it. Returns the checkpoint directory.
+  // Writes a checkpoint of the current state with SaveCheckpoint (run_dir/checkpoints/
+  // step_NNNNNNNN, atomically, then LATEST). Returns the checkpoint directory.
   absl::StatusOr<std::string> Save(const std::string& run_dir);
 
   // 64-bit FNV-1a digest of the parameters and AdamW moments: replicas of a data-parallel group

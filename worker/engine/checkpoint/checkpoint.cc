@@ -31,9 +31,6 @@ constexpr char kStateFile[] = "state.safetensors";
 constexpr char kLatestFile[] = "LATEST";
 constexpr char kStepPrefix[] = "step_";
 
-std::string CheckpointsRoot(const std::string& run_dir) {
-  return (fs::path(run_dir) / "checkpoints").string();
-}
 
 absl::Status FsError(const std::string& what, const std::string& path, const std::error_code& ec) {
   return absl::InternalError(absl::StrCat(what, " ", path, ": ", ec.message()));
@@ -226,6 +223,14 @@ std::string ModelConfigToJson(const ModelConfig& c) {
             {"vocab_size", c.vocab_size},
             {"max_seq", c.max_seq}};
   return j.dump();
+}
+
+std::string CheckpointsRoot(const std::string& run_dir) {
+  return (fs::path(run_dir) / "checkpoints").string();
+}
+
+std::string CheckpointPath(const std::string& run_dir, int64_t step) {
+  return (fs::path(CheckpointsRoot(run_dir)) / CheckpointDirName(step)).string();
 }
 
 absl::StatusOr<ModelConfig> ModelConfigFromJson(const std::string& text) {

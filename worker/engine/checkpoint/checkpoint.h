@@ -40,6 +40,12 @@ struct TrainState {
 // "step_%08d".
 std::string CheckpointDirName(int64_t step);
 
+// run_dir/checkpoints, where a run's checkpoints and its LATEST file live.
+std::string CheckpointsRoot(const std::string& run_dir);
+
+// run_dir/checkpoints/step_%08d: where SaveCheckpoint puts the checkpoint of `step`.
+std::string CheckpointPath(const std::string& run_dir, int64_t step);
+
 // ModelConfig as a JSON object {"kind": "gpt"|"bert", "num_layers": .., "d_model": ..,
 // "num_heads": .., "d_ff": .., "vocab_size": .., "max_seq": ..}, and back. Parsing requires
 // exactly these fields.

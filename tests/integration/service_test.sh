@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# The service end to end with real processes on loopback: raptr-coordinator, raptr-worker serve
+# processes training over real Gloo collectives, and raptrctl.
+#   1. a job waits PENDING for a late worker, then runs data-parallel on 2 workers to SUCCEEDED;
+#      WatchJob streams its state changes, steps, evaluations and checkpoints;
+#   2. the same job on 1 worker ends with the same weights (fp32 tolerance);
+#   3. a worker dies mid-job: the job recovers on another worker from the last committed
+#      checkpoint and ends bitwise identical to the uninterrupted run;
+#   4. cancel stops a running job and frees its worker for the next;
+#   5. the coordinator restarts mid-job: the job resumes and succeeds.
+# Usage: service_test.sh BUILD_DIR
+set -euo pipefail
+BUILD=$(cd "$1" && pwd)
+HERE=$(cd "$(dirname "$0")" && pwd)
+CTL=$BUILD/cli/raptrctl
+COORD=$BUILD/coordinator/raptr-coordinator
+WORKER=$BUILD/worker/raptr-worker
+WORK=$(mktemp -d)
+COORD_PID=
+WORKER_PIDS=()
+
+cleanup() {
+  for pid in "${WORKER_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  [[ -n "$COORD_PID" ]] && kill -TERM "$COORD_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+fail() {
+  echo "FAIL: $*" >&2
+  for f in "$WORK"/*.log; do echo "--- $f" >&2; tail -n 30 "$f" >&2; done
+  exit 1
+}
+
+# A small corpus.
+mkdir -p "$WORK/text"
+for d in 1 2 3 4; do
+  for i in $(seq 1 150); do
+    echo "Document $d line $i: the state of the union is strong, said speaker number $((i * d % 17)) to the congress; taxes, trade and peace were discussed at length."
+  done > "$WORK/text/doc$d.txt"
+done
+"$CTL" data prepare --input "$WORK/text" --out "$WORK/data" --vocab-size 300 --val-fraction 0.25 \
+  2> "$WORK/prepare.log" || fail "data prepare"
+
+# spec NAME STEPS MIN_WORKERS MAX_WORKERS: a 4-block GPT with RaPTr, checkpoints every 25 steps.
+spec() {
+  cat > "$WORK/$1.yaml" <<EOF
+name: $1
+model: {kind: gpt, layers: 4, d_model: 32, heads: 2, vocab_size: 300, max_seq: 32}
+data: {train_shards: [$WORK/data/train.bin], val_shards: [$WORK/data/val.bin]}
+training: {batch: 8, seq: 32, steps: $2, seed: 7, eval_every: 25, eval_batches: 2,
+           checkpoint_every: 25}
+optimizer: {lr: 3e-3, warmup_steps: 5}
+schedule: {raptr: {}}
+resources: {min_workers: $3, max_workers: $4}
+EOF
+  echo "$WORK/$1.yaml"
+}
+
+start_coordinator() {
+  "$COORD" --listen "${1:-127.0.0.1:0}" --store "$WORK/store/c.db" \
+    --checkpoint-dir "$WORK/ckpt" --heartbeat 0.5 --lease 3 \
+    > "$WORK/coord.out" 2>> "$WORK/coord.log" &
+  COORD_PID=$!
+  for _ in $(seq 1 100); do
+    if grep -q "listening on" "$WORK/coord.out" 2>/dev/null; then
+      ADDR=$(sed -n 's/^raptr-coordinator listening on //p' "$WORK/coord.out")
+      export RAPTR_COORDINATOR=$ADDR
+      return 0
+    fi
+    kill -0 "$COORD_PID" 2>/dev/null || fail "coordinator exited at start"
+    sleep 0.1
+  done
+  fail "coordinator did not report its port"
+}
+
+# start_worker ID [flags...]: a 1-thread worker; its pid is appended to WORKER_PIDS.
+start_worker() {
+  local id=$1
+  shift
+  OMP_NUM_THREADS=1 "$WORKER" serve --coordinator "$ADDR" --id "$id" --collective-timeout 30 "$@" \
+    2>> "$WORK/$id.log" &
+  WORKER_PIDS+=($!)
+  LAST_WORKER=$!
+}
+
+state_of() { "$CTL" get "$1" --output json | sed -n 's/.*"state": "JOB_STATE_\([A-Z]*\)".*/\1/p'; }
+step_of() {
+  local s
+  s=$("$CTL" get "$1" --output json | tr -d '\n ' | sed -n 's/.*"progress":{"step":"\{0,1\}\([0-9]*\).*/\1/p')
+  echo "${s:-0}"
+}
+# wait_state JOB STATE SECONDS
+wait_state() {
+  for _ in $(seq 1 $(($3 * 10))); do
+    [[ "$(state_of "$1")" == "$2" ]] && return 0
+    sleep 0.1
+  done
+  fail "$1 is $(state_of "$1"), not $2, after $3 s"
+}
+final_checkpoint() { ls -d "$WORK"/ckpt/"$1"/generation-*/checkpoints/step_"$(printf %08d "$2")" | tail -n 1; }
+
+start_coordinator
+start_worker wa
+
+# 1. Late worker, data-parallel run, WatchJob events.
+DP2=$("$CTL" submit -f "$(spec dp2 100 2 2)") || fail "submit dp2"
+sleep 1.5
+[[ "$(state_of "$DP2")" == PENDING ]] || fail "dp2 started with one of its two workers"
+"$CTL" watch "$DP2" --output json > "$WORK/dp2.events" &
+WATCH_PID=$!
+start_worker wb
+wait "$WATCH_PID" || fail "watch dp2"
+[[ "$(state_of "$DP2")" == SUCCEEDED ]] || fail "dp2 ended $(state_of "$DP2")"
+grep -q '"new_state": "JOB_STATE_RUNNING"' "$WORK/dp2.events" || fail "no RUNNING event"
+grep -q '"new_state": "JOB_STATE_SUCCEEDED"' "$WORK/dp2.events" || fail "no SUCCEEDED event"
+[[ $(grep -c '"step": {' "$WORK/dp2.events") -ge 100 ]] || fail "fewer than 100 step events"
+[[ $(grep -c '"eval": {' "$WORK/dp2.events") -eq 4 ]] || fail "expected 4 eval events"
+[[ $(grep -c '"checkpoint": {' "$WORK/dp2.events") -eq 4 ]] || fail "expected 4 checkpoint events"
+"$CTL" get "$DP2" | grep -Eq "^workers: +2 " || fail "dp2 did not run on 2 workers"
+echo "ok 1: late worker, 2 data-parallel workers, WatchJob events"
+
+# 2. One worker, same global batch: the same weights within fp32 tolerance.
+DP1=$("$CTL" submit -f "$(spec dp1 100 1 1)") || fail "submit dp1"
+wait_state "$DP1" SUCCEEDED 120
+python3 "$HERE/compare_checkpoints.py" "$(final_checkpoint "$DP1" 100)" \
+  "$(final_checkpoint "$DP2" 100)" --rtol 1e-4 || fail "2 workers' weights differ from 1 worker's"
+echo "ok 2: 2 data-parallel workers == 1 worker"
+
+# 3. A worker dies at step 60 (after the checkpoint at 50): the job resumes elsewhere from it and
+# ends bitwise identical to dp1, which ran the same spec on one worker without a failure.
+for pid in "${WORKER_PIDS[@]}"; do kill -TERM "$pid"; done
+wait "${WORKER_PIDS[@]}" 2>/dev/null || true
+WORKER_PIDS=()
+start_worker wc --crash-at-step 60
+sleep 0.5
+REC=$("$CTL" submit -f "$(spec dp1 100 1 1)") || fail "submit recovery job"
+wait "$LAST_WORKER" 2>/dev/null && fail "the crashing worker exited 0"
+start_worker wd
+wait_state "$REC" SUCCEEDED 120
+"$CTL" get "$REC" | grep -Eq "\(generation 2\)" || fail "recovery job did not regroup once"
+python3 "$HERE/compare_checkpoints.py" "$(final_checkpoint "$DP1" 100)" \
+  "$(final_checkpoint "$REC" 100)" --exact || fail "recovered run differs from the uninterrupted one"
+grep -q "recovering: worker wc (rank 0) lost" "$WORK/coord.log" || fail "no recovery logged"
+echo "ok 3: a lost worker's job recovers from its checkpoint, bitwise identical"
+
+# 4. Cancel a running job; its worker takes the next job.
+LONG=$("$CTL" submit -f "$(spec long 1000000 1 1)") || fail "submit long"
+wait_state "$LONG" RUNNING 30
+"$CTL" cancel "$LONG" > /dev/null || fail "cancel"
+[[ "$(state_of "$LONG")" == CANCELLED ]] || fail "long is $(state_of "$LONG") after cancel"
+NEXT=$("$CTL" submit -f "$(spec next 10 1 1)") || fail "submit next"
+wait_state "$NEXT" SUCCEEDED 60
+echo "ok 4: cancel frees the worker"
+
+# 5. The coordinator restarts (same address and store) mid-job: the job resumes and succeeds.
+RESTART=$("$CTL" submit -f "$(spec restart 3000 1 1)") || fail "submit restart"
+for _ in $(seq 1 300); do
+  [[ $(step_of "$RESTART") -ge 200 ]] && break
+  sleep 0.1
+done
+[[ $(step_of "$RESTART") -ge 200 ]] || fail "restart job did not reach step 200"
+kill -TERM "$COORD_PID"
+wait "$COORD_PID" || fail "coordinator did not exit cleanly on SIGTERM"
+start_coordinator "$ADDR"
+wait_state "$RESTART" SUCCEEDED 240
+"$CTL" get "$RESTART" | grep -Eq "\(generation [2-9]\)" || fail "restart job kept its generation"
+echo "ok 5: coordinator restart"
+echo "service end to end: all passed"

@@ -1,0 +1,729 @@
+// The worker agent (see agent.h).
+//
+// Threads: the session thread reads the coordinator's stream and dispatches; a heartbeat thread
+// keeps the lease; a job thread runs the assignment (engine steps, Gloo collectives) from a queue
+// of plans the session thread fills. Writes to the stream are serialised by one mutex.
+#include "worker/agent.h"
+
+#include <omp.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/flags.h"
+#include "common/status.h"
+#include "gloo/rendezvous/store.h"
+#include "grpcpp/grpcpp.h"
+#include "raptr/v1/control.grpc.pb.h"
+#include "raptr/v1/control.pb.h"
+#include "worker/collective/gloo_group.h"
+#include "worker/engine/session.h"
+#include "worker/job_config.h"
+
+namespace raptr {
+namespace {
+
+constexpr char kVersion[] = "0.1.0";
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string g_log_name = "raptr-worker";
+
+void Log(const std::string& line) {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char stamp[32];
+  std::strftime(stamp, sizeof(stamp), "%H:%M:%S", &tm);
+  std::fprintf(stderr, "%s %s: %s\n", stamp, g_log_name.c_str(), line.c_str());
+}
+
+// Gloo's rendezvous store over the coordinator's KvSet / KvGet, scoped to one generation of one
+// job. Gloo reports store failures by exception.
+class CoordinatorStore final : public gloo::rendezvous::Store {
+ public:
+  CoordinatorStore(v1::ControlService::Stub* stub, std::string job_id, int64_t generation,
+                   std::string worker_id, std::chrono::milliseconds timeout)
+      : stub_(stub),
+        job_id_(std::move(job_id)),
+        generation_(generation),
+        worker_id_(std::move(worker_id)),
+        timeout_(timeout) {}
+
+  void set(const std::string& key, const std::vector<char>& data) override {
+    v1::KvSetRequest request;
+    request.set_job_id(job_id_);
+    request.set_generation(generation_);
+    request.set_worker_id(worker_id_);
+    request.set_key(key);
+    request.set_value(std::string(data.begin(), data.end()));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::KvSetResponse response;
+    const grpc::Status status = stub_->KvSet(&context, request, &response);
+    if (!status.ok()) {
+      throw std::runtime_error(
+          absl::StrCat("rendezvous KvSet(", key, ") failed: ", status.error_message()));
+    }
+  }
+
+  std::vector<char> get(const std::string& key) override { return Get(key, timeout_); }
+
+  void wait(const std::vector<std::string>& keys) override { wait(keys, timeout_); }
+
+  void wait(const std::vector<std::string>& keys,
+            const std::chrono::milliseconds& timeout) override {
+    for (const std::string& key : keys) Get(key, timeout);
+  }
+
+ private:
+  std::vector<char> Get(const std::string& key, std::chrono::milliseconds timeout) {
+    v1::KvGetRequest request;
+    request.set_job_id(job_id_);
+    request.set_generation(generation_);
+    request.set_worker_id(worker_id_);
+    request.set_key(key);
+    request.set_wait(true);
+    request.set_timeout_seconds(std::chrono::duration<double>(timeout).count());
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + timeout + std::chrono::seconds(5));
+    v1::KvGetResponse response;
+    const grpc::Status status = stub_->KvGet(&context, request, &response);
+    if (!status.ok()) {
+      throw std::runtime_error(
+          absl::StrCat("rendezvous KvGet(", key, ") failed: ", status.error_message()));
+    }
+    return std::vector<char>(response.value().begin(), response.value().end());
+  }
+
+  v1::ControlService::Stub* const stub_;
+  const std::string job_id_;
+  const int64_t generation_;
+  const std::string worker_id_;
+  const std::chrono::milliseconds timeout_;
+};
+
+using Stream = grpc::ClientReaderWriter<v1::WorkerMessage, v1::CoordinatorMessage>;
+
+// One Connect stream; writes from several threads go through Write.
+class Connection {
+ public:
+  grpc::ClientContext context;
+  std::unique_ptr<Stream> stream;
+
+  bool Write(const v1::WorkerMessage& message) {
+    absl::MutexLock lock(&write_mu_);
+    return stream->Write(message);
+  }
+  void WritesDone() {
+    absl::MutexLock lock(&write_mu_);
+    stream->WritesDone();
+  }
+
+ private:
+  absl::Mutex write_mu_;
+};
+
+// Runs one assignment on its own thread.
+class JobRunner {
+ public:
+  JobRunner(v1::Assignment assignment, Connection* connection, v1::ControlService::Stub* stub,
+            const AgentOptions& options, std::string worker_id, std::string host)
+      : assignment_(std::move(assignment)),
+        connection_(connection),
+        stub_(stub),
+        options_(options),
+        worker_id_(std::move(worker_id)),
+        host_(std::move(host)) {}
+
+  ~JobRunner() {
+    Abort();
+    Join();
+  }
+
+  void Start() {
+    thread_ = std::thread([this] { Run(); });
+  }
+  void Push(const v1::CoordinatorMessage& message) {
+    absl::MutexLock lock(&mu_);
+    queue_.push_back(message);
+  }
+  void Abort() {
+    absl::MutexLock lock(&mu_);
+    aborted_ = true;
+  }
+  void Join() {
+    if (thread_.joinable()) thread_.join();
+  }
+  bool finished() const { return finished_.load(); }
+  const std::string& job_id() const { return assignment_.job_id(); }
+  int64_t generation() const { return assignment_.generation(); }
+  int64_t last_step() const { return last_step_.load(); }
+
+ private:
+  // The next message of the job; nullopt once aborted.
+  std::optional<v1::CoordinatorMessage> Pop() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](JobRunner* r)
+             ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu_) { return r->aborted_ || !r->queue_.empty(); },
+        this));
+    if (aborted_) return std::nullopt;
+    v1::CoordinatorMessage message = std::move(queue_.front());
+    queue_.pop_front();
+    return message;
+  }
+  bool aborted() {
+    absl::MutexLock lock(&mu_);
+    return aborted_;
+  }
+
+  void Run() {
+    const absl::Status status = RunJob();
+    // The group is torn down (the Gloo group died with RunJob's scope) before the error goes
+    // out, so peers blocked in a collective with this rank fail fast too.
+    if (!status.ok() && !aborted()) {
+      Log(absl::StrCat(job_id(), " failed at step ", current_step_, ": ", status.ToString()));
+      v1::WorkerMessage message;
+      v1::WorkerError* error = message.mutable_error();
+      error->set_job_id(job_id());
+      error->set_generation(generation());
+      error->set_step(current_step_);
+      error->set_code(static_cast<int>(status.code()));
+      error->set_message(std::string(status.message()));
+      // Bad input (a missing shard, a spec this build cannot run, a checkpoint of another run)
+      // fails the same way on any worker; lost peers and timeouts may not.
+      const absl::StatusCode code = status.code();
+      error->set_retryable(
+          code != absl::StatusCode::kInvalidArgument && code != absl::StatusCode::kNotFound &&
+          code != absl::StatusCode::kFailedPrecondition && code != absl::StatusCode::kDataLoss &&
+          code != absl::StatusCode::kUnimplemented && code != absl::StatusCode::kResourceExhausted);
+      connection_->Write(message);
+    }
+    finished_.store(true);
+  }
+
+  absl::Status RunJob() {
+    const int rank = assignment_.rank(), world = assignment_.world_size();
+    Log(absl::StrCat(job_id(), " generation ", generation(), ": rank ", rank, " of ", world,
+                     assignment_.has_resume_checkpoint()
+                         ? absl::StrCat(", resuming from ", assignment_.resume_checkpoint().path())
+                         : std::string(", from step 0")));
+    ASSIGN_OR_RETURN(TrainerConfig config, TrainerConfigFromJobSpec(assignment_.spec()));
+    config.log_every = 0;
+    ASSIGN_OR_RETURN(std::unique_ptr<TrainingSession> session,
+                     TrainingSession::Create(config, rank, world));
+    if (assignment_.has_resume_checkpoint()) {
+      RETURN_IF_ERROR(session->Restore(assignment_.resume_checkpoint().path()));
+      if (session->step() != assignment_.resume_checkpoint().step()) {
+        return absl::DataLossError(absl::StrCat(
+            "checkpoint ", assignment_.resume_checkpoint().path(), " holds step ", session->step(),
+            ", the coordinator committed it as step ", assignment_.resume_checkpoint().step()));
+      }
+    }
+    current_step_ = session->step();
+    last_step_.store(session->step() - 1);
+    std::unique_ptr<GlooGroup> group;
+    if (world > 1) {
+      const auto timeout = std::chrono::milliseconds(
+          static_cast<int64_t>(options_.collective_timeout_seconds * 1000));
+      CoordinatorStore store(stub_, job_id(), generation(), worker_id_, timeout);
+      ASSIGN_OR_RETURN(group, GlooGroup::Connect(store, rank, world, host_, timeout));
+    }
+    const int L = config.model.num_layers;
+    double last_log = Now();
+    int64_t steps_since_log = 0;
+    while (std::optional<v1::CoordinatorMessage> message = Pop()) {
+      v1::WorkerMessage out;
+      if (message->has_step_plan()) {
+        const v1::StepPlan& plan = message->step_plan();
+        ASSIGN_OR_RETURN(StepInput input, ToStepInput(plan, L));
+        current_step_ = plan.step();
+        if (plan.step() == options_.crash_at_step) {
+          Log(absl::StrCat("--crash-at-step ", plan.step(), ": dying now"));
+          _exit(3);
+        }
+        ASSIGN_OR_RETURN(StepOutcome step, session->RunStep(input, group.get()));
+        v1::StepReport* report = out.mutable_step_report();
+        report->set_job_id(job_id());
+        report->set_generation(generation());
+        report->set_rank(rank);
+        report->set_step(plan.step());
+        report->set_loss(step.local_loss);
+        report->set_scored_targets(step.local_targets);
+        report->set_tokens(step.local_tokens);
+        report->set_flops(step.local_flops);
+        report->set_flops_full(step.local_flops_full);
+        report->set_grad_norm(step.grad_norm);
+        report->set_step_seconds(step.times.total);
+        report->set_forward_seconds(step.times.forward);
+        report->set_backward_seconds(step.times.backward);
+        report->set_allreduce_seconds(step.times.allreduce);
+        report->set_optimizer_seconds(step.times.optimizer);
+        last_step_.store(plan.step());
+        ++steps_since_log;
+        if (Now() - last_log >= 10) {
+          Log(absl::StrFormat("%s step %d/%d path %d loss %.4f (%.2f steps/s)", job_id(),
+                              plan.step() + 1, config.steps, plan.active_layers_size(),
+                              step.local_loss, steps_since_log / (Now() - last_log)));
+          last_log = Now();
+          steps_since_log = 0;
+        }
+      } else if (message->has_eval_request()) {
+        const v1::EvalRequest& request = message->eval_request();
+        ActiveLayerSet active = ActiveLayerSet::Full(L);
+        if (request.active_layers_size() > 0) {
+          std::vector<int> layers(request.active_layers().begin(), request.active_layers().end());
+          for (int l : layers) {
+            if (l < 0 || l >= L) {
+              return absl::InvalidArgumentError(
+                  absl::StrCat("eval request: block ", l, " out of range [0, ", L, ")"));
+            }
+          }
+          active = ActiveLayerSet::Of(L, layers);
+        }
+        ASSIGN_OR_RETURN(EvalOutcome eval, session->Evaluate(request.batches(), active));
+        v1::EvalResult* result = out.mutable_eval_result();
+        result->set_job_id(job_id());
+        result->set_generation(generation());
+        result->set_step(request.step());
+        result->set_rank(rank);
+        result->set_loss(eval.loss);
+        result->set_scored_targets(eval.scored_targets);
+        result->set_batches(eval.batches);
+        result->set_seconds(eval.seconds);
+        if (rank == 0) {
+          Log(absl::StrFormat("%s eval after step %d: rank 0 loss %.4f", job_id(),
+                              request.step() + 1, eval.loss));
+        }
+      } else if (message->has_checkpoint_request()) {
+        const v1::CheckpointRequest& request = message->checkpoint_request();
+        if (request.step() + 1 != session->step()) {
+          return absl::InternalError(absl::StrCat("checkpoint requested after step ",
+                                                  request.step(), " but ", session->step(),
+                                                  " steps are done"));
+        }
+        v1::CheckpointWritten* written = out.mutable_checkpoint_written();
+        // Replicas hold the same state: rank 0 writes it, every rank vouches with its digest.
+        if (rank == 0) {
+          ASSIGN_OR_RETURN(std::string path, session->Save(request.path()));
+          written->set_path(path);
+        }
+        written->set_job_id(job_id());
+        written->set_generation(generation());
+        written->set_step(session->step());
+        written->set_rank(rank);
+        written->set_state_digest(session->StateDigest());
+      } else if (message->has_release()) {
+        Log(absl::StrCat(job_id(), " done: ", session->step(), " steps"));
+        return absl::OkStatus();
+      } else {
+        continue;
+      }
+      if (!connection_->Write(out)) {
+        return absl::UnavailableError("the stream to the coordinator broke");
+      }
+    }
+    return absl::OkStatus();  // aborted
+  }
+
+  static absl::StatusOr<StepInput> ToStepInput(const v1::StepPlan& plan, int L) {
+    StepInput input;
+    input.step = plan.step();
+    input.stage = plan.stage();
+    input.active = ActiveLayerSet::Of(L, {});
+    if (plan.layer_scales_size() != 0 && plan.layer_scales_size() != plan.active_layers_size()) {
+      return absl::InvalidArgumentError(absl::StrCat("step plan ", plan.step(), ": ",
+                                                     plan.layer_scales_size(), " scales for ",
+                                                     plan.active_layers_size(), " active blocks"));
+    }
+    int previous = -1;
+    for (int i = 0; i < plan.active_layers_size(); ++i) {
+      const int l = plan.active_layers(i);
+      if (l <= previous || l >= L) {
+        return absl::InvalidArgumentError(absl::StrCat("step plan ", plan.step(),
+                                                       ": active blocks must be ascending in [0, ",
+                                                       L, "), got ", l, " after ", previous));
+      }
+      previous = l;
+      input.active.set_active(l, true);
+      input.active.set_scale(l, plan.layer_scales_size() > 0 ? plan.layer_scales(i) : 1.0f);
+    }
+    input.learning_rate = plan.learning_rate();
+    for (const v1::LayerCopy& copy : plan.layer_copies()) {
+      input.copies.emplace_back(copy.to_layer(), copy.from_layer());
+    }
+    return input;
+  }
+
+  const v1::Assignment assignment_;
+  Connection* const connection_;
+  v1::ControlService::Stub* const stub_;
+  const AgentOptions options_;
+  const std::string worker_id_;
+  const std::string host_;
+  std::thread thread_;
+  absl::Mutex mu_;
+  std::deque<v1::CoordinatorMessage> queue_ ABSL_GUARDED_BY(mu_);
+  bool aborted_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<bool> finished_{false};
+  std::atomic<int64_t> last_step_{-1};
+  int64_t current_step_ = -1;  // the job thread's own
+};
+
+enum class SessionEnd {
+  kUnreachable,  // never got a Welcome
+  kRejected,     // the coordinator refused the Hello: retrying will not help
+  kEnded,        // the session ran and ended (coordinator restart, network)
+  kJobDone,      // exit_after_job and the job ended
+  kShutdown,     // the coordinator said Shutdown, or we are stopping
+};
+
+class Agent {
+ public:
+  Agent(const AgentOptions& options, std::string worker_id, std::string host)
+      : options_(options), worker_id_(std::move(worker_id)), host_(std::move(host)) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    channel_ =
+        grpc::CreateCustomChannel(options.coordinator, grpc::InsecureChannelCredentials(), args);
+    stub_ = v1::ControlService::NewStub(channel_);
+  }
+
+  int Run() {
+    double backoff = 0.25;
+    double last_contact = Now();
+    bool announced_wait = false;
+    while (!stopping()) {
+      const SessionEnd end = RunSession();
+      if (end == SessionEnd::kShutdown || end == SessionEnd::kJobDone || stopping()) return 0;
+      if (end == SessionEnd::kRejected) return 1;
+      if (end == SessionEnd::kEnded) {
+        backoff = 0.25;
+        last_contact = Now();
+        announced_wait = false;
+      }
+      if (options_.connect_timeout_seconds > 0 &&
+          Now() - last_contact > options_.connect_timeout_seconds) {
+        Log(absl::StrCat("no coordinator at ", options_.coordinator, " for ",
+                         options_.connect_timeout_seconds, " s; giving up"));
+        return 1;
+      }
+      if (!announced_wait) {
+        Log(absl::StrCat("waiting for the coordinator at ", options_.coordinator,
+                         " (retrying with backoff up to ", options_.max_backoff_seconds, " s)"));
+        announced_wait = true;
+      }
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(backoff));
+      backoff = std::min(backoff * 2, options_.max_backoff_seconds);
+    }
+    return 0;
+  }
+
+  void Stop() {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    if (current_ != nullptr) current_->context.TryCancel();
+  }
+
+ private:
+  bool stopping() {
+    absl::MutexLock lock(&mu_);
+    return stopping_;
+  }
+
+  SessionEnd RunSession() {
+    if (!channel_->WaitForConnected(std::chrono::system_clock::now() +
+                                    std::chrono::milliseconds(1000))) {
+      return SessionEnd::kUnreachable;
+    }
+    Connection connection;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return SessionEnd::kShutdown;
+      current_ = &connection;
+    }
+    connection.stream = stub_->Connect(&connection.context);
+    v1::WorkerMessage hello_message;
+    v1::Hello* hello = hello_message.mutable_hello();
+    hello->set_worker_id(worker_id_);
+    hello->set_backend(v1::BACKEND_CPU);
+    hello->set_memory_bytes(static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) *
+                            static_cast<int64_t>(sysconf(_SC_PAGE_SIZE)));
+    hello->set_cpu_threads(omp_get_max_threads());
+    hello->set_host(host_);
+    hello->set_version(kVersion);
+    v1::CoordinatorMessage message;
+    if (!connection.Write(hello_message) || !connection.stream->Read(&message) ||
+        !message.has_welcome()) {
+      const grpc::Status status = connection.stream->Finish();
+      Forget();
+      if (status.error_code() == grpc::INVALID_ARGUMENT ||
+          status.error_code() == grpc::FAILED_PRECONDITION) {
+        Log(absl::StrCat("the coordinator refused this worker: ", status.error_message()));
+        return SessionEnd::kRejected;
+      }
+      return SessionEnd::kUnreachable;
+    }
+    const double heartbeat = message.welcome().heartbeat_interval_seconds();
+    Log(absl::StrCat("connected to ", options_.coordinator, " as ", worker_id_, " (",
+                     omp_get_max_threads(), " threads)"));
+
+    std::unique_ptr<JobRunner> runner;
+    absl::Mutex heartbeat_mu;
+    bool session_done = false;
+    std::thread heartbeats([&] {
+      while (true) {
+        {
+          absl::MutexLock lock(&heartbeat_mu);
+          if (heartbeat_mu.AwaitWithTimeout(absl::Condition(&session_done),
+                                            absl::Seconds(heartbeat))) {
+            return;
+          }
+        }
+        v1::WorkerMessage beat;
+        {
+          absl::MutexLock lock(&runner_mu_);
+          if (runner != nullptr && !runner->finished()) {
+            beat.mutable_heartbeat()->set_job_id(runner->job_id());
+            beat.mutable_heartbeat()->set_generation(runner->generation());
+            beat.mutable_heartbeat()->set_step(runner->last_step());
+          } else {
+            beat.mutable_heartbeat()->set_step(-1);
+          }
+        }
+        connection.Write(beat);
+      }
+    });
+
+    SessionEnd end = SessionEnd::kEnded;
+    bool ran_job = false;
+    while (connection.stream->Read(&message)) {
+      if (message.has_shutdown()) {
+        Log(absl::StrCat("shutdown requested: ", message.shutdown().reason()));
+        end = SessionEnd::kShutdown;
+        break;
+      }
+      if (message.has_assignment()) {
+        std::unique_ptr<JobRunner> old;
+        {
+          absl::MutexLock lock(&runner_mu_);
+          old = std::move(runner);
+        }
+        old.reset();  // aborts and joins a previous job, if one is still winding down
+        auto next = std::make_unique<JobRunner>(message.assignment(), &connection, stub_.get(),
+                                                options_, worker_id_, host_);
+        next->Start();
+        ran_job = true;
+        absl::MutexLock lock(&runner_mu_);
+        runner = std::move(next);
+        continue;
+      }
+      std::string job_id;
+      int64_t generation = 0;
+      if (message.has_step_plan()) {
+        job_id = message.step_plan().job_id();
+        generation = message.step_plan().generation();
+      } else if (message.has_eval_request()) {
+        job_id = message.eval_request().job_id();
+        generation = message.eval_request().generation();
+      } else if (message.has_checkpoint_request()) {
+        job_id = message.checkpoint_request().job_id();
+        generation = message.checkpoint_request().generation();
+      } else if (message.has_release()) {
+        job_id = message.release().job_id();
+        generation = message.release().generation();
+      } else if (message.has_abort()) {
+        job_id = message.abort().job_id();
+        generation = message.abort().generation();
+      }
+      absl::MutexLock lock(&runner_mu_);
+      if (runner == nullptr || runner->job_id() != job_id || runner->generation() != generation) {
+        continue;  // a straggler of an ended generation
+      }
+      if (message.has_abort()) {
+        Log(absl::StrCat(job_id, " generation ", generation,
+                         " aborted: ", message.abort().reason()));
+        runner->Abort();
+      } else {
+        runner->Push(message);
+      }
+      if (options_.exit_after_job && (message.has_abort() || message.has_release())) {
+        end = SessionEnd::kJobDone;
+        break;
+      }
+    }
+    if (ran_job && options_.exit_after_job && end == SessionEnd::kEnded) end = SessionEnd::kJobDone;
+    // Let a released job finish its queue (it ends at the Release); abort anything else.
+    std::unique_ptr<JobRunner> last;
+    {
+      absl::MutexLock lock(&runner_mu_);
+      last = std::move(runner);
+    }
+    if (last != nullptr && end != SessionEnd::kJobDone) last->Abort();
+    if (last != nullptr) last->Join();
+    last.reset();
+    {
+      absl::MutexLock lock(&heartbeat_mu);
+      session_done = true;
+    }
+    heartbeats.join();
+    connection.WritesDone();
+    connection.context.TryCancel();
+    const grpc::Status status = connection.stream->Finish();
+    Forget();
+    if (end == SessionEnd::kEnded) {
+      Log(absl::StrCat("session ended: ", status.ok() ? "OK" : status.error_message()));
+    }
+    return end;
+  }
+
+  void Forget() {
+    absl::MutexLock lock(&mu_);
+    current_ = nullptr;
+  }
+
+  const AgentOptions options_;
+  const std::string worker_id_;
+  const std::string host_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::ControlService::Stub> stub_;
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  Connection* current_ ABSL_GUARDED_BY(mu_) = nullptr;
+  absl::Mutex runner_mu_;
+};
+
+// The address Gloo peers reach this worker at: loopback when the coordinator is local (a
+// one-machine cluster), else the host name.
+std::string DefaultHost(const std::string& coordinator) {
+  if (coordinator.rfind("127.", 0) == 0 || coordinator.rfind("localhost", 0) == 0 ||
+      coordinator.rfind("[::1]", 0) == 0) {
+    return "127.0.0.1";
+  }
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) return "127.0.0.1";
+  return name;
+}
+
+}  // namespace
+
+int RunAgent(const AgentOptions& options) {
+  std::string worker_id = options.worker_id;
+  if (worker_id.empty()) {
+    char name[256] = {};
+    gethostname(name, sizeof(name) - 1);
+    worker_id = absl::StrCat(name, "-", getpid());
+  }
+  g_log_name = absl::StrCat("raptr-worker[", worker_id, "]");
+  if (options.threads > 0) omp_set_num_threads(options.threads);
+  const std::string host = options.host.empty() ? DefaultHost(options.coordinator) : options.host;
+
+  // SIGINT / SIGTERM stop the agent: the current session ends (its job is aborted; the
+  // coordinator recovers it elsewhere) and the process exits 0.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  Agent agent(options, worker_id, host);
+  std::thread([&agent, stop_signals] {
+    int signal_number = 0;
+    sigwait(&stop_signals, &signal_number);
+    Log(signal_number == SIGINT ? "SIGINT, stopping" : "SIGTERM, stopping");
+    agent.Stop();
+  }).detach();
+  return agent.Run();
+}
+
+}  // namespace raptr
+
+namespace raptr {
+
+int RunServe(int argc, char** argv) {
+  constexpr char kUsage[] =
+      "usage: raptr-worker serve [flags]\n\n"
+      "Connects to raptr-coordinator (retrying with backoff) and trains the jobs it assigns,\n"
+      "as one rank of a data-parallel group, until SIGINT or SIGTERM.\n\nflags:\n";
+  Flags flags;
+  AgentOptions defaults;
+  const char* env = std::getenv("RAPTR_COORDINATOR");
+  flags.Define("coordinator", env != nullptr && *env != '\0' ? env : defaults.coordinator,
+               "HOST:PORT of raptr-coordinator ($RAPTR_COORDINATOR)");
+  flags.Define("id", "", "stable worker id (default <hostname>-<pid>)");
+  flags.Define("host", "",
+               "address peers reach this worker at for Gloo (default: 127.0.0.1 with a local "
+               "coordinator, else the host name)");
+  flags.Define("threads", "0", "CPU threads for the kernels (0: OpenMP's default)");
+  flags.Define("connect-timeout", "0",
+               "seconds without a coordinator before giving up (0: retry forever)");
+  flags.Define("collective-timeout", "300",
+               "seconds a Gloo rendezvous or collective may wait for a peer");
+  flags.Define("exit-after-job", "false", "exit once the first assignment ends");
+  flags.Define("crash-at-step", "-1",
+               "testing: die abruptly before running this 0-based step (-1: never)");
+  flags.Define("help", "false", "print this help");
+  if (absl::Status parsed = flags.Parse(argc, argv, 2); !parsed.ok()) {
+    std::fprintf(stderr, "raptr-worker serve: %s\n\n%s%s", std::string(parsed.message()).c_str(),
+                 kUsage, flags.Usage().c_str());
+    return 2;
+  }
+  if (flags.Get("help") == "true") {
+    std::printf("%s%s", kUsage, flags.Usage().c_str());
+    return 0;
+  }
+  AgentOptions options;
+  options.coordinator = flags.Get("coordinator");
+  options.worker_id = flags.Get("id");
+  options.host = flags.Get("host");
+  options.exit_after_job = flags.Get("exit-after-job") == "true";
+  absl::StatusOr<int> threads = flags.GetInt32("threads");
+  absl::StatusOr<double> connect = flags.GetDouble("connect-timeout");
+  absl::StatusOr<double> collective = flags.GetDouble("collective-timeout");
+  absl::StatusOr<double> crash = flags.GetDouble("crash-at-step");
+  for (const absl::Status& s :
+       {threads.status(), connect.status(), collective.status(), crash.status()}) {
+    if (!s.ok()) {
+      std::fprintf(stderr, "raptr-worker serve: %s\n", std::string(s.message()).c_str());
+      return 2;
+    }
+  }
+  if (*threads < 0 || *connect < 0 || !(*collective > 0)) {
+    std::fprintf(stderr,
+                 "raptr-worker serve: need --threads >= 0, --connect-timeout >= 0 and "
+                 "--collective-timeout > 0\n");
+    return 2;
+  }
+  options.threads = *threads;
+  options.connect_timeout_seconds = *connect;
+  options.collective_timeout_seconds = *collective;
+  options.crash_at_step = static_cast<int64_t>(*crash);
+  return RunAgent(options);
+}
+
+}  // namespace raptr
