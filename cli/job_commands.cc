@@ -224,12 +224,14 @@ std::string EventLine(const v1::JobEvent& event) {
   }
   if (event.has_step()) {
     const v1::StepSummary& step = event.step();
-    return absl::StrFormat("%s step %d stage %d path %d loss %.4f lr %.3g %.3fs", time, step.step(),
-                           step.stage(), step.path_length(), step.loss(), step.learning_rate(),
-                           step.step_seconds());
+    // Steps read as counts done (1-based), like the snapshot's progress, evaluations and
+    // checkpoints: "step 100" is the 100th step, after which the eval of "after step 100" ran.
+    return absl::StrFormat("%s step %d stage %d path %d loss %.4f lr %.3g %.3fs", time,
+                           step.step() + 1, step.stage(), step.path_length(), step.loss(),
+                           step.learning_rate(), step.step_seconds());
   }
   if (event.has_eval()) {
-    return absl::StrFormat("%s eval after step %d: loss %.4f", time, event.eval().step(),
+    return absl::StrFormat("%s eval after step %d: loss %.4f", time, event.eval().step() + 1,
                            event.eval().eval_loss());
   }
   if (event.has_checkpoint()) {

@@ -1,7 +1,9 @@
 // JobServiceImpl: proto requests -> JobStore calls -> proto responses and gRPC statuses.
 #include "coordinator/job_service.h"
 
-#include <optional>
+#include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -23,12 +25,18 @@ using google::protobuf::util::TimeUtil;
 constexpr int kDefaultPageSize = 100;
 constexpr int kMaxPageSize = 1000;
 constexpr size_t kMaxRequestIdLength = 128;
-// Step summaries read per WatchJob poll; more wait for the next poll.
+// Step summaries and logged events read per WatchJob poll; more wait for the next poll.
 constexpr int kWatchStepBatch = 1000;
+constexpr int kWatchEventBatch = 1000;
 
 bool IsTerminal(v1::JobState state) {
   return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
          state == v1::JOB_STATE_CANCELLED;
+}
+
+// A logged state change into a final state: nothing follows it in a WatchJob stream.
+bool IsEndOfJob(const v1::JobEvent& event) {
+  return event.has_state_changed() && IsTerminal(event.state_changed().new_state());
 }
 
 // Job ids are "job-" and digits (JobStore); anything else cannot name a job.
@@ -104,7 +112,6 @@ grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* /*context*/,
   if (grpc::Status valid = CheckJobId(request->job_id()); !valid.ok()) return valid;
   absl::StatusOr<v1::Job> job = store_->GetJob(request->job_id());
   if (!job.ok()) return ToGrpcStatus(job.status());
-  if (listener_ != nullptr) listener_->JobCancelled(job->id());
   *response = *std::move(job);
   return grpc::Status::OK;
 }
@@ -159,6 +166,7 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* /*context*/,
     if (current.ok() && current->state() == v1::JOB_STATE_CANCELLED) job = std::move(current);
   }
   if (!job.ok()) return ToGrpcStatus(job.status());
+  if (listener_ != nullptr) listener_->JobCancelled(job->id());
   *response = *std::move(job);
   return grpc::Status::OK;
 }
@@ -169,85 +177,101 @@ grpc::Status JobServiceImpl::WatchJob(grpc::ServerContext* context,
   if (grpc::Status valid = CheckJobId(request->job_id()); !valid.ok()) return valid;
   const std::string& id = request->job_id();
   const int64_t step_every = request->step_every() <= 1 ? 1 : request->step_every();
-  absl::StatusOr<v1::Job> job = store_->GetJob(id);
-  if (!job.ok()) return ToGrpcStatus(job.status());
+  // The snapshot and the event log's position are read together, so tailing the log from
+  // last_seq delivers exactly the changes the snapshot does not show.
+  absl::StatusOr<JobWithEventSeq> start = store_->GetJobWithEventSeq(id);
+  if (!start.ok()) return ToGrpcStatus(start.status());
+  const v1::Job& job = start->job;
+  int64_t last_seq = start->last_event_seq;
 
+  const grpc::Status closed(grpc::StatusCode::CANCELLED, "stream closed");
   v1::JobEvent snapshot = NewEvent();
-  *snapshot.mutable_snapshot() = *job;
-  if (!writer->Write(snapshot)) return grpc::Status(grpc::StatusCode::CANCELLED, "stream closed");
-  if (IsTerminal(job->state())) return grpc::Status::OK;
+  *snapshot.mutable_snapshot() = job;
+  if (!writer->Write(snapshot)) return closed;
+  if (IsTerminal(job.state())) return grpc::Status::OK;
 
-  v1::JobState state = job->state();
-  v1::JobProgress progress = job->progress();
-  std::optional<int64_t> checkpoint_step;
-  if (progress.has_checkpoint_step()) checkpoint_step = progress.checkpoint_step();
-  const int64_t last_step = job->spec().training().steps() - 1;
+  v1::JobProgress progress = job.progress();
+  const int64_t last_step = job.spec().training().steps() - 1;
+  const int32_t eval_batches = job.spec().training().eval_batches();
+
+  // Step summaries are not logged events: they are read by step from progress.step() and folded
+  // into the cumulative progress. Returns false when the client is gone.
+  auto write_step = [&](const StepSummaryRecord& step) {
+    AdvanceProgress(step, &progress);
+    if (step.step % step_every == 0 || step.step == last_step) {
+      v1::JobEvent event = NewEvent();
+      v1::StepSummary* summary = event.mutable_step();
+      summary->set_step(step.step);
+      summary->set_stage(step.stage);
+      summary->set_path_length(step.path_length);
+      summary->set_loss(step.loss);
+      summary->set_learning_rate(step.learning_rate);
+      summary->set_tokens(step.tokens);
+      summary->set_flops(step.flops);
+      summary->set_flops_full(step.flops_full);
+      summary->set_step_seconds(step.seconds);
+      *summary->mutable_progress() = progress;
+      if (!writer->Write(event)) return false;
+    }
+    if (step.eval_loss.has_value()) {
+      v1::JobEvent event = NewEvent();
+      v1::EvalCompleted* eval = event.mutable_eval();
+      eval->set_step(step.step);
+      eval->set_eval_loss(*step.eval_loss);
+      eval->set_batches(eval_batches);
+      if (!writer->Write(event)) return false;
+    }
+    return true;
+  };
 
   while (!context->IsCancelled()) {
     absl::SleepFor(absl::FromChrono(kWatchPollInterval));
-    absl::StatusOr<std::vector<StepSummaryRecord>> steps =
-        store_->StepSummaries(id, progress.step(), kWatchStepBatch);
-    if (!steps.ok()) return ToGrpcStatus(steps.status());
-    for (const StepSummaryRecord& step : *steps) {
-      AdvanceProgress(step, &progress);
-      if (step.step % step_every == 0 || step.step == last_step) {
-        v1::JobEvent event = NewEvent();
-        v1::StepSummary* summary = event.mutable_step();
-        summary->set_step(step.step);
-        summary->set_stage(step.stage);
-        summary->set_path_length(step.path_length);
-        summary->set_loss(step.loss);
-        summary->set_learning_rate(step.learning_rate);
-        summary->set_tokens(step.tokens);
-        summary->set_flops(step.flops);
-        summary->set_flops_full(step.flops_full);
-        summary->set_step_seconds(step.seconds);
-        *summary->mutable_progress() = progress;
-        if (!writer->Write(event))
-          return grpc::Status(grpc::StatusCode::CANCELLED, "stream closed");
-      }
-      if (step.eval_loss.has_value()) {
-        v1::JobEvent event = NewEvent();
-        v1::EvalCompleted* eval = event.mutable_eval();
-        eval->set_step(step.step);
-        eval->set_eval_loss(*step.eval_loss);
-        eval->set_batches(job->spec().training().eval_batches());
-        if (!writer->Write(event))
-          return grpc::Status(grpc::StatusCode::CANCELLED, "stream closed");
-      }
+    // The log is read before the summaries: every summary recorded before a logged change is
+    // then in this poll's read too, and can be sent ahead of that change.
+    absl::StatusOr<std::vector<std::pair<int64_t, v1::JobEvent>>> events =
+        store_->JobEvents(id, last_seq, kWatchEventBatch);
+    if (!events.ok()) return ToGrpcStatus(events.status());
+    const bool ends = std::any_of(events->begin(), events->end(),
+                                  [](const auto& logged) { return IsEndOfJob(logged.second); });
+    absl::StatusOr<v1::Job> current = store_->GetJob(id);
+    if (!current.ok()) return ToGrpcStatus(current.status());
+    // A recovery rewinds to its checkpoint (the store drops the summaries past it): continue from
+    // the job's own shorter progress, so the replayed steps are sent and the totals stay right.
+    if (current->progress().step() < progress.step()) progress = current->progress();
+    // Normally one batch a poll (the rest waits for the next); before the stream ends, every
+    // summary stored.
+    std::vector<StepSummaryRecord> steps;
+    while (true) {
+      const int64_t from = steps.empty() ? progress.step() : steps.back().step + 1;
+      absl::StatusOr<std::vector<StepSummaryRecord>> batch =
+          store_->StepSummaries(id, from, kWatchStepBatch);
+      if (!batch.ok()) return ToGrpcStatus(batch.status());
+      const bool full = static_cast<int>(batch->size()) == kWatchStepBatch;
+      steps.insert(steps.end(), batch->begin(), batch->end());
+      if (!ends || !full) break;
     }
 
-    job = store_->GetJob(id);
-    if (!job.ok()) return ToGrpcStatus(job.status());
-    // A recovery rewinds to its checkpoint: continue from the job's own (shorter) progress.
-    if (job->progress().step() < progress.step()) progress = job->progress();
-    if (job->progress().has_checkpoint_step() &&
-        checkpoint_step != job->progress().checkpoint_step()) {
-      absl::StatusOr<std::optional<CheckpointRecord>> latest = store_->LatestCheckpoint(id);
-      if (!latest.ok()) return ToGrpcStatus(latest.status());
-      if (latest->has_value()) {
-        checkpoint_step = (*latest)->step;
-        v1::JobEvent event = NewEvent();
-        v1::CheckpointCommitted* checkpoint = event.mutable_checkpoint();
-        checkpoint->set_step((*latest)->step);
-        checkpoint->set_path((*latest)->path);
-        checkpoint->set_generation(job->generation());
-        if (!writer->Write(event))
-          return grpc::Status(grpc::StatusCode::CANCELLED, "stream closed");
+    size_t next_step = 0;
+    // Sends the read summaries of steps < `before`, in step order.
+    auto write_steps_before = [&](int64_t before) {
+      for (; next_step < steps.size() && steps[next_step].step < before; ++next_step) {
+        if (!write_step(steps[next_step])) return false;
       }
+      return true;
+    };
+    for (const auto& [seq, event] : *events) {
+      last_seq = seq;
+      // A checkpoint of step S holds the weights after steps 0 .. S-1: their summaries go first.
+      // A terminal state is the job's last word: every summary goes before it.
+      int64_t before = -1;
+      if (event.has_checkpoint()) before = event.checkpoint().step();
+      const bool terminal = IsEndOfJob(event);
+      if (terminal) before = std::numeric_limits<int64_t>::max();
+      if (!write_steps_before(before)) return closed;
+      if (!writer->Write(event)) return closed;
+      if (terminal) return grpc::Status::OK;
     }
-    if (job->state() != state) {
-      v1::JobEvent event = NewEvent();
-      v1::JobStateChanged* changed = event.mutable_state_changed();
-      changed->set_old_state(state);
-      changed->set_new_state(job->state());
-      changed->set_reason(job->message());
-      changed->set_generation(job->generation());
-      changed->set_world_size(job->world_size());
-      state = job->state();
-      if (!writer->Write(event)) return grpc::Status(grpc::StatusCode::CANCELLED, "stream closed");
-      if (IsTerminal(state)) return grpc::Status::OK;
-    }
+    if (!write_steps_before(std::numeric_limits<int64_t>::max())) return closed;
   }
   return grpc::Status(grpc::StatusCode::CANCELLED, "WatchJob cancelled by the client");
 }

@@ -79,6 +79,22 @@ CREATE TABLE workers (
 INSERT INTO schema_version (version) VALUES (1);
 )sql";
 
+// Version 1 -> 2: the per-job event log WatchJob streams from. seq is AUTOINCREMENT and every
+// write takes the write lock up front (BEGIN IMMEDIATE), so seqs grow in commit order: a reader
+// that has seen seq N can never later find a committed event below N, and "seq > N" tails the
+// log without gaps. A fresh store is created as version 1 and migrated in the same transaction,
+// so there is one path to the current schema.
+constexpr char kMigrateV1ToV2[] = R"sql(
+CREATE TABLE job_events (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+  time_ms INTEGER NOT NULL,
+  event BLOB NOT NULL
+);
+CREATE INDEX job_events_by_job ON job_events (job_id, seq);
+UPDATE schema_version SET version = 2;
+)sql";
+
 int64_t NowMillis() { return absl::ToUnixMillis(absl::Now()); }
 
 // Maps an SQLite result code onto a status naming the store and what was being done.
@@ -198,16 +214,23 @@ absl::Status Exec(sqlite3* db, const char* sql, const std::string& path) {
   return absl::OkStatus();
 }
 
-// A write transaction (BEGIN IMMEDIATE, so the write lock is taken up front and a busy writer is
-// waited for instead of failing an upgrade later); rolled back unless Commit() succeeded.
-class WriteTransaction {
+// A transaction; rolled back unless Commit() succeeded. A write transaction is BEGIN IMMEDIATE, so
+// the write lock is taken up front and a busy writer is waited for instead of failing an upgrade
+// later. A read transaction (BEGIN) makes several SELECTs see one snapshot of the file, which
+// matters when another connection writes between them.
+class Transaction {
  public:
-  static absl::StatusOr<std::unique_ptr<WriteTransaction>> Begin(sqlite3* db,
+  static absl::StatusOr<std::unique_ptr<Transaction>> BeginWrite(sqlite3* db,
                                                                  const std::string& path) {
     RETURN_IF_ERROR(Exec(db, "BEGIN IMMEDIATE", path));
-    return std::unique_ptr<WriteTransaction>(new WriteTransaction(db, path));
+    return std::unique_ptr<Transaction>(new Transaction(db, path));
   }
-  ~WriteTransaction() {
+  static absl::StatusOr<std::unique_ptr<Transaction>> BeginRead(sqlite3* db,
+                                                                const std::string& path) {
+    RETURN_IF_ERROR(Exec(db, "BEGIN", path));
+    return std::unique_ptr<Transaction>(new Transaction(db, path));
+  }
+  ~Transaction() {
     if (!done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
   }
   absl::Status Commit() {
@@ -223,7 +246,7 @@ class WriteTransaction {
   }
 
  private:
-  WriteTransaction(sqlite3* db, const std::string& path) : db_(db), path_(path) {}
+  Transaction(sqlite3* db, const std::string& path) : db_(db), path_(path) {}
   sqlite3* db_;
   const std::string& path_;
   bool done_ = false;
@@ -297,9 +320,11 @@ StepSummaryRecord StepFromRow(const Statement& row) {
   return s;
 }
 
-// Reads the schema version of an open database, or creates schema version 1 in an empty one.
+// Reads the schema version of an open database, creates the schema in an empty one and migrates
+// an older one to JobStore::kSchemaVersion, all in one transaction: a crash mid-migration leaves
+// the old version intact, and two processes opening an old store migrate it once.
 absl::Status EnsureSchema(sqlite3* db, const std::string& path) {
-  ASSIGN_OR_RETURN(auto txn, WriteTransaction::Begin(db, path));
+  ASSIGN_OR_RETURN(auto txn, Transaction::BeginWrite(db, path));
   ASSIGN_OR_RETURN(Statement tables,
                    Statement::Prepare(db,
                                       "SELECT COUNT(*), COALESCE(SUM(name = 'schema_version'), 0) "
@@ -311,6 +336,7 @@ absl::Status EnsureSchema(sqlite3* db, const std::string& path) {
   const bool has_version = tables.Int(1) > 0;
   if (table_count == 0) {
     RETURN_IF_ERROR(Exec(db, kSchemaV1, path));
+    RETURN_IF_ERROR(Exec(db, kMigrateV1ToV2, path));
     return txn->Commit();
   }
   if (!has_version) {
@@ -334,6 +360,12 @@ absl::Status EnsureSchema(sqlite3* db, const std::string& path) {
   if (v < 1) {
     return absl::FailedPreconditionError(
         absl::StrCat("job store ", path, ": unknown schema version ", v));
+  }
+  if (v < 2) {
+    // The version read is done; a pending read of the schema must not overlap its change.
+    RETURN_IF_ERROR(version.Reset());
+    RETURN_IF_ERROR(tables.Reset());
+    RETURN_IF_ERROR(Exec(db, kMigrateV1ToV2, path));
   }
   return txn->Commit();
 }
@@ -390,7 +422,7 @@ absl::StatusOr<v1::Job> JobStore::CreateJob(const v1::JobSpec& spec,
     return absl::InternalError(absl::StrCat("job ", filled.name(), ": spec does not serialize"));
   }
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(auto txn, WriteTransaction::Begin(db_, path_));
+  ASSIGN_OR_RETURN(auto txn, Transaction::BeginWrite(db_, path_));
   if (!request_id.empty()) {
     ASSIGN_OR_RETURN(Statement find,
                      Statement::Prepare(db_, "SELECT id FROM jobs WHERE request_id = ?", path_));
@@ -551,7 +583,7 @@ absl::StatusOr<v1::Job> JobStore::UpdateJobState(const std::string& id, v1::JobS
         absl::StrCat("job \"", id, "\": unknown target state ", static_cast<int>(new_state)));
   }
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(auto txn, WriteTransaction::Begin(db_, path_));
+  ASSIGN_OR_RETURN(auto txn, Transaction::BeginWrite(db_, path_));
   ASSIGN_OR_RETURN(
       Statement select,
       Statement::Prepare(db_, "SELECT state, started_ms FROM jobs WHERE id = ?", path_));
@@ -591,13 +623,21 @@ absl::StatusOr<v1::Job> JobStore::UpdateJobState(const std::string& id, v1::JobS
   update.BindText(6, id);
   RETURN_IF_ERROR(update.Run());
   ASSIGN_OR_RETURN(v1::Job job, LoadJob(id));
+  v1::JobEvent event;
+  v1::JobStateChanged* changed = event.mutable_state_changed();
+  changed->set_old_state(old_state);
+  changed->set_new_state(new_state);
+  changed->set_reason(message);
+  changed->set_generation(job.generation());
+  changed->set_world_size(job.world_size());
+  RETURN_IF_ERROR(AppendEvent(id, now, &event));
   RETURN_IF_ERROR(txn->Commit());
   return job;
 }
 
 absl::Status JobStore::SetJobGroup(const std::string& id, int64_t generation, int32_t world_size) {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(auto txn, WriteTransaction::Begin(db_, path_));
+  ASSIGN_OR_RETURN(auto txn, Transaction::BeginWrite(db_, path_));
   RETURN_IF_ERROR(CheckJobExists(id));
   ASSIGN_OR_RETURN(Statement update,
                    Statement::Prepare(db_,
@@ -628,7 +668,7 @@ absl::Status JobStore::RecordStepSummariesBatch(
     }
   }
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(auto txn, WriteTransaction::Begin(db_, path_));
+  ASSIGN_OR_RETURN(auto txn, Transaction::BeginWrite(db_, path_));
   ASSIGN_OR_RETURN(
       Statement upsert,
       Statement::Prepare(db_,
@@ -666,7 +706,7 @@ absl::Status JobStore::RecordStepSummariesBatch(
 
 absl::Status JobStore::DiscardStepSummariesAfter(const std::string& job_id, int64_t step) {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(auto txn, WriteTransaction::Begin(db_, path_));
+  ASSIGN_OR_RETURN(auto txn, Transaction::BeginWrite(db_, path_));
   RETURN_IF_ERROR(CheckJobExists(job_id));
   ASSIGN_OR_RETURN(
       Statement discard,
@@ -715,8 +755,15 @@ absl::Status JobStore::CommitCheckpoint(const std::string& job_id, int64_t step,
         absl::StrCat("job \"", job_id, "\": checkpoint path of step ", step, " is empty"));
   }
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(auto txn, WriteTransaction::Begin(db_, path_));
-  RETURN_IF_ERROR(CheckJobExists(job_id));
+  ASSIGN_OR_RETURN(auto txn, Transaction::BeginWrite(db_, path_));
+  // The generation that wrote the checkpoint is the job's current one: a commit comes from the
+  // running group, and SetJobGroup runs before a new group starts.
+  ASSIGN_OR_RETURN(Statement job,
+                   Statement::Prepare(db_, "SELECT generation FROM jobs WHERE id = ?", path_));
+  job.BindText(1, job_id);
+  ASSIGN_OR_RETURN(bool found, job.Step());
+  if (!found) return absl::NotFoundError(absl::StrCat("job \"", job_id, "\" not found"));
+  const int64_t generation = job.Int(0);
   const int64_t now = NowMillis();
   ASSIGN_OR_RETURN(Statement upsert,
                    Statement::Prepare(db_,
@@ -733,6 +780,12 @@ absl::Status JobStore::CommitCheckpoint(const std::string& job_id, int64_t step,
   touch.BindInt(1, now);
   touch.BindText(2, job_id);
   RETURN_IF_ERROR(touch.Run());
+  v1::JobEvent event;
+  v1::CheckpointCommitted* checkpoint = event.mutable_checkpoint();
+  checkpoint->set_step(step);
+  checkpoint->set_path(path);
+  checkpoint->set_generation(generation);
+  RETURN_IF_ERROR(AppendEvent(job_id, now, &event));
   return txn->Commit();
 }
 
@@ -753,6 +806,82 @@ absl::StatusOr<std::optional<CheckpointRecord>> JobStore::LatestCheckpoint(
   checkpoint.path = select.Text(1);
   checkpoint.committed_at_ms = select.Int(2);
   return std::optional<CheckpointRecord>(std::move(checkpoint));
+}
+
+absl::StatusOr<std::vector<std::pair<int64_t, v1::JobEvent>>> JobStore::JobEvents(
+    const std::string& job_id, int64_t after_seq, int limit) {
+  if (limit < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("job \"", job_id, "\": event limit must be >= 1, got ", limit));
+  }
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(CheckJobExists(job_id));
+  ASSIGN_OR_RETURN(Statement select,
+                   Statement::Prepare(db_,
+                                      "SELECT seq, event FROM job_events WHERE job_id = ? AND "
+                                      "seq > ? ORDER BY seq LIMIT ?",
+                                      path_));
+  select.BindText(1, job_id);
+  select.BindInt(2, after_seq);
+  select.BindInt(3, limit);
+  std::vector<std::pair<int64_t, v1::JobEvent>> events;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, select.Step());
+    if (!row) break;
+    const int64_t seq = select.Int(0);
+    v1::JobEvent event;
+    if (!event.ParseFromString(select.Blob(1))) {
+      return absl::DataLossError(
+          absl::StrCat("job store ", path_, ": job ", job_id, ": event ", seq, " does not parse"));
+    }
+    events.emplace_back(seq, std::move(event));
+  }
+  return events;
+}
+
+absl::StatusOr<int64_t> JobStore::LastEventSeq(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(CheckJobExists(job_id));
+  return LoadLastEventSeq(job_id);
+}
+
+absl::StatusOr<JobWithEventSeq> JobStore::GetJobWithEventSeq(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  // One read transaction: another connection's write cannot land between the job and the seq.
+  ASSIGN_OR_RETURN(auto txn, Transaction::BeginRead(db_, path_));
+  JobWithEventSeq result;
+  ASSIGN_OR_RETURN(result.job, LoadJob(id));
+  ASSIGN_OR_RETURN(result.last_event_seq, LoadLastEventSeq(id));
+  RETURN_IF_ERROR(txn->Commit());
+  return result;
+}
+
+absl::StatusOr<int64_t> JobStore::LoadLastEventSeq(const std::string& job_id) {
+  ASSIGN_OR_RETURN(
+      Statement select,
+      Statement::Prepare(db_, "SELECT COALESCE(MAX(seq), 0) FROM job_events WHERE job_id = ?",
+                         path_));
+  select.BindText(1, job_id);
+  ASSIGN_OR_RETURN(bool row, select.Step());
+  return row ? select.Int(0) : 0;
+}
+
+absl::Status JobStore::AppendEvent(const std::string& job_id, int64_t time_ms,
+                                   v1::JobEvent* event) {
+  *event->mutable_time() = TimeUtil::MillisecondsToTimestamp(time_ms);
+  std::string blob;
+  if (!event->SerializeToString(&blob)) {
+    return absl::InternalError(absl::StrCat("job ", job_id, ": event does not serialize"));
+  }
+  ASSIGN_OR_RETURN(Statement insert,
+                   Statement::Prepare(db_,
+                                      "INSERT INTO job_events (job_id, time_ms, event) "
+                                      "VALUES (?, ?, ?)",
+                                      path_));
+  insert.BindText(1, job_id);
+  insert.BindInt(2, time_ms);
+  insert.BindBlob(3, blob);
+  return insert.Run();
 }
 
 absl::Status JobStore::UpsertWorker(const WorkerRecord& worker) {

@@ -49,6 +49,12 @@ struct WorkerRecord {
   std::string state;         // Free-form membership state, e.g. "idle", "busy", "gone".
 };
 
+// A job and the seq of its last logged event, read at one instant (GetJobWithEventSeq).
+struct JobWithEventSeq {
+  v1::Job job;
+  int64_t last_event_seq = 0;  // 0 when the job has no events yet.
+};
+
 // Which jobs ListJobs returns: in submission order (oldest first).
 struct JobFilter {
   std::vector<v1::JobState> states;  // Only jobs in one of these states; empty: every state.
@@ -58,9 +64,16 @@ struct JobFilter {
 
 // JobStore persists everything the coordinator must not lose across a restart in one SQLite
 // database file (WAL journal, foreign keys on): jobs with their validated specs and states, the
-// per-step summaries their progress is computed from, committed checkpoints, and workers.
-// Every mutating call is one transaction: it is either entirely durable when it returns OK or
-// has changed nothing.
+// per-step summaries their progress is computed from, committed checkpoints, a per-job event
+// log, and workers. Every mutating call is one transaction: it is either entirely durable when it
+// returns OK or has changed nothing.
+//
+// The event log (table job_events, schema version 2) holds one serialized v1::JobEvent per state
+// change (UpdateJobState) and per committed checkpoint (CommitCheckpoint), written in the same
+// transaction as the change, so it never disagrees with the job and survives restarts. Each event
+// has a seq, increasing across the whole store in commit order: a reader that saw seq N finds
+// every later event with seq > N (JobEvents), which is how WatchJob delivers every change, even
+// ones that come and go between its polls. Job creation writes no event (a snapshot covers it).
 //
 // Job ids are "job-" followed by at least six digits from an AUTOINCREMENT counter, so an id is
 // never reused, even after its job is gone. A Job's progress (step, loss, eval loss, tokens,
@@ -74,6 +87,7 @@ struct JobFilter {
 class JobStore {
  public:
   // Opens (creating when absent) the store at `path` and creates the schema in an empty file.
+  // An older store (version 1, before the event log) is migrated in place, keeping its data.
   // Errors name the path: DATA_LOSS for a file that is not an SQLite database or is corrupt,
   // FAILED_PRECONDITION for an SQLite file that is not a raptr store or has a schema version
   // newer than this build knows, UNAVAILABLE when another writer holds the file too long.
@@ -84,7 +98,8 @@ class JobStore {
   ~JobStore();
 
   // The schema version this build writes and reads.
-  static constexpr int kSchemaVersion = 1;
+  // 1: jobs, step summaries, checkpoints, workers. 2: + job_events.
+  static constexpr int kSchemaVersion = 2;
 
   // Fills the spec's defaults, validates it (ValidateJobSpec) and stores a new PENDING job.
   // INVALID_ARGUMENT naming the field when the spec is invalid; nothing is written then.
@@ -95,6 +110,11 @@ class JobStore {
   // The job with that id. NOT_FOUND naming the id.
   absl::StatusOr<v1::Job> GetJob(const std::string& id);
 
+  // GetJob and LastEventSeq read in one transaction: the job reflects exactly the events up to
+  // last_event_seq, so a watcher that sends the job as its snapshot and then JobEvents(after
+  // last_event_seq) neither loses nor repeats a change. NOT_FOUND naming the id.
+  absl::StatusOr<JobWithEventSeq> GetJobWithEventSeq(const std::string& id);
+
   // Jobs matching `filter`, oldest first. INVALID_ARGUMENT for a limit < 1.
   absl::StatusOr<std::vector<v1::Job>> ListJobs(const JobFilter& filter);
 
@@ -102,8 +122,9 @@ class JobStore {
   // CANCELLED or is RECOVERING; cleared on other states). Legal moves: PENDING -> RUNNING,
   // CANCELLED, FAILED; RUNNING -> RECOVERING, SUCCEEDED, FAILED, CANCELLED; RECOVERING ->
   // RUNNING, FAILED, CANCELLED. SUCCEEDED, FAILED and CANCELLED are final. The first RUNNING
-  // sets start_time, a terminal state end_time. Returns the updated job. NOT_FOUND for an
-  // unknown id; FAILED_PRECONDITION naming both states for an illegal move.
+  // sets start_time, a terminal state end_time. Logs a state_changed event (reason: `message`;
+  // the job's generation and world size). Returns the updated job. NOT_FOUND for an unknown id;
+  // FAILED_PRECONDITION naming both states for an illegal move (nothing is written then).
   absl::StatusOr<v1::Job> UpdateJobState(const std::string& id, v1::JobState new_state,
                                          const std::string& message);
 
@@ -131,13 +152,25 @@ class JobStore {
   absl::StatusOr<std::vector<StepSummaryRecord>> StepSummaries(const std::string& job_id,
                                                                int64_t from_step, int limit);
 
-  // Records a committed checkpoint of the job after `step` (replacing one of the same step).
-  // NOT_FOUND for an unknown job; INVALID_ARGUMENT for a negative step or an empty path.
+  // Records a committed checkpoint of the job after `step` (replacing one of the same step) and
+  // logs a checkpoint event (with the job's generation). NOT_FOUND for an unknown job;
+  // INVALID_ARGUMENT for a negative step or an empty path.
   absl::Status CommitCheckpoint(const std::string& job_id, int64_t step, const std::string& path);
 
   // The job's committed checkpoint of the highest step; std::nullopt when none. NOT_FOUND for an
   // unknown job.
   absl::StatusOr<std::optional<CheckpointRecord>> LatestCheckpoint(const std::string& job_id);
+
+  // Up to `limit` of the job's logged events with seq > after_seq, as (seq, event) in seq order;
+  // each event's time is when its change was committed. NOT_FOUND for an unknown job;
+  // INVALID_ARGUMENT for a limit < 1; DATA_LOSS for a stored event that does not parse.
+  absl::StatusOr<std::vector<std::pair<int64_t, v1::JobEvent>>> JobEvents(const std::string& job_id,
+                                                                          int64_t after_seq,
+                                                                          int limit);
+
+  // The seq of the job's last logged event; 0 when it has none. NOT_FOUND for an unknown job.
+  // To pair it with the job's state use GetJobWithEventSeq.
+  absl::StatusOr<int64_t> LastEventSeq(const std::string& job_id);
 
   // Inserts or replaces a worker by worker_id. INVALID_ARGUMENT for an empty worker_id.
   absl::Status UpsertWorker(const WorkerRecord& worker);
@@ -156,6 +189,13 @@ class JobStore {
   absl::StatusOr<v1::Job> LoadJob(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Fills job->progress from the step summaries and checkpoints. REQUIRES: mu_ held.
   absl::Status LoadProgress(v1::Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The body of LastEventSeq, for a job known to exist. REQUIRES: mu_ held.
+  absl::StatusOr<int64_t> LoadLastEventSeq(const std::string& job_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets event->time to `time_ms` and logs it for the job. REQUIRES: mu_ held, inside the write
+  // transaction of the change the event describes.
+  absl::Status AppendEvent(const std::string& job_id, int64_t time_ms, v1::JobEvent* event)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // OK when the job exists, else NOT_FOUND naming it. REQUIRES: mu_ held.
   absl::Status CheckJobExists(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

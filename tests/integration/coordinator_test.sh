@@ -105,6 +105,22 @@ grep -Eq "^state: +CANCELLED" "$WORK/cancel.txt" || fail "cancel: $(cat "$WORK/c
 "$CTL" cancel "$JOB" > "$WORK/cancel2.txt" || fail "second cancel should be idempotent"
 grep -Eq "^state: +CANCELLED" "$WORK/cancel2.txt" \
   || fail "second cancel: $(cat "$WORK/cancel2.txt")"
+# The same with --output json: the cancel arrives as a logged state_changed event, the last line.
+C=$("$CTL" submit -f "$SRC/examples/gpt-raptr.yaml") || fail "submit for json watch"
+"$CTL" watch "$C" --output json > "$WORK/watch-c.json" 2> "$WORK/watch-c.err" &
+WATCH_PID=$!
+for _ in $(seq 1 50); do grep -q '"snapshot"' "$WORK/watch-c.json" && break; sleep 0.1; done
+grep -q '"snapshot"' "$WORK/watch-c.json" || fail "json watch printed no snapshot"
+"$CTL" cancel "$C" --reason "json test" > /dev/null || fail "cancel for json watch"
+for _ in $(seq 1 50); do kill -0 "$WATCH_PID" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$WATCH_PID" 2>/dev/null; then kill "$WATCH_PID"; fail "json watch did not end"; fi
+wait "$WATCH_PID" || fail "json watch exited non-zero: $(cat "$WORK/watch-c.err")"
+tail -n 1 "$WORK/watch-c.json" | grep '"state_changed"' \
+  | grep -Eq '"new_state": ?"JOB_STATE_CANCELLED"' \
+  || fail "json watch does not end on the CANCELLED state change: $(cat "$WORK/watch-c.json")"
+[[ $(wc -l < "$WORK/watch-c.json") -eq 2 ]] \
+  || fail "json watch: want the snapshot and one state change: $(cat "$WORK/watch-c.json")"
+
 # Errors from the server: exit 1 with the gRPC code.
 set +e
 "$CTL" cancel job-999999 > /dev/null 2> "$WORK/missing.err"
@@ -131,7 +147,7 @@ export RAPTR_COORDINATOR=$ADDR
 "$CTL" get "$JOB" > "$WORK/get2.txt" || fail "get after restart"
 grep -Eq "^state: +CANCELLED" "$WORK/get2.txt" || fail "after restart: $(cat "$WORK/get2.txt")"
 grep -Eq "^message: +test" "$WORK/get2.txt" || fail "cancel reason lost: $(cat "$WORK/get2.txt")"
-[[ $("$CTL" list --state cancelled --output json | grep -c '"id":') -eq 2 ]] \
+[[ $("$CTL" list --state cancelled --output json | grep -c '"id":') -eq 3 ]] \
   || fail "list --state cancelled after restart"
 
 # Unreachable coordinator: exit 3 (the port is free once the coordinator is gone).

@@ -112,11 +112,11 @@ WATCH_PID=$!
 start_worker wb
 wait "$WATCH_PID" || fail "watch dp2"
 [[ "$(state_of "$DP2")" == SUCCEEDED ]] || fail "dp2 ended $(state_of "$DP2")"
-grep -q '"new_state": "JOB_STATE_RUNNING"' "$WORK/dp2.events" || fail "no RUNNING event"
-grep -q '"new_state": "JOB_STATE_SUCCEEDED"' "$WORK/dp2.events" || fail "no SUCCEEDED event"
-[[ $(grep -c '"step": {' "$WORK/dp2.events") -ge 100 ]] || fail "fewer than 100 step events"
-[[ $(grep -c '"eval": {' "$WORK/dp2.events") -eq 4 ]] || fail "expected 4 eval events"
-[[ $(grep -c '"checkpoint": {' "$WORK/dp2.events") -eq 4 ]] || fail "expected 4 checkpoint events"
+grep -q '"new_state":"JOB_STATE_RUNNING"' "$WORK/dp2.events" || fail "no RUNNING event"
+grep -q '"new_state":"JOB_STATE_SUCCEEDED"' "$WORK/dp2.events" || fail "no SUCCEEDED event"
+[[ $(grep -c '"step":{' "$WORK/dp2.events") -ge 100 ]] || fail "fewer than 100 step events"
+[[ $(grep -c '"eval":{' "$WORK/dp2.events") -eq 4 ]] || fail "expected 4 eval events"
+[[ $(grep -c '"checkpoint":{' "$WORK/dp2.events") -eq 4 ]] || fail "expected 4 checkpoint events"
 "$CTL" get "$DP2" | grep -Eq "^workers: +2 " || fail "dp2 did not run on 2 workers"
 echo "ok 1: late worker, 2 data-parallel workers, WatchJob events"
 

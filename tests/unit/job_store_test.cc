@@ -16,9 +16,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/job_spec.h"
+#include "google/protobuf/util/time_util.h"
 
 namespace raptr {
 namespace {
+
+using ::google::protobuf::util::TimeUtil;
 
 constexpr char kSpecYaml[] = R"(name: tiny
 model:
@@ -71,6 +74,19 @@ class JobStoreTest : public ::testing::Test {
     sqlite3_finalize(stmt);
     sqlite3_close(db);
     return count;
+  }
+
+  int64_t SchemaVersion() {
+    sqlite3* db = nullptr;
+    EXPECT_EQ(sqlite3_open_v2(path_.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+    sqlite3_stmt* stmt = nullptr;
+    EXPECT_EQ(sqlite3_prepare_v2(db, "SELECT MAX(version) FROM schema_version", -1, &stmt, nullptr),
+              SQLITE_OK);
+    EXPECT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+    const int64_t version = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return version;
   }
 
   void Sql(const std::string& sql) {
@@ -331,6 +347,163 @@ TEST_F(JobStoreTest, Checkpoints) {
   EXPECT_EQ(store->LatestCheckpoint("job-123456").status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST_F(JobStoreTest, EventLogRecordsStateChangesAndCheckpoints) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  const std::string id = store->CreateJob(ValidSpec(), "")->id();
+  const std::string other = store->CreateJob(ValidSpec("other"), "")->id();
+  // Creation logs nothing: a watcher's snapshot shows a new job.
+  EXPECT_EQ(*store->LastEventSeq(id), 0);
+  EXPECT_TRUE(store->JobEvents(id, 0, 10)->empty());
+
+  ASSERT_TRUE(store->SetJobGroup(id, 1, 2).ok());
+  absl::StatusOr<v1::Job> running = store->UpdateJobState(id, v1::JOB_STATE_RUNNING, "");
+  ASSERT_TRUE(running.ok()) << running.status();
+  ASSERT_TRUE(store->UpdateJobState(other, v1::JOB_STATE_CANCELLED, "not this one").ok());
+  ASSERT_TRUE(store->CommitCheckpoint(id, 10, "/runs/a/step_10").ok());
+  ASSERT_TRUE(store->CommitCheckpoint(id, 20, "/runs/a/step_20").ok());
+  ASSERT_TRUE(store->UpdateJobState(id, v1::JOB_STATE_RECOVERING, "worker w1 lost").ok());
+  ASSERT_TRUE(store->SetJobGroup(id, 2, 1).ok());
+  // Refused and failed changes log nothing.
+  const int64_t before_refused = *store->LastEventSeq(id);
+  EXPECT_FALSE(store->UpdateJobState(id, v1::JOB_STATE_SUCCEEDED, "").ok());
+  EXPECT_FALSE(store->CommitCheckpoint(id, 30, "").ok());
+  EXPECT_FALSE(store->CommitCheckpoint(id, -1, "/x").ok());
+  EXPECT_EQ(*store->LastEventSeq(id), before_refused);
+  ASSERT_TRUE(store->UpdateJobState(id, v1::JOB_STATE_RUNNING, "").ok());
+  absl::StatusOr<v1::Job> done = store->UpdateJobState(id, v1::JOB_STATE_SUCCEEDED, "");
+  ASSERT_TRUE(done.ok()) << done.status();
+
+  absl::StatusOr<std::vector<std::pair<int64_t, v1::JobEvent>>> events =
+      store->JobEvents(id, 0, 100);
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 6u);
+  for (size_t i = 1; i < events->size(); ++i) {
+    EXPECT_LT((*events)[i - 1].first, (*events)[i].first);
+    EXPECT_LE(TimeUtil::TimestampToMilliseconds((*events)[i - 1].second.time()),
+              TimeUtil::TimestampToMilliseconds((*events)[i].second.time()));
+  }
+  const auto expect_state = [&](size_t i, v1::JobState from, v1::JobState to,
+                                const std::string& reason, int64_t generation, int32_t world) {
+    SCOPED_TRACE(absl::StrCat("event ", i));
+    const v1::JobEvent& event = (*events)[i].second;
+    ASSERT_TRUE(event.has_state_changed()) << event.DebugString();
+    EXPECT_EQ(event.state_changed().old_state(), from);
+    EXPECT_EQ(event.state_changed().new_state(), to);
+    EXPECT_EQ(event.state_changed().reason(), reason);
+    EXPECT_EQ(event.state_changed().generation(), generation);
+    EXPECT_EQ(event.state_changed().world_size(), world);
+  };
+  const auto expect_checkpoint = [&](size_t i, int64_t step, const std::string& path,
+                                     int64_t generation) {
+    SCOPED_TRACE(absl::StrCat("event ", i));
+    const v1::JobEvent& event = (*events)[i].second;
+    ASSERT_TRUE(event.has_checkpoint()) << event.DebugString();
+    EXPECT_EQ(event.checkpoint().step(), step);
+    EXPECT_EQ(event.checkpoint().path(), path);
+    EXPECT_EQ(event.checkpoint().generation(), generation);
+  };
+  expect_state(0, v1::JOB_STATE_PENDING, v1::JOB_STATE_RUNNING, "", 1, 2);
+  expect_checkpoint(1, 10, "/runs/a/step_10", 1);
+  expect_checkpoint(2, 20, "/runs/a/step_20", 1);
+  expect_state(3, v1::JOB_STATE_RUNNING, v1::JOB_STATE_RECOVERING, "worker w1 lost", 1, 2);
+  expect_state(4, v1::JOB_STATE_RECOVERING, v1::JOB_STATE_RUNNING, "", 2, 1);
+  expect_state(5, v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED, "", 2, 1);
+  // An event's time is its change's: the state change's is the job's update time.
+  EXPECT_EQ(TimeUtil::TimestampToMilliseconds((*events)[0].second.time()),
+            TimeUtil::TimestampToMilliseconds(running->update_time()));
+  EXPECT_EQ(TimeUtil::TimestampToMilliseconds((*events)[5].second.time()),
+            TimeUtil::TimestampToMilliseconds(done->end_time()));
+  EXPECT_EQ(*store->LastEventSeq(id), events->back().first);
+
+  // The other job's log holds only its own change.
+  events = store->JobEvents(other, 0, 100);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 1u);
+  expect_state(0, v1::JOB_STATE_PENDING, v1::JOB_STATE_CANCELLED, "not this one", 0, 0);
+
+  // The log is durable.
+  store.reset();
+  store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(store->JobEvents(id, 0, 100)->size(), 6u);
+}
+
+TEST_F(JobStoreTest, JobEventsPaging) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  const std::string id = store->CreateJob(ValidSpec(), "")->id();
+  for (int step = 1; step <= 5; ++step) {
+    ASSERT_TRUE(store->CommitCheckpoint(id, step, absl::StrCat("/runs/a/step_", step)).ok());
+  }
+  // Pages of two, each after the previous page's last seq, read every event once, in order.
+  std::vector<int64_t> steps;
+  int64_t after = 0;
+  int pages = 0;
+  while (true) {
+    absl::StatusOr<std::vector<std::pair<int64_t, v1::JobEvent>>> page =
+        store->JobEvents(id, after, 2);
+    ASSERT_TRUE(page.ok()) << page.status();
+    if (page->empty()) break;
+    ASSERT_LE(page->size(), 2u);
+    ++pages;
+    for (const auto& [seq, event] : *page) {
+      EXPECT_GT(seq, after);
+      after = seq;
+      steps.push_back(event.checkpoint().step());
+    }
+  }
+  EXPECT_EQ(pages, 3);
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5}));
+  EXPECT_EQ(after, *store->LastEventSeq(id));
+  EXPECT_TRUE(store->JobEvents(id, after, 10)->empty());
+
+  EXPECT_EQ(store->JobEvents(id, 0, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store->JobEvents("job-424242", 0, 10).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->LastEventSeq("job-424242").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->GetJobWithEventSeq("job-424242").status().code(), absl::StatusCode::kNotFound);
+}
+
+// GetJobWithEventSeq pairs the job with its log position: the job shows every event up to the
+// seq and none after it, also while another connection writes.
+TEST_F(JobStoreTest, GetJobWithEventSeqIsConsistent) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  const std::string id = store->CreateJob(ValidSpec(), "")->id();
+  absl::StatusOr<JobWithEventSeq> start = store->GetJobWithEventSeq(id);
+  ASSERT_TRUE(start.ok()) << start.status();
+  EXPECT_EQ(start->job.state(), v1::JOB_STATE_PENDING);
+  EXPECT_EQ(start->last_event_seq, 0);
+
+  auto writer = OpenOrDie();
+  ASSERT_NE(writer, nullptr);
+  constexpr int kCheckpoints = 200;
+  std::thread commits([&] {
+    for (int step = 1; step <= kCheckpoints; ++step) {
+      ASSERT_TRUE(writer->CommitCheckpoint(id, step, absl::StrCat("/ck/", step)).ok());
+    }
+  });
+  int checked = 0;
+  for (int i = 0; i < 2000 && checked < kCheckpoints; ++i) {
+    absl::StatusOr<JobWithEventSeq> read = store->GetJobWithEventSeq(id);
+    ASSERT_TRUE(read.ok()) << read.status();
+    // Every event is a checkpoint, so the snapshot's checkpoint step is the count of events up
+    // to the seq.
+    absl::StatusOr<std::vector<std::pair<int64_t, v1::JobEvent>>> logged =
+        store->JobEvents(id, 0, kCheckpoints + 1);
+    ASSERT_TRUE(logged.ok());
+    int64_t upto = 0;
+    for (const auto& [seq, event] : *logged) {
+      if (seq <= read->last_event_seq) ++upto;
+    }
+    EXPECT_EQ(
+        read->job.progress().has_checkpoint_step() ? read->job.progress().checkpoint_step() : 0,
+        upto);
+    checked = static_cast<int>(upto);
+  }
+  commits.join();
+}
+
 TEST_F(JobStoreTest, Workers) {
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
@@ -475,11 +648,68 @@ TEST_F(JobStoreTest, ForeignDatabaseIsRefused) {
 
 TEST_F(JobStoreTest, FutureSchemaVersionIsRefused) {
   { ASSERT_NE(OpenOrDie(), nullptr); }
-  Sql("UPDATE schema_version SET version = 2");
+  const int future = JobStore::kSchemaVersion + 1;
+  Sql(absl::StrCat("UPDATE schema_version SET version = ", future));
   absl::StatusOr<std::unique_ptr<JobStore>> store = JobStore::Open(path_);
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition) << store.status();
-  EXPECT_NE(store.status().message().find("schema version 2"), std::string::npos) << store.status();
+  EXPECT_NE(store.status().message().find(absl::StrCat("schema version ", future)),
+            std::string::npos)
+      << store.status();
+}
+
+TEST_F(JobStoreTest, NewStoreHasTheCurrentSchemaVersion) {
+  { ASSERT_NE(OpenOrDie(), nullptr); }
+  EXPECT_EQ(SchemaVersion(), JobStore::kSchemaVersion);
+  EXPECT_EQ(CountRows("schema_version"), 1);
+  EXPECT_EQ(CountRows("job_events"), 0);
+}
+
+// A store written by a build before the event log (schema version 1: no job_events table) opens,
+// keeps its jobs and progress, and logs events from then on.
+TEST_F(JobStoreTest, MigratesVersion1Store) {
+  std::string id;
+  {
+    auto store = OpenOrDie();
+    ASSERT_NE(store, nullptr);
+    id = store->CreateJob(ValidSpec("old"), "req-old")->id();
+    ASSERT_TRUE(store->SetJobGroup(id, 2, 4).ok());
+    ASSERT_TRUE(store->UpdateJobState(id, v1::JOB_STATE_RUNNING, "").ok());
+    ASSERT_TRUE(store->RecordStepSummaries(id, {Step(0, 5.0), Step(1, 4.0)}).ok());
+    ASSERT_TRUE(store->CommitCheckpoint(id, 2, "/runs/old/step_2").ok());
+  }
+  // What version 1 looked like: the same tables without job_events (its index goes with it).
+  Sql("DROP TABLE job_events; UPDATE schema_version SET version = 1");
+  ASSERT_EQ(SchemaVersion(), 1);
+
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(SchemaVersion(), JobStore::kSchemaVersion);
+  EXPECT_EQ(CountRows("schema_version"), 1);
+  absl::StatusOr<v1::Job> job = store->GetJob(id);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->spec().name(), "old");
+  EXPECT_EQ(job->state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(job->generation(), 2);
+  EXPECT_EQ(job->progress().step(), 2);
+  EXPECT_EQ(job->progress().checkpoint_step(), 2);
+  EXPECT_EQ(store->CreateJob(ValidSpec("old"), "req-old")->id(), id);  // Idempotency kept.
+  // The old events are gone with the old table; new ones are logged.
+  EXPECT_EQ(*store->LastEventSeq(id), 0);
+  ASSERT_TRUE(store->UpdateJobState(id, v1::JOB_STATE_SUCCEEDED, "").ok());
+  absl::StatusOr<std::vector<std::pair<int64_t, v1::JobEvent>>> events =
+      store->JobEvents(id, 0, 10);
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 1u);
+  EXPECT_EQ((*events)[0].second.state_changed().old_state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ((*events)[0].second.state_changed().new_state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(*store->LastEventSeq(id), (*events)[0].first);
+
+  // A migrated store reopens as a current one: the migration ran once.
+  store.reset();
+  store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(store->JobEvents(id, 0, 10)->size(), 1u);
 }
 
 TEST_F(JobStoreTest, MissingDirectoryIsAnError) {
