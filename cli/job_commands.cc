@@ -210,7 +210,11 @@ absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
 // One line per watch event (empty for an unknown one), as printed to pipes and logs (and above the
 // live progress line).
 std::string EventLine(const v1::JobEvent& event) {
-  const std::string time = TimeText(event.time());
+  // Whole seconds: events are logged at commit time with milliseconds, summaries without;
+  // one format keeps the columns aligned.
+  google::protobuf::Timestamp seconds = event.time();
+  seconds.set_nanos(0);
+  const std::string time = TimeText(seconds);
   if (event.has_snapshot()) {
     return absl::StrFormat("%s %s: %s, step %d / %d", time, event.snapshot().id(),
                            StateName(event.snapshot().state()), event.snapshot().progress().step(),

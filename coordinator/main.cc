@@ -16,6 +16,7 @@
 #include "coordinator/control_service.h"
 #include "coordinator/job_service.h"
 #include "coordinator/store/job_store.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 
@@ -24,8 +25,9 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: raptr-coordinator [flags]\n\n"
-    "Serves raptr.v1.JobService (clients), raptr.v1.ControlService (workers) and\n"
-    "grpc.health.v1.Health until SIGINT or SIGTERM. Jobs that were running when it last stopped\n"
+    "Serves raptr.v1.JobService (clients), raptr.v1.ControlService (workers),\n"
+    "grpc.health.v1.Health and server reflection until SIGINT or SIGTERM. Jobs that were running "
+    "when it last stopped\n"
     "resume from their latest committed checkpoint as workers connect.\n\nflags:\n";
 // In-flight calls (a WatchJob stream, say) get this long to finish at shutdown before they are
 // cancelled.
@@ -125,6 +127,7 @@ int Main(int argc, char** argv) {
   JobServiceImpl job_service(store->get(), &cluster);
   ControlServiceImpl control_service(&cluster);
   grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);

@@ -38,6 +38,12 @@ start_coordinator() {
 start_coordinator
 export RAPTR_COORDINATOR=$ADDR
 
+# Server reflection lists raptr's services (grpcurl / grpc_cli rely on it).
+"$BUILD/tests/reflection_probe" "$ADDR" > "$WORK/services.txt" || fail "reflection probe"
+for service in raptr.v1.JobService raptr.v1.ControlService grpc.health.v1.Health; do
+  grep -qx "$service" "$WORK/services.txt" || fail "reflection lacks $service: $(cat "$WORK/services.txt")"
+done
+
 # Submit the example: a job id comes back.
 JOB=$("$CTL" submit -f "$SRC/examples/gpt-raptr.yaml") || fail "submit"
 [[ "$JOB" =~ ^job-[0-9]+$ ]] || fail "submit printed '$JOB', not a job id"

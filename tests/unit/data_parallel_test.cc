@@ -3,6 +3,7 @@
 // one process on the whole batch, within fp32 summation-order tolerance, and the replicas stay
 // bitwise identical to each other.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <memory>
@@ -168,17 +169,22 @@ TEST(DataParallel, RejectsABatchThatDoesNotSplit) {
 
 TEST(DataParallel, LostPeerFailsTheCollectiveInsteadOfHanging) {
   gloo::rendezvous::HashStore store;
-  std::unique_ptr<GlooGroup> survivor;
+  std::atomic<bool> both_connected{false};
+  absl::Status peer_status;
   std::thread peer([&] {
     absl::StatusOr<std::unique_ptr<GlooGroup>> group =
         GlooGroup::Connect(store, 1, 2, "127.0.0.1", std::chrono::seconds(30));
-    ASSERT_TRUE(group.ok()) << group.status();
-    // Leaves: its group (and sockets) are destroyed here.
+    peer_status = group.status();
+    // Stays until rank 0's side of the mesh is up too, then leaves: its group (and sockets) are
+    // destroyed when this thread ends.
+    while (group.ok() && !both_connected.load()) std::this_thread::yield();
   });
   absl::StatusOr<std::unique_ptr<GlooGroup>> group =
       GlooGroup::Connect(store, 0, 2, "127.0.0.1", std::chrono::seconds(30));
-  ASSERT_TRUE(group.ok()) << group.status();
+  both_connected.store(true);
   peer.join();
+  ASSERT_TRUE(peer_status.ok()) << peer_status;
+  ASSERT_TRUE(group.ok()) << group.status();
   std::vector<float> data(1024, 1.0f);
   const auto start = std::chrono::steady_clock::now();
   const absl::Status reduced = (*group)->AllReduceSum(data.data(), data.size());
