@@ -204,6 +204,7 @@ struct SimWorker {
   std::atomic<bool> cancelled{false};
   std::string error;  // written by the worker thread before done
   std::vector<double> latencies_ms;
+  std::vector<double> sent_at;   // parallel to latencies_ms: send time, seconds after t0
   int64_t reports = 0;           // every report sent
   int64_t measured_reports = 0;  // reports sent inside the measured window
   double max_lag = 0.0;          // worst lateness of a send against its schedule, seconds
@@ -329,6 +330,7 @@ void WorkerMain(Run& run, SimWorker& w, v1::ControlService::Stub* stub) {
       }
       if (sent >= measure_from && sent < measure_to) {
         w.latencies_ms.push_back((received - sent) * 1e3);
+        w.sent_at.push_back(sent - run.t0.load());
         ++w.measured_reports;
       }
     }
@@ -377,6 +379,9 @@ int Main(int argc, char** argv) {
   flags.Define("seconds", "20", "measured seconds (after the warmup)");
   flags.Define("window", "32", "the coordinator's --plan-window");
   flags.Define("warmup", "3", "seconds run before measuring (latencies discarded)");
+  flags.Define("samples", "",
+               "also write every measured sample to this file: send time (s after the start), "
+               "latency ms, worker");
   absl::Status parsed = flags.Parse(argc, argv, 1);
   absl::StatusOr<int> workers = flags.GetInt32("workers");
   absl::StatusOr<int> window = flags.GetInt32("window");
@@ -455,7 +460,9 @@ int Main(int argc, char** argv) {
     for (int i = 0; i < run.workers; ++i) {
       sims.push_back(std::make_unique<SimWorker>());
       sims.back()->index = i;
-      sims.back()->latencies_ms.reserve(static_cast<size_t>(run.rate * run.seconds * 1.1) + 16);
+      const size_t expected_samples = static_cast<size_t>(run.rate * run.seconds * 1.1) + 16;
+      sims.back()->latencies_ms.reserve(expected_samples);
+      sims.back()->sent_at.reserve(expected_samples);
     }
     for (int i = 0; i < run.workers; ++i) {
       threads.emplace_back(WorkerMain, std::ref(run), std::ref(*sims[i]),
@@ -553,6 +560,18 @@ int Main(int argc, char** argv) {
     max_lag = std::max(max_lag, w->max_lag);
   }
   std::sort(latencies.begin(), latencies.end());
+  if (const std::string path = flags.Get("samples"); !path.empty()) {
+    if (FILE* out = std::fopen(path.c_str(), "w")) {
+      for (auto& w : sims) {
+        for (size_t i = 0; i < w->latencies_ms.size(); ++i) {
+          std::fprintf(out, "%.6f %.3f %d\n", w->sent_at[i], w->latencies_ms[i], w->index);
+        }
+      }
+      std::fclose(out);
+    } else {
+      errors.push_back(absl::StrCat("cannot write ", path));
+    }
+  }
   const double wall = wall1 - wall0;
   const bool measured_ok = wall0 != 0 && wall1 != 0 && coord_cpu0 && coord_cpu1;
   if (errors.empty() && !measured_ok) errors.push_back("the measured window was not reached");
