@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make bench: the engine against PyTorch's CPU training step on the same shapes, in one run.
+# make bench: the engine against PyTorch's CPU training step on the same shapes, in one run, then
+# the coordinator's capacity under simulated workers (bench/coordinator_load.cc).
 #
 # raptr runs at its defaults (no environment tuning). PyTorch runs twice: at its defaults and at
 # its best here (OMP_WAIT_POLICY=PASSIVE + tcmalloc). Every figure is a median over timed steps;
@@ -45,5 +46,12 @@ for round in 1 2 3; do
       | tag path pytorch-best >> "$OUT"
   done
 done
+
+echo "== coordinator capacity (256 simulated workers x 20 steps/s, loopback)" >&2
+# Plan delivery latency p50/p99 and coordinator CPU; exits non-zero (failing make bench) when a
+# stream broke or a plan never came, rather than record a figure that means nothing.
+"${RAPTR_BUILD_DIR:-build}/bench/coordinator_load" \
+  --coordinator-bin "${RAPTR_BUILD_DIR:-build}/coordinator/raptr-coordinator" \
+  --workers 256 --rate 20 --seconds 20 --warmup 3 >> "$OUT"
 
 "$PY" bench/summarize.py "$OUT"

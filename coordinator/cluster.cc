@@ -21,6 +21,19 @@ v1::Backend EffectiveBackend(v1::Backend backend) {
   return backend == v1::BACKEND_UNSPECIFIED ? v1::BACKEND_CPU : backend;
 }
 
+}  // namespace
+
+// The store's batch shape: (job id, summaries) pairs.
+std::vector<std::pair<std::string, std::vector<StepSummaryRecord>>> Cluster::ToStoreBatch(
+    const SummaryBatch& batch) {
+  std::vector<std::pair<std::string, std::vector<StepSummaryRecord>>> out;
+  out.reserve(batch.size());
+  for (const SummaryBatchEntry& entry : batch) out.emplace_back(entry.job_id, entry.summaries);
+  return out;
+}
+
+namespace {
+
 std::string BackendName(v1::Backend backend) {
   return EffectiveBackend(backend) == v1::BACKEND_CUDA ? "cuda" : "cpu";
 }
@@ -160,8 +173,12 @@ void Cluster::DropSession(int64_t session, const std::string& why) {
 }
 
 void Cluster::Tick() {
-  absl::MutexLock lock(&mu_);
-  if (shut_down_) return;
+  SummaryBatch batch;
+  mu_.Lock();
+  if (shut_down_) {
+    mu_.Unlock();
+    return;
+  }
   const double now = Now();
   std::vector<int64_t> expired;
   for (const auto& [id, worker] : sessions_) {
@@ -170,7 +187,28 @@ void Cluster::Tick() {
   for (int64_t id : expired) {
     DropSession(id, absl::StrCat("silent for over ", options_.lease_seconds, " s (lease expired)"));
   }
-  if (now - last_flush_ >= options_.flush_seconds) Flush();
+  if (now - last_flush_ >= options_.flush_seconds) {
+    last_flush_ = now;
+    batch = TakeUnflushed();
+  }
+  if (batch.empty()) {
+    Schedule();
+    mu_.Unlock();
+    return;
+  }
+  // The SQLite write (milliseconds for a few thousand rows) runs without mu_, so reports and
+  // plans keep flowing meanwhile. store_mu_ is taken before mu_ is released: any later summary
+  // write or discard (they take store_mu_ under mu_) waits for this one, so writes land in the
+  // order their batches were taken and a discard is never undone by an older batch.
+  store_mu_.Lock();
+  mu_.Unlock();
+  const absl::Status written = store_->RecordStepSummariesBatch(ToStoreBatch(batch));
+  store_mu_.Unlock();
+  absl::MutexLock lock(&mu_);
+  if (!written.ok()) {
+    Log(absl::StrCat("cannot record step summaries (will retry): ", written.ToString()));
+    RestoreUnflushed(std::move(batch));
+  }
   Schedule();
 }
 
@@ -193,6 +231,11 @@ void Cluster::JobCancelled(const std::string& job_id) {
 
 void Cluster::Schedule() {
   if (shut_down_) return;
+  // Nothing can start without a free worker; skip the store read (this runs on every tick and
+  // every disconnect).
+  bool any_idle = false;
+  for (const auto& [id, worker] : sessions_) any_idle = any_idle || worker.job_id.empty();
+  if (!any_idle) return;
   JobFilter filter;
   filter.states = {v1::JOB_STATE_PENDING, v1::JOB_STATE_RECOVERING};
   filter.limit = 1000;
@@ -265,8 +308,12 @@ void Cluster::StartGroup(const v1::Job& job, std::vector<int64_t> sessions) {
   const int world = static_cast<int>(sessions.size());
   // Steps after the checkpoint are replayed by the new group: their old summaries go, so
   // progress never counts a step twice.
-  if (absl::Status discarded = store_->DiscardStepSummariesAfter(job.id(), start - 1);
-      !discarded.ok()) {
+  absl::Status discarded;
+  {
+    absl::MutexLock store_lock(&store_mu_);
+    discarded = store_->DiscardStepSummariesAfter(job.id(), start - 1);
+  }
+  if (!discarded.ok()) {
     Log(absl::StrCat(job.id(), ": ", discarded.ToString()));
     return;
   }
@@ -583,8 +630,12 @@ void Cluster::FailGroup(const std::string& job_id, const std::string& reason, bo
         absl::StrCat(reason, " (", tries - 1, " recoveries in a row made no progress; giving up)");
   }
   // Summaries past the committed checkpoint are dropped: the next group replays those steps.
-  if (absl::Status discarded = store_->DiscardStepSummariesAfter(job_id, run.committed_step - 1);
-      !discarded.ok()) {
+  absl::Status discarded;
+  {
+    absl::MutexLock store_lock(&store_mu_);
+    discarded = store_->DiscardStepSummariesAfter(job_id, run.committed_step - 1);
+  }
+  if (!discarded.ok()) {
     Log(absl::StrCat(job_id, ": ", discarded.ToString()));
   }
   absl::StatusOr<v1::Job> moved = store_->UpdateJobState(
@@ -598,6 +649,7 @@ void Cluster::FailGroup(const std::string& job_id, const std::string& reason, bo
 
 void Cluster::FlushJob(RunningJob& run) {
   if (run.unflushed.empty()) return;
+  absl::MutexLock store_lock(&store_mu_);
   if (absl::Status written = store_->RecordStepSummaries(run.job.id(), run.unflushed);
       !written.ok()) {
     Log(absl::StrCat(run.job.id(), ": cannot record step summaries: ", written.ToString()));
@@ -606,18 +658,35 @@ void Cluster::FlushJob(RunningJob& run) {
   run.unflushed.clear();
 }
 
+Cluster::SummaryBatch Cluster::TakeUnflushed() {
+  SummaryBatch batch;
+  for (auto& [id, run] : running_) {
+    if (run.unflushed.empty()) continue;
+    batch.push_back({id, run.generation, std::move(run.unflushed)});
+    run.unflushed.clear();
+  }
+  return batch;
+}
+
+void Cluster::RestoreUnflushed(SummaryBatch batch) {
+  for (SummaryBatchEntry& entry : batch) {
+    auto it = running_.find(entry.job_id);
+    // A job that ended or regrouped meanwhile replays (or no longer needs) those steps.
+    if (it == running_.end() || it->second.generation != entry.generation) continue;
+    std::vector<StepSummaryRecord>& unflushed = it->second.unflushed;
+    unflushed.insert(unflushed.begin(), entry.summaries.begin(), entry.summaries.end());
+  }
+}
+
 void Cluster::Flush() {
   last_flush_ = Now();
-  std::vector<std::pair<std::string, std::vector<StepSummaryRecord>>> batch;
-  for (auto& [id, run] : running_) {
-    if (!run.unflushed.empty()) batch.emplace_back(id, run.unflushed);
-  }
+  SummaryBatch batch = TakeUnflushed();
   if (batch.empty()) return;
-  if (absl::Status written = store_->RecordStepSummariesBatch(batch); !written.ok()) {
-    Log(absl::StrCat("cannot record step summaries: ", written.ToString()));
-    return;  // kept; the next flush tries again
+  absl::MutexLock store_lock(&store_mu_);
+  if (absl::Status written = store_->RecordStepSummariesBatch(ToStoreBatch(batch)); !written.ok()) {
+    Log(absl::StrCat("cannot record step summaries (will retry): ", written.ToString()));
+    RestoreUnflushed(std::move(batch));
   }
-  for (auto& [id, run] : running_) run.unflushed.clear();
 }
 
 absl::Status Cluster::KvSet(const v1::KvSetRequest& request) {

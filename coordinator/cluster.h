@@ -156,6 +156,13 @@ class Cluster final : public JobLifecycleListener {
     int64_t completed_steps = 0;  // every rank has reported steps < this
   };
 
+  struct SummaryBatchEntry {
+    std::string job_id;
+    int64_t generation = 0;
+    std::vector<StepSummaryRecord> summaries;
+  };
+  using SummaryBatch = std::vector<SummaryBatchEntry>;
+
   // Rendezvous keys of one generation.
   struct KvSpace {
     std::map<std::string, std::string> values;
@@ -178,7 +185,13 @@ class Cluster final : public JobLifecycleListener {
   // The group failed: back to RECOVERING (or FAILED) and scheduled again from its checkpoint.
   void FailGroup(const std::string& job_id, const std::string& reason, bool retryable)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Writes every job's unflushed summaries in one transaction.
+  static std::vector<std::pair<std::string, std::vector<StepSummaryRecord>>> ToStoreBatch(
+      const SummaryBatch& batch);
+  // Moves every running job's unflushed summaries out.
+  SummaryBatch TakeUnflushed() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Puts back the summaries of a batch whose write failed (for jobs still in that generation).
+  void RestoreUnflushed(SummaryBatch batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes every job's unflushed summaries in one transaction, holding mu_ (Shutdown).
   void Flush() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FlushJob(RunningJob& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The job finished its last step, evaluation and checkpoint: SUCCEEDED and Release.
@@ -203,7 +216,10 @@ class Cluster final : public JobLifecycleListener {
 
   JobStore* const store_;
   const ClusterOptions options_;
-  absl::Mutex mu_;
+  absl::Mutex mu_ ABSL_ACQUIRED_BEFORE(store_mu_);
+  // Orders the writes and deletes of step summaries (see Tick). Taken after mu_, or alone by
+  // Tick's write.
+  absl::Mutex store_mu_;
   int64_t next_session_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<int64_t, Worker> sessions_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int64_t> session_of_worker_ ABSL_GUARDED_BY(mu_);

@@ -26,9 +26,9 @@ namespace {
 constexpr char kUsage[] =
     "usage: raptr-coordinator [flags]\n\n"
     "Serves raptr.v1.JobService (clients), raptr.v1.ControlService (workers),\n"
-    "grpc.health.v1.Health and server reflection until SIGINT or SIGTERM. Jobs that were running "
-    "when it last stopped\n"
-    "resume from their latest committed checkpoint as workers connect.\n\nflags:\n";
+    "grpc.health.v1.Health and server reflection until SIGINT or SIGTERM. Jobs that were\n"
+    "running when it last stopped resume from their latest committed checkpoint as workers\n"
+    "connect.\n\nflags:\n";
 // In-flight calls (a WatchJob stream, say) get this long to finish at shutdown before they are
 // cancelled.
 constexpr int kShutdownGraceSeconds = 5;
