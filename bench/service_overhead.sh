@@ -9,12 +9,16 @@
 # loading, every step, the final evaluation and the checkpoint commit). Both load the same data
 # and build the same model; the service's worker process is already running.
 #
-# Usage: bench/service_overhead.sh [ROUNDS] [STEPS]   (defaults 3, 200)
+# The worker also logs how long its job thread waited for the coordinator (plans not there yet)
+# and spent sending reports: the direct measure of the coordinator being on the critical path.
+# These machines are noisy (the same run varies by 20 % between rounds), so quote medians.
+#
+# Usage: bench/service_overhead.sh [ROUNDS] [STEPS]   (defaults 5, 100)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${RAPTR_BUILD_DIR:-build}
-ROUNDS=${1:-3}
-STEPS=${2:-200}
+ROUNDS=${1:-5}
+STEPS=${2:-100}
 WORK=$(mktemp -d)
 PORT=${RAPTR_BENCH_PORT:-50091}
 trap 'scripts/local-cluster.sh stop --dir "$WORK/cluster" 2> /dev/null; rm -rf "$WORK"' EXIT
@@ -53,14 +57,23 @@ run_service() {
     [[ "$state" == JOB_STATE_FAILED || "$state" == JOB_STATE_CANCELLED ]] && { echo "service_overhead: $job $state" >&2; exit 1; }
     sleep 0.2
   done
-  "$CTL" get "$job" --output json | python3 -c "
-import json, sys
+  local done_line
+  for _ in $(seq 1 50); do
+    done_line=$(grep "$job done:" "$WORK/cluster/logs/worker-0.log" || true)
+    [[ -n "$done_line" ]] && break
+    sleep 0.1
+  done
+  "$CTL" get "$job" --output json | DONE="$done_line" python3 -c "
+import json, os, re, sys
 from datetime import datetime
 j = json.load(sys.stdin)
 t = lambda s: datetime.fromisoformat(s.replace('Z', '+00:00'))
+m = re.search(r'([0-9.]+) s working, ([0-9.]+) s waiting for the coordinator, ([0-9.]+) s sending',
+              os.environ['DONE'])
 print(json.dumps({'bench': 'service_overhead', 'variant': 'service', 'round': $1, 'steps': $STEPS,
                   'wall_s': round((t(j['end_time']) - t(j['start_time'])).total_seconds(), 3),
-                  'eval_loss': j['progress']['eval_loss']}))"
+                  'worker_busy_s': float(m.group(1)), 'worker_wait_s': float(m.group(2)),
+                  'worker_send_s': float(m.group(3)), 'eval_loss': j['progress']['eval_loss']}))"
 }
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -78,4 +91,9 @@ print(f"{'wall (median s)':16}{med['engine']:>14.2f}{med['service']:>14.2f}")
 print(f"{'per step (ms)':16}{1000 * med['engine'] / steps:>14.1f}{1000 * med['service'] / steps:>14.1f}")
 print(f"service / engine: {med['service'] / med['engine']:.4f} "
       f"({100 * (med['service'] / med['engine'] - 1):+.2f} %)")
+svc = [r for r in rows if r["variant"] == "service"]
+wait = sum(r["worker_wait_s"] for r in svc) / sum(r["worker_busy_s"] for r in svc)
+send = sum(r["worker_send_s"] for r in svc) / sum(r["worker_busy_s"] for r in svc)
+print(f"worker time waiting for the coordinator: {100 * wait:.3f} % of its busy time; "
+      f"sending reports: {100 * send:.3f} %")
 PY

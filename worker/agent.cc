@@ -255,7 +255,13 @@ class JobRunner {
     const int L = config.model.num_layers;
     double last_log = Now();
     int64_t steps_since_log = 0;
+    // Time blocked waiting for the next plan or request: the coordinator is meant to stay off the
+    // critical path, so this should be ~0 (logged at the end).
+    double waiting = 0, busy = 0, writing = 0;
+    double t_wait = Now();
     while (std::optional<v1::CoordinatorMessage> message = Pop()) {
+      const double t_got = Now();
+      waiting += t_got - t_wait;
       v1::WorkerMessage out;
       if (message->has_step_plan()) {
         const v1::StepPlan& plan = message->step_plan();
@@ -337,14 +343,22 @@ class JobRunner {
         written->set_rank(rank);
         written->set_state_digest(session->StateDigest());
       } else if (message->has_release()) {
-        Log(absl::StrCat(job_id(), " done: ", session->step(), " steps"));
+        Log(absl::StrFormat(
+            "%s done: %d steps; %.2f s working, %.3f s waiting for the coordinator, %.3f s "
+            "sending reports",
+            job_id(), session->step(), busy, waiting, writing));
         return absl::OkStatus();
       } else {
+        t_wait = Now();
         continue;
       }
+      const double w0 = Now();
       if (!connection_->Write(out)) {
         return absl::UnavailableError("the stream to the coordinator broke");
       }
+      t_wait = Now();
+      writing += t_wait - w0;
+      busy += t_wait - t_got;
     }
     return absl::OkStatus();  // aborted
   }

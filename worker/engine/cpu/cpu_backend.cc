@@ -3,6 +3,7 @@
 
 #include <cblas.h>
 #include <omp.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
@@ -47,8 +48,23 @@ constexpr T GeluK() {
 
 }  // namespace
 
+// Large buffers (parameters, gradients, moments, activations) are mapped straight from the
+// kernel, with transparent huge pages requested: their placement is then the same whichever
+// thread allocates them and whatever the process allocated and freed before. Through malloc, a
+// long-lived worker's second job (a new job thread, a reused malloc arena) trained measurably
+// slower than its first (docs/PERF.md), and 2 MiB pages cut TLB misses on buffers streamed
+// every step.
 template <typename T>
 void* CpuBackend<T>::AllocBytes(size_t bytes) {
+  if (bytes >= kMapBytes) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    madvise(p, bytes, MADV_HUGEPAGE);  // advisory: ignored where THP is off
+    std::memset(p, 0, bytes);          // touch every page once, here, not in the first step
+    std::lock_guard<std::mutex> lock(mapped_mu_);
+    mapped_[p] = bytes;
+    return p;
+  }
   const size_t rounded = ((bytes + 63) / 64) * 64;
   void* p = std::aligned_alloc(64, std::max<size_t>(rounded, 64));
   if (p == nullptr) throw std::bad_alloc();
@@ -58,6 +74,15 @@ void* CpuBackend<T>::AllocBytes(size_t bytes) {
 
 template <typename T>
 void CpuBackend<T>::FreeBytes(void* ptr) {
+  {
+    std::lock_guard<std::mutex> lock(mapped_mu_);
+    auto it = mapped_.find(ptr);
+    if (it != mapped_.end()) {
+      munmap(ptr, it->second);
+      mapped_.erase(it);
+      return;
+    }
+  }
   std::free(ptr);
 }
 

@@ -6,6 +6,10 @@
 // double (finite-difference gradient checks).
 #pragma once
 
+#include <cstddef>
+#include <map>
+#include <mutex>
+
 #include "worker/engine/backend.h"
 
 namespace raptr {
@@ -47,6 +51,12 @@ class CpuBackend final : public Backend<T> {
   double SumSquares(const T* x, size_t n) override;
   void AdamW(T* params, T* grads, T* m, T* v, size_t n, float lr, float beta1, float beta2,
              float eps, float weight_decay, int64_t t, float grad_scale) override;
+
+ private:
+  // Buffers of at least this many bytes are mapped directly (see AllocBytes).
+  static constexpr size_t kMapBytes = size_t{1} << 21;
+  std::mutex mapped_mu_;
+  std::map<void*, size_t> mapped_;  // mapped buffers and their lengths
 };
 
 extern template class CpuBackend<float>;
