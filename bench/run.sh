@@ -54,4 +54,11 @@ echo "== coordinator capacity (256 simulated workers x 20 steps/s, loopback)" >&
   --coordinator-bin "${RAPTR_BUILD_DIR:-build}/coordinator/raptr-coordinator" \
   --workers 256 --rate 20 --seconds 20 --warmup 3 >> "$OUT"
 
+echo "== service overhead (the same job through the coordinator vs the engine alone)" >&2
+if [[ -f data/sotu-8k/meta.json ]]; then
+  bench/service_overhead.sh 5 100 >> "$OUT"
+else
+  echo "skipped: needs data/sotu-8k (scripts/quickstart.sh prepares it)" >&2
+fi
+
 "$PY" bench/summarize.py "$OUT"
