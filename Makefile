@@ -1,5 +1,5 @@
 # Convenience targets over scripts/ (the scripts are what CI and the README run).
-.PHONY: all build test bench run deps clean
+.PHONY: all build test bench run deps clean paper paper-report cluster cluster-stop
 all: build
 deps:
 	scripts/install-deps.sh
@@ -11,5 +11,14 @@ bench: build
 	bench/run.sh
 run:
 	scripts/quickstart.sh
+# The paper study (issue 4): every missing run (about 2 hours for all), then docs/RESULTS.md.
+paper: build
+	/usr/bin/python3 bench/paper/study.py
+paper-report:
+	/usr/bin/python3 bench/paper/study.py --report-only
+cluster: build
+	scripts/local-cluster.sh start
+cluster-stop:
+	scripts/local-cluster.sh stop
 clean:
 	rm -rf build

@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""The paper study (issue 4): RaPTr against full training, PLD, LayerDrop and gradual stacking,
+with RaPTr's ablations, on a 12-block GPT and a 12-block BERT, trained through the service.
+
+  bench/paper/study.py                  run every missing run, then write the report
+  bench/paper/study.py --objective gpt  only the GPT runs
+  bench/paper/study.py --only raptr-s1 full-s1
+  bench/paper/study.py --report-only    rewrite docs/RESULTS.md from the stored runs
+  bench/paper/study.py --list           the plan and which runs are stored
+
+Each finished run is stored as bench/paper/runs/<objective>/<run>.csv (one row per step, from the
+coordinator's step summaries) and <run>.json (spec, timings, totals), committed with the
+repository, so the report regenerates without rerunning and a later session adds runs by running
+this again: stored runs are skipped. Runs go one after another on a local cluster of one worker
+with every core (scripts/local-cluster.sh), in an order that interleaves methods, so slow phases
+of a shared machine spread over all of them.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_RUNS = os.path.join(ROOT, "bench", "paper", "runs")
+RUNS = DEFAULT_RUNS
+CTL = os.path.join(ROOT, "build", "cli", "raptrctl")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report  # noqa: E402  (bench/paper/report.py)
+
+# The sizes (see docs/RESULTS.md, "Setup"): 12 blocks of d 128 so that a run of 1500 steps takes
+# about 3-4 minutes here, the whole study about 2 hours; 1500 steps of 16 x 64 tokens (2.4M
+# tokens, about one pass over the corpus) leave the loss still falling at the end.
+STEPS = 1500
+BASE = {
+    "model": {"layers": 12, "d_model": 128, "heads": 4, "vocab_size": 8192, "max_seq": 64},
+    "data": {"train_shards": ["data/sotu-8k/train.bin"], "val_shards": ["data/sotu-8k/val.bin"]},
+    "training": {"batch": 16, "seq": 64, "steps": STEPS, "eval_every": 100, "eval_batches": 16,
+                 "checkpoint_every": 500},
+    "optimizer": {"lr": 2e-3, "warmup_steps": 150, "decay": "cosine", "min_lr_ratio": 0.1,
+                  "weight_decay": 0.1, "grad_clip": 1.0},
+    "resources": {"min_workers": 1, "max_workers": 1},
+}
+SEEDS = (1, 2, 3)
+
+
+def configure(steps, runs_dir):
+    global STEPS, RUNS
+    STEPS, RUNS = steps, runs_dir
+    BASE["training"]["steps"] = steps
+    BASE["optimizer"]["warmup_steps"] = steps // 10
+    BASE["training"]["eval_every"] = max(1, steps // 15)
+    BASE["training"]["checkpoint_every"] = max(1, steps // 3)
+
+
+def plan():
+    """(objective, run name, method, schedule, seed, overrides) in run order."""
+    runs = []
+    for objective in ("gpt", "bert"):
+        first = [("full", {"full": {}}), ("raptr", {"raptr": {}})]
+        others = [
+            ("pld", {"pld": {}}),  # DeepSpeed's defaults: theta_bar 0.5, gamma 0.001
+            ("layerdrop", {"layerdrop": {}}),  # keep 0.75: the default RaPTr's mean path
+            ("stacking", {"stacking": {"stages": [{"layers": 6, "fraction": 1 / 3},
+                                                  {"layers": 9, "fraction": 1 / 3},
+                                                  {"layers": 12, "fraction": 1 / 3}]}}),
+            ("full-equal-flops", {"full": {}}),
+            ("raptr-exact", {"raptr": {"sampling": "exact"}}),
+            ("raptr-frozen", {"raptr": {}}),
+            ("raptr-no-fixed", {"raptr": {"no_fixed_layers": True}}),
+            ("raptr-scaled", {"raptr": {"scaling": "inverse_keep_prob"}}),
+            ("raptr-warmup", {"raptr": {"full_warmup_steps": STEPS // 10}}),
+        ]
+        for method, schedule in first:
+            runs.append((objective, f"{method}-s1", method, schedule, 1))
+        for method, schedule in others:
+            runs.append((objective, f"{method}-s1", method, schedule, 1))
+        for seed in SEEDS[1:]:
+            for method, schedule in first:
+                runs.append((objective, f"{method}-s{seed}", method, schedule, seed))
+    return runs
+
+
+def spec_for(objective, name, method, schedule, seed):
+    spec = json.loads(json.dumps(BASE))
+    spec["name"] = f"paper-{objective}-{name}"
+    spec["model"]["kind"] = objective
+    if objective == "bert":
+        with open(os.path.join(ROOT, "data", "sotu-8k", "meta.json")) as f:
+            spec["data"]["mask_id"] = json.load(f)["mask_id"]
+    spec["training"]["seed"] = seed
+    spec["schedule"] = schedule
+    if method == "raptr-frozen":
+        spec["optimizer"]["skipped"] = "frozen"
+    if method == "full-equal-flops":
+        # Full training for the steps that spend the FLOPs of RaPTr's (seed 1) run.
+        raptr = load_run(objective, "raptr-s1")
+        if raptr is None:
+            raise RuntimeError("full-equal-flops needs raptr-s1 first")
+        steps = int(round(STEPS * raptr["meta"]["flops"] / raptr["meta"]["flops_full"]))
+        spec["training"]["steps"] = steps
+        spec["optimizer"]["warmup_steps"] = steps // 10
+    return spec
+
+
+def load_run(objective, name):
+    path = os.path.join(RUNS, objective, name)
+    if not os.path.exists(path + ".json"):
+        return None
+    with open(path + ".json") as f:
+        meta = json.load(f)
+    rows = report.read_csv(path + ".csv")
+    return {"meta": meta, "rows": rows}
+
+
+def ctl(*args, check=True):
+    out = subprocess.run([CTL, *args], capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"raptrctl {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout
+
+
+def run_one(objective, name, method, schedule, seed):
+    spec = spec_for(objective, name, method, schedule, seed)
+    os.makedirs(os.path.join(RUNS, objective), exist_ok=True)
+    spec_path = os.path.join(RUNS, objective, name + ".spec.json")
+    with open(spec_path, "w") as f:
+        json.dump(spec, f, indent=1)
+    # YAML is a superset of JSON: the spec file is a valid job file.
+    job = ctl("submit", "-f", spec_path).strip()
+    print(f"[study] {objective}/{name}: {job}, {spec['training']['steps']} steps", flush=True)
+    watch = subprocess.Popen([CTL, "watch", job, "--output", "json"], stdout=subprocess.PIPE,
+                             text=True)
+    rows, evals = {}, {}
+    for line in watch.stdout:
+        event = json.loads(line)
+        if "step" in event:
+            s = event["step"]
+            step = int(s.get("step", 0)) + 1
+            rows[step] = {"step": step, "stage": s.get("stage", 0),
+                          "path_length": s.get("path_length", 0), "loss": s["loss"],
+                          "lr": s.get("learning_rate", 0), "tokens": int(s.get("tokens", 0)),
+                          "flops": float(s.get("flops", 0)),
+                          "flops_full": float(s.get("flops_full", 0)),
+                          "step_seconds": s.get("step_seconds", 0)}
+            if step % 100 == 0:
+                print(f"[study]   step {step} loss {s['loss']:.4f}", flush=True)
+        elif "eval" in event:
+            evals[int(event["eval"].get("step", 0)) + 1] = event["eval"]["eval_loss"]
+    if watch.wait() != 0:
+        raise RuntimeError(f"watch {job} failed")
+    got = json.loads(ctl("get", job, "--output", "json"))
+    if got["state"] != "JOB_STATE_SUCCEEDED":
+        raise RuntimeError(f"{job} ended {got['state']}: {got.get('message', '')}")
+    steps = spec["training"]["steps"]
+    if sorted(rows) != list(range(1, steps + 1)):
+        raise RuntimeError(f"{job}: got {len(rows)} step summaries of {steps}")
+    for step, loss in evals.items():
+        rows[step]["eval_loss"] = loss
+    parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))
+    p = got["progress"]
+    meta = {
+        "objective": objective, "run": name, "method": method, "seed": seed, "job": job,
+        "steps": steps, "spec": spec,
+        "final_eval_loss": p["eval_loss"], "flops": float(p["flops"]),
+        "flops_full": float(p["flops_full"]), "tokens": int(p["tokens"]),
+        "wall_seconds": (parse(got["end_time"]) - parse(got["start_time"])).total_seconds(),
+        "train_seconds": p.get("train_seconds", 0),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average_after": os.getloadavg()[0],
+    }
+    path = os.path.join(RUNS, objective, name)
+    report.write_csv(path + ".csv", [rows[s] for s in sorted(rows)])
+    with open(path + ".json", "w") as f:
+        json.dump(meta, f, indent=1)
+    os.remove(spec_path)
+    print(f"[study] {objective}/{name}: eval {meta['final_eval_loss']:.4f}, "
+          f"{meta['wall_seconds']:.0f} s", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--objective", choices=("gpt", "bert", "all"), default="all")
+    parser.add_argument("--only", nargs="*", help="run names, e.g. raptr-s1 full-s2")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--max-runs", type=int, default=0, help="stop after this many new runs")
+    parser.add_argument("--port", type=int, default=50061)
+    parser.add_argument("--steps", type=int, default=STEPS,
+                        help="steps per run (smoke tests; the study's runs use the default)")
+    parser.add_argument("--runs-dir", default=RUNS, help="where runs are stored (smoke tests)")
+    args = parser.parse_args()
+    configure(args.steps, args.runs_dir)
+    todo = [r for r in plan() if args.objective in ("all", r[0])
+            and (not args.only or r[1] in args.only)]
+    if args.list:
+        for objective, name, *_ in todo:
+            state = "stored" if load_run(objective, name) else "missing"
+            print(f"{objective:5} {name:20} {state}")
+        return 0
+    if not args.report_only:
+        missing = [r for r in todo if load_run(r[0], r[1]) is None]
+        if args.max_runs:
+            missing = missing[:args.max_runs]
+        if missing:
+            cluster_dir = os.path.join(ROOT, "runs", "paper")
+            subprocess.run([os.path.join(ROOT, "scripts", "local-cluster.sh"), "stop", "--dir",
+                            cluster_dir], capture_output=True)
+            out = subprocess.run([os.path.join(ROOT, "scripts", "local-cluster.sh"), "start",
+                                  "--workers", "1", "--port", str(args.port), "--dir",
+                                  cluster_dir], capture_output=True, text=True, check=True)
+            os.environ["RAPTR_COORDINATOR"] = out.stdout.strip().split("=", 1)[1]
+            time.sleep(1)
+            try:
+                for r in missing:
+                    run_one(*r)
+            finally:
+                subprocess.run([os.path.join(ROOT, "scripts", "local-cluster.sh"), "stop",
+                                "--dir", cluster_dir], capture_output=True)
+    report.write_report(plan(), load_run, STEPS,
+                        docs=None if RUNS == DEFAULT_RUNS else os.path.join(RUNS, "docs"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
