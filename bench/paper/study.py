@@ -180,6 +180,11 @@ def run_one(objective, name, method, schedule, seed):
           f"{meta['wall_seconds']:.0f} s", flush=True)
 
 
+def write_report():
+    report.write_report(plan(), load_run, BASE,
+                        docs=None if RUNS == DEFAULT_RUNS else os.path.join(RUNS, "docs"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -217,11 +222,12 @@ def main():
             try:
                 for r in missing:
                     run_one(*r)
+                    # After every run, so an interrupted study still leaves a current report.
+                    write_report()
             finally:
                 subprocess.run([os.path.join(ROOT, "scripts", "local-cluster.sh"), "stop",
                                 "--dir", cluster_dir], capture_output=True)
-    report.write_report(plan(), load_run, STEPS,
-                        docs=None if RUNS == DEFAULT_RUNS else os.path.join(RUNS, "docs"))
+    write_report()
     return 0
 
 
