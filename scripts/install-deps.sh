@@ -12,6 +12,7 @@ PACKAGES=(
   libgloo-dev libsqlite3-dev libsentencepiece-dev sentencepiece libyaml-cpp-dev nlohmann-json3-dev
   python3 python3-torch python3-numpy
   libtcmalloc-minimal4
+  prometheus  # promtool and the server the monitoring tests scrape with
 )
 
 missing=()
