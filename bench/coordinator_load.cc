@@ -122,7 +122,7 @@ class Coordinator {
       dup2(fileno(log), STDERR_FILENO);
       execl(binary.c_str(), binary.c_str(), "--listen", "127.0.0.1:0", "--store", store.c_str(),
             "--checkpoint-dir", checkpoints.c_str(), "--plan-window", window_text.c_str(),
-            "--lease", "30", static_cast<char*>(nullptr));
+            "--lease", "30", "--metrics-listen", "127.0.0.1:0", static_cast<char*>(nullptr));
       std::fprintf(stderr, "exec %s: %s\n", binary.c_str(), std::strerror(errno));
       _exit(127);
     }

@@ -31,7 +31,7 @@ sed -e "s/^  steps: 600$/  steps: $STEPS/" -e 's/^  eval_every: 100$/  eval_ever
     -e "s/steps: 150}/steps: $((STEPS / 4))}/" examples/gpt-raptr.yaml > "$WORK/job.yaml"
 grep -q "steps: $STEPS" "$WORK/job.yaml" || { echo "service_overhead: spec edit failed" >&2; exit 1; }
 
-eval "$(scripts/local-cluster.sh start --workers 1 --port "$PORT" --dir "$WORK/cluster")"
+eval "$(scripts/local-cluster.sh start --workers 1 --port "$PORT" --metrics-port 0 --dir "$WORK/cluster")"
 CTL=$BUILD/cli/raptrctl
 for _ in $(seq 1 100); do
   grep -q " connected " "$WORK/cluster/logs/coordinator.log" 2>/dev/null && break

@@ -34,6 +34,31 @@ std::vector<std::pair<std::string, std::vector<StepSummaryRecord>>> Cluster::ToS
 
 namespace {
 
+// The schedule kind, the `method` label of job metrics.
+std::string MethodOf(const v1::JobSpec& spec) {
+  switch (spec.schedule().kind_case()) {
+    case v1::ScheduleSpec::kFull:
+      return "full";
+    case v1::ScheduleSpec::kPld:
+      return "pld";
+    case v1::ScheduleSpec::kLayerdrop:
+      return "layerdrop";
+    case v1::ScheduleSpec::kStacking:
+      return "stacking";
+    default:
+      return "raptr";
+  }
+}
+
+std::vector<std::string> JobLabels(const v1::Job& job) {
+  return {job.id(), job.spec().name(), MethodOf(job.spec())};
+}
+
+// Exponential smoothing of a rate over roughly the last 10 samples.
+double Smooth(double previous, double sample) {
+  return previous == 0 ? sample : 0.9 * previous + 0.1 * sample;
+}
+
 std::string BackendName(v1::Backend backend) {
   return EffectiveBackend(backend) == v1::BACKEND_CUDA ? "cuda" : "cpu";
 }
@@ -445,6 +470,20 @@ absl::Status Cluster::OnStepReport(int64_t session, const v1::StepReport& report
   agg.flops_full += report.flops_full();
   agg.seconds = std::max(agg.seconds, report.step_seconds());
   run.done[rank] = report.step() + 1;
+  Worker& reporter = sessions_.at(session);
+  reporter.last_report = Now();
+  if (report.step_seconds() > 0) {
+    reporter.tokens_per_second =
+        Smooth(reporter.tokens_per_second, report.tokens() / report.step_seconds());
+  }
+  if (metrics_.worker_step_seconds != nullptr) {
+    const std::string& id = reporter.hello.worker_id();
+    metrics_.worker_step_seconds->Observe({id, "total"}, report.step_seconds());
+    metrics_.worker_step_seconds->Observe({id, "forward"}, report.forward_seconds());
+    metrics_.worker_step_seconds->Observe({id, "backward"}, report.backward_seconds());
+    metrics_.worker_step_seconds->Observe({id, "allreduce"}, report.allreduce_seconds());
+    metrics_.worker_step_seconds->Observe({id, "optimizer"}, report.optimizer_seconds());
+  }
   if (agg.reports == world) {
     StepSummaryRecord summary;
     v1::StepPlan plan;
@@ -460,6 +499,16 @@ absl::Status Cluster::OnStepReport(int64_t session, const v1::StepReport& report
     summary.seconds = agg.seconds;
     run.steps.erase(agg_it);
     run.completed_steps = report.step() + 1;
+    if (summary.seconds > 0) {
+      run.tokens_per_second = Smooth(run.tokens_per_second, summary.tokens / summary.seconds);
+    }
+    // Work done, replayed steps included (they cost compute too), so these only grow.
+    if (metrics_.job_tokens != nullptr) {
+      const std::vector<std::string> labels = JobLabels(run.job);
+      metrics_.job_tokens->Add(labels, static_cast<double>(summary.tokens));
+      metrics_.job_flops->Add(labels, summary.flops);
+      metrics_.job_flops_full->Add(labels, summary.flops_full);
+    }
     if (run.evals.count(summary.step) != 0) {
       run.awaiting_eval[summary.step] = summary;
     } else {
@@ -623,6 +672,7 @@ void Cluster::FailGroup(const std::string& job_id, const std::string& reason, bo
   RunningJob& run = it->second;
   EndGroup(run, reason, /*abort_members=*/true);
   const int tries = ++recoveries_[job_id];
+  if (metrics_.job_recoveries != nullptr) metrics_.job_recoveries->Add(JobLabels(run.job), 1);
   const bool give_up = !retryable || tries > options_.max_recoveries_without_progress;
   std::string message = reason;
   if (retryable && give_up) {
@@ -769,6 +819,116 @@ void Cluster::Shutdown(const std::string& reason) {
   // Jobs stay RUNNING in the store: the next coordinator recovers them. Workers see their
   // streams end and reconnect, to this coordinator's successor.
   for (auto& [id, worker] : sessions_) worker.link->Close(absl::UnavailableError(reason));
+}
+
+void Cluster::ExportMetrics(metrics::Registry* registry) {
+  const std::vector<std::string> job = {"job_id", "job_name", "method"};
+  Metrics& m = metrics_;
+  m.job_state =
+      registry->Gauge("raptr_job_state", "1 for the job's current state, 0 for the others.",
+                      {"job_id", "job_name", "method", "state"});
+  m.job_step = registry->Gauge("raptr_job_step", "Steps the job has completed.", job);
+  m.job_steps = registry->Gauge("raptr_job_steps", "Steps the job runs in all (its spec).", job);
+  m.job_stage = registry->Gauge(
+      "raptr_job_stage", "0-based schedule stage of the last step; -1 for full-model steps.", job);
+  m.job_path_length =
+      registry->Gauge("raptr_job_path_length", "Active blocks in the last step's path.", job);
+  m.job_layers = registry->Gauge("raptr_job_layers", "Blocks in the model (L).", job);
+  m.job_train_loss =
+      registry->Gauge("raptr_job_train_loss", "Training loss of the last completed step.", job);
+  m.job_eval_loss =
+      registry->Gauge("raptr_job_eval_loss", "Validation loss of the latest evaluation.", job);
+  m.job_tokens = registry->Counter("raptr_job_tokens_total",
+                                   "Tokens trained on, replayed steps included.", job);
+  m.job_flops = registry->Counter("raptr_job_flops_total",
+                                  "Training FLOPs spent, replayed steps included.", job);
+  m.job_flops_full = registry->Counter(
+      "raptr_job_flops_full_total",
+      "FLOPs full training would have spent on the same steps; 1 - flops/flops_full is the "
+      "saving.",
+      job);
+  m.job_tokens_per_second = registry->Gauge(
+      "raptr_job_tokens_per_second", "Training throughput of a running job (recent steps).", job);
+  m.job_recoveries = registry->Counter("raptr_job_recoveries_total",
+                                       "Times the job's worker group failed and re-formed.", job);
+  m.job_generation =
+      registry->Gauge("raptr_job_generation", "The job's worker-group generation.", job);
+  m.job_world_size =
+      registry->Gauge("raptr_job_world_size", "Workers in the job's current group.", job);
+  m.worker_connected = registry->Gauge(
+      "raptr_worker_connected", "1 while the worker's session is up, 0 once it left.", {"worker"});
+  m.worker_report_age = registry->Gauge("raptr_worker_last_report_age_seconds",
+                                        "Seconds since the worker's last step report.", {"worker"});
+  m.worker_step_seconds =
+      registry->Histogram("raptr_worker_step_seconds",
+                          "Step time as the worker reported it: the whole step and its phases.",
+                          {"worker", "phase"}, metrics::Registry::ExponentialBuckets(0.001, 2, 17));
+  m.worker_tokens_per_second =
+      registry->Gauge("raptr_worker_tokens_per_second",
+                      "The worker's tokens per second (recent steps).", {"worker"});
+  m.workers = registry->Gauge("raptr_coordinator_workers", "Connected workers.");
+  m.reports = registry->Counter("raptr_coordinator_reports_total", "Step reports received.");
+  m.plans = registry->Counter("raptr_coordinator_plans_sent_total", "Step plans sent.");
+}
+
+void Cluster::RefreshMetrics() {
+  if (metrics_.job_state == nullptr) return;
+  const Metrics& m = metrics_;
+  // The store first, without mu_: every job it holds (finished ones too, so dashboards can
+  // compare a finished baseline with a running job).
+  JobFilter filter;
+  filter.limit = 1000;
+  absl::StatusOr<std::vector<v1::Job>> jobs = store_->ListJobs(filter);
+  absl::StatusOr<std::vector<WorkerRecord>> known = store_->ListWorkers();
+  absl::MutexLock lock(&mu_);
+  static const std::pair<v1::JobState, const char*> kStates[] = {
+      {v1::JOB_STATE_PENDING, "pending"},       {v1::JOB_STATE_RUNNING, "running"},
+      {v1::JOB_STATE_RECOVERING, "recovering"}, {v1::JOB_STATE_SUCCEEDED, "succeeded"},
+      {v1::JOB_STATE_FAILED, "failed"},         {v1::JOB_STATE_CANCELLED, "cancelled"}};
+  if (jobs.ok()) {
+    for (const v1::Job& job : *jobs) {
+      const std::vector<std::string> labels = JobLabels(job);
+      for (const auto& [state, name] : kStates) {
+        m.job_state->Set({labels[0], labels[1], labels[2], name}, job.state() == state ? 1 : 0);
+      }
+      const v1::JobProgress& p = job.progress();
+      m.job_step->Set(labels, static_cast<double>(p.step()));
+      m.job_steps->Set(labels, static_cast<double>(job.spec().training().steps()));
+      m.job_stage->Set(labels, p.stage());
+      m.job_path_length->Set(labels, p.path_length());
+      m.job_layers->Set(labels, job.spec().model().layers());
+      if (p.step() > 0) m.job_train_loss->Set(labels, p.loss());
+      if (p.has_eval_loss()) m.job_eval_loss->Set(labels, p.eval_loss());
+      m.job_generation->Set(labels, static_cast<double>(job.generation()));
+      m.job_world_size->Set(labels, job.world_size());
+      auto run = running_.find(job.id());
+      if (run != running_.end()) {
+        m.job_tokens_per_second->Set(labels, run->second.tokens_per_second);
+      } else {
+        m.job_tokens_per_second->Remove(labels);
+      }
+    }
+  }
+  const double now = Now();
+  if (known.ok()) {
+    for (const WorkerRecord& worker : *known) {
+      const bool connected = session_of_worker_.count(worker.worker_id) != 0;
+      m.worker_connected->Set({worker.worker_id}, connected ? 1 : 0);
+      if (!connected) {
+        m.worker_report_age->Remove({worker.worker_id});
+        m.worker_tokens_per_second->Remove({worker.worker_id});
+      }
+    }
+  }
+  for (const auto& [id, worker] : sessions_) {
+    const std::string& name = worker.hello.worker_id();
+    m.worker_connected->Set({name}, 1);
+    if (worker.last_report > 0) m.worker_report_age->Set({name}, now - worker.last_report);
+    m.worker_tokens_per_second->Set({name}, worker.job_id.empty() ? 0 : worker.tokens_per_second);
+  }
+  m.workers->Set({}, static_cast<double>(sessions_.size()));
+  m.reports->Set({}, static_cast<double>(reports_received_));
+  m.plans->Set({}, static_cast<double>(plans_sent_));
 }
 
 ClusterStats Cluster::Stats() {

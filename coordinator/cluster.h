@@ -22,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "common/metrics.h"
 #include "coordinator/job_service.h"
 #include "coordinator/step_planner.h"
 #include "coordinator/store/job_store.h"
@@ -102,6 +103,12 @@ class Cluster final : public JobLifecycleListener {
   // Tells every worker to exit (Shutdown) and closes their sessions; flushes the store.
   void Shutdown(const std::string& reason);
 
+  // Declares the coordinator's metrics in `registry` (which must outlive the Cluster); events
+  // update the counters and histograms from then on. Call once, before serving.
+  void ExportMetrics(metrics::Registry* registry);
+  // Sets the gauges (job states and progress from the store, workers, counts) for a scrape.
+  void RefreshMetrics();
+
   ClusterStats Stats();
 
  private:
@@ -112,6 +119,8 @@ class Cluster final : public JobLifecycleListener {
     double last_seen = 0;  // steady seconds
     std::string job_id;    // empty when idle
     int rank = -1;
+    double last_report = 0;        // steady seconds of its last StepReport; 0: none yet
+    double tokens_per_second = 0;  // smoothed over its recent steps
   };
 
   // Per-step aggregation of the ranks' reports.
@@ -152,8 +161,9 @@ class Cluster final : public JobLifecycleListener {
     // Summaries complete but waiting for the evaluation after their step.
     std::map<int64_t, StepSummaryRecord> awaiting_eval;
     std::vector<StepSummaryRecord> unflushed;
-    int64_t committed_step = -1;  // the latest committed checkpoint (optimizer steps done)
-    int64_t completed_steps = 0;  // every rank has reported steps < this
+    double tokens_per_second = 0;  // the job's, smoothed over recent steps
+    int64_t committed_step = -1;   // the latest committed checkpoint (optimizer steps done)
+    int64_t completed_steps = 0;   // every rank has reported steps < this
   };
 
   struct SummaryBatchEntry {
@@ -231,6 +241,32 @@ class Cluster final : public JobLifecycleListener {
   double last_flush_ ABSL_GUARDED_BY(mu_) = 0;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   int64_t plans_sent_ ABSL_GUARDED_BY(mu_) = 0;
+  // Metric families (null until ExportMetrics).
+  struct Metrics {
+    metrics::Family* job_state = nullptr;
+    metrics::Family* job_step = nullptr;
+    metrics::Family* job_steps = nullptr;
+    metrics::Family* job_stage = nullptr;
+    metrics::Family* job_path_length = nullptr;
+    metrics::Family* job_layers = nullptr;
+    metrics::Family* job_train_loss = nullptr;
+    metrics::Family* job_eval_loss = nullptr;
+    metrics::Family* job_tokens = nullptr;
+    metrics::Family* job_flops = nullptr;
+    metrics::Family* job_flops_full = nullptr;
+    metrics::Family* job_tokens_per_second = nullptr;
+    metrics::Family* job_recoveries = nullptr;
+    metrics::Family* job_generation = nullptr;
+    metrics::Family* job_world_size = nullptr;
+    metrics::Family* worker_connected = nullptr;
+    metrics::Family* worker_report_age = nullptr;
+    metrics::Family* worker_step_seconds = nullptr;
+    metrics::Family* worker_tokens_per_second = nullptr;
+    metrics::Family* workers = nullptr;
+    metrics::Family* reports = nullptr;
+    metrics::Family* plans = nullptr;
+  };
+  Metrics metrics_;  // set once before serving, then read-only pointers
   int64_t reports_received_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

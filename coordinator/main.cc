@@ -12,6 +12,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "common/flags.h"
+#include "common/http_server.h"
+#include "common/metrics.h"
 #include "coordinator/cluster.h"
 #include "coordinator/control_service.h"
 #include "coordinator/job_service.h"
@@ -55,6 +57,9 @@ int Main(int argc, char** argv) {
   flags.Define("plan-window", "32", "step plans streamed ahead of the slowest worker");
   flags.Define("heartbeat", "2", "seconds between worker heartbeats");
   flags.Define("lease", "15", "seconds of worker silence before it counts as lost");
+  flags.Define("metrics-listen", "127.0.0.1:9401",
+               "HOST:PORT serving Prometheus /metrics and /healthz; port 0 picks a free port; "
+               "empty: off");
   flags.Define("help", "false", "print this help");
   if (absl::Status parsed = flags.Parse(argc, argv, 1); !parsed.ok()) {
     std::fprintf(stderr, "raptr-coordinator: %s\n\n%s%s", std::string(parsed.message()).c_str(),
@@ -123,6 +128,25 @@ int Main(int argc, char** argv) {
   if (absl::Status recovered = cluster.RecoverJobsFromStore(); !recovered.ok()) {
     std::fprintf(stderr, "raptr-coordinator: %s\n", recovered.ToString().c_str());
     return 1;
+  }
+  metrics::Registry registry;
+  cluster.ExportMetrics(&registry);
+  HttpServer metrics_server;
+  if (const std::string metrics_address = flags.Get("metrics-listen"); !metrics_address.empty()) {
+    metrics_server.Handle("/metrics", "text/plain; version=0.0.4; charset=utf-8",
+                          [&cluster, &registry] {
+                            cluster.RefreshMetrics();
+                            return registry.Render();
+                          });
+    metrics_server.Handle("/healthz", "text/plain", [] { return std::string("ok\n"); });
+    absl::StatusOr<int> metrics_port = metrics_server.Start(metrics_address);
+    if (!metrics_port.ok()) {
+      std::fprintf(stderr, "raptr-coordinator: --metrics-listen: %s\n",
+                   metrics_port.status().ToString().c_str());
+      return 1;
+    }
+    std::printf("raptr-coordinator metrics on %s:%d\n",
+                metrics_address.substr(0, metrics_address.rfind(':')).c_str(), *metrics_port);
   }
   JobServiceImpl job_service(store->get(), &cluster);
   ControlServiceImpl control_service(&cluster);

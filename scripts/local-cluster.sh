@@ -2,14 +2,15 @@
 # A one-machine raptr cluster: raptr-coordinator and N CPU workers (raptr-worker serve) as
 # background processes, their logs and state under one directory.
 #
-#   scripts/local-cluster.sh start [--workers N] [--port PORT] [--dir DIR]
+#   scripts/local-cluster.sh start [--workers N] [--port PORT] [--metrics-port P] [--dir DIR]
 #   scripts/local-cluster.sh stop  [--dir DIR]
 #   scripts/local-cluster.sh status [--dir DIR]
 #
 # start prints the coordinator address; raptrctl finds it with --coordinator or
-# RAPTR_COORDINATOR. Each worker gets nproc/N kernel threads (at least 1). The job store
-# (DIR/coordinator.db) and checkpoints (DIR/checkpoints) survive a stop; a later start resumes any
-# job that was running.
+# RAPTR_COORDINATOR. Prometheus metrics: the coordinator on P (default 9401), worker i on P+1+i;
+# --metrics-port 0 gives every process a free port (logged). Each worker gets nproc/N kernel
+# threads (at least 1). The job store (DIR/coordinator.db) and checkpoints (DIR/checkpoints)
+# survive a stop; a later start resumes any job that was running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${RAPTR_BUILD:-build}
@@ -17,11 +18,13 @@ COMMAND=${1:-}
 [[ -n "$COMMAND" ]] && shift
 WORKERS=2
 PORT=50051
+METRICS_PORT=9401
 DIR=runs/local
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --workers) WORKERS=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
+    --metrics-port) METRICS_PORT=$2; shift 2 ;;
     --dir) DIR=$2; shift 2 ;;
     *) echo "local-cluster: unknown argument '$1'" >&2; exit 2 ;;
   esac
@@ -41,7 +44,8 @@ case "$COMMAND" in
     : > "$PIDS"
     ADDR=127.0.0.1:$PORT
     setsid "$BUILD/coordinator/raptr-coordinator" --listen "$ADDR" --store "$DIR/coordinator.db" \
-      --checkpoint-dir "$DIR/checkpoints" > "$DIR/logs/coordinator.out" \
+      --checkpoint-dir "$DIR/checkpoints" --metrics-listen "127.0.0.1:$METRICS_PORT" \
+      > "$DIR/logs/coordinator.out" \
       2> "$DIR/logs/coordinator.log" < /dev/null &
     echo "$! coordinator" >> "$PIDS"
     for _ in $(seq 1 100); do
@@ -57,7 +61,9 @@ case "$COMMAND" in
     (( THREADS >= 1 )) || THREADS=1
     for i in $(seq 0 $((WORKERS - 1))); do
       OMP_NUM_THREADS=$THREADS setsid "$BUILD/worker/raptr-worker" serve --coordinator "$ADDR" \
-        --id "local-$i" --threads "$THREADS" > /dev/null 2> "$DIR/logs/worker-$i.log" < /dev/null &
+        --id "local-$i" --threads "$THREADS" \
+        --metrics-listen "127.0.0.1:$(( METRICS_PORT == 0 ? 0 : METRICS_PORT + 1 + i ))" \
+        > /dev/null 2> "$DIR/logs/worker-$i.log" < /dev/null &
       echo "$! worker-$i" >> "$PIDS"
     done
     echo "local cluster: coordinator $ADDR, $WORKERS CPU workers x $THREADS threads; logs in $DIR/logs" >&2

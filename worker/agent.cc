@@ -7,6 +7,7 @@
 
 #include <omp.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -31,6 +32,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/flags.h"
+#include "common/http_server.h"
+#include "common/metrics.h"
 #include "common/status.h"
 #include "gloo/rendezvous/store.h"
 #include "grpcpp/grpcpp.h"
@@ -125,6 +128,52 @@ class CoordinatorStore final : public gloo::rendezvous::Store {
   const std::chrono::milliseconds timeout_;
 };
 
+// The worker process's metrics (GET /metrics on --metrics-listen).
+struct ProcessMetrics {
+  explicit ProcessMetrics(metrics::Registry* r)
+      : step_seconds(r->Histogram("raptr_process_step_seconds",
+                                  "This process's step time: the whole step and its phases.",
+                                  {"phase"}, metrics::Registry::ExponentialBuckets(0.001, 2, 17))),
+        steps(r->Counter("raptr_process_steps_total", "Steps this process has run.")),
+        tokens(r->Counter("raptr_process_tokens_total", "Tokens this process has trained on.")),
+        resident(r->Gauge("raptr_process_resident_memory_bytes", "Resident memory.")),
+        threads(r->Gauge("raptr_process_threads", "Threads of this process.")),
+        cpu(r->Counter("raptr_process_cpu_seconds_total", "User and system CPU time.")),
+        job_info(r->Gauge("raptr_process_job_info", "1 while running an assignment.",
+                          {"job_id", "rank", "world_size"})) {}
+
+  // Process-wide figures, read at scrape time.
+  void Refresh() {
+    long pages = 0, resident_pages = 0;
+    if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+      if (std::fscanf(f, "%ld %ld", &pages, &resident_pages) != 2) resident_pages = 0;
+      std::fclose(f);
+    }
+    resident->Set({}, static_cast<double>(resident_pages) * sysconf(_SC_PAGE_SIZE));
+    long count = 0;
+    if (FILE* f = std::fopen("/proc/self/status", "r")) {
+      char line[256];
+      while (std::fgets(line, sizeof(line), f)) {
+        if (std::sscanf(line, "Threads: %ld", &count) == 1) break;
+      }
+      std::fclose(f);
+    }
+    threads->Set({}, static_cast<double>(count));
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    cpu->Set({}, usage.ru_utime.tv_sec + usage.ru_utime.tv_usec / 1e6 + usage.ru_stime.tv_sec +
+                     usage.ru_stime.tv_usec / 1e6);
+  }
+
+  metrics::Family* step_seconds;
+  metrics::Family* steps;
+  metrics::Family* tokens;
+  metrics::Family* resident;
+  metrics::Family* threads;
+  metrics::Family* cpu;
+  metrics::Family* job_info;
+};
+
 using Stream = grpc::ClientReaderWriter<v1::WorkerMessage, v1::CoordinatorMessage>;
 
 // One Connect stream; writes from several threads go through Write.
@@ -150,8 +199,10 @@ class Connection {
 class JobRunner {
  public:
   JobRunner(v1::Assignment assignment, Connection* connection, v1::ControlService::Stub* stub,
-            const AgentOptions& options, std::string worker_id, std::string host)
-      : assignment_(std::move(assignment)),
+            const AgentOptions& options, std::string worker_id, std::string host,
+            ProcessMetrics* metrics)
+      : metrics_(metrics),
+        assignment_(std::move(assignment)),
         connection_(connection),
         stub_(stub),
         options_(options),
@@ -201,7 +252,11 @@ class JobRunner {
   }
 
   void Run() {
+    const std::vector<std::string> info = {job_id(), std::to_string(assignment_.rank()),
+                                           std::to_string(assignment_.world_size())};
+    if (metrics_ != nullptr) metrics_->job_info->Set(info, 1);
     const absl::Status status = RunJob();
+    if (metrics_ != nullptr) metrics_->job_info->Remove(info);
     // The group is torn down (the Gloo group died with RunJob's scope) before the error goes
     // out, so peers blocked in a collective with this rank fail fast too.
     if (!status.ok() && !aborted()) {
@@ -290,6 +345,15 @@ class JobRunner {
         report->set_optimizer_seconds(step.times.optimizer);
         last_step_.store(plan.step());
         ++steps_since_log;
+        if (metrics_ != nullptr) {
+          metrics_->step_seconds->Observe({"total"}, step.times.total);
+          metrics_->step_seconds->Observe({"forward"}, step.times.forward);
+          metrics_->step_seconds->Observe({"backward"}, step.times.backward);
+          metrics_->step_seconds->Observe({"allreduce"}, step.times.allreduce);
+          metrics_->step_seconds->Observe({"optimizer"}, step.times.optimizer);
+          metrics_->steps->Add({}, 1);
+          metrics_->tokens->Add({}, static_cast<double>(step.local_tokens));
+        }
         if (Now() - last_log >= 10) {
           Log(absl::StrFormat("%s step %d/%d path %d loss %.4f (%.2f steps/s)", job_id(),
                               plan.step() + 1, config.steps, plan.active_layers_size(),
@@ -392,6 +456,7 @@ class JobRunner {
     return input;
   }
 
+  ProcessMetrics* const metrics_;  // may be null
   const v1::Assignment assignment_;
   Connection* const connection_;
   v1::ControlService::Stub* const stub_;
@@ -417,8 +482,12 @@ enum class SessionEnd {
 
 class Agent {
  public:
-  Agent(const AgentOptions& options, std::string worker_id, std::string host)
-      : options_(options), worker_id_(std::move(worker_id)), host_(std::move(host)) {
+  Agent(const AgentOptions& options, std::string worker_id, std::string host,
+        ProcessMetrics* metrics)
+      : options_(options),
+        worker_id_(std::move(worker_id)),
+        host_(std::move(host)),
+        metrics_(metrics) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
@@ -551,7 +620,7 @@ class Agent {
         }
         old.reset();  // aborts and joins a previous job, if one is still winding down
         auto next = std::make_unique<JobRunner>(message.assignment(), &connection, stub_.get(),
-                                                options_, worker_id_, host_);
+                                                options_, worker_id_, host_, metrics_);
         next->Start();
         ran_job = true;
         absl::MutexLock lock(&runner_mu_);
@@ -625,6 +694,7 @@ class Agent {
   const AgentOptions options_;
   const std::string worker_id_;
   const std::string host_;
+  ProcessMetrics* const metrics_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::ControlService::Stub> stub_;
   absl::Mutex mu_;
@@ -665,7 +735,26 @@ int RunAgent(const AgentOptions& options) {
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  Agent agent(options, worker_id, host);
+  metrics::Registry registry;
+  ProcessMetrics process_metrics(&registry);
+  HttpServer metrics_server;
+  if (!options.metrics_listen.empty()) {
+    metrics_server.Handle("/metrics", "text/plain; version=0.0.4; charset=utf-8",
+                          [&registry, &process_metrics] {
+                            process_metrics.Refresh();
+                            return registry.Render();
+                          });
+    metrics_server.Handle("/healthz", "text/plain", [] { return std::string("ok\n"); });
+    absl::StatusOr<int> port = metrics_server.Start(options.metrics_listen);
+    if (!port.ok()) {
+      Log(absl::StrCat("--metrics-listen: ", port.status().ToString()));
+      return 1;
+    }
+    Log(absl::StrCat("metrics on ",
+                     options.metrics_listen.substr(0, options.metrics_listen.rfind(':')), ":",
+                     *port));
+  }
+  Agent agent(options, worker_id, host, &process_metrics);
   std::thread([&agent, stop_signals] {
     int signal_number = 0;
     sigwait(&stop_signals, &signal_number);
@@ -699,6 +788,9 @@ int RunServe(int argc, char** argv) {
   flags.Define("collective-timeout", "300",
                "seconds a Gloo rendezvous or collective may wait for a peer");
   flags.Define("exit-after-job", "false", "exit once the first assignment ends");
+  flags.Define("metrics-listen", defaults.metrics_listen,
+               "HOST:PORT serving Prometheus /metrics and /healthz; port 0 picks a free port; "
+               "empty: off");
   flags.Define("crash-at-step", "-1",
                "testing: die abruptly before running this 0-based step (-1: never)");
   flags.Define("help", "false", "print this help");
@@ -716,6 +808,7 @@ int RunServe(int argc, char** argv) {
   options.worker_id = flags.Get("id");
   options.host = flags.Get("host");
   options.exit_after_job = flags.Get("exit-after-job") == "true";
+  options.metrics_listen = flags.Get("metrics-listen");
   absl::StatusOr<int> threads = flags.GetInt32("threads");
   absl::StatusOr<double> connect = flags.GetDouble("connect-timeout");
   absl::StatusOr<double> collective = flags.GetDouble("collective-timeout");

@@ -23,6 +23,8 @@ struct AgentOptions {
   // Fault injection for recovery tests: the process dies (_exit(3), no goodbye, like a kill -9)
   // just before running this 0-based step. -1: never.
   int64_t crash_at_step = -1;
+  // HOST:PORT of the Prometheus /metrics endpoint; port 0 picks a free one; empty: none.
+  std::string metrics_listen = "127.0.0.1:9402";
 };
 
 // Runs until SIGINT/SIGTERM, a Shutdown from the coordinator, or a connection timeout; returns

@@ -215,7 +215,7 @@ def main():
             subprocess.run([os.path.join(ROOT, "scripts", "local-cluster.sh"), "stop", "--dir",
                             cluster_dir], capture_output=True)
             out = subprocess.run([os.path.join(ROOT, "scripts", "local-cluster.sh"), "start",
-                                  "--workers", "1", "--port", str(args.port), "--dir",
+                                  "--workers", "1", "--port", str(args.port), "--metrics-port", "0", "--dir",
                                   cluster_dir], capture_output=True, text=True, check=True)
             os.environ["RAPTR_COORDINATOR"] = out.stdout.strip().split("=", 1)[1]
             time.sleep(1)

@@ -21,7 +21,7 @@ fail() { echo "FAIL: $*" >&2; [[ -f "$WORK/coord.err" ]] && cat "$WORK/coord.err
 
 # Starts the coordinator on a free port of the store and sets ADDR once it serves.
 start_coordinator() {
-  "$COORD" --listen 127.0.0.1:0 --store "$WORK/store/c.db" \
+  "$COORD" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --store "$WORK/store/c.db" \
     > "$WORK/coord.out" 2> "$WORK/coord.err" &
   COORD_PID=$!
   for _ in $(seq 1 100); do

@@ -58,7 +58,7 @@ EOF
 }
 
 start_coordinator() {
-  "$COORD" --listen "${1:-127.0.0.1:0}" --store "$WORK/store/c.db" \
+  "$COORD" --listen "${1:-127.0.0.1:0}" --metrics-listen 127.0.0.1:0 --store "$WORK/store/c.db" \
     --checkpoint-dir "$WORK/ckpt" --heartbeat 0.5 --lease 3 \
     > "$WORK/coord.out" 2>> "$WORK/coord.log" &
   COORD_PID=$!
@@ -78,7 +78,8 @@ start_coordinator() {
 start_worker() {
   local id=$1
   shift
-  OMP_NUM_THREADS=1 "$WORKER" serve --coordinator "$ADDR" --id "$id" --collective-timeout 30 "$@" \
+  OMP_NUM_THREADS=1 "$WORKER" serve --coordinator "$ADDR" --id "$id" --collective-timeout 30 \
+    --metrics-listen 127.0.0.1:0 "$@" \
     2>> "$WORK/$id.log" &
   WORKER_PIDS+=($!)
   LAST_WORKER=$!
