@@ -19,8 +19,10 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "cli/plot.h"
 #include "cli/progress.h"
 #include "common/flags.h"
 #include "common/job_spec.h"
@@ -38,6 +40,8 @@ constexpr int kExitServerError = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitUnreachable = 3;
 constexpr char kDefaultCoordinator[] = "127.0.0.1:50051";
+// Setup's positional_args for commands taking a list (plot JOB...).
+constexpr size_t kOneOrMore = static_cast<size_t>(-1);
 
 // One parsed command line plus the channel to the coordinator it names.
 struct Invocation {
@@ -85,10 +89,13 @@ int Setup(const std::string& command, const std::string& usage, int argc, char**
     std::printf("usage: raptrctl %s\n%s", usage.c_str(), inv->flags.Usage().c_str());
     return kExitUsage;
   }
-  if (inv->flags.positional().size() != positional_args) {
+  const size_t given = inv->flags.positional().size();
+  if (positional_args == kOneOrMore ? given == 0 : given != positional_args) {
     return UsageError(command, usage, inv->flags,
-                      absl::StrCat("expected ", positional_args, " argument(s), got ",
-                                   inv->flags.positional().size()));
+                      absl::StrCat("expected ",
+                                   positional_args == kOneOrMore ? std::string("at least 1")
+                                                                 : std::to_string(positional_args),
+                                   " argument(s), got ", given));
   }
   const std::string output = inv->flags.Get("output");
   if (output != "table" && output != "json") {
@@ -495,6 +502,84 @@ int RunWatch(int argc, char** argv, int first) {
   grpc::Status status = reader->Finish();
   if (live.has_value()) live->Finish(/*stream_ok=*/status.ok());
   if (!status.ok()) return RpcError(inv, "WatchJob", status);
+  return kExitOk;
+}
+
+int RunPlot(int argc, char** argv, int first) {
+  const std::string usage = "plot JOB... [-o FILE.svg] [--smooth N] [flags]";
+  Invocation inv;
+  inv.flags.Define("out", "plot.svg", "the SVG file to write (-o)");
+  inv.flags.Define("smooth", "25", "moving average of the training loss over N steps (1: none)");
+  // -o is the conventional short spelling of --out.
+  std::vector<std::string> args(argv, argv + argc);
+  for (int i = first; i < argc; ++i) {
+    if (args[i] == "-o") args[i] = "--out";
+  }
+  std::vector<char*> pointers;
+  for (std::string& arg : args) pointers.push_back(arg.data());
+  if (int exit = Setup("plot", usage, argc, pointers.data(), first, kOneOrMore, &inv); exit >= 0) {
+    return exit;
+  }
+  absl::StatusOr<int> smooth = inv.flags.GetInt32("smooth");
+  if (!smooth.ok() || *smooth < 1) {
+    return UsageError("plot", usage, inv.flags, "--smooth must be an integer >= 1");
+  }
+  PlotPanel by_step{"loss against step", "step", "loss", {}};
+  PlotPanel by_flops{"loss against training FLOPs", "FLOPs spent", "loss", {}};
+  int64_t total_steps = 0;
+  const std::vector<std::string>& ids = inv.flags.positional();
+  for (size_t j = 0; j < ids.size(); ++j) {
+    v1::GetJobRequest get;
+    get.set_job_id(ids[j]);
+    v1::Job job;
+    grpc::Status status = inv.stub->GetJob(inv.NewContext().get(), get, &job);
+    if (!status.ok()) return RpcError(inv, "GetJob", status);
+    std::vector<double> steps, flops, loss, eval_steps, eval_flops, eval_loss;
+    double cumulative = 0;
+    v1::ListJobStepsRequest request;
+    request.set_job_id(ids[j]);
+    request.set_page_size(10000);
+    while (true) {
+      v1::ListJobStepsResponse page;
+      status = inv.stub->ListJobSteps(inv.NewContext().get(), request, &page);
+      if (!status.ok()) return RpcError(inv, "ListJobSteps", status);
+      for (const v1::StepSummary& s : page.steps()) {
+        cumulative += s.flops();
+        steps.push_back(static_cast<double>(s.step() + 1));
+        flops.push_back(cumulative);
+        loss.push_back(s.loss());
+        if (s.has_eval_loss()) {
+          eval_steps.push_back(static_cast<double>(s.step() + 1));
+          eval_flops.push_back(cumulative);
+          eval_loss.push_back(s.eval_loss());
+        }
+      }
+      if (page.next_from_step() < 0) break;
+      request.set_from_step(page.next_from_step());
+    }
+    total_steps += static_cast<int64_t>(steps.size());
+    const std::string name = absl::StrCat(job.id(), " ", job.spec().name());
+    const std::string& color = PlotColor(static_cast<int>(j));
+    const std::vector<double> smoothed = MovingAverage(loss, *smooth);
+    by_step.series.push_back({name + " train", steps, smoothed, color, false});
+    by_flops.series.push_back({name + " train", flops, smoothed, color, false});
+    if (!eval_loss.empty()) {
+      by_step.series.push_back({name + " eval", eval_steps, eval_loss, color, true});
+      by_flops.series.push_back({name + " eval", eval_flops, eval_loss, color, true});
+    }
+  }
+  const std::string out = inv.flags.Get("out");
+  std::ofstream file(out, std::ios::trunc);
+  file << RenderSvg(absl::StrCat("raptr: ", absl::StrJoin(ids, ", ")), {by_step, by_flops});
+  file.close();
+  if (!file) {
+    std::fprintf(stderr, "raptrctl plot: cannot write %s\n", out.c_str());
+    return kExitServerError;
+  }
+  std::fprintf(stderr,
+               "wrote %s: %zu job(s), %lld steps (training loss: %d-step moving average; "
+               "eval loss dashed)\n",
+               out.c_str(), ids.size(), static_cast<long long>(total_steps), *smooth);
   return kExitOk;
 }
 

@@ -21,5 +21,7 @@ int RunCancel(int argc, char** argv, int first);
 // `raptrctl watch JOB [--step-every N]`: prints the job's events, one a line, until it reaches
 // a terminal state (no deadline: the stream lasts as long as the job).
 int RunWatch(int argc, char** argv, int first);
+// plot JOB... -o FILE.svg: training and eval loss against step and against FLOPs.
+int RunPlot(int argc, char** argv, int first);
 
 }  // namespace raptr::cli

@@ -27,6 +27,7 @@ const std::vector<Command>& Commands() {
       {{"get"}, "show one job", RunGet},
       {{"cancel"}, "cancel a job", RunCancel},
       {{"watch"}, "print a job's events until it ends", RunWatch},
+      {{"plot"}, "plot jobs' loss against step and FLOPs into an SVG file", RunPlot},
   };
   return kCommands;
 }

@@ -210,6 +210,7 @@ grpc::Status JobServiceImpl::WatchJob(grpc::ServerContext* context,
       summary->set_flops(step.flops);
       summary->set_flops_full(step.flops_full);
       summary->set_step_seconds(step.seconds);
+      if (step.eval_loss.has_value()) summary->set_eval_loss(*step.eval_loss);
       *summary->mutable_progress() = progress;
       if (!writer->Write(event)) return false;
     }
@@ -274,6 +275,42 @@ grpc::Status JobServiceImpl::WatchJob(grpc::ServerContext* context,
     if (!write_steps_before(std::numeric_limits<int64_t>::max())) return closed;
   }
   return grpc::Status(grpc::StatusCode::CANCELLED, "WatchJob cancelled by the client");
+}
+
+grpc::Status JobServiceImpl::ListJobSteps(grpc::ServerContext* /*context*/,
+                                          const v1::ListJobStepsRequest* request,
+                                          v1::ListJobStepsResponse* response) {
+  if (grpc::Status valid = CheckJobId(request->job_id()); !valid.ok()) return valid;
+  constexpr int kDefaultPage = 1000, kMaxPage = 10000;
+  if (request->from_step() < 0 || request->page_size() < 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "from_step and page_size must be >= 0");
+  }
+  const int page =
+      request->page_size() == 0 ? kDefaultPage : std::min(request->page_size(), kMaxPage);
+  // One more than the page, to know whether another page follows.
+  absl::StatusOr<std::vector<StepSummaryRecord>> steps =
+      store_->StepSummaries(request->job_id(), request->from_step(), page + 1);
+  if (!steps.ok()) return ToGrpcStatus(steps.status());
+  response->set_next_from_step(-1);
+  for (size_t i = 0; i < steps->size(); ++i) {
+    const StepSummaryRecord& step = (*steps)[i];
+    if (static_cast<int>(i) == page) {
+      response->set_next_from_step(step.step);
+      break;
+    }
+    v1::StepSummary* summary = response->add_steps();
+    summary->set_step(step.step);
+    summary->set_stage(step.stage);
+    summary->set_path_length(step.path_length);
+    summary->set_loss(step.loss);
+    summary->set_learning_rate(step.learning_rate);
+    summary->set_tokens(step.tokens);
+    summary->set_flops(step.flops);
+    summary->set_flops_full(step.flops_full);
+    summary->set_step_seconds(step.seconds);
+    if (step.eval_loss.has_value()) summary->set_eval_loss(*step.eval_loss);
+  }
+  return grpc::Status::OK;
 }
 
 }  // namespace raptr

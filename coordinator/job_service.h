@@ -50,6 +50,8 @@ class JobServiceImpl final : public v1::JobService::Service {
                          v1::Job* response) override;
   grpc::Status WatchJob(grpc::ServerContext* context, const v1::WatchJobRequest* request,
                         grpc::ServerWriter<v1::JobEvent>* writer) override;
+  grpc::Status ListJobSteps(grpc::ServerContext* context, const v1::ListJobStepsRequest* request,
+                            v1::ListJobStepsResponse* response) override;
 
  private:
   JobStore* const store_;

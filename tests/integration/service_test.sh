@@ -128,6 +128,13 @@ python3 "$HERE/compare_checkpoints.py" "$(final_checkpoint "$DP1" 100)" \
   "$(final_checkpoint "$DP2" 100)" --rtol 1e-4 || fail "2 workers' weights differ from 1 worker's"
 echo "ok 2: 2 data-parallel workers == 1 worker"
 
+# raptrctl plot: both jobs' loss against step and FLOPs, from the stored step summaries.
+"$CTL" plot "$DP2" "$DP1" -o "$WORK/plot.svg" 2> "$WORK/plot.log" || fail "plot"
+grep -q "wrote $WORK/plot.svg: 2 job(s), 200 steps" "$WORK/plot.log" || fail "plot: $(cat "$WORK/plot.log")"
+[[ $(grep -c "<polyline" "$WORK/plot.svg") -eq 8 ]] || fail "plot: expected 8 lines (2 jobs x train/eval x 2 panels)"
+python3 -c "import sys, xml.dom.minidom; xml.dom.minidom.parse(sys.argv[1])" "$WORK/plot.svg" \
+  || fail "plot: not well-formed SVG"
+
 # 3. A worker dies at step 60 (after the checkpoint at 50): the job resumes elsewhere from it and
 # ends bitwise identical to dp1, which ran the same spec on one worker without a failure.
 for pid in "${WORKER_PIDS[@]}"; do kill -TERM "$pid"; done

@@ -1,0 +1,430 @@
+// Offline checks of raptr's deployment files (run by tests/deploy/deploy_test.sh).
+//
+//   node validate.mjs k8s OVERLAY RENDERED.yaml HELP_DIR
+//     every object validates against the Kubernetes API schema (kubernetes-models, and
+//     @kubernetes-models/prometheus-operator for ServiceMonitor/PodMonitor); container args only
+//     use flags that the binary's --help lists; ports, probes, Services, monitors, ConfigMap
+//     references and volumes agree with each other and with the --listen/--metrics-listen args.
+//   node validate.mjs docker DOCKERFILE HELP_DIR [RUNTIME_PACKAGES_FILE]
+//     FROM ... AS build, RUN scripts/install-deps.sh, RUN scripts/build.sh, a non-root USER,
+//     ENTRYPOINT/CMD flags in --help, EXPOSEd ports = listen ports, runtime packages (from ldd).
+//
+// HELP_DIR holds raptr-coordinator.help and raptr-worker.help (`raptr-worker serve --help`).
+// Prints one line per problem and exits 1 if there is any.
+import fs from "node:fs";
+import path from "node:path";
+import YAML from "yaml";
+
+const problems = [];
+const fail = (msg) => problems.push(msg);
+
+function readHelp(dir, binary) {
+  const file = path.join(dir, `${binary}.help`);
+  if (!fs.existsSync(file)) throw new Error(`missing ${file}`);
+  const flags = new Set();
+  for (const m of fs.readFileSync(file, "utf8").matchAll(/^\s+(--[A-Za-z0-9][A-Za-z0-9-]*)\b/gm)) flags.add(m[1]);
+  return flags;
+}
+
+function checkFlags(where, binary, args, helpDir) {
+  const flags = readHelp(helpDir, binary);
+  for (const arg of args) {
+    if (!arg.startsWith("--")) continue;
+    const flag = arg.split("=")[0];
+    if (!flags.has(flag)) {
+      fail(`${where}: flag ${flag} is not accepted by ${binary} (not in its --help)`);
+    }
+  }
+}
+
+function flagValue(args, flag) {
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === flag && i + 1 < args.length) return args[i + 1];
+    if (args[i].startsWith(flag + "=")) return args[i].slice(flag.length + 1);
+  }
+  return undefined;
+}
+
+function portOf(hostPort) {
+  const m = /:(\d+)$/.exec(hostPort ?? "");
+  return m ? Number(m[1]) : undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes
+
+async function modelClass(apiVersion, kind) {
+  const pkg =
+    apiVersion.startsWith("monitoring.coreos.com/")
+      ? `@kubernetes-models/prometheus-operator/${apiVersion}`
+      : `kubernetes-models/${apiVersion}`;
+  try {
+    const mod = await import(pkg);
+    return mod[kind];
+  } catch {
+    return undefined;
+  }
+}
+
+function matches(selector, labels) {
+  return Object.entries(selector ?? {}).every(([k, v]) => (labels ?? {})[k] === v);
+}
+
+async function checkK8s(overlay, renderedFile, helpDir) {
+  const docs = YAML.parseAllDocuments(fs.readFileSync(renderedFile, "utf8"))
+    .map((d) => d.toJS())
+    .filter((d) => d);
+  if (docs.length === 0) fail(`${overlay}: rendered nothing`);
+  const byKind = (k) => docs.filter((d) => d.kind === k);
+  const id = (o) => `${overlay}: ${o.kind}/${o.metadata?.name}`;
+
+  // (b) schema
+  for (const obj of docs) {
+    if (!obj.apiVersion || !obj.kind) {
+      fail(`${overlay}: object without apiVersion/kind: ${JSON.stringify(obj).slice(0, 120)}`);
+      continue;
+    }
+    const Cls = await modelClass(obj.apiVersion, obj.kind);
+    if (!Cls) {
+      fail(`${id(obj)}: no schema for ${obj.apiVersion} ${obj.kind} in kubernetes-models`);
+      continue;
+    }
+    try {
+      new Cls(obj).validate();
+    } catch (e) {
+      fail(`${id(obj)}: schema: ${e.message}`);
+    }
+  }
+
+  const configMaps = new Map(byKind("ConfigMap").map((c) => [c.metadata.name, c]));
+  const secrets = new Map(byKind("Secret").map((s) => [s.metadata.name, s]));
+  const services = byKind("Service");
+  const pvcs = new Set(byKind("PersistentVolumeClaim").map((p) => p.metadata.name));
+  const workloads = [...byKind("Deployment"), ...byKind("StatefulSet")];
+  for (const kind of ["Deployment", "StatefulSet", "Service", "ConfigMap", "PersistentVolumeClaim", "Secret"]) {
+    if (byKind(kind).length === 0) fail(`${overlay}: no ${kind} rendered`);
+  }
+
+  // (c) containers: flags, $(VAR) references, ports, probes, volumes
+  const mounts = {}; // role -> {mountPath: claim}
+  for (const w of workloads) {
+    const spec = w.spec.template.spec;
+    if (!matches(w.spec.selector?.matchLabels, w.spec.template.metadata?.labels)) {
+      fail(`${id(w)}: selector does not match the pod template's labels`);
+    }
+    for (const v of spec.volumes ?? []) {
+      const claim = v.persistentVolumeClaim?.claimName;
+      if (claim && !pvcs.has(claim)) fail(`${id(w)}: volume ${v.name} uses missing PVC ${claim}`);
+    }
+    for (const c of spec.containers) {
+      const where = `${id(w)} container ${c.name}`;
+      const role = c.name.includes("coordinator") ? "coordinator" : c.name.includes("worker") ? "worker" : undefined;
+      if (!role) {
+        fail(`${where}: cannot tell which binary runs (container name has neither coordinator nor worker)`);
+        continue;
+      }
+      const binary = role === "coordinator" ? "raptr-coordinator" : "raptr-worker";
+      if (c.command) fail(`${where}: sets command; the image ENTRYPOINT (${binary}) is expected`);
+      const args = c.args ?? [];
+      checkFlags(where, binary, args, helpDir);
+
+      // env, with ConfigMap/Secret references resolved
+      const env = new Map();
+      for (const e of c.env ?? []) {
+        if (e.value !== undefined) env.set(e.name, e.value);
+        else if (e.valueFrom?.configMapKeyRef) {
+          const { name, key } = e.valueFrom.configMapKeyRef;
+          const cm = configMaps.get(name);
+          if (!cm) fail(`${where}: env ${e.name} refers to missing ConfigMap ${name}`);
+          else if (!(key in (cm.data ?? {}))) fail(`${where}: env ${e.name}: ConfigMap ${name} has no key ${key}`);
+          else env.set(e.name, cm.data[key]);
+        } else if (e.valueFrom?.secretKeyRef) {
+          const { name, key, optional } = e.valueFrom.secretKeyRef;
+          const s = secrets.get(name);
+          if (!optional && !(s && key in { ...(s.data ?? {}), ...(s.stringData ?? {}) })) {
+            fail(`${where}: env ${e.name} refers to missing Secret key ${name}/${key}`);
+          }
+          env.set(e.name, "<secret>");
+        } else if (e.valueFrom?.fieldRef) {
+          env.set(e.name, `<${e.valueFrom.fieldRef.fieldPath}>`);
+        } else fail(`${where}: env ${e.name} has neither value nor a known valueFrom`);
+      }
+      const resolved = args.map((a) =>
+        a.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (m, v) => {
+          if (!env.has(v)) fail(`${where}: arg ${a} uses $(${v}), which is not in the container's env`);
+          return env.get(v) ?? m;
+        }),
+      );
+
+      const ports = new Map((c.ports ?? []).map((p) => [p.name, p.containerPort]));
+      const expected = new Map();
+      const listen = flagValue(resolved, "--listen");
+      if (role === "coordinator") {
+        if (!listen) fail(`${where}: no --listen (the default 127.0.0.1:50051 is unreachable from other pods)`);
+        else expected.set("grpc", portOf(listen));
+        if (listen && !listen.startsWith("0.0.0.0:")) fail(`${where}: --listen=${listen} is not 0.0.0.0`);
+      }
+      const metrics = flagValue(resolved, "--metrics-listen");
+      if (!metrics) fail(`${where}: no --metrics-listen (the default binds 127.0.0.1, unscrapable)`);
+      else {
+        expected.set("metrics", portOf(metrics));
+        if (!metrics.startsWith("0.0.0.0:")) fail(`${where}: --metrics-listen=${metrics} is not 0.0.0.0`);
+      }
+      for (const [name, port] of expected) {
+        if (ports.get(name) !== port) {
+          fail(`${where}: containerPort "${name}" is ${ports.get(name)} but the args listen on ${port}`);
+        }
+      }
+      for (const [name, port] of ports) {
+        if (!expected.has(name)) fail(`${where}: containerPort ${name}=${port} is not opened by any --*listen arg`);
+      }
+      for (const probeName of ["startupProbe", "readinessProbe", "livenessProbe"]) {
+        const probe = c[probeName];
+        if (!probe) {
+          if (probeName !== "startupProbe") fail(`${where}: no ${probeName}`);
+          continue;
+        }
+        if (probe.grpc) {
+          if (probe.grpc.port !== expected.get("grpc")) {
+            fail(`${where}: ${probeName} grpc port ${probe.grpc.port} is not the --listen port ${expected.get("grpc")}`);
+          }
+        } else if (probe.httpGet) {
+          const p = probe.httpGet.port;
+          const num = typeof p === "string" ? ports.get(p) : p;
+          if (num === undefined || num !== expected.get("metrics")) {
+            fail(`${where}: ${probeName} httpGet port ${p} is not the --metrics-listen port`);
+          }
+        } else if (!probe.exec) fail(`${where}: ${probeName} is neither grpc, httpGet nor exec`);
+      }
+      if (!c.resources?.requests?.cpu || !c.resources?.requests?.memory) {
+        fail(`${where}: no cpu/memory resource requests`);
+      }
+      const ann = w.spec.template.metadata?.annotations ?? {};
+      if (ann["prometheus.io/scrape"] !== "true" || Number(ann["prometheus.io/port"]) !== expected.get("metrics")) {
+        fail(`${id(w)}: pod annotations prometheus.io/scrape=true, prometheus.io/port=<metrics port> missing or wrong`);
+      }
+
+      if (role === "worker") {
+        const coord = env.get("RAPTR_COORDINATOR");
+        if (!coord) fail(`${where}: RAPTR_COORDINATOR is not set`);
+        else {
+          const [host, port] = coord.split(":");
+          const svc = services.find((s) => s.metadata.name === host);
+          if (!svc) fail(`${where}: RAPTR_COORDINATOR=${coord}: no Service ${host}`);
+          else if (!svc.spec.ports.some((p) => p.port === Number(port))) {
+            fail(`${where}: RAPTR_COORDINATOR=${coord}: Service ${host} has no port ${port}`);
+          }
+        }
+        const idArg = args.find((a) => a.startsWith("--id"));
+        const idVar = /\$\((\w+)\)/.exec(idArg ?? "")?.[1];
+        if (env.get(idVar) !== "<metadata.name>") fail(`${where}: --id does not come from metadata.name`);
+        const hostVar = /\$\((\w+)\)/.exec(args.find((a) => a.startsWith("--host")) ?? "")?.[1];
+        if (env.get(hostVar) !== "<status.podIP>") fail(`${where}: --host does not come from status.podIP`);
+      }
+
+      const volClaims = new Map(
+        (spec.volumes ?? []).map((v) => [v.name, v.persistentVolumeClaim?.claimName ?? `<${v.name}>`]),
+      );
+      mounts[role] = new Map((c.volumeMounts ?? []).map((m) => [m.mountPath, volClaims.get(m.name)]));
+      mounts[`${role}:args`] = resolved;
+    }
+  }
+
+  // Paths: the store on a PVC; the checkpoint dir on a claim the workers mount at the same path.
+  const cArgs = mounts["coordinator:args"] ?? [];
+  const under = (p, m) => [...(m ?? new Map())].find(([mp]) => p === mp || p.startsWith(mp.replace(/\/$/, "") + "/"));
+  const store = flagValue(cArgs, "--store");
+  const storeMount = store && under(store, mounts.coordinator);
+  if (!storeMount || storeMount[1].startsWith("<")) fail(`${overlay}: coordinator --store=${store} is not on a PersistentVolumeClaim`);
+  const ckpt = flagValue(cArgs, "--checkpoint-dir");
+  const ckptMount = ckpt && under(ckpt, mounts.coordinator);
+  const wMount = ckptMount && (mounts.worker ?? new Map()).get(ckptMount[0]);
+  if (!ckptMount || ckptMount[1].startsWith("<") || wMount !== ckptMount[1]) {
+    fail(`${overlay}: coordinator --checkpoint-dir=${ckpt} is not on a claim the workers mount at the same path`);
+  }
+
+  // Services select pods and name their ports.
+  for (const s of services) {
+    const pods = workloads.filter((w) => matches(s.spec.selector, w.spec.template.metadata?.labels));
+    if (pods.length === 0) {
+      fail(`${id(s)}: selects no pod template`);
+      continue;
+    }
+    if (pods.length > 1) fail(`${id(s)}: selects several workloads: ${pods.map((w) => w.metadata.name).join(", ")}`);
+    const names = new Set(pods.flatMap((w) => w.spec.template.spec.containers.flatMap((c) => (c.ports ?? []).map((p) => p.name))));
+    for (const p of s.spec.ports) {
+      if (typeof p.targetPort === "string" && !names.has(p.targetPort)) fail(`${id(s)}: targetPort ${p.targetPort} is no container port`);
+    }
+  }
+  for (const sts of byKind("StatefulSet")) {
+    const svc = services.find((s) => s.metadata.name === sts.spec.serviceName);
+    if (!svc || svc.spec.clusterIP !== "None") fail(`${id(sts)}: serviceName ${sts.spec.serviceName} is not a headless Service`);
+  }
+  const coordDeploy = byKind("Deployment").find((d) => d.metadata.name === "raptr-coordinator");
+  if (!coordDeploy) fail(`${overlay}: no Deployment raptr-coordinator`);
+  else {
+    if (coordDeploy.spec.replicas !== 1) fail(`${id(coordDeploy)}: replicas must be 1 (SQLite has one writer)`);
+    if (coordDeploy.spec.strategy?.type !== "Recreate") fail(`${id(coordDeploy)}: strategy must be Recreate (SQLite has one writer)`);
+  }
+  for (const sm of byKind("ServiceMonitor")) {
+    const svc = services.filter((s) => matches(sm.spec.selector?.matchLabels, s.metadata.labels));
+    if (svc.length === 0) fail(`${id(sm)}: selects no Service`);
+    for (const ep of sm.spec.endpoints ?? []) {
+      if (!svc.some((s) => s.spec.ports.some((p) => p.name === ep.port))) fail(`${id(sm)}: no selected Service has port ${ep.port}`);
+    }
+  }
+  for (const pm of byKind("PodMonitor")) {
+    const pods = workloads.filter((w) => matches(pm.spec.selector?.matchLabels, w.spec.template.metadata?.labels));
+    if (pods.length === 0) fail(`${id(pm)}: selects no pod template`);
+    for (const ep of pm.spec.podMetricsEndpoints ?? []) {
+      const ok = pods.some((w) => w.spec.template.spec.containers.some((c) => (c.ports ?? []).some((p) => p.name === ep.port)));
+      if (!ok) fail(`${id(pm)}: no selected pod has port ${ep.port}`);
+    }
+  }
+
+  // Overlay intent.
+  const workers = byKind("StatefulSet").find((s) => s.metadata.name === "raptr-worker");
+  if (workers) {
+    const wc = workers.spec.template.spec.containers[0];
+    const gpus = wc.resources?.limits?.["nvidia.com/gpu"];
+    if (overlay.includes("gpu")) {
+      if (!/cuda/.test(wc.image)) fail(`${id(workers)}: image ${wc.image} is not the CUDA worker`);
+      if (Number(gpus) !== 1) fail(`${id(workers)}: each worker should have nvidia.com/gpu: 1 (has ${gpus})`);
+      if (!workers.spec.template.spec.tolerations?.length) fail(`${id(workers)}: no GPU tolerations`);
+    } else {
+      if (!/cpu/.test(wc.image)) fail(`${id(workers)}: image ${wc.image} is not the CPU worker`);
+      if (gpus !== undefined) fail(`${id(workers)}: CPU workers request GPUs`);
+    }
+  }
+  for (const w of workloads) {
+    for (const c of w.spec.template.spec.containers) {
+      if (!c.image.includes("/") && !c.image.includes(":")) fail(`${id(w)}: image ${c.image} was not mapped by the overlay`);
+    }
+  }
+  const shared = byKind("PersistentVolumeClaim").find((p) => p.metadata.name === "raptr-shared");
+  if (overlay.includes("prod") && !shared?.spec.accessModes.includes("ReadWriteMany")) {
+    fail(`${overlay}: the shared volume must be ReadWriteMany across nodes`);
+  }
+  console.log(`${overlay}: ${docs.length} objects: ${docs.map((d) => d.kind).join(", ")}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dockerfiles
+
+function parseDockerfile(text) {
+  const lines = [];
+  let cur = "";
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (line.startsWith("#") || line === "") {
+      if (cur === "") continue;
+      if (line.startsWith("#")) continue; // comments inside continuations
+    }
+    if (line.endsWith("\\")) cur += line.slice(0, -1) + " ";
+    else {
+      cur += line;
+      if (cur.trim()) lines.push(cur.trim());
+      cur = "";
+    }
+  }
+  const stages = [];
+  for (const l of lines) {
+    const m = /^(\S+)\s+(.*)$/.exec(l);
+    if (!m) continue;
+    const instr = m[1].toUpperCase();
+    const rest = m[2];
+    if (instr === "FROM") {
+      const f = /^(\S+)(?:\s+AS\s+(\S+))?/i.exec(rest);
+      stages.push({ from: f[1], name: f[2], instrs: [] });
+    } else if (stages.length) stages.at(-1).instrs.push({ instr, rest });
+  }
+  return stages;
+}
+
+function checkDocker(file, helpDir, packagesFile) {
+  const name = path.basename(file);
+  const stages = parseDockerfile(fs.readFileSync(file, "utf8"));
+  const build = stages.find((s) => s.name === "build");
+  if (!build) {
+    fail(`${name}: no 'FROM ... AS build' stage`);
+    return;
+  }
+  // The build stage (and the stages it is built FROM) run CI's scripts.
+  const chain = [];
+  for (let s = build; s; s = stages.find((t) => t.name && t.name === s.from)) chain.unshift(s);
+  const runs = chain.flatMap((s) => s.instrs.filter((i) => i.instr === "RUN").map((i) => i.rest));
+  if (!runs.some((r) => /^scripts\/install-deps\.sh\b/.test(r))) fail(`${name}: build stage does not RUN scripts/install-deps.sh`);
+  const buildRun = runs.find((r) => /^scripts\/build\.sh\b/.test(r));
+  if (!buildRun) fail(`${name}: build stage does not RUN scripts/build.sh`);
+  if (name.includes("cuda") && !/-DRAPTR_CUDA=ON/.test(buildRun ?? "")) fail(`${name}: scripts/build.sh without -DRAPTR_CUDA=ON`);
+  if (!/^debian:12\b/.test(chain[0].from)) fail(`${name}: build stage is not based on debian:12 (CI's system) but ${chain[0].from}`);
+
+  const final = stages.at(-1);
+  if (final === build) fail(`${name}: not multi-stage (the last stage is the build stage)`);
+  const get = (instr) => final.instrs.filter((i) => i.instr === instr).map((i) => i.rest);
+  const user = get("USER").at(-1);
+  if (!user || /^(0|root)(:|$)/.test(user)) fail(`${name}: final stage does not run as a non-root USER`);
+  const json = (instr) => {
+    const v = get(instr).at(-1);
+    if (!v) return [];
+    try {
+      return JSON.parse(v);
+    } catch {
+      fail(`${name}: ${instr} is not in JSON (exec) form: ${v}`);
+      return [];
+    }
+  };
+  const entry = json("ENTRYPOINT");
+  const cmd = json("CMD");
+  const binary = path.basename(entry[0] ?? "");
+  if (!["raptr-coordinator", "raptr-worker"].includes(binary)) {
+    fail(`${name}: ENTRYPOINT is not raptr-coordinator or raptr-worker: ${JSON.stringify(entry)}`);
+    return;
+  }
+  if (binary === "raptr-worker" && entry[1] !== "serve") fail(`${name}: ENTRYPOINT must be 'raptr-worker serve'`);
+  const args = [...entry.slice(1), ...cmd].filter((a) => a !== "serve");
+  checkFlags(`${name} ENTRYPOINT/CMD`, binary, args, helpDir);
+  const copies = get("COPY").join("\n");
+  if (!new RegExp(`--from=build\\s+\\S*/${binary}\\s`).test(copies)) fail(`${name}: does not COPY --from=build the ${binary} binary`);
+
+  const exposed = new Set(get("EXPOSE").flatMap((e) => e.split(/\s+/)).map((p) => Number(p.split("/")[0])));
+  const listened = ["--listen", "--metrics-listen"].map((f) => flagValue(args, f)).filter(Boolean);
+  if (binary === "raptr-coordinator" && !flagValue(args, "--listen")) fail(`${name}: no --listen in ENTRYPOINT/CMD`);
+  if (!flagValue(args, "--metrics-listen")) fail(`${name}: no --metrics-listen in ENTRYPOINT/CMD`);
+  for (const l of listened) {
+    if (!l.startsWith("0.0.0.0:")) fail(`${name}: ${l} does not listen on 0.0.0.0`);
+    if (!exposed.has(portOf(l))) fail(`${name}: listens on ${l} but does not EXPOSE ${portOf(l)}`);
+  }
+  for (const p of exposed) if (!listened.some((l) => portOf(l) === p)) fail(`${name}: EXPOSE ${p} is not a listen port`);
+
+  // Runtime packages: every Debian package behind `ldd` of the binary is installed explicitly.
+  if (packagesFile) {
+    const installed = new Set(
+      final.instrs
+        .filter((i) => i.instr === "RUN" && /apt-get install/.test(i.rest))
+        .flatMap((i) => i.rest.split(/\s+/)),
+    );
+    const need = fs.readFileSync(packagesFile, "utf8").split(/\s+/).filter(Boolean);
+    for (const pkg of need) {
+      if (pkg === "libc6") continue;
+      if (!installed.has(pkg)) fail(`${name}: runtime stage does not install ${pkg} (needed by ldd of ${binary})`);
+    }
+  }
+  console.log(`${name}: ${stages.length} stages, ${binary} ${args.join(" ")}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const [mode, ...rest] = process.argv.slice(2);
+try {
+  if (mode === "k8s") await checkK8s(rest[0], rest[1], rest[2]);
+  else if (mode === "docker") checkDocker(rest[0], rest[1], rest[2]);
+  else {
+    console.error("usage: validate.mjs k8s OVERLAY RENDERED.yaml HELP_DIR | docker DOCKERFILE HELP_DIR [PACKAGES]");
+    process.exit(2);
+  }
+} catch (e) {
+  fail(`${mode} ${rest[0]}: ${e.stack}`);
+}
+for (const p of problems) console.log(`FAIL ${p}`);
+process.exit(problems.length ? 1 : 0);
