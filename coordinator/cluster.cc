@@ -900,6 +900,12 @@ void Cluster::RefreshMetrics() {
       if (p.step() > 0) m.job_train_loss->Set(labels, p.loss());
       if (p.has_eval_loss()) m.job_eval_loss->Set(labels, p.eval_loss());
       m.job_generation->Set(labels, static_cast<double>(job.generation()));
+      // Counters exist from the job's first scrape, at 0: a series that first appears at 1 hides
+      // that first increase from rate() and increase() (and from the recovery-loop alert).
+      m.job_recoveries->Add(labels, 0);
+      m.job_tokens->Add(labels, 0);
+      m.job_flops->Add(labels, 0);
+      m.job_flops_full->Add(labels, 0);
       m.job_world_size->Set(labels, job.world_size());
       auto run = running_.find(job.id());
       if (run != running_.end()) {
