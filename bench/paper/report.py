@@ -182,7 +182,7 @@ def write_report(plan, load_run, base, docs=None):
         full_flops = statistics.mean(r["meta"]["flops"] for r in full) if full else None
         full_wall = statistics.mean(r["meta"]["wall_seconds"] for r in full) if full else None
         lines += ["| method | runs | final eval loss | FLOPs | FLOPs vs full | wall time (s) | "
-                  "wall vs full |", "|---|---|---|---|---|---|---|"]
+                  "wall vs full | load after |", "|---|---|---|---|---|---|---|---|"]
         order = [m for m in LABELS if m in by_method]
         for method in order:
             rs = by_method[method]
@@ -192,11 +192,15 @@ def write_report(plan, load_run, base, docs=None):
             loss = f"{mean:.4f}" + (f" ± {sd:.4f}" if sd is not None else "")
             fr = f"{full_flops / flops:.2f}x fewer" if full_flops and method != "full" else "-"
             wr = f"{full_wall / wall:.2f}x less" if full_wall and method != "full" else "-"
+            load = statistics.mean(r["meta"].get("load_average_after", 0) for r in rs)
             lines.append(f"| {LABELS[method]} | {len(rs)} | {loss} | {flops:.3g} | {fr} | "
-                         f"{wall:.0f} | {wr} |")
+                         f"{wall:.0f} | {wr} | {load:.1f} |")
         lines += ["", "Loss: mean ± sample standard deviation over seeds where there are several. "
                   "Wall time: the job's start to end in the coordinator (every step, the 15 "
-                  "evaluations, checkpoints).", ""]
+                  "evaluations, checkpoints). Load after: the 1-minute load average when the run "
+                  "ended; the study alone keeps it near 2 (two training threads), higher means "
+                  "other work shared the 2 cores and that run's wall time is inflated. FLOPs and "
+                  "losses do not depend on load.", ""]
         if missing:
             lines += [f"Missing runs (not yet run): {', '.join(missing)}.", ""]
         # Plots: eval loss against FLOPs and against training time, seed 1 of each method.
