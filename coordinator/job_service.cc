@@ -75,6 +75,20 @@ void AdvanceProgress(const StepSummaryRecord& step, v1::JobProgress* progress) {
   progress->set_train_seconds(progress->train_seconds() + step.seconds);
 }
 
+// The API form of a stored step summary (without the cumulative progress).
+void FillStepSummary(const StepSummaryRecord& step, v1::StepSummary* summary) {
+  summary->set_step(step.step);
+  summary->set_stage(step.stage);
+  summary->set_path_length(step.path_length);
+  summary->set_loss(step.loss);
+  summary->set_learning_rate(step.learning_rate);
+  summary->set_tokens(step.tokens);
+  summary->set_flops(step.flops);
+  summary->set_flops_full(step.flops_full);
+  summary->set_step_seconds(step.seconds);
+  if (step.eval_loss.has_value()) summary->set_eval_loss(*step.eval_loss);
+}
+
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
@@ -201,16 +215,7 @@ grpc::Status JobServiceImpl::WatchJob(grpc::ServerContext* context,
     if (step.step % step_every == 0 || step.step == last_step) {
       v1::JobEvent event = NewEvent();
       v1::StepSummary* summary = event.mutable_step();
-      summary->set_step(step.step);
-      summary->set_stage(step.stage);
-      summary->set_path_length(step.path_length);
-      summary->set_loss(step.loss);
-      summary->set_learning_rate(step.learning_rate);
-      summary->set_tokens(step.tokens);
-      summary->set_flops(step.flops);
-      summary->set_flops_full(step.flops_full);
-      summary->set_step_seconds(step.seconds);
-      if (step.eval_loss.has_value()) summary->set_eval_loss(*step.eval_loss);
+      FillStepSummary(step, summary);
       *summary->mutable_progress() = progress;
       if (!writer->Write(event)) return false;
     }
@@ -299,16 +304,7 @@ grpc::Status JobServiceImpl::ListJobSteps(grpc::ServerContext* /*context*/,
       break;
     }
     v1::StepSummary* summary = response->add_steps();
-    summary->set_step(step.step);
-    summary->set_stage(step.stage);
-    summary->set_path_length(step.path_length);
-    summary->set_loss(step.loss);
-    summary->set_learning_rate(step.learning_rate);
-    summary->set_tokens(step.tokens);
-    summary->set_flops(step.flops);
-    summary->set_flops_full(step.flops_full);
-    summary->set_step_seconds(step.seconds);
-    if (step.eval_loss.has_value()) summary->set_eval_loss(*step.eval_loss);
+    FillStepSummary(step, summary);
   }
   return grpc::Status::OK;
 }

@@ -33,14 +33,9 @@ fail() {
 }
 
 # A small corpus.
-mkdir -p "$WORK/text"
-for d in 1 2 3 4; do
-  for i in $(seq 1 150); do
-    echo "Document $d line $i: the state of the union is strong, said speaker number $((i * d % 17)) to the congress; taxes, trade and peace were discussed at length."
-  done > "$WORK/text/doc$d.txt"
-done
-"$CTL" data prepare --input "$WORK/text" --out "$WORK/data" --vocab-size 300 --val-fraction 0.25 \
-  2> "$WORK/prepare.log" || fail "data prepare"
+# shellcheck source=tests/integration/small_corpus.sh
+source "$HERE/small_corpus.sh"
+small_corpus "$CTL" "$WORK" || fail "data prepare"
 
 # spec NAME STEPS MIN_WORKERS MAX_WORKERS: a 4-block GPT with RaPTr, checkpoints every 25 steps.
 spec() {

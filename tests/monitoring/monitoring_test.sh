@@ -141,14 +141,9 @@ done
 echo "ok b: prometheus :$PROM_PORT scrapes coordinator $COORD_METRICS, workers ${WORKER_METRICS[*]}"
 
 # --- c. a short job ------------------------------------------------------------------------------
-mkdir -p "$WORK/text"
-for d in 1 2 3 4; do
-  for i in $(seq 1 150); do
-    echo "Document $d line $i: the state of the union is strong, said speaker number $((i * d % 17)) to the congress; taxes, trade and peace were discussed at length."
-  done > "$WORK/text/doc$d.txt"
-done
-"$CTL" data prepare --input "$WORK/text" --out "$WORK/data" --vocab-size 300 --val-fraction 0.25 \
-  2> "$WORK/prepare.log" || fail "data prepare"
+# shellcheck source=tests/integration/small_corpus.sh
+source "$(dirname "$0")/../integration/small_corpus.sh"
+small_corpus "$CTL" "$WORK" || fail "data prepare"
 JOB_NAME=monitoring
 STEPS=${MONITORING_STEPS:-1000}
 cat > "$WORK/job.yaml" <<YAML
