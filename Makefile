@@ -11,7 +11,8 @@ bench: build
 	bench/run.sh
 run:
 	scripts/quickstart.sh
-# The paper study (issue 4): every missing run (about 2 hours for all), then docs/RESULTS.md.
+# The paper study (issue 4): every missing run (about 3 hours for the study and its
+# investigation), then docs/RESULTS.md. paper-report rewrites the report from the stored runs.
 paper: build
 	/usr/bin/python3 bench/paper/study.py
 paper-report:

@@ -8,6 +8,8 @@ import math
 import os
 import statistics
 
+import investigate  # bench/paper/investigate.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOCS = os.path.join(ROOT, "docs")
 FIGS = os.path.join(DOCS, "results")
@@ -129,6 +131,19 @@ def _mean_spread(values):
     return statistics.mean(values), statistics.stdev(values)
 
 
+QUIET_LOAD = 2.3
+
+
+def _wall(runs):
+    """(median wall seconds over the runs that had the machine to themselves, True when none
+    did and the median is over all of them)."""
+    quiet = [r["meta"]["wall_seconds"] for r in runs
+             if r["meta"].get("load_average_after", 0) <= QUIET_LOAD]
+    if quiet:
+        return statistics.median(quiet), False
+    return statistics.median(r["meta"]["wall_seconds"] for r in runs), True
+
+
 def _evals(rows):
     return [(r["step"], r["eval_loss"], r) for r in rows if r.get("eval_loss") is not None]
 
@@ -159,7 +174,8 @@ def write_report(plan, load_run, base, docs=None):
               f"{t['eval_every']} steps. Every method gets the same steps, data order, "
               "initialisation and optimizer; only the schedule differs (full training at RaPTr's "
               "FLOPs runs fewer steps, with its warmup scaled to them). d 128 keeps a run to a "
-              "few minutes on this 2-core machine, so the study (30 runs) fits in about 2 hours; "
+              "few minutes on this 2-core machine, so the study (30 runs) fits in about 2 hours "
+              "(the investigation's 11 runs, some twice as long, take about 70 minutes more); "
               "at this width the tied 8192-word output head costs about as much as five blocks, "
               "which caps any schedule's savings (skipping blocks cannot save the head's FLOPs). "
               "Runs go through the service (a local coordinator and one worker with both cores), "
@@ -172,15 +188,15 @@ def write_report(plan, load_run, base, docs=None):
         title = "GPT (causal LM)" if objective == "gpt" else "BERT (masked LM)"
         lines += [f"## {title}", ""]
         by_method = {}
-        for (_, name, method, _, _), run in zip(runs, [stored[r[1]] for r in runs]):
-            if run is not None:
-                by_method.setdefault(method, []).append(run)
+        for r in runs:
+            if stored[r[1]] is not None:
+                by_method.setdefault(r[2], []).append(stored[r[1]])
         if not by_method:
             lines += ["No runs stored yet.", ""]
             continue
         full = by_method.get("full", [])
         full_flops = statistics.mean(r["meta"]["flops"] for r in full) if full else None
-        full_wall = statistics.mean(r["meta"]["wall_seconds"] for r in full) if full else None
+        full_wall = _wall(full)[0] if full else None
         lines += ["| method | runs | final eval loss | FLOPs | FLOPs vs full | wall time (s) | "
                   "wall vs full | load after |", "|---|---|---|---|---|---|---|---|"]
         order = [m for m in LABELS if m in by_method]
@@ -188,19 +204,22 @@ def write_report(plan, load_run, base, docs=None):
             rs = by_method[method]
             mean, sd = _mean_spread([r["meta"]["final_eval_loss"] for r in rs])
             flops = statistics.mean(r["meta"]["flops"] for r in rs)
-            wall = statistics.mean(r["meta"]["wall_seconds"] for r in rs)
+            wall, shared = _wall(rs)
             loss = f"{mean:.4f}" + (f" ± {sd:.4f}" if sd is not None else "")
             fr = f"{full_flops / flops:.2f}x fewer" if full_flops and method != "full" else "-"
             wr = f"{full_wall / wall:.2f}x less" if full_wall and method != "full" else "-"
             load = statistics.mean(r["meta"].get("load_average_after", 0) for r in rs)
             lines.append(f"| {LABELS[method]} | {len(rs)} | {loss} | {flops:.3g} | {fr} | "
-                         f"{wall:.0f} | {wr} | {load:.1f} |")
+                         f"{wall:.0f}{' (shared)' if shared else ''} | {wr} | {load:.1f} |")
         lines += ["", "Loss: mean ± sample standard deviation over seeds where there are several. "
                   "Wall time: the job's start to end in the coordinator (every step, the 15 "
-                  "evaluations, checkpoints). Load after: the 1-minute load average when the run "
-                  "ended; the study alone keeps it near 2 (two training threads), higher means "
-                  "other work shared the 2 cores and that run's wall time is inflated. FLOPs and "
-                  "losses do not depend on load.", ""]
+                  "evaluations, checkpoints), the median over the method's runs that had the "
+                  f"machine to themselves (load average at most {QUIET_LOAD} when they ended). "
+                  "Load after: the mean 1-minute load average when the runs ended; the study "
+                  "alone keeps it near 2 (two training threads), higher means other work shared "
+                  "the 2 cores and inflated the wall time; '(shared)' marks a method with no "
+                  "quiet run, whose wall time is not comparable. FLOPs and losses do not depend "
+                  "on load.", ""]
         if missing:
             lines += [f"Missing runs (not yet run): {', '.join(missing)}.", ""]
         # Plots: eval loss against FLOPs and against training time, seed 1 of each method.
@@ -252,6 +271,11 @@ def write_report(plan, load_run, base, docs=None):
                           ""]
             lines += _transition_table(raptr, transitions)
         lines += _verdict(by_method)
+    lines += investigate.section(plan, load_run, figs, LABELS, svg_chart, COLORS)
+    findings = os.path.join(os.path.dirname(os.path.abspath(__file__)), "findings.md")
+    if os.path.exists(findings):
+        with open(findings) as f:
+            lines += [f.read().rstrip(), ""]
     os.makedirs(docs, exist_ok=True)
     with open(os.path.join(docs, "RESULTS.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -295,8 +319,7 @@ def _verdict(by_method):
             verdict = "better than" if diff < 0 else "worse than"
         flops = (statistics.mean(r["meta"]["flops"] for r in by_method["full"]) /
                  statistics.mean(r["meta"]["flops"] for r in by_method["raptr"]))
-        wall = (statistics.mean(r["meta"]["wall_seconds"] for r in by_method["full"]) /
-                statistics.mean(r["meta"]["wall_seconds"] for r in by_method["raptr"]))
+        wall = _wall(by_method["full"])[0] / _wall(by_method["raptr"])[0]
         out.append(f"- RaPTr's final eval loss ({rm:.4f}) is {verdict} full training's "
                    f"({fm:.4f}; difference {diff:+.4f}, "
                    + (f"largest seed standard deviation {spread:.4f}, " if spread else "")

@@ -44,6 +44,7 @@ BASE = {
     "resources": {"min_workers": 1, "max_workers": 1},
 }
 SEEDS = (1, 2, 3)
+BASE_LR = BASE["optimizer"]["lr"]
 
 
 def configure(steps, runs_dir):
@@ -56,16 +57,18 @@ def configure(steps, runs_dir):
 
 
 def plan():
-    """(objective, run name, method, schedule, seed, overrides) in run order."""
+    """(objective, run name, method, schedule, seed, extra) in run order: the study, then the
+    investigation of where RaPTr loses ground (docs/RESULTS.md, "Investigation"). `extra` changes
+    one thing from BASE: "steps" (a longer horizon, warmup and evaluations scaled with it), "lr"
+    (given to full training and RaPTr alike), "skipped" (the optimizer's treatment of skipped
+    blocks, given to every method that skips blocks)."""
     runs = []
     for objective in ("gpt", "bert"):
         first = [("full", {"full": {}}), ("raptr", {"raptr": {}})]
         others = [
             ("pld", {"pld": {}}),  # DeepSpeed's defaults: theta_bar 0.5, gamma 0.001
             ("layerdrop", {"layerdrop": {}}),  # keep 0.75: the default RaPTr's mean path
-            ("stacking", {"stacking": {"stages": [{"layers": 6, "fraction": 1 / 3},
-                                                  {"layers": 9, "fraction": 1 / 3},
-                                                  {"layers": 12, "fraction": 1 / 3}]}}),
+            ("stacking", {"stacking": {"stages": STACKING}}),
             ("full-equal-flops", {"full": {}}),
             ("raptr-exact", {"raptr": {"sampling": "exact"}}),
             ("raptr-frozen", {"raptr": {}}),
@@ -74,16 +77,47 @@ def plan():
             ("raptr-warmup", {"raptr": {"full_warmup_steps": STEPS // 10}}),
         ]
         for method, schedule in first:
-            runs.append((objective, f"{method}-s1", method, schedule, 1))
+            runs.append((objective, f"{method}-s1", method, schedule, 1, {}))
         for method, schedule in others:
-            runs.append((objective, f"{method}-s1", method, schedule, 1))
+            runs.append((objective, f"{method}-s1", method, schedule, 1, {}))
         for seed in SEEDS[1:]:
             for method, schedule in first:
-                runs.append((objective, f"{method}-s{seed}", method, schedule, seed))
+                runs.append((objective, f"{method}-s{seed}", method, schedule, seed, {}))
+    runs += investigation()
     return runs
 
 
-def spec_for(objective, name, method, schedule, seed):
+STACKING = [{"layers": 6, "fraction": 1 / 3}, {"layers": 9, "fraction": 1 / 3},
+            {"layers": 12, "fraction": 1 / 3}]
+
+
+def investigation():
+    """The runs that test why RaPTr trails full training here, most telling first."""
+    long = 2 * STEPS
+    frozen = {"skipped": "frozen"}
+    runs = [
+        # Does a longer horizon close the gap? Twice the steps, same schedule shape.
+        ("gpt", f"full-{long}-s1", "full-long", {"full": {}}, 1, {"steps": long}),
+        ("gpt", f"raptr-{long}-s1", "raptr-long", {"raptr": {}}, 1, {"steps": long}),
+        # Is frozen's lead over zero_grad more than seed noise?
+        ("gpt", "raptr-frozen-s2", "raptr-frozen", {"raptr": {}}, 2, {}),
+        ("gpt", "raptr-frozen-s3", "raptr-frozen", {"raptr": {}}, 3, {}),
+        # BERT sees 15% of the tokens as targets: does it leave the unigram plateau if longer?
+        ("bert", f"full-{long}-s1", "full-long", {"full": {}}, 1, {"steps": long}),
+        ("bert", f"raptr-{long}-s1", "raptr-long", {"raptr": {}}, 1, {"steps": long}),
+        ("gpt", f"raptr-frozen-{long}-s1", "raptr-frozen-long", {"raptr": {}}, 1,
+         dict(frozen, steps=long)),
+        # Learning rate: twice the study's, for both.
+        ("gpt", "full-lr2x-s1", "full-lr2x", {"full": {}}, 1, {"lr": 2 * BASE_LR}),
+        ("gpt", "raptr-lr2x-s1", "raptr-lr2x", {"raptr": {}}, 1, {"lr": 2 * BASE_LR}),
+        # The frozen treatment given to the other methods that skip blocks.
+        ("gpt", "pld-frozen-s1", "pld-frozen", {"pld": {}}, 1, frozen),
+        ("gpt", "layerdrop-frozen-s1", "layerdrop-frozen", {"layerdrop": {}}, 1, frozen),
+    ]
+    return runs
+
+
+def spec_for(objective, name, method, schedule, seed, extra):
     spec = json.loads(json.dumps(BASE))
     spec["name"] = f"paper-{objective}-{name}"
     spec["model"]["kind"] = objective
@@ -92,8 +126,16 @@ def spec_for(objective, name, method, schedule, seed):
             spec["data"]["mask_id"] = json.load(f)["mask_id"]
     spec["training"]["seed"] = seed
     spec["schedule"] = schedule
-    if method == "raptr-frozen":
-        spec["optimizer"]["skipped"] = "frozen"
+    if method == "raptr-frozen" or extra.get("skipped"):
+        spec["optimizer"]["skipped"] = extra.get("skipped", "frozen")
+    if "lr" in extra:
+        spec["optimizer"]["lr"] = extra["lr"]
+    if "steps" in extra:
+        steps = extra["steps"]
+        spec["training"]["steps"] = steps
+        spec["optimizer"]["warmup_steps"] = steps // 10
+        spec["training"]["eval_every"] = max(1, steps // 15)
+        spec["training"]["checkpoint_every"] = max(1, steps // 3)
     if method == "full-equal-flops":
         # Full training for the steps that spend the FLOPs of RaPTr's (seed 1) run.
         raptr = load_run(objective, "raptr-s1")
@@ -122,8 +164,8 @@ def ctl(*args, check=True):
     return out.stdout
 
 
-def run_one(objective, name, method, schedule, seed):
-    spec = spec_for(objective, name, method, schedule, seed)
+def run_one(objective, name, method, schedule, seed, extra):
+    spec = spec_for(objective, name, method, schedule, seed, extra)
     os.makedirs(os.path.join(RUNS, objective), exist_ok=True)
     spec_path = os.path.join(RUNS, objective, name + ".spec.json")
     with open(spec_path, "w") as f:
@@ -162,7 +204,8 @@ def run_one(objective, name, method, schedule, seed):
     parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))
     p = got["progress"]
     meta = {
-        "objective": objective, "run": name, "method": method, "seed": seed, "job": job,
+        "objective": objective, "run": name, "method": method, "seed": seed, "extra": extra,
+        "job": job,
         "steps": steps, "spec": spec,
         "final_eval_loss": p["eval_loss"], "flops": float(p["flops"]),
         "flops_full": float(p["flops_full"]), "tokens": int(p["tokens"]),
@@ -180,9 +223,23 @@ def run_one(objective, name, method, schedule, seed):
           f"{meta['wall_seconds']:.0f} s", flush=True)
 
 
+def cancel_stale_jobs():
+    """An interrupted study leaves its job in the coordinator's store, which recovers it and runs
+    it to the end ahead of the next one; nobody watches it and its run is redone, so cancel it."""
+    for job in json.loads(ctl("list", "--output", "json")).get("jobs", []):
+        if job["spec"]["name"].startswith("paper-") and job["state"] in (
+                "JOB_STATE_PENDING", "JOB_STATE_RUNNING"):
+            ctl("cancel", job["id"], check=False)
+            print(f"[study] cancelled {job['id']} ({job['spec']['name']}), left by an "
+                  "interrupted study", flush=True)
+
+
+DOCS = None  # where the report goes: docs/ for the study's runs, <runs-dir>/docs for others
+
+
 def write_report():
-    report.write_report(plan(), load_run, BASE,
-                        docs=None if RUNS == DEFAULT_RUNS else os.path.join(RUNS, "docs"))
+    docs = DOCS or (None if RUNS == DEFAULT_RUNS else os.path.join(RUNS, "docs"))
+    report.write_report(plan(), load_run, BASE, docs=docs)
 
 
 def main():
@@ -197,8 +254,11 @@ def main():
     parser.add_argument("--steps", type=int, default=STEPS,
                         help="steps per run (smoke tests; the study's runs use the default)")
     parser.add_argument("--runs-dir", default=RUNS, help="where runs are stored (smoke tests)")
+    parser.add_argument("--docs", help="write RESULTS.md and its figures here instead")
     args = parser.parse_args()
     configure(args.steps, args.runs_dir)
+    global DOCS
+    DOCS = args.docs
     todo = [r for r in plan() if args.objective in ("all", r[0])
             and (not args.only or r[1] in args.only)]
     if args.list:
@@ -219,6 +279,7 @@ def main():
                                   cluster_dir], capture_output=True, text=True, check=True)
             os.environ["RAPTR_COORDINATOR"] = out.stdout.strip().split("=", 1)[1]
             time.sleep(1)
+            cancel_stale_jobs()
             try:
                 for r in missing:
                     run_one(*r)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The paper study's report (issue 4) regenerates from the runs stored in bench/paper/runs without
+# rerunning any, and the committed docs/RESULTS.md and docs/results/*.svg are what it regenerates.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+
+python3 "$ROOT/bench/paper/study.py" --report-only --docs "$TMP"
+for section in "## GPT (causal LM)" "## BERT (masked LM)" "## Investigation" \
+               "### The gap over the run" "### BERT's masked targets"; do
+  grep -qF "$section" "$TMP/RESULTS.md" || { echo "FAIL: no '$section' in the report"; exit 1; }
+done
+# Every figure the report links exists and is well-formed XML.
+grep -o 'results/[a-z0-9-]*\.svg' "$TMP/RESULTS.md" | sort -u | while read -r fig; do
+  python3 -c 'import sys, xml.dom.minidom as m; m.parse(sys.argv[1])' "$TMP/$fig" \
+    || { echo "FAIL: $fig is not well-formed"; exit 1; }
+done
+# The table's numbers are the stored runs' numbers: full training's mean final eval loss.
+want="$(python3 - "$ROOT" <<'PY'
+import glob, json, statistics, sys
+runs = [json.load(open(p)) for p in glob.glob(sys.argv[1] + "/bench/paper/runs/gpt/full-s*.json")]
+print(f"{statistics.mean(r['final_eval_loss'] for r in runs):.4f}")
+PY
+)"
+grep -q "^| full training | [0-9] | $want" "$TMP/RESULTS.md" \
+  || { echo "FAIL: GPT full-training row does not show the stored mean $want"; exit 1; }
+# The committed report is current.
+if ! diff -q "$TMP/RESULTS.md" "$ROOT/docs/RESULTS.md" >/dev/null; then
+  diff "$TMP/RESULTS.md" "$ROOT/docs/RESULTS.md" | head -20
+  echo "FAIL: docs/RESULTS.md is stale: run 'make paper-report' and commit it"; exit 1
+fi
+for f in "$TMP"/results/*.svg; do
+  cmp -s "$f" "$ROOT/docs/results/$(basename "$f")" \
+    || { echo "FAIL: docs/results/$(basename "$f") is stale: run 'make paper-report'"; exit 1; }
+done
+echo "PASS: paper report"
