@@ -146,30 +146,33 @@ def section(plan, load_run, figs, labels, svg_chart, colors):
         out.append("")
 
     # 3. The optimizer's treatment of skipped blocks, for every method that skips blocks.
-    pairs = [("RaPTr", get("gpt", "raptr"), get("gpt", "raptr-frozen")),
-             ("PLD", get("gpt", "pld"), get("gpt", "pld-frozen")),
-             ("LayerDrop", get("gpt", "layerdrop"), get("gpt", "layerdrop-frozen")),
-             ("RaPTr, 2x steps", get("gpt", "raptr-long"), get("gpt", "raptr-frozen-long"))]
-    pairs = [p for p in pairs if p[1] and p[2]]
+    pairs = []
+    for objective in ("gpt", "bert"):
+        for label, zero, frozen in (("RaPTr", "raptr", "raptr-frozen"), ("PLD", "pld", "pld-frozen"),
+                                    ("LayerDrop", "layerdrop", "layerdrop-frozen"),
+                                    ("RaPTr, 2x steps", "raptr-long", "raptr-frozen-long")):
+            if get(objective, zero) and get(objective, frozen):
+                pairs.append((objective, label, get(objective, zero), get(objective, frozen)))
     if pairs:
-        out += ["### The optimizer's treatment of skipped blocks (GPT)", "",
+        out += ["### The optimizer's treatment of skipped blocks", "",
                 "`zero_grad`: AdamW sees a zero gradient for a skipped block, so its moments "
                 "decay and the block keeps moving on its momentum for about 1/(1-beta1) = 10 "
                 "steps after it was last on the path, and its second moment (memory about "
                 "1/(1-beta2) = 1000 steps) averages in the zeros. `frozen`: a skipped block's "
                 "parameters and moments are untouched and its bias correction counts only the "
                 "steps it trained. The treatment applies to every method that skips blocks, so "
-                "PLD and LayerDrop get it too.", "",
-                "| method | zero_grad | frozen | frozen - zero_grad | seeds |",
-                "|---|---|---|---|---|"]
-        for label, zero, frozen in pairs:
-            out.append(f"| {label} | {_final(zero):.4f} | {_final(frozen):.4f} | "
-                       f"{_final(frozen) - _final(zero):+.4f} | {len(zero)} / {len(frozen)} |")
-        full = _final(get("gpt", "full"))
-        if full is not None:
-            out.append("")
-            out.append(f"Full training for reference: {full:.4f} "
-                       f"({len(get('gpt', 'full'))} seeds).")
+                "PLD and LayerDrop get it too. Means over the stored seeds.", "",
+                "| objective | method | zero_grad | frozen | frozen - zero_grad | seeds | "
+                "full training |", "|---|---|---|---|---|---|---|"]
+        for objective, label, zero, frozen in pairs:
+            ref = "full-long" if "2x" in label else "full"
+            full = _final(get(objective, ref))
+            spread = lambda rs: (f" ± {statistics.stdev(r['meta']['final_eval_loss'] for r in rs):.4f}"
+                                 if len(rs) > 1 else "")
+            out.append(f"| {objective.upper()} | {label} | {_final(zero):.4f}{spread(zero)} | "
+                       f"{_final(frozen):.4f}{spread(frozen)} | "
+                       f"{_final(frozen) - _final(zero):+.4f} | {len(zero)} / {len(frozen)} | "
+                       f"{_f(full)} |")
         out.append("")
 
     # 4. Learning rate, given to both.
@@ -197,15 +200,16 @@ def section(plan, load_run, figs, labels, svg_chart, colors):
                 f"it masks, about {0.15 * bf['meta']['tokens'] / bf['meta']['steps']:.0f} a step, "
                 "so over the same steps it gets about 6.7x fewer targets (and noisier "
                 "gradients).", "",
-                "| objective | run | steps | final eval loss | below the unigram loss by |",
+                "| objective | run | steps | final eval loss (mean) | below the unigram loss by |",
                 "|---|---|---|---|---|"]
         for objective in ("gpt", "bert"):
-            for method in ("full", "raptr", "full-long", "raptr-long"):
-                r = _seed1(get(objective, method))
-                if r:
-                    e = r["meta"]["final_eval_loss"]
+            for method in ("full", "raptr", "raptr-frozen", "full-long", "raptr-long"):
+                rs = get(objective, method)
+                if rs:
+                    e = _final(rs)
                     out.append(f"| {objective.upper()} | {method.replace('-long', ', 2x steps')}"
-                               f" | {r['meta']['steps']} | {e:.4f} | {uni - e:.3f} |")
+                               f" | {rs[0]['meta']['steps']} | {e:.4f} ({len(rs)} seed"
+                               f"{'s' if len(rs) > 1 else ''}) | {uni - e:.3f} |")
         out.append("")
     if missing:
         out += [f"Runs not yet stored (study and investigation): {', '.join(missing)}.", ""]

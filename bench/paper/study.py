@@ -99,12 +99,14 @@ def investigation():
         # Does a longer horizon close the gap? Twice the steps, same schedule shape.
         ("gpt", f"full-{long}-s1", "full-long", {"full": {}}, 1, {"steps": long}),
         ("gpt", f"raptr-{long}-s1", "raptr-long", {"raptr": {}}, 1, {"steps": long}),
-        # Is frozen's lead over zero_grad more than seed noise?
+        # Is frozen's lead over zero_grad more than seed noise? (BERT's below, after its runs.)
         ("gpt", "raptr-frozen-s2", "raptr-frozen", {"raptr": {}}, 2, {}),
         ("gpt", "raptr-frozen-s3", "raptr-frozen", {"raptr": {}}, 3, {}),
         # BERT sees 15% of the tokens as targets: does it leave the unigram plateau if longer?
         ("bert", f"full-{long}-s1", "full-long", {"full": {}}, 1, {"steps": long}),
         ("bert", f"raptr-{long}-s1", "raptr-long", {"raptr": {}}, 1, {"steps": long}),
+        ("bert", "raptr-frozen-s2", "raptr-frozen", {"raptr": {}}, 2, {}),
+        ("bert", "raptr-frozen-s3", "raptr-frozen", {"raptr": {}}, 3, {}),
         ("gpt", f"raptr-frozen-{long}-s1", "raptr-frozen-long", {"raptr": {}}, 1,
          dict(frozen, steps=long)),
         # Learning rate: twice the study's, for both.
