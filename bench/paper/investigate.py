@@ -198,17 +198,23 @@ def section(plan, load_run, figs, labels, svg_chart, colors):
         out.append("")
 
     # 4. Learning rate, given to both.
-    f2, r2 = get("gpt", "full-lr2x"), get("gpt", "raptr-lr2x")
-    if f2 or r2:
+    if get("gpt", "full-lr2x") or get("gpt", "raptr-lr2x"):
         lr = _seed1(get("gpt", "full"))["meta"]["spec"]["optimizer"]["lr"]
         out += ["### Learning rate (GPT, seed 1)", "",
-                "| lr | full | RaPTr | RaPTr - full |", "|---|---|---|---|"]
-        for value, f, r in ((lr, _seed1(get("gpt", "full")), _seed1(get("gpt", "raptr"))),
-                            (2 * lr, _seed1(f2), _seed1(r2))):
-            fm = f["meta"]["final_eval_loss"] if f else None
-            rm = r["meta"]["final_eval_loss"] if r else None
-            out.append(f"| {value:g} | {_f(fm)} | {_f(rm)} | "
-                       f"{_f(rm - fm if fm and rm else None, True)} |")
+                "The study's lr against two and four times it, the same for every method (warmup "
+                "and cosine decay unchanged).", "",
+                "| lr | full | RaPTr | RaPTr - full | RaPTr frozen | frozen - full |",
+                "|---|---|---|---|---|---|"]
+        for factor, suffix in ((1, ""), (2, "-lr2x"), (4, "-lr4x")):
+            f = _seed1(get("gpt", "full" + suffix))
+            r = _seed1(get("gpt", "raptr" + suffix))
+            fr = _seed1(get("gpt", "raptr-frozen" + suffix))
+            if not (f or r or fr):
+                continue
+            fm, rm, frm = (x["meta"]["final_eval_loss"] if x else None for x in (f, r, fr))
+            out.append(f"| {factor * lr:g} | {_f(fm)} | {_f(rm)} | "
+                       f"{_f(rm - fm if fm and rm else None, True)} | {_f(frm)} | "
+                       f"{_f(frm - fm if fm and frm else None, True)} |")
         out.append("")
 
     # 5. BERT's targets.

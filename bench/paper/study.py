@@ -109,12 +109,17 @@ def investigation():
         ("bert", "raptr-frozen-s3", "raptr-frozen", {"raptr": {}}, 3, {}),
         ("gpt", f"raptr-frozen-{long}-s1", "raptr-frozen-long", {"raptr": {}}, 1,
          dict(frozen, steps=long)),
-        # Learning rate: twice the study's, for both.
+        # Learning rate: twice the study's, for both (more below).
         ("gpt", "full-lr2x-s1", "full-lr2x", {"full": {}}, 1, {"lr": 2 * BASE_LR}),
         ("gpt", "raptr-lr2x-s1", "raptr-lr2x", {"raptr": {}}, 1, {"lr": 2 * BASE_LR}),
         # The frozen treatment given to the other methods that skip blocks.
         ("gpt", "pld-frozen-s1", "pld-frozen", {"pld": {}}, 1, frozen),
         ("gpt", "layerdrop-frozen-s1", "layerdrop-frozen", {"layerdrop": {}}, 1, frozen),
+        # Twice the study's lr helped both, so: four times, and frozen at twice.
+        ("gpt", "full-lr4x-s1", "full-lr4x", {"full": {}}, 1, {"lr": 4 * BASE_LR}),
+        ("gpt", "raptr-lr4x-s1", "raptr-lr4x", {"raptr": {}}, 1, {"lr": 4 * BASE_LR}),
+        ("gpt", "raptr-frozen-lr2x-s1", "raptr-frozen-lr2x", {"raptr": {}}, 1,
+         dict(frozen, lr=2 * BASE_LR)),
     ]
     return runs
 
