@@ -200,21 +200,21 @@ def section(plan, load_run, figs, labels, svg_chart, colors):
     # 4. Learning rate, given to both.
     if get("gpt", "full-lr2x") or get("gpt", "raptr-lr2x"):
         lr = _seed1(get("gpt", "full"))["meta"]["spec"]["optimizer"]["lr"]
-        out += ["### Learning rate (GPT, seed 1)", "",
+        out += ["### Learning rate (GPT)", "",
                 "The study's lr against two and four times it, the same for every method (warmup "
-                "and cosine decay unchanged).", "",
+                "and cosine decay unchanged). Means over the stored seeds, their count in "
+                "brackets; differences are between the means.", "",
                 "| lr | full | RaPTr | RaPTr - full | RaPTr frozen | frozen - full |",
                 "|---|---|---|---|---|---|"]
         for factor, suffix in ((1, ""), (2, "-lr2x"), (4, "-lr4x")):
-            f = _seed1(get("gpt", "full" + suffix))
-            r = _seed1(get("gpt", "raptr" + suffix))
-            fr = _seed1(get("gpt", "raptr-frozen" + suffix))
+            f, r, fr = (get("gpt", m + suffix) for m in ("full", "raptr", "raptr-frozen"))
             if not (f or r or fr):
                 continue
-            fm, rm, frm = (x["meta"]["final_eval_loss"] if x else None for x in (f, r, fr))
-            out.append(f"| {factor * lr:g} | {_f(fm)} | {_f(rm)} | "
-                       f"{_f(rm - fm if fm and rm else None, True)} | {_f(frm)} | "
-                       f"{_f(frm - fm if fm and frm else None, True)} |")
+            fm, rm, frm = (_final(x) for x in (f, r, fr))
+            cell = lambda v, rs: f"{v:.4f} ({len(rs)})" if rs else "-"
+            out.append(f"| {factor * lr:g} | {cell(fm, f)} | {cell(rm, r)} | "
+                       f"{_f(rm - fm if f and r else None, True)} | {cell(frm, fr)} | "
+                       f"{_f(frm - fm if f and fr else None, True)} |")
         out.append("")
 
     # 5. BERT's targets.

@@ -175,7 +175,7 @@ def write_report(plan, load_run, base, docs=None):
               "initialisation and optimizer; only the schedule differs (full training at RaPTr's "
               "FLOPs runs fewer steps, with its warmup scaled to them). d 128 keeps a run to a "
               "few minutes on this 2-core machine, so the study (30 runs) fits in about 2 hours "
-              "(the investigation's 16 runs, some twice as long, take about 70 minutes more); "
+              "(the investigation's 19 runs, some twice as long, take about 70 minutes more); "
               "at this width the tied 8192-word output head costs about as much as five blocks, "
               "which caps any schedule's savings (skipping blocks cannot save the head's FLOPs). "
               "Runs go through the service (a local coordinator and one worker with both cores), "

@@ -115,10 +115,16 @@ def investigation():
         # The frozen treatment given to the other methods that skip blocks.
         ("gpt", "pld-frozen-s1", "pld-frozen", {"pld": {}}, 1, frozen),
         ("gpt", "layerdrop-frozen-s1", "layerdrop-frozen", {"layerdrop": {}}, 1, frozen),
-        # Twice the study's lr helped both, so: four times, and frozen at twice.
+        # Twice the study's lr helped both, so: four times, and frozen at both.
         ("gpt", "full-lr4x-s1", "full-lr4x", {"full": {}}, 1, {"lr": 4 * BASE_LR}),
         ("gpt", "raptr-lr4x-s1", "raptr-lr4x", {"raptr": {}}, 1, {"lr": 4 * BASE_LR}),
         ("gpt", "raptr-frozen-lr2x-s1", "raptr-frozen-lr2x", {"raptr": {}}, 1,
+         dict(frozen, lr=2 * BASE_LR)),
+        ("gpt", "raptr-frozen-lr4x-s1", "raptr-frozen-lr4x", {"raptr": {}}, 1,
+         dict(frozen, lr=4 * BASE_LR)),
+        # A second seed at 2x, where full training and frozen RaPTr are best.
+        ("gpt", "full-lr2x-s2", "full-lr2x", {"full": {}}, 2, {"lr": 2 * BASE_LR}),
+        ("gpt", "raptr-frozen-lr2x-s2", "raptr-frozen-lr2x", {"raptr": {}}, 2,
          dict(frozen, lr=2 * BASE_LR)),
     ]
     return runs
