@@ -47,13 +47,20 @@ SEEDS = (1, 2, 3)
 BASE_LR = BASE["optimizer"]["lr"]
 
 
+def scale_to(spec, steps, evaluations=True):
+    """Sets a spec's steps, with warmup (a tenth), and unless told otherwise evaluations (15) and
+    checkpoints (3) scaled to them."""
+    spec["training"]["steps"] = steps
+    spec["optimizer"]["warmup_steps"] = steps // 10
+    if evaluations:
+        spec["training"]["eval_every"] = max(1, steps // 15)
+        spec["training"]["checkpoint_every"] = max(1, steps // 3)
+
+
 def configure(steps, runs_dir):
     global STEPS, RUNS
     STEPS, RUNS = steps, runs_dir
-    BASE["training"]["steps"] = steps
-    BASE["optimizer"]["warmup_steps"] = steps // 10
-    BASE["training"]["eval_every"] = max(1, steps // 15)
-    BASE["training"]["checkpoint_every"] = max(1, steps // 3)
+    scale_to(BASE, steps)
 
 
 def plan():
@@ -66,20 +73,20 @@ def plan():
     for objective in ("gpt", "bert"):
         first = [("full", {"full": {}}), ("raptr", {"raptr": {}})]
         others = [
-            ("pld", {"pld": {}}),  # DeepSpeed's defaults: theta_bar 0.5, gamma 0.001
-            ("layerdrop", {"layerdrop": {}}),  # keep 0.75: the default RaPTr's mean path
-            ("stacking", {"stacking": {"stages": STACKING}}),
-            ("full-equal-flops", {"full": {}}),
-            ("raptr-exact", {"raptr": {"sampling": "exact"}}),
-            ("raptr-frozen", {"raptr": {}}),
-            ("raptr-no-fixed", {"raptr": {"no_fixed_layers": True}}),
-            ("raptr-scaled", {"raptr": {"scaling": "inverse_keep_prob"}}),
-            ("raptr-warmup", {"raptr": {"full_warmup_steps": STEPS // 10}}),
+            ("pld", {"pld": {}}, {}),  # DeepSpeed's defaults: theta_bar 0.5, gamma 0.001
+            ("layerdrop", {"layerdrop": {}}, {}),  # keep 0.75: the default RaPTr's mean path
+            ("stacking", {"stacking": {"stages": STACKING}}, {}),
+            ("full-equal-flops", {"full": {}}, {}),
+            ("raptr-exact", {"raptr": {"sampling": "exact"}}, {}),
+            ("raptr-frozen", {"raptr": {}}, FROZEN),
+            ("raptr-no-fixed", {"raptr": {"no_fixed_layers": True}}, {}),
+            ("raptr-scaled", {"raptr": {"scaling": "inverse_keep_prob"}}, {}),
+            ("raptr-warmup", {"raptr": {"full_warmup_steps": STEPS // 10}}, {}),
         ]
         for method, schedule in first:
             runs.append((objective, f"{method}-s1", method, schedule, 1, {}))
-        for method, schedule in others:
-            runs.append((objective, f"{method}-s1", method, schedule, 1, {}))
+        for method, schedule, extra in others:
+            runs.append((objective, f"{method}-s1", method, schedule, 1, extra))
         for seed in SEEDS[1:]:
             for method, schedule in first:
                 runs.append((objective, f"{method}-s{seed}", method, schedule, seed, {}))
@@ -87,6 +94,7 @@ def plan():
     return runs
 
 
+FROZEN = {"skipped": "frozen"}
 STACKING = [{"layers": 6, "fraction": 1 / 3}, {"layers": 9, "fraction": 1 / 3},
             {"layers": 12, "fraction": 1 / 3}]
 
@@ -94,19 +102,19 @@ STACKING = [{"layers": 6, "fraction": 1 / 3}, {"layers": 9, "fraction": 1 / 3},
 def investigation():
     """The runs that test why RaPTr trails full training here, most telling first."""
     long = 2 * STEPS
-    frozen = {"skipped": "frozen"}
+    frozen = FROZEN
     runs = [
         # Does a longer horizon close the gap? Twice the steps, same schedule shape.
         ("gpt", f"full-{long}-s1", "full-long", {"full": {}}, 1, {"steps": long}),
         ("gpt", f"raptr-{long}-s1", "raptr-long", {"raptr": {}}, 1, {"steps": long}),
         # Is frozen's lead over zero_grad more than seed noise? (BERT's below, after its runs.)
-        ("gpt", "raptr-frozen-s2", "raptr-frozen", {"raptr": {}}, 2, {}),
-        ("gpt", "raptr-frozen-s3", "raptr-frozen", {"raptr": {}}, 3, {}),
+        ("gpt", "raptr-frozen-s2", "raptr-frozen", {"raptr": {}}, 2, frozen),
+        ("gpt", "raptr-frozen-s3", "raptr-frozen", {"raptr": {}}, 3, frozen),
         # BERT sees 15% of the tokens as targets: does it leave the unigram plateau if longer?
         ("bert", f"full-{long}-s1", "full-long", {"full": {}}, 1, {"steps": long}),
         ("bert", f"raptr-{long}-s1", "raptr-long", {"raptr": {}}, 1, {"steps": long}),
-        ("bert", "raptr-frozen-s2", "raptr-frozen", {"raptr": {}}, 2, {}),
-        ("bert", "raptr-frozen-s3", "raptr-frozen", {"raptr": {}}, 3, {}),
+        ("bert", "raptr-frozen-s2", "raptr-frozen", {"raptr": {}}, 2, frozen),
+        ("bert", "raptr-frozen-s3", "raptr-frozen", {"raptr": {}}, 3, frozen),
         ("gpt", f"raptr-frozen-{long}-s1", "raptr-frozen-long", {"raptr": {}}, 1,
          dict(frozen, steps=long)),
         # Learning rate: twice the study's, for both (more below).
@@ -139,24 +147,20 @@ def spec_for(objective, name, method, schedule, seed, extra):
             spec["data"]["mask_id"] = json.load(f)["mask_id"]
     spec["training"]["seed"] = seed
     spec["schedule"] = schedule
-    if method == "raptr-frozen" or extra.get("skipped"):
-        spec["optimizer"]["skipped"] = extra.get("skipped", "frozen")
+    if "skipped" in extra:
+        spec["optimizer"]["skipped"] = extra["skipped"]
     if "lr" in extra:
         spec["optimizer"]["lr"] = extra["lr"]
     if "steps" in extra:
-        steps = extra["steps"]
-        spec["training"]["steps"] = steps
-        spec["optimizer"]["warmup_steps"] = steps // 10
-        spec["training"]["eval_every"] = max(1, steps // 15)
-        spec["training"]["checkpoint_every"] = max(1, steps // 3)
+        scale_to(spec, extra["steps"])
     if method == "full-equal-flops":
         # Full training for the steps that spend the FLOPs of RaPTr's (seed 1) run.
         raptr = load_run(objective, "raptr-s1")
         if raptr is None:
             raise RuntimeError("full-equal-flops needs raptr-s1 first")
-        steps = int(round(STEPS * raptr["meta"]["flops"] / raptr["meta"]["flops_full"]))
-        spec["training"]["steps"] = steps
-        spec["optimizer"]["warmup_steps"] = steps // 10
+        # Evaluations stay every eval_every steps, as in the run it is compared with.
+        scale_to(spec, int(round(STEPS * raptr["meta"]["flops"] / raptr["meta"]["flops_full"])),
+                 evaluations=False)
     return spec
 
 
