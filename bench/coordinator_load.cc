@@ -242,6 +242,7 @@ void WorkerMain(Run& run, SimWorker& w, v1::ControlService::Stub* stub) {
   hello.mutable_hello()->set_cpu_threads(1);
   hello.mutable_hello()->set_host("127.0.0.1");
   hello.mutable_hello()->set_version("0.1.0");
+  hello.mutable_hello()->set_instance_id(absl::StrFormat("sim-%03d-instance", w.index));
   std::string job_id;
   int64_t generation = 0;
   int rank = 0;

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
@@ -108,21 +109,43 @@ absl::StatusOr<int64_t> Cluster::Connect(const v1::Hello& hello, std::shared_ptr
   if (hello.backend() == v1::BACKEND_UNSPECIFIED) {
     return absl::InvalidArgumentError("hello.backend is required");
   }
+  if (hello.instance_id().empty() || hello.instance_id().size() > 64) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "hello.instance_id must be 1 .. 64 characters, got ", hello.instance_id().size()));
+  }
   absl::MutexLock lock(&mu_);
   if (shut_down_) return absl::UnavailableError("the coordinator is shutting down");
+  const double now = Now();
   if (auto old = session_of_worker_.find(hello.worker_id()); old != session_of_worker_.end()) {
-    DropSession(old->second, "replaced by a new session of the same worker");
+    const Worker& previous = sessions_.at(old->second);
+    const bool same_instance = previous.hello.instance_id() == hello.instance_id();
+    const double silent = now - previous.last_seen;
+    if (!same_instance && silent < options_.lease_seconds / 2) {
+      // Two live processes with one id (a misconfigured --id, a zombie pod): the newcomer waits
+      // instead of the two replacing each other and failing the job at every turn.
+      return absl::AlreadyExistsError(absl::StrFormat(
+          "worker id \"%s\" is connected from another process (instance %s, heard from %.1f s "
+          "ago); this is instance %s: give every worker process its own id",
+          hello.worker_id(), previous.hello.instance_id(), silent, hello.instance_id()));
+    }
+    DropSession(old->second, same_instance
+                                 ? "replaced by a reconnect of the same process"
+                                 : absl::StrFormat("replaced by another process with the same id "
+                                                   "(the old one was silent for %.1f s)",
+                                                   silent));
   }
   const int64_t id = next_session_++;
   Worker& worker = sessions_[id];
   worker.session = id;
+  worker.token = tokens_();
   worker.hello = hello;
   worker.link = std::move(link);
-  worker.last_seen = Now();
+  worker.last_seen = now;
   session_of_worker_[hello.worker_id()] = id;
   v1::CoordinatorMessage welcome;
   welcome.mutable_welcome()->set_heartbeat_interval_seconds(options_.heartbeat_seconds);
   welcome.mutable_welcome()->set_lease_seconds(options_.lease_seconds);
+  welcome.mutable_welcome()->set_session_token(worker.token);
   worker.link->Send(welcome);
   WorkerRecord record;
   record.worker_id = hello.worker_id();
@@ -135,7 +158,8 @@ absl::StatusOr<int64_t> Cluster::Connect(const v1::Hello& hello, std::shared_ptr
   }
   Log(absl::StrCat("worker ", hello.worker_id(), " connected (", BackendName(hello.backend()), ", ",
                    hello.cpu_threads(), " threads, host ", hello.host(), ")"));
-  Schedule();
+  schedule_needed_ = true;
+  ScheduleIfNeeded();
   return id;
 }
 
@@ -144,29 +168,57 @@ absl::Status Cluster::Receive(int64_t session, const v1::WorkerMessage& message)
   auto it = sessions_.find(session);
   if (it == sessions_.end()) return absl::AbortedError("the session has ended");
   it->second.last_seen = Now();
+  absl::Status status;
   switch (message.message_case()) {
     case v1::WorkerMessage::kHello:
-      return absl::InvalidArgumentError("Hello is only allowed as the first message");
+      status = absl::InvalidArgumentError("Hello is only allowed as the first message");
+      break;
     case v1::WorkerMessage::kHeartbeat:
-      return absl::OkStatus();
+      OnHeartbeat(it->second, message.heartbeat());
+      break;
     case v1::WorkerMessage::kStepReport:
-      return OnStepReport(session, message.step_report());
+      status = OnStepReport(session, message.step_report());
+      break;
     case v1::WorkerMessage::kEvalResult:
-      return OnEvalResult(session, message.eval_result());
+      status = OnEvalResult(session, message.eval_result());
+      break;
     case v1::WorkerMessage::kCheckpointWritten:
-      return OnCheckpointWritten(session, message.checkpoint_written());
+      status = OnCheckpointWritten(session, message.checkpoint_written());
+      break;
     case v1::WorkerMessage::kError:
       OnWorkerError(session, message.error());
-      return absl::OkStatus();
+      break;
     default:
-      return absl::InvalidArgumentError("empty or unknown WorkerMessage");
+      status = absl::InvalidArgumentError("empty or unknown WorkerMessage");
+  }
+  ScheduleIfNeeded();
+  return status;
+}
+
+void Cluster::OnHeartbeat(Worker& worker, const v1::Heartbeat& heartbeat) {
+  if (heartbeat.job_id().empty()) {
+    if (worker.draining) {
+      worker.draining = false;
+      worker.draining_job.clear();
+      schedule_needed_ = true;
+    }
+    return;
+  }
+  // A job thread the coordinator does not know this session to run (a generation that ended, an
+  // older session's): the worker is busy until it says otherwise.
+  const bool in_group = worker.job_id == heartbeat.job_id() && worker.rank >= 0 &&
+                        running_.count(worker.job_id) != 0 &&
+                        running_.at(worker.job_id).generation == heartbeat.generation();
+  if (!in_group && !worker.draining) {
+    worker.draining = true;
+    worker.draining_job = heartbeat.job_id();
   }
 }
 
 void Cluster::Disconnect(int64_t session) {
   absl::MutexLock lock(&mu_);
   if (sessions_.count(session) != 0) DropSession(session, "disconnected");
-  Schedule();
+  ScheduleIfNeeded();
 }
 
 void Cluster::DropSession(int64_t session, const std::string& why) {
@@ -189,7 +241,9 @@ void Cluster::DropSession(int64_t session, const std::string& why) {
   if (absl::Status upserted = store_->UpsertWorker(record); !upserted.ok()) {
     Log(absl::StrCat("cannot record worker ", record.worker_id, ": ", upserted.ToString()));
   }
-  if (!worker.job_id.empty()) {
+  // At shutdown the sessions end because the coordinator goes, not the workers: their jobs stay
+  // RUNNING for the next coordinator, and no recovery is counted.
+  if (!worker.job_id.empty() && !shut_down_) {
     FailGroup(
         worker.job_id,
         absl::StrCat("worker ", worker.hello.worker_id(), " (rank ", worker.rank, ") lost: ", why),
@@ -205,6 +259,16 @@ void Cluster::Tick() {
     return;
   }
   const double now = Now();
+  // A tick that comes late (this process was stopped, or starved of CPU) has not been listening
+  // either: it gives the workers a fresh lease rather than expire them all for its own silence.
+  const bool late = last_tick_ > 0 && now - last_tick_ > options_.lease_seconds / 2;
+  if (late) {
+    Log(absl::StrFormat("tick %.1f s late: leases restart", now - last_tick_));
+    for (auto& [id, worker] : sessions_) worker.last_seen = std::max(worker.last_seen, now);
+  }
+  last_tick_ = now;
+  // Every expired session is dropped before anything is scheduled (a group must not re-form on
+  // a worker that is about to expire too), so losing several workers at once is one recovery.
   std::vector<int64_t> expired;
   for (const auto& [id, worker] : sessions_) {
     if (now - worker.last_seen > options_.lease_seconds) expired.push_back(id);
@@ -212,12 +276,18 @@ void Cluster::Tick() {
   for (int64_t id : expired) {
     DropSession(id, absl::StrCat("silent for over ", options_.lease_seconds, " s (lease expired)"));
   }
+  CheckProgress(now);
+  if (now - last_reconcile_ >= options_.reconcile_seconds) {
+    last_reconcile_ = now;
+    Reconcile();
+  }
   if (now - last_flush_ >= options_.flush_seconds) {
     last_flush_ = now;
     batch = TakeUnflushed();
   }
+  schedule_needed_ = true;  // periodically, whatever happened: cheap when no worker is free
   if (batch.empty()) {
-    Schedule();
+    ScheduleIfNeeded();
     mu_.Unlock();
     return;
   }
@@ -234,32 +304,97 @@ void Cluster::Tick() {
     Log(absl::StrCat("cannot record step summaries (will retry): ", written.ToString()));
     RestoreUnflushed(std::move(batch));
   }
-  Schedule();
+  schedule_needed_ = true;
+  ScheduleIfNeeded();
+}
+
+void Cluster::CheckProgress(double now) {
+  std::vector<std::pair<std::string, std::string>> stalled;  // (job, why)
+  for (auto& [job_id, run] : running_) {
+    const int world = static_cast<int>(run.members.size());
+    std::vector<int> eval_batches(world, 0);
+    std::vector<bool> checkpoint(world, false);
+    for (int rank = 0; rank < world; ++rank) {
+      // Requests after steps the rank has completed that it has not answered yet.
+      for (const auto& [step, agg] : run.evals) {
+        if (step < run.next_step_by_rank[rank] && !agg.votes.Answered(rank)) {
+          eval_batches[rank] += run.planner->eval_batches();
+        }
+      }
+      for (const auto& [step, agg] : run.checkpoints) {
+        if (step < run.next_step_by_rank[rank] && !agg.votes.Answered(rank)) checkpoint[rank] = true;
+      }
+    }
+    std::optional<ProgressWatchdog::Stall> stall = run.watchdog->Check(now, eval_batches, checkpoint);
+    if (!stall.has_value()) continue;
+    const auto member = sessions_.find(run.members[stall->rank]);
+    const std::string who =
+        member == sessions_.end() ? "a lost worker" : member->second.hello.worker_id();
+    stalled.emplace_back(job_id, absl::StrCat("worker ", who, " (", stall->Describe(),
+                                              "; its heartbeats go on)"));
+  }
+  for (auto& [job_id, why] : stalled) FailGroup(job_id, why, /*retryable=*/true);
+}
+
+void Cluster::Reconcile() {
+  JobFilter filter;
+  filter.states = {v1::JOB_STATE_RUNNING};
+  filter.limit = 1000;
+  absl::StatusOr<std::vector<v1::Job>> jobs = store_->ListJobs(filter);
+  if (!jobs.ok()) {
+    Log(absl::StrCat("reconcile: cannot list running jobs: ", jobs.status().ToString()));
+    return;
+  }
+  for (const v1::Job& job : *jobs) {
+    if (running_.count(job.id()) != 0) continue;
+    // Its group ended but the state write failed (disk full, a busy store): it recovers now.
+    absl::StatusOr<v1::Job> moved = store_->UpdateJobState(
+        job.id(), v1::JOB_STATE_RECOVERING, "its group ended while the store was failing writes");
+    if (moved.ok()) {
+      Log(absl::StrCat(job.id(), " was RUNNING in the store without a group; recovering"));
+      schedule_needed_ = true;
+    }
+  }
 }
 
 void Cluster::JobSubmitted(const std::string& /*job_id*/) {
   absl::MutexLock lock(&mu_);
-  Schedule();
+  schedule_needed_ = true;
+  ScheduleIfNeeded();
 }
 
 void Cluster::JobCancelled(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
+  recoveries_.erase(job_id);  // a RECOVERING job has an entry and no group
   auto it = running_.find(job_id);
   if (it == running_.end()) return;
-  FlushJob(it->second);
-  EndGroup(it->second, "the job was cancelled", /*abort_members=*/true);
+  (void)FlushJob(it->second);  // best effort: a cancelled job's progress is informational
+  EndGroup(it->second, GroupEnd::kAbort, "the job was cancelled");
   running_.erase(it);
-  recoveries_.erase(job_id);
-  Log(absl::StrCat(job_id, " cancelled; its workers are free"));
+  Log(absl::StrCat(job_id, " cancelled; its workers are free once their job threads end"));
+  schedule_needed_ = true;
+  ScheduleIfNeeded();
+}
+
+void Cluster::ScheduleIfNeeded() {
+  if (!schedule_needed_) return;
+  schedule_needed_ = false;
   Schedule();
+}
+
+bool Cluster::Placeable(const Worker& worker, double now) const {
+  // Heard from within half a lease: a worker about to expire gets no new group.
+  return worker.job_id.empty() && !worker.draining &&
+         now - worker.last_seen <= options_.lease_seconds / 2;
 }
 
 void Cluster::Schedule() {
   if (shut_down_) return;
+  const double now = Now();
   // Nothing can start without a free worker; skip the store read (this runs on every tick and
   // every disconnect).
   bool any_idle = false;
-  for (const auto& [id, worker] : sessions_) any_idle = any_idle || worker.job_id.empty();
+  for (const auto& [id, worker] : sessions_) any_idle = any_idle || Placeable(worker, now);
   if (!any_idle) return;
   JobFilter filter;
   filter.states = {v1::JOB_STATE_PENDING, v1::JOB_STATE_RECOVERING};
@@ -281,7 +416,7 @@ void Cluster::Schedule() {
   std::map<v1::Backend, std::vector<int64_t>> idle;  // by worker_id order (the map's order)
   for (const auto& [worker_id, session] : session_of_worker_) {
     const Worker& worker = sessions_.at(session);
-    if (worker.job_id.empty()) idle[EffectiveBackend(worker.hello.backend())].push_back(session);
+    if (Placeable(worker, now)) idle[EffectiveBackend(worker.hello.backend())].push_back(session);
   }
   // Strict order per backend: a job that cannot start yet holds back the jobs behind it, so a
   // large job is not starved by a stream of small ones.
@@ -316,6 +451,7 @@ void Cluster::StartGroup(const v1::Job& job, std::vector<int64_t> sessions) {
     Log(absl::StrCat(job.id(), " cannot be planned: ", planner.status().ToString()));
     (void)store_->UpdateJobState(job.id(), v1::JOB_STATE_FAILED,
                                  absl::StrCat("cannot plan the job: ", planner.status().message()));
+    recoveries_.erase(job.id());
     return;
   }
   absl::StatusOr<std::optional<CheckpointRecord>> latest = store_->LatestCheckpoint(job.id());
@@ -327,6 +463,7 @@ void Cluster::StartGroup(const v1::Job& job, std::vector<int64_t> sessions) {
   if (start >= planner->steps()) {
     // Every step ran and the final checkpoint committed before the coordinator stopped.
     (void)store_->UpdateJobState(job.id(), v1::JOB_STATE_SUCCEEDED, "");
+    recoveries_.erase(job.id());
     return;
   }
   const int64_t generation = job.generation() + 1;
@@ -358,7 +495,8 @@ void Cluster::StartGroup(const v1::Job& job, std::vector<int64_t> sessions) {
   run.generation = generation;
   run.members = sessions;
   run.next_plan = start;
-  run.done.assign(world, start);
+  run.next_step_by_rank.assign(world, start);
+  run.watchdog.emplace(options_.progress, world, Now());
   run.completed_steps = start;
   run.committed_step = start;
   std::string names;
@@ -366,6 +504,7 @@ void Cluster::StartGroup(const v1::Job& job, std::vector<int64_t> sessions) {
     Worker& worker = sessions_.at(sessions[rank]);
     worker.job_id = job.id();
     worker.rank = rank;
+    worker.draining = false;
     absl::StrAppend(&names, rank == 0 ? "" : ", ", worker.hello.worker_id());
     v1::CoordinatorMessage message;
     v1::Assignment* assignment = message.mutable_assignment();
@@ -393,7 +532,8 @@ void Cluster::SendToGroup(const RunningJob& run, const v1::CoordinatorMessage& m
 }
 
 void Cluster::SendPlans(RunningJob& run) {
-  const int64_t slowest = *std::min_element(run.done.begin(), run.done.end());
+  const int64_t slowest =
+      *std::min_element(run.next_step_by_rank.begin(), run.next_step_by_rank.end());
   const int64_t limit = std::min(run.planner->steps(), slowest + options_.plan_window);
   const std::string& id = run.job.id();
   for (; run.next_plan < limit; ++run.next_plan) {
@@ -416,6 +556,7 @@ void Cluster::SendPlans(RunningJob& run) {
       request->set_batches(run.planner->eval_batches());
       for (int layer : run.planner->EvalLayers(step)) request->add_active_layers(layer);
       run.evals[step] = EvalAggregate{};
+      run.evals[step].votes = RankVotes(static_cast<int>(run.members.size()));
       SendToGroup(run, eval);
     }
     if (run.planner->CheckpointAfter(step)) {
@@ -429,13 +570,14 @@ void Cluster::SendPlans(RunningJob& run) {
       request->set_path(
           absl::StrCat(options_.checkpoint_root, "/", id, "/generation-", run.generation));
       run.checkpoints[step] = CheckpointAggregate{};
+      run.checkpoints[step].votes = RankVotes(static_cast<int>(run.members.size()));
       SendToGroup(run, checkpoint);
     }
   }
 }
 
-absl::StatusOr<Cluster::RunningJob*> Cluster::GroupOf(int64_t session, const std::string& job_id,
-                                                      int64_t generation) {
+Cluster::RunningJob* Cluster::GroupOf(int64_t session, const std::string& job_id,
+                                      int64_t generation) {
   auto it = running_.find(job_id);
   if (it == running_.end() || it->second.generation != generation) return nullptr;
   const Worker& worker = sessions_.at(session);
@@ -447,16 +589,16 @@ absl::StatusOr<Cluster::RunningJob*> Cluster::GroupOf(int64_t session, const std
 
 absl::Status Cluster::OnStepReport(int64_t session, const v1::StepReport& report) {
   ++reports_received_;
-  absl::StatusOr<RunningJob*> group = GroupOf(session, report.job_id(), report.generation());
-  if (!group.ok()) return group.status();
-  if (*group == nullptr) return absl::OkStatus();  // a straggler of an ended generation
-  RunningJob& run = **group;
+  RunningJob* group = GroupOf(session, report.job_id(), report.generation());
+  if (group == nullptr) return absl::OkStatus();  // a straggler of an ended generation
+  RunningJob& run = *group;
   const int rank = sessions_.at(session).rank;
   const int world = static_cast<int>(run.members.size());
-  if (report.rank() != rank || report.step() != run.done[rank] || report.step() >= run.next_plan) {
+  if (report.rank() != rank || report.step() != run.next_step_by_rank[rank] ||
+      report.step() >= run.next_plan) {
     FailGroup(run.job.id(),
               absl::StrCat("rank ", rank, " reported step ", report.step(), " as rank ",
-                           report.rank(), "; expected step ", run.done[rank]),
+                           report.rank(), "; expected step ", run.next_step_by_rank[rank]),
               /*retryable=*/true);
     return absl::OkStatus();
   }
@@ -469,9 +611,10 @@ absl::Status Cluster::OnStepReport(int64_t session, const v1::StepReport& report
   agg.flops += report.flops();
   agg.flops_full += report.flops_full();
   agg.seconds = std::max(agg.seconds, report.step_seconds());
-  run.done[rank] = report.step() + 1;
+  run.next_step_by_rank[rank] = report.step() + 1;
   Worker& reporter = sessions_.at(session);
   reporter.last_report = Now();
+  run.watchdog->RankProgressed(rank, reporter.last_report);
   if (report.step_seconds() > 0) {
     reporter.tokens_per_second =
         Smooth(reporter.tokens_per_second, report.tokens() / report.step_seconds());
@@ -499,6 +642,7 @@ absl::Status Cluster::OnStepReport(int64_t session, const v1::StepReport& report
     summary.seconds = agg.seconds;
     run.steps.erase(agg_it);
     run.completed_steps = report.step() + 1;
+    run.watchdog->StepCompleted(summary.seconds);
     if (summary.seconds > 0) {
       run.tokens_per_second = Smooth(run.tokens_per_second, summary.tokens / summary.seconds);
     }
@@ -520,24 +664,32 @@ absl::Status Cluster::OnStepReport(int64_t session, const v1::StepReport& report
 }
 
 absl::Status Cluster::OnEvalResult(int64_t session, const v1::EvalResult& result) {
-  absl::StatusOr<RunningJob*> group = GroupOf(session, result.job_id(), result.generation());
-  if (!group.ok()) return group.status();
-  if (*group == nullptr) return absl::OkStatus();
-  RunningJob& run = **group;
+  RunningJob* group = GroupOf(session, result.job_id(), result.generation());
+  if (group == nullptr) return absl::OkStatus();
+  RunningJob& run = *group;
+  const int rank = sessions_.at(session).rank;
   auto it = run.evals.find(result.step());
-  if (it == run.evals.end()) {
+  if (it == run.evals.end() || result.step() >= run.next_step_by_rank[rank]) {
     FailGroup(run.job.id(),
-              absl::StrCat("an evaluation after step ", result.step(), " was not requested"),
+              absl::StrCat("rank ", rank, " answered an evaluation after step ", result.step(),
+                           " that was not requested of it"),
               /*retryable=*/true);
     return absl::OkStatus();
   }
   EvalAggregate& agg = it->second;
-  ++agg.results;
+  if (result.rank() != rank || agg.votes.Add(rank) != RankVotes::Result::kCounted) {
+    FailGroup(run.job.id(),
+              absl::StrCat("rank ", rank, " answered the evaluation after step ", result.step(),
+                           " twice or as rank ", result.rank()),
+              /*retryable=*/true);
+    return absl::OkStatus();
+  }
+  run.watchdog->RankProgressed(rank, Now());
   agg.loss_sum += result.loss() * static_cast<double>(result.scored_targets());
   agg.targets += result.scored_targets();
   agg.batches = result.batches();
   agg.seconds = std::max(agg.seconds, result.seconds());
-  if (agg.results < static_cast<int>(run.members.size())) return absl::OkStatus();
+  if (!agg.votes.Complete()) return absl::OkStatus();
   const int64_t step = result.step();
   if (agg.targets == 0) {
     run.evals.erase(it);
@@ -558,10 +710,9 @@ absl::Status Cluster::OnEvalResult(int64_t session, const v1::EvalResult& result
 }
 
 absl::Status Cluster::OnCheckpointWritten(int64_t session, const v1::CheckpointWritten& written) {
-  absl::StatusOr<RunningJob*> group = GroupOf(session, written.job_id(), written.generation());
-  if (!group.ok()) return group.status();
-  if (*group == nullptr) return absl::OkStatus();
-  RunningJob& run = **group;
+  RunningJob* group = GroupOf(session, written.job_id(), written.generation());
+  if (group == nullptr) return absl::OkStatus();
+  RunningJob& run = *group;
   // CheckpointRequest.step is the 0-based step after which to write; the answer's step counts
   // optimizer steps done, one more.
   auto it = run.checkpoints.find(written.step() - 1);
@@ -572,12 +723,19 @@ absl::Status Cluster::OnCheckpointWritten(int64_t session, const v1::CheckpointW
     return absl::OkStatus();
   }
   CheckpointAggregate& agg = it->second;
-  ++agg.answers;
   const int rank = sessions_.at(session).rank;
+  if (written.rank() != rank || agg.votes.Add(rank) != RankVotes::Result::kCounted) {
+    FailGroup(run.job.id(),
+              absl::StrCat("rank ", rank, " answered the checkpoint at step ", written.step(),
+                           " twice or as rank ", written.rank()),
+              /*retryable=*/true);
+    return absl::OkStatus();
+  }
+  run.watchdog->RankProgressed(rank, Now());
   if (rank == 0) agg.path = written.path();
   if (agg.digest.has_value() && *agg.digest != written.state_digest()) agg.diverged = true;
   agg.digest = written.state_digest();
-  if (agg.answers < static_cast<int>(run.members.size())) return absl::OkStatus();
+  if (!agg.votes.Complete()) return absl::OkStatus();
   const int64_t step = written.step();
   const bool diverged = agg.diverged;
   const std::string path = agg.path;
@@ -596,8 +754,14 @@ absl::Status Cluster::OnCheckpointWritten(int64_t session, const v1::CheckpointW
     return absl::OkStatus();
   }
   // The summaries up to the checkpoint go first, so a reader never sees a checkpoint ahead of
-  // the progress it implies.
-  FlushJob(run);
+  // the progress it implies; when they cannot be written, nothing is committed.
+  if (absl::Status flushed = FlushJob(run); !flushed.ok()) {
+    FailGroup(run.job.id(),
+              absl::StrCat("cannot record the step summaries before the checkpoint at step ", step,
+                           ", so it is not committed: ", flushed.message()),
+              /*retryable=*/true);
+    return absl::OkStatus();
+  }
   if (absl::Status committed = store_->CommitCheckpoint(run.job.id(), step, path);
       !committed.ok()) {
     FailGroup(
@@ -618,15 +782,14 @@ void Cluster::OnWorkerError(int64_t session, const v1::WorkerError& error) {
                    error.job_id().empty() ? "no job" : error.job_id(), " at step ", error.step(),
                    ": ", error.message()));
   if (error.job_id().empty()) return;
-  absl::StatusOr<RunningJob*> group = GroupOf(session, error.job_id(), error.generation());
-  if (!group.ok() || *group == nullptr) return;
+  if (GroupOf(session, error.job_id(), error.generation()) == nullptr) return;
   FailGroup(error.job_id(),
             absl::StrCat("worker ", worker.hello.worker_id(), " (rank ", worker.rank,
                          ") failed at step ", error.step(), ": ", error.message()),
             error.retryable());
 }
 
-void Cluster::MaybeFinish(const std::string& job_id) {
+void Cluster::MaybeFinish(std::string job_id) {
   auto it = running_.find(job_id);
   if (it == running_.end()) return;
   RunningJob& run = it->second;
@@ -635,42 +798,51 @@ void Cluster::MaybeFinish(const std::string& job_id) {
       !run.awaiting_eval.empty()) {
     return;
   }
-  FlushJob(run);
+  if (absl::Status flushed = FlushJob(run); !flushed.ok()) {
+    // The last checkpoint is committed: the next group finds the job done and ends it.
+    FailGroup(job_id, absl::StrCat("cannot record the last step summaries: ", flushed.message()),
+              /*retryable=*/true);
+    return;
+  }
+  // When this write fails the store still says RUNNING; Reconcile moves the job to RECOVERING,
+  // and its next group finds every step committed and ends it SUCCEEDED.
   absl::StatusOr<v1::Job> done = store_->UpdateJobState(job_id, v1::JOB_STATE_SUCCEEDED, "");
   if (!done.ok()) Log(absl::StrCat(job_id, ": ", done.status().ToString()));
-  v1::CoordinatorMessage release;
-  release.mutable_release()->set_job_id(job_id);
-  release.mutable_release()->set_generation(run.generation);
-  SendToGroup(run, release);
-  EndGroup(run, "", /*abort_members=*/false);
+  EndGroup(run, GroupEnd::kRelease, "");
   Log(absl::StrCat(job_id, " succeeded after ", steps, " steps"));
   running_.erase(it);
   recoveries_.erase(job_id);
-  Schedule();
+  schedule_needed_ = true;
 }
 
-void Cluster::EndGroup(RunningJob& run, const std::string& reason, bool abort_members) {
-  if (abort_members) {
-    v1::CoordinatorMessage abort;
-    abort.mutable_abort()->set_job_id(run.job.id());
-    abort.mutable_abort()->set_generation(run.generation);
-    abort.mutable_abort()->set_reason(reason);
-    SendToGroup(run, abort);
+void Cluster::EndGroup(RunningJob& run, GroupEnd how, const std::string& reason) {
+  v1::CoordinatorMessage end;
+  if (how == GroupEnd::kAbort) {
+    end.mutable_abort()->set_job_id(run.job.id());
+    end.mutable_abort()->set_generation(run.generation);
+    end.mutable_abort()->set_reason(reason);
+  } else {
+    end.mutable_release()->set_job_id(run.job.id());
+    end.mutable_release()->set_generation(run.generation);
   }
+  SendToGroup(run, end);
   for (int64_t session : run.members) {
     auto it = sessions_.find(session);
     if (it == sessions_.end() || it->second.job_id != run.job.id()) continue;
     it->second.job_id.clear();
     it->second.rank = -1;
+    // Free once its heartbeat says the job thread has ended.
+    it->second.draining = true;
+    it->second.draining_job = run.job.id();
   }
   kv_.erase({run.job.id(), run.generation});
 }
 
-void Cluster::FailGroup(const std::string& job_id, const std::string& reason, bool retryable) {
+void Cluster::FailGroup(std::string job_id, const std::string& reason, bool retryable) {
   auto it = running_.find(job_id);
   if (it == running_.end()) return;
   RunningJob& run = it->second;
-  EndGroup(run, reason, /*abort_members=*/true);
+  EndGroup(run, GroupEnd::kAbort, reason);
   const int tries = ++recoveries_[job_id];
   if (metrics_.job_recoveries != nullptr) metrics_.job_recoveries->Add(JobLabels(run.job), 1);
   const bool give_up = !retryable || tries > options_.max_recoveries_without_progress;
@@ -688,24 +860,26 @@ void Cluster::FailGroup(const std::string& job_id, const std::string& reason, bo
   if (!discarded.ok()) {
     Log(absl::StrCat(job_id, ": ", discarded.ToString()));
   }
+  // When this write fails the store keeps RUNNING with no group here: Reconcile retries it.
   absl::StatusOr<v1::Job> moved = store_->UpdateJobState(
       job_id, give_up ? v1::JOB_STATE_FAILED : v1::JOB_STATE_RECOVERING, message);
   if (!moved.ok()) Log(absl::StrCat(job_id, ": ", moved.status().ToString()));
   Log(absl::StrCat(job_id, give_up ? " failed: " : " recovering: ", message));
   running_.erase(it);
   if (give_up) recoveries_.erase(job_id);
-  Schedule();
+  schedule_needed_ = true;
 }
 
-void Cluster::FlushJob(RunningJob& run) {
-  if (run.unflushed.empty()) return;
+absl::Status Cluster::FlushJob(RunningJob& run) {
+  if (run.unflushed.empty()) return absl::OkStatus();
   absl::MutexLock store_lock(&store_mu_);
   if (absl::Status written = store_->RecordStepSummaries(run.job.id(), run.unflushed);
       !written.ok()) {
     Log(absl::StrCat(run.job.id(), ": cannot record step summaries: ", written.ToString()));
-    return;
+    return written;
   }
   run.unflushed.clear();
+  return absl::OkStatus();
 }
 
 Cluster::SummaryBatch Cluster::TakeUnflushed() {
@@ -739,6 +913,18 @@ void Cluster::Flush() {
   }
 }
 
+bool Cluster::IsMember(const std::string& job_id, int64_t generation,
+                       const std::string& worker_id, uint64_t token) const {
+  auto run = running_.find(job_id);
+  auto session = session_of_worker_.find(worker_id);
+  if (run == running_.end() || run->second.generation != generation ||
+      session == session_of_worker_.end() || sessions_.at(session->second).token != token) {
+    return false;
+  }
+  const std::vector<int64_t>& members = run->second.members;
+  return std::find(members.begin(), members.end(), session->second) != members.end();
+}
+
 absl::Status Cluster::KvSet(const v1::KvSetRequest& request) {
   if (request.key().empty() || request.key().size() > kMaxKeyBytes) {
     return absl::InvalidArgumentError(
@@ -749,12 +935,8 @@ absl::Status Cluster::KvSet(const v1::KvSetRequest& request) {
         "value of key \"", request.key(), "\" is over 1 MiB (", request.value().size(), " bytes)"));
   }
   absl::MutexLock lock(&mu_);
-  auto run = running_.find(request.job_id());
-  auto session = session_of_worker_.find(request.worker_id());
-  if (run == running_.end() || run->second.generation != request.generation() ||
-      session == session_of_worker_.end() ||
-      std::find(run->second.members.begin(), run->second.members.end(), session->second) ==
-          run->second.members.end()) {
+  if (!IsMember(request.job_id(), request.generation(), request.worker_id(),
+                request.session_token())) {
     return absl::FailedPreconditionError(
         absl::StrCat("worker \"", request.worker_id(), "\" is not in generation ",
                      request.generation(), " of job \"", request.job_id(), "\""));
@@ -767,12 +949,8 @@ absl::StatusOr<std::string> Cluster::KvGet(const v1::KvGetRequest& request,
                                            std::chrono::system_clock::time_point deadline) {
   absl::MutexLock lock(&mu_);
   auto member = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    auto run = running_.find(request.job_id());
-    auto session = session_of_worker_.find(request.worker_id());
-    return run != running_.end() && run->second.generation == request.generation() &&
-           session != session_of_worker_.end() &&
-           std::find(run->second.members.begin(), run->second.members.end(), session->second) !=
-               run->second.members.end();
+    return IsMember(request.job_id(), request.generation(), request.worker_id(),
+                    request.session_token());
   };
   if (!member()) {
     return absl::FailedPreconditionError(
@@ -816,8 +994,9 @@ void Cluster::Shutdown(const std::string& reason) {
   if (shut_down_) return;
   shut_down_ = true;
   Flush();
-  // Jobs stay RUNNING in the store: the next coordinator recovers them. Workers see their
-  // streams end and reconnect, to this coordinator's successor.
+  // Jobs stay RUNNING in the store: the next coordinator recovers them (DropSession counts no
+  // recovery once shut_down_ is set). Workers see their streams end and reconnect, to this
+  // coordinator's successor.
   for (auto& [id, worker] : sessions_) worker.link->Close(absl::UnavailableError(reason));
 }
 
@@ -943,6 +1122,7 @@ ClusterStats Cluster::Stats() {
   stats.workers = static_cast<int>(sessions_.size());
   for (const auto& [id, worker] : sessions_) stats.idle_workers += worker.job_id.empty() ? 1 : 0;
   stats.running_jobs = static_cast<int>(running_.size());
+  for (const auto& [id, worker] : sessions_) stats.draining_workers += worker.draining ? 1 : 0;
   stats.plans_sent = plans_sent_;
   stats.reports_received = reports_received_;
   return stats;

@@ -5,8 +5,19 @@
 //
 // The Cluster does no I/O of its own besides the JobStore: it talks to each worker through a
 // WorkerLink (ControlServiceImpl's is a gRPC stream's outbox), so its logic is the same whether
-// the link is a real stream or a test's. One mutex guards everything; no call blocks while
-// holding it except the store's SQLite writes, which are batched (one transaction per flush).
+// the link is a real stream or a test's. One mutex guards everything. SQLite writes happen under
+// it (state changes, worker records, checkpoint commits, summaries before a commit) except the
+// periodic summary batch, which Tick writes without it (see Tick).
+//
+// Scheduling runs once per event: the handlers of an event (a lost worker, a finished job) only
+// mark that placement may have changed, and each public entry point schedules at its end, so a
+// decision never runs inside another's loop.
+//
+// Faults and what answers them: a worker silent past its lease is dropped (Tick); a rank that
+// heartbeats but stops making progress fails its group (ProgressWatchdog, Tick); a worker is
+// placed again only once it says its job thread has ended (Heartbeat.job_id empty) and it has
+// been heard from recently; a job the store shows RUNNING without a group here (a state write
+// that failed) is moved back to RECOVERING (Tick's reconciliation).
 #pragma once
 
 #include <chrono>
@@ -15,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -24,6 +36,8 @@
 #include "absl/synchronization/mutex.h"
 #include "common/metrics.h"
 #include "coordinator/job_service.h"
+#include "coordinator/progress_watchdog.h"
+#include "coordinator/rank_votes.h"
 #include "coordinator/step_planner.h"
 #include "coordinator/store/job_store.h"
 #include "raptr/v1/control.pb.h"
@@ -54,6 +68,10 @@ struct ClusterOptions {
   std::string checkpoint_root = "runs/checkpoints";
   // A job fails after this many recoveries in a row without committing a new checkpoint.
   int max_recoveries_without_progress = 3;
+  // Progress deadlines of running ranks (see progress_watchdog.h).
+  ProgressWatchdogOptions progress;
+  // How often Tick compares the store's RUNNING jobs with the groups it runs.
+  double reconcile_seconds = 5.0;
 };
 
 // Counts for logs, tests and metrics.
@@ -61,6 +79,7 @@ struct ClusterStats {
   int workers = 0;       // Connected.
   int idle_workers = 0;  // Connected and not in a group.
   int running_jobs = 0;  // With a group.
+  int draining_workers = 0;  // Connected, out of a group, job thread not yet reported ended.
   int64_t plans_sent = 0;
   int64_t reports_received = 0;
 };
@@ -78,9 +97,11 @@ class Cluster final : public JobLifecycleListener {
   // before serving.
   absl::Status RecoverJobsFromStore();
 
-  // A worker's session began with `hello`. Validates it (INVALID_ARGUMENT naming the field), and
-  // replaces an older session of the same worker_id (closed with ABORTED; its job recovers).
-  // Sends Welcome on `link`. Returns the session id the other calls take.
+  // A worker's session began with `hello`. Validates it (INVALID_ARGUMENT naming the field).
+  // An older session of the same worker_id is replaced (closed with ABORTED; its job recovers)
+  // when it is the same instance reconnecting or has been silent for half its lease; otherwise
+  // ALREADY_EXISTS (another process uses the id). Sends Welcome on `link`. Returns the session id
+  // the other calls take.
   absl::StatusOr<int64_t> Connect(const v1::Hello& hello, std::shared_ptr<WorkerLink> link);
   // A message of the session (anything but Hello). Errors end the session.
   absl::Status Receive(int64_t session, const v1::WorkerMessage& message);
@@ -100,7 +121,9 @@ class Cluster final : public JobLifecycleListener {
   absl::StatusOr<std::string> KvGet(const v1::KvGetRequest& request,
                                     std::chrono::system_clock::time_point deadline);
 
-  // Tells every worker to exit (Shutdown) and closes their sessions; flushes the store.
+  // Closes every session (workers reconnect to the next coordinator) and flushes the store. Jobs
+  // stay RUNNING in the store; this is not a failure of theirs, so no recovery is counted: the
+  // next coordinator resumes them from their last committed checkpoint.
   void Shutdown(const std::string& reason);
 
   // Declares the coordinator's metrics in `registry` (which must outlive the Cluster); events
@@ -114,11 +137,16 @@ class Cluster final : public JobLifecycleListener {
  private:
   struct Worker {
     int64_t session = 0;
+    uint64_t token = 0;  // Welcome.session_token
     v1::Hello hello;
     std::shared_ptr<WorkerLink> link;
     double last_seen = 0;  // steady seconds
-    std::string job_id;    // empty when idle
+    std::string job_id;    // empty when not in a group
     int rank = -1;
+    // Out of its group, but its job thread has not been reported ended yet (Heartbeat): not
+    // placed until it is.
+    bool draining = false;
+    std::string draining_job;
     double last_report = 0;        // steady seconds of its last StepReport; 0: none yet
     double tokens_per_second = 0;  // smoothed over its recent steps
   };
@@ -134,14 +162,14 @@ class Cluster final : public JobLifecycleListener {
     double seconds = 0;  // slowest rank
   };
   struct EvalAggregate {
-    int results = 0;
+    RankVotes votes;
     double loss_sum = 0;
     int64_t targets = 0;
     int32_t batches = 0;
     double seconds = 0;
   };
   struct CheckpointAggregate {
-    int answers = 0;
+    RankVotes votes;
     std::string path;  // rank 0's
     std::optional<uint64_t> digest;
     bool diverged = false;
@@ -154,7 +182,8 @@ class Cluster final : public JobLifecycleListener {
     int64_t generation = 0;
     std::vector<int64_t> members;  // session ids by rank
     int64_t next_plan = 0;         // the next step whose plan is not sent yet
-    std::vector<int64_t> done;     // per rank: steps completed (next step to run)
+    std::vector<int64_t> next_step_by_rank;  // per rank: steps completed (the next to run)
+    std::optional<ProgressWatchdog> watchdog;
     std::map<int64_t, StepAggregate> steps;
     std::map<int64_t, EvalAggregate> evals;
     std::map<int64_t, CheckpointAggregate> checkpoints;
@@ -180,8 +209,16 @@ class Cluster final : public JobLifecycleListener {
 
   static double Now();
 
-  // Assigns waiting jobs to idle workers. REQUIRES: mu_.
+  // Assigns waiting jobs to idle workers. Only the public entry points call it (at their end,
+  // through ScheduleIfNeeded); handlers mark schedule_needed_ instead.
   void Schedule() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ScheduleIfNeeded() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether `worker` can be given an assignment now.
+  bool Placeable(const Worker& worker, double now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Fails the groups whose ranks stopped making progress.
+  void CheckProgress(double now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves jobs the store shows RUNNING but that have no group here back to RECOVERING.
+  void Reconcile() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Forms a group of `sessions` for `job` and sends the assignments and first plans.
   void StartGroup(const v1::Job& job, std::vector<int64_t> sessions)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -189,11 +226,14 @@ class Cluster final : public JobLifecycleListener {
   void SendPlans(RunningJob& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SendToGroup(const RunningJob& run, const v1::CoordinatorMessage& message)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Ends a group: Abort to its remaining members, which become idle; drops the job's keys.
-  void EndGroup(RunningJob& run, const std::string& reason, bool abort_members)
+  // Ends a group: tells its remaining members (Abort with `reason`, or Release when the job
+  // succeeded), which leave it and drain until their job threads end; drops the job's keys.
+  enum class GroupEnd { kAbort, kRelease };
+  void EndGroup(RunningJob& run, GroupEnd how, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The group failed: back to RECOVERING (or FAILED) and scheduled again from its checkpoint.
-  void FailGroup(const std::string& job_id, const std::string& reason, bool retryable)
+  // Takes the id by value: callers pass the RunningJob's own, which this erases.
+  void FailGroup(std::string job_id, const std::string& reason, bool retryable)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static std::vector<std::pair<std::string, std::vector<StepSummaryRecord>>> ToStoreBatch(
       const SummaryBatch& batch);
@@ -203,14 +243,15 @@ class Cluster final : public JobLifecycleListener {
   void RestoreUnflushed(SummaryBatch batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes every job's unflushed summaries in one transaction, holding mu_ (Shutdown).
   void Flush() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void FlushJob(RunningJob& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The job finished its last step, evaluation and checkpoint: SUCCEEDED and Release.
-  void MaybeFinish(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status FlushJob(RunningJob& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The job finished its last step, evaluation and checkpoint: SUCCEEDED and Release. By value,
+  // as FailGroup.
+  void MaybeFinish(std::string job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropSession(int64_t session, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Validates a message's (job, generation, rank) against the session's group. nullptr when it
   // is a straggler of an ended generation (to be ignored).
-  absl::StatusOr<RunningJob*> GroupOf(int64_t session, const std::string& job_id,
-                                      int64_t generation) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  RunningJob* GroupOf(int64_t session, const std::string& job_id, int64_t generation)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Status OnStepReport(int64_t session, const v1::StepReport& report)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -220,6 +261,11 @@ class Cluster final : public JobLifecycleListener {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void OnWorkerError(int64_t session, const v1::WorkerError& error)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OnHeartbeat(Worker& worker, const v1::Heartbeat& heartbeat)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether (worker_id, token) names a current session that is a member of the job's generation.
+  bool IsMember(const std::string& job_id, int64_t generation, const std::string& worker_id,
+                uint64_t token) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Logs a line to stderr with a timestamp.
   static void Log(const std::string& line);
@@ -239,6 +285,10 @@ class Cluster final : public JobLifecycleListener {
   // (job id, generation) -> keys.
   std::map<std::pair<std::string, int64_t>, KvSpace> kv_ ABSL_GUARDED_BY(mu_);
   double last_flush_ ABSL_GUARDED_BY(mu_) = 0;
+  double last_reconcile_ ABSL_GUARDED_BY(mu_) = 0;
+  double last_tick_ ABSL_GUARDED_BY(mu_) = 0;
+  std::mt19937_64 tokens_ ABSL_GUARDED_BY(mu_){std::random_device{}()};
+  bool schedule_needed_ ABSL_GUARDED_BY(mu_) = false;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   int64_t plans_sent_ ABSL_GUARDED_BY(mu_) = 0;
   // Metric families (null until ExportMetrics).

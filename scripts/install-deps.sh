@@ -12,6 +12,8 @@ PACKAGES=(
   libgloo-dev libsqlite3-dev libsentencepiece-dev sentencepiece libyaml-cpp-dev nlohmann-json3-dev
   python3 python3-torch python3-numpy
   libtcmalloc-minimal4
+  libcpp-httplib-dev  # the HTTP endpoints (/metrics, /healthz)
+  clang-14 libclang-rt-14-dev  # sanitizer builds (ASan, UBSan, TSan), -Wthread-safety, libFuzzer
   prometheus  # promtool and the server the monitoring tests scrape with
 )
 

@@ -15,10 +15,12 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <deque>
 #include <memory>
 #include <optional>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -68,11 +70,12 @@ void Log(const std::string& line) {
 class CoordinatorStore final : public gloo::rendezvous::Store {
  public:
   CoordinatorStore(v1::ControlService::Stub* stub, std::string job_id, int64_t generation,
-                   std::string worker_id, std::chrono::milliseconds timeout)
+                   std::string worker_id, uint64_t session_token, std::chrono::milliseconds timeout)
       : stub_(stub),
         job_id_(std::move(job_id)),
         generation_(generation),
         worker_id_(std::move(worker_id)),
+        session_token_(session_token),
         timeout_(timeout) {}
 
   void set(const std::string& key, const std::vector<char>& data) override {
@@ -80,6 +83,7 @@ class CoordinatorStore final : public gloo::rendezvous::Store {
     request.set_job_id(job_id_);
     request.set_generation(generation_);
     request.set_worker_id(worker_id_);
+    request.set_session_token(session_token_);
     request.set_key(key);
     request.set_value(std::string(data.begin(), data.end()));
     grpc::ClientContext context;
@@ -107,6 +111,7 @@ class CoordinatorStore final : public gloo::rendezvous::Store {
     request.set_job_id(job_id_);
     request.set_generation(generation_);
     request.set_worker_id(worker_id_);
+    request.set_session_token(session_token_);
     request.set_key(key);
     request.set_wait(true);
     request.set_timeout_seconds(std::chrono::duration<double>(timeout).count());
@@ -125,6 +130,7 @@ class CoordinatorStore final : public gloo::rendezvous::Store {
   const std::string job_id_;
   const int64_t generation_;
   const std::string worker_id_;
+  const uint64_t session_token_;
   const std::chrono::milliseconds timeout_;
 };
 
@@ -200,18 +206,20 @@ class JobRunner {
  public:
   JobRunner(v1::Assignment assignment, Connection* connection, v1::ControlService::Stub* stub,
             const AgentOptions& options, std::string worker_id, std::string host,
-            ProcessMetrics* metrics)
+            uint64_t session_token, ProcessMetrics* metrics)
       : metrics_(metrics),
         assignment_(std::move(assignment)),
         connection_(connection),
         stub_(stub),
         options_(options),
         worker_id_(std::move(worker_id)),
-        host_(std::move(host)) {}
+        host_(std::move(host)),
+        session_token_(session_token) {}
 
+  // REQUIRES: the thread has finished (finished()), or was never started: the session never
+  // joins a job thread that may be stuck (see StopRunner).
   ~JobRunner() {
-    Abort();
-    Join();
+    if (thread_.joinable()) thread_.join();
   }
 
   void Start() {
@@ -221,12 +229,23 @@ class JobRunner {
     absl::MutexLock lock(&mu_);
     queue_.push_back(message);
   }
+  // Stops the job from any thread: the queue ends, and the communicator is torn down so a
+  // collective blocked on a peer returns at once. Idempotent.
   void Abort() {
     absl::MutexLock lock(&mu_);
+    if (!aborted_) aborted_at_ = Now();
     aborted_ = true;
+    if (group_ != nullptr) group_->Abort();
   }
-  void Join() {
-    if (thread_.joinable()) thread_.join();
+  // Waits up to `seconds` for the job thread to end; true when it has.
+  bool WaitFinished(double seconds) {
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(&finished_locked_), absl::Seconds(seconds));
+  }
+  // Seconds since Abort(), or 0 when not aborted.
+  double SecondsSinceAbort() {
+    absl::MutexLock lock(&mu_);
+    return aborted_ ? Now() - aborted_at_ : 0;
   }
   bool finished() const { return finished_.load(); }
   const std::string& job_id() const { return assignment_.job_id(); }
@@ -250,6 +269,12 @@ class JobRunner {
     absl::MutexLock lock(&mu_);
     return aborted_;
   }
+  // The group Abort() tears down; null outside collectives' lifetime.
+  void SetGroup(GlooGroup* group) {
+    absl::MutexLock lock(&mu_);
+    group_ = group;
+    if (group_ != nullptr && aborted_) group_->Abort();
+  }
 
   void Run() {
     const std::vector<std::string> info = {job_id(), std::to_string(assignment_.rank()),
@@ -259,7 +284,8 @@ class JobRunner {
     if (metrics_ != nullptr) metrics_->job_info->Remove(info);
     // The group is torn down (the Gloo group died with RunJob's scope) before the error goes
     // out, so peers blocked in a collective with this rank fail fast too.
-    if (!status.ok() && !aborted()) {
+    const bool was_aborted = aborted();
+    if (!status.ok() && !was_aborted) {
       Log(absl::StrCat(job_id(), " failed at step ", current_step_, ": ", status.ToString()));
       v1::WorkerMessage message;
       v1::WorkerError* error = message.mutable_error();
@@ -277,7 +303,16 @@ class JobRunner {
           code != absl::StatusCode::kUnimplemented && code != absl::StatusCode::kResourceExhausted);
       connection_->Write(message);
     }
-    finished_.store(true);
+    {
+      absl::MutexLock lock(&mu_);
+      finished_locked_ = true;
+      finished_.store(true);
+    }
+    // Free now, not at the next heartbeat: the coordinator places a worker again only once it
+    // has said its job thread ended.
+    v1::WorkerMessage idle;
+    idle.mutable_heartbeat()->set_step(-1);
+    connection_->Write(idle);
   }
 
   absl::Status RunJob() {
@@ -304,9 +339,15 @@ class JobRunner {
     if (world > 1) {
       const auto timeout = std::chrono::milliseconds(
           static_cast<int64_t>(options_.collective_timeout_seconds * 1000));
-      CoordinatorStore store(stub_, job_id(), generation(), worker_id_, timeout);
+      CoordinatorStore store(stub_, job_id(), generation(), worker_id_, session_token_, timeout);
       ASSIGN_OR_RETURN(group, GlooGroup::Connect(store, rank, world, host_, timeout));
+      SetGroup(group.get());
     }
+    // The group outlives every use; Abort() must not reach it once it is gone.
+    struct ClearGroup {
+      JobRunner* runner;
+      ~ClearGroup() { runner->SetGroup(nullptr); }
+    } clear_group{this};
     const int L = config.model.num_layers;
     double last_log = Now();
     int64_t steps_since_log = 0;
@@ -325,6 +366,10 @@ class JobRunner {
         if (plan.step() == options_.crash_at_step) {
           Log(absl::StrCat("--crash-at-step ", plan.step(), ": dying now"));
           _exit(3);
+        }
+        if (plan.step() == options_.hang_at_step && generation() == 1) {
+          Log(absl::StrCat("--hang-at-step ", plan.step(), ": hanging (ignoring aborts)"));
+          while (true) std::this_thread::sleep_for(std::chrono::hours(1));
         }
         ASSIGN_OR_RETURN(StepOutcome step, session->RunStep(input, group.get()));
         v1::StepReport* report = out.mutable_step_report();
@@ -463,10 +508,14 @@ class JobRunner {
   const AgentOptions options_;
   const std::string worker_id_;
   const std::string host_;
+  const uint64_t session_token_;
   std::thread thread_;
   absl::Mutex mu_;
   std::deque<v1::CoordinatorMessage> queue_ ABSL_GUARDED_BY(mu_);
   bool aborted_ ABSL_GUARDED_BY(mu_) = false;
+  double aborted_at_ ABSL_GUARDED_BY(mu_) = 0;
+  GlooGroup* group_ ABSL_GUARDED_BY(mu_) = nullptr;
+  bool finished_locked_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> finished_{false};
   std::atomic<int64_t> last_step_{-1};
   int64_t current_step_ = -1;  // the job thread's own
@@ -487,6 +536,7 @@ class Agent {
       : options_(options),
         worker_id_(std::move(worker_id)),
         host_(std::move(host)),
+        instance_id_(NewInstanceId()),
         metrics_(metrics) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
@@ -561,6 +611,7 @@ class Agent {
     hello->set_cpu_threads(omp_get_max_threads());
     hello->set_host(host_);
     hello->set_version(kVersion);
+    hello->set_instance_id(instance_id_);
     v1::CoordinatorMessage message;
     if (!connection.Write(hello_message) || !connection.stream->Read(&message) ||
         !message.has_welcome()) {
@@ -571,9 +622,15 @@ class Agent {
         Log(absl::StrCat("the coordinator refused this worker: ", status.error_message()));
         return SessionEnd::kRejected;
       }
+      if (status.error_code() == grpc::ALREADY_EXISTS) {
+        // Another process holds this id; it may be our own previous incarnation whose session
+        // the coordinator has not dropped yet. Retry with backoff.
+        Log(absl::StrCat("the coordinator refused this session for now: ", status.error_message()));
+      }
       return SessionEnd::kUnreachable;
     }
     const double heartbeat = message.welcome().heartbeat_interval_seconds();
+    const uint64_t session_token = message.welcome().session_token();
     Log(absl::StrCat("connected to ", options_.coordinator, " as ", worker_id_, " (",
                      omp_get_max_threads(), " threads)"));
 
@@ -592,6 +649,10 @@ class Agent {
         v1::WorkerMessage beat;
         {
           absl::MutexLock lock(&runner_mu_);
+          if (runner != nullptr && !runner->finished() &&
+              runner->SecondsSinceAbort() > options_.abort_timeout_seconds) {
+            RestartStuck(*runner);
+          }
           if (runner != nullptr && !runner->finished()) {
             beat.mutable_heartbeat()->set_job_id(runner->job_id());
             beat.mutable_heartbeat()->set_generation(runner->generation());
@@ -618,9 +679,12 @@ class Agent {
           absl::MutexLock lock(&runner_mu_);
           old = std::move(runner);
         }
-        old.reset();  // aborts and joins a previous job, if one is still winding down
+        // The coordinator assigns only once this worker said its last job thread ended, so this
+        // returns at once; a thread still running is aborted, and if stuck the process restarts.
+        StopRunner(std::move(old));
         auto next = std::make_unique<JobRunner>(message.assignment(), &connection, stub_.get(),
-                                                options_, worker_id_, host_, metrics_);
+                                                options_, worker_id_, host_, session_token,
+                                                metrics_);
         next->Start();
         ran_job = true;
         absl::MutexLock lock(&runner_mu_);
@@ -662,15 +726,15 @@ class Agent {
       }
     }
     if (ran_job && options_.exit_after_job && end == SessionEnd::kEnded) end = SessionEnd::kJobDone;
-    // Let a released job finish its queue (it ends at the Release); abort anything else.
+    // Let a released job finish its queue (it ends at the Release); abort anything else. Either
+    // way the wait is bounded: a job thread that does not end restarts the process.
     std::unique_ptr<JobRunner> last;
     {
       absl::MutexLock lock(&runner_mu_);
       last = std::move(runner);
     }
-    if (last != nullptr && end != SessionEnd::kJobDone) last->Abort();
-    if (last != nullptr) last->Join();
-    last.reset();
+    if (last != nullptr && end == SessionEnd::kJobDone) last->WaitFinished(kReleaseSeconds);
+    StopRunner(std::move(last));
     {
       absl::MutexLock lock(&heartbeat_mu);
       session_done = true;
@@ -691,9 +755,48 @@ class Agent {
     current_ = nullptr;
   }
 
+  // Aborts `runner` and waits (bounded) for its thread to end; restarts the process if it does
+  // not. Never blocks on a stuck thread for longer than the abort timeout.
+  void StopRunner(std::unique_ptr<JobRunner> runner) {
+    if (runner == nullptr) return;
+    runner->Abort();
+    if (!runner->WaitFinished(options_.abort_timeout_seconds)) RestartStuck(*runner);
+    runner.reset();  // joins a thread that has ended
+  }
+
+  // A job thread did not end within the abort timeout: this process cannot be trusted to run
+  // another job (the thread holds memory, threads, perhaps the device). Start afresh: execv of
+  // the same binary with the same arguments (a new instance, which reconnects), or exit when
+  // that is not possible, for the supervisor to restart.
+  [[noreturn]] void RestartStuck(JobRunner& runner) {
+    Log(absl::StrFormat("%s generation %d: the job thread has not stopped %.1f s after its abort; "
+                        "restarting this worker process",
+                        runner.job_id(), runner.generation(), runner.SecondsSinceAbort()));
+    std::fflush(stderr);
+    if (!options_.argv.empty()) {
+      std::vector<char*> args;
+      for (const std::string& arg : options_.argv) args.push_back(const_cast<char*>(arg.c_str()));
+      args.push_back(nullptr);
+      execv("/proc/self/exe", args.data());
+      Log(absl::StrCat("execv failed: ", std::strerror(errno), "; exiting"));
+    }
+    _exit(kStuckExitCode);
+  }
+
+  static std::string NewInstanceId() {
+    std::random_device random;
+    return absl::StrFormat("%08x%08x", random(), random());
+  }
+
+  // A released job's thread ends at the Release message; this bounds that wait.
+  static constexpr double kReleaseSeconds = 60;
+  // Exit status when a stuck job thread cannot be escaped by execv.
+  static constexpr int kStuckExitCode = 70;
+
   const AgentOptions options_;
   const std::string worker_id_;
   const std::string host_;
+  const std::string instance_id_;
   ProcessMetrics* const metrics_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::ControlService::Stub> stub_;
@@ -791,8 +894,14 @@ int RunServe(int argc, char** argv) {
   flags.Define("metrics-listen", defaults.metrics_listen,
                "HOST:PORT serving Prometheus /metrics and /healthz; port 0 picks a free port; "
                "empty: off");
+  flags.Define("abort-timeout", "10",
+               "seconds an aborted job's thread may take to stop before the worker restarts its "
+               "own process");
   flags.Define("crash-at-step", "-1",
                "testing: die abruptly before running this 0-based step (-1: never)");
+  flags.Define("hang-at-step", "-1",
+               "testing: in a job's first generation, hang before this 0-based step, ignoring "
+               "aborts while heartbeats go on (-1: never)");
   flags.Define("help", "false", "print this help");
   if (absl::Status parsed = flags.Parse(argc, argv, 2); !parsed.ok()) {
     std::fprintf(stderr, "raptr-worker serve: %s\n\n%s%s", std::string(parsed.message()).c_str(),
@@ -812,24 +921,29 @@ int RunServe(int argc, char** argv) {
   absl::StatusOr<int> threads = flags.GetInt32("threads");
   absl::StatusOr<double> connect = flags.GetDouble("connect-timeout");
   absl::StatusOr<double> collective = flags.GetDouble("collective-timeout");
-  absl::StatusOr<double> crash = flags.GetDouble("crash-at-step");
-  for (const absl::Status& s :
-       {threads.status(), connect.status(), collective.status(), crash.status()}) {
+  absl::StatusOr<int64_t> crash = flags.GetInt("crash-at-step");
+  absl::StatusOr<int64_t> hang = flags.GetInt("hang-at-step");
+  absl::StatusOr<double> abort_timeout = flags.GetDouble("abort-timeout");
+  for (const absl::Status& s : {threads.status(), connect.status(), collective.status(),
+                                crash.status(), hang.status(), abort_timeout.status()}) {
     if (!s.ok()) {
       std::fprintf(stderr, "raptr-worker serve: %s\n", std::string(s.message()).c_str());
       return 2;
     }
   }
-  if (*threads < 0 || *connect < 0 || !(*collective > 0)) {
+  if (*threads < 0 || *connect < 0 || !(*collective > 0) || !(*abort_timeout > 0)) {
     std::fprintf(stderr,
-                 "raptr-worker serve: need --threads >= 0, --connect-timeout >= 0 and "
-                 "--collective-timeout > 0\n");
+                 "raptr-worker serve: need --threads >= 0, --connect-timeout >= 0, "
+                 "--collective-timeout > 0 and --abort-timeout > 0\n");
     return 2;
   }
   options.threads = *threads;
   options.connect_timeout_seconds = *connect;
   options.collective_timeout_seconds = *collective;
-  options.crash_at_step = static_cast<int64_t>(*crash);
+  options.crash_at_step = *crash;
+  options.hang_at_step = *hang;
+  options.abort_timeout_seconds = *abort_timeout;
+  options.argv.assign(argv, argv + argc);
   return RunAgent(options);
 }
 

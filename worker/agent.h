@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace raptr {
 
@@ -16,13 +17,23 @@ struct AgentOptions {
   double connect_timeout_seconds = 0;
   double max_backoff_seconds = 10;
   // Bound on Gloo's rendezvous and on each collective: a peer that stops without closing its
-  // connections fails the step after this long.
+  // connections fails the step after this long (unless the coordinator aborts the group first,
+  // which tears the collective down at once).
   double collective_timeout_seconds = 300;
+  // A job thread that has not ended this long after its abort is stuck (in a kernel, a read, a
+  // collective Gloo cannot interrupt): the worker restarts its own process (execv of the same
+  // binary and arguments) rather than keep serving with it.
+  double abort_timeout_seconds = 10;
   // Exit (status 0) after the first assignment ends, however it ends (tests, batch systems).
   bool exit_after_job = false;
   // Fault injection for recovery tests: the process dies (_exit(3), no goodbye, like a kill -9)
   // just before running this 0-based step. -1: never.
   int64_t crash_at_step = -1;
+  // Fault injection for hang tests: in a job's first generation, the job thread hangs (ignoring
+  // aborts, while heartbeats go on) just before this 0-based step. -1: never.
+  int64_t hang_at_step = -1;
+  // The process's command line, for the restart after a stuck job (empty: exit instead).
+  std::vector<std::string> argv;
   // HOST:PORT of the Prometheus /metrics endpoint; port 0 picks a free one; empty: none.
   std::string metrics_listen = "127.0.0.1:9402";
 };

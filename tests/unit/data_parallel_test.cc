@@ -193,5 +193,43 @@ TEST(DataParallel, LostPeerFailsTheCollectiveInsteadOfHanging) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20));
 }
 
+// A peer that stops without closing its sockets (SIGSTOP, a hang) leaves the others blocked in the
+// collective until its timeout; Abort() from another thread (the agent's session thread, told by
+// the coordinator that the group is gone) must end that wait at once.
+TEST(DataParallel, AbortEndsACollectiveBlockedOnASilentPeer) {
+  gloo::rendezvous::HashStore store;
+  std::atomic<bool> release_peer{false};
+  absl::Status peer_status;
+  std::thread peer([&] {
+    absl::StatusOr<std::unique_ptr<GlooGroup>> group =
+        GlooGroup::Connect(store, 1, 2, "127.0.0.1", std::chrono::seconds(60));
+    peer_status = group.status();
+    // Connected, then silent: never enters the all-reduce, keeps its sockets open.
+    while (!release_peer.load()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  });
+  absl::StatusOr<std::unique_ptr<GlooGroup>> group =
+      GlooGroup::Connect(store, 0, 2, "127.0.0.1", std::chrono::seconds(60));
+  ASSERT_TRUE(group.ok()) << group.status();
+  std::vector<float> data(1 << 16, 1.0f);
+  absl::Status reduced;
+  std::chrono::steady_clock::time_point returned;
+  std::thread reducer([&] {
+    reduced = (*group)->AllReduceSum(data.data(), data.size());
+    returned = std::chrono::steady_clock::now();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // blocked in the collective now
+  const auto aborted = std::chrono::steady_clock::now();
+  (*group)->Abort();
+  reducer.join();
+  release_peer.store(true);
+  peer.join();
+  ASSERT_TRUE(peer_status.ok()) << peer_status;
+  EXPECT_EQ(reduced.code(), absl::StatusCode::kAborted) << reduced;
+  // The collective's own timeout is 60 s; the abort must not wait for it.
+  EXPECT_LT(returned - aborted, std::chrono::seconds(5));
+  // Every later collective fails at once too.
+  EXPECT_EQ((*group)->AllReduceSum(data.data(), data.size()).code(), absl::StatusCode::kAborted);
+}
+
 }  // namespace
 }  // namespace raptr

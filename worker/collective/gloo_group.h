@@ -1,6 +1,7 @@
 // GlooGroup: a data-parallel group's collectives over Gloo's TCP transport, for CPU workers.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -36,6 +37,13 @@ class GlooGroup final : public GradientReducer {
   // replicas that apply the same update stay identical.
   absl::Status AllReduceSum(float* data, size_t count) override;
 
+  // Tears the group down from any thread: closes every connection, so a collective blocked on a
+  // peer that stopped without closing its sockets (SIGSTOP, a hang) returns ABORTED at once
+  // instead of waiting for the timeout, and so do the peers still blocked with this rank. Every
+  // later collective fails with ABORTED. Idempotent.
+  void Abort();
+  bool aborted() const { return aborted_.load(); }
+
   int rank() const { return rank_; }
   int size() const { return size_; }
   // Bytes all-reduced so far (the payload, not the ring's traffic).
@@ -44,11 +52,13 @@ class GlooGroup final : public GradientReducer {
  private:
   GlooGroup(std::shared_ptr<gloo::Context> context, int rank, int size,
             std::chrono::milliseconds timeout);
+  absl::Status AbortedError(size_t count) const;
 
   std::shared_ptr<gloo::Context> context_;
   int rank_;
   int size_;
   std::chrono::milliseconds timeout_;
+  std::atomic<bool> aborted_{false};
   uint32_t tag_ = 0;
   int64_t bytes_reduced_ = 0;
 };
