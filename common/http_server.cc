@@ -1,15 +1,16 @@
-// A minimal HTTP/1.1 server for metrics (see http_server.h).
+// HttpServer over cpp-httplib (see http_server.h).
 #include "common/http_server.h"
 
 #include <arpa/inet.h>
+#include <httplib.h>
 #include <netdb.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <set>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -18,132 +19,173 @@
 namespace raptr {
 namespace {
 
-constexpr size_t kMaxRequestHead = 8192;
-constexpr int kRequestTimeoutMs = 5000;
+// The limits that keep one client from stalling the others (see http_server.h).
+constexpr size_t kThreads = 4;
+constexpr time_t kKeepAliveTimeoutSeconds = 2;
+constexpr size_t kKeepAliveMaxRequests = 5;
+constexpr time_t kReadTimeoutSeconds = 3;
+constexpr time_t kWriteTimeoutSeconds = 3;
+// Only GET and HEAD are served; a request body is read (up to this) and dropped only so that a
+// keep-alive connection stays in step after a 405.
+constexpr size_t kMaxRequestBody = 64 * 1024;
 
-void WriteAll(int fd, const std::string& data) {
-  size_t done = 0;
-  while (done < data.size()) {
-    const ssize_t n = send(fd, data.data() + done, data.size() - done, MSG_NOSIGNAL);
-    if (n <= 0) return;  // the client went away; nothing to do
-    done += static_cast<size_t>(n);
+struct ListenAddress {
+  std::string host;
+  int port = 0;
+};
+
+absl::StatusOr<ListenAddress> ParseAddress(const std::string& address) {
+  const absl::Status malformed = absl::InvalidArgumentError(
+      absl::StrCat("address must be HOST:PORT (an IPv6 HOST in brackets, e.g. [::1]:9401), got \"",
+                   address, "\""));
+  const size_t colon = address.rfind(':');
+  ListenAddress parsed;
+  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &parsed.port) ||
+      parsed.port < 0 || parsed.port > 65535) {
+    return malformed;
   }
+  parsed.host = address.substr(0, colon);
+  if (!parsed.host.empty() && parsed.host.front() == '[') {
+    if (parsed.host.back() != ']') return malformed;
+    parsed.host = parsed.host.substr(1, parsed.host.size() - 2);
+    in6_addr unused;
+    if (inet_pton(AF_INET6, parsed.host.c_str(), &unused) != 1) return malformed;
+  } else if (parsed.host.find_first_of(":[]") != std::string::npos) {
+    return malformed;
+  }
+  if (parsed.host.empty()) parsed.host = "0.0.0.0";
+  return parsed;
 }
 
-std::string Response(int code, const char* reason, const std::string& content_type,
-                     const std::string& body, bool head_only) {
-  return absl::StrCat("HTTP/1.1 ", code, " ", reason, "\r\nContent-Type: ", content_type,
-                      "\r\nContent-Length: ", body.size(), "\r\nConnection: close\r\n\r\n",
-                      head_only ? "" : body);
+// The numeric address to bind for `host`: its first IPv4 address if it has one (so "localhost"
+// keeps meaning 127.0.0.1), else its first address.
+absl::StatusOr<std::string> NumericHost(const std::string& host) {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* resolved = nullptr;
+  if (const int error = getaddrinfo(host.c_str(), nullptr, &hints, &resolved); error != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot resolve host \"", host, "\": ", gai_strerror(error)));
+  }
+  const addrinfo* chosen = resolved;
+  for (const addrinfo* a = resolved; a != nullptr; a = a->ai_next) {
+    if (a->ai_family == AF_INET) {
+      chosen = a;
+      break;
+    }
+  }
+  char numeric[NI_MAXHOST];
+  const int error = getnameinfo(chosen->ai_addr, chosen->ai_addrlen, numeric, sizeof(numeric),
+                                nullptr, 0, NI_NUMERICHOST);
+  freeaddrinfo(resolved);
+  if (error != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot resolve host \"", host, "\": ", gai_strerror(error)));
+  }
+  return std::string(numeric);
+}
+
+void MethodNotAllowed(const httplib::Request&, httplib::Response& response) {
+  response.status = 405;
+  response.set_header("Allow", "GET, HEAD");
+  response.set_content("only GET and HEAD are served\n", "text/plain");
 }
 
 }  // namespace
 
+HttpServer::HttpServer() = default;
+
 HttpServer::~HttpServer() { Stop(); }
 
 void HttpServer::Handle(const std::string& path, const std::string& content_type, Handler handler) {
-  routes_[path] = Route{content_type, std::move(handler)};
+  Route& route = routes_[path];
+  route.content_type = content_type;
+  route.handler = std::move(handler);
 }
 
 absl::StatusOr<int> HttpServer::Start(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  int port = 0;
-  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
-      port < 0 || port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("metrics address must be HOST:PORT, got \"", address, "\""));
+  if (server_ != nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("already serving; cannot start on ", address));
   }
-  std::string host = address.substr(0, colon);
-  if (host.empty()) host = "0.0.0.0";
-  addrinfo hints{};
-  hints.ai_family = AF_INET;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE;
-  addrinfo* resolved = nullptr;
-  if (getaddrinfo(host.c_str(), nullptr, &hints, &resolved) != 0 || resolved == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot resolve metrics host \"", host, "\""));
+  absl::StatusOr<ListenAddress> parsed = ParseAddress(address);
+  if (!parsed.ok()) return parsed.status();
+  absl::StatusOr<std::string> host = NumericHost(parsed->host);
+  if (!host.ok()) return host.status();
+
+  auto server = std::make_unique<httplib::Server>();
+  server->new_task_queue = [] { return new httplib::ThreadPool(kThreads); };
+  server->set_keep_alive_timeout(kKeepAliveTimeoutSeconds);
+  server->set_keep_alive_max_count(kKeepAliveMaxRequests);
+  server->set_read_timeout(kReadTimeoutSeconds);
+  server->set_write_timeout(kWriteTimeoutSeconds);
+  server->set_payload_max_length(kMaxRequestBody);
+  // Replaces httplib's default SO_REUSEPORT, with which a second server on a taken port would
+  // bind silently and take half the scrapes.
+  server->set_socket_options([](socket_t fd) {
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  });
+  // Every request is answered here, by exact path, except one with a body to a known path:
+  // answering that here would leave its body unread, to be parsed as the next request on the
+  // connection, so it goes on to httplib's routing, which reads the body (up to kMaxRequestBody)
+  // and then calls the 405 handlers below. (httplib 0.11 reads a body only for these methods, and
+  // until the connection closes when neither Content-Length nor Transfer-Encoding is sent.)
+  server->set_pre_routing_handler([this](const httplib::Request& request,
+                                         httplib::Response& response) {
+    static const std::set<std::string> kMethodsWithBodyRead = {"POST", "PUT", "PATCH", "DELETE"};
+    const auto route = routes_.find(request.path);
+    if (route == routes_.end()) {
+      response.status = 404;
+      response.set_content("not found\n", "text/plain");
+    } else if (request.method == "GET" || request.method == "HEAD") {
+      {
+        absl::MutexLock lock(&route->second.mu);
+        response.body = route->second.handler();
+      }
+      response.set_header("Content-Type", route->second.content_type);
+    } else if (kMethodsWithBodyRead.count(request.method) != 0 &&
+               (request.has_header("Content-Length") || request.has_header("Transfer-Encoding"))) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    } else {
+      MethodNotAllowed(request, response);
+    }
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  const httplib::Server::Handler method_not_allowed = MethodNotAllowed;
+  server->Post(".*", method_not_allowed);
+  server->Put(".*", method_not_allowed);
+  server->Patch(".*", method_not_allowed);
+  server->Delete(".*", method_not_allowed);
+
+  errno = 0;
+  const int port = parsed->port == 0
+                       ? server->bind_to_any_port(*host)
+                       : (server->bind_to_port(*host, parsed->port) ? parsed->port : -1);
+  if (port < 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", address, ": ",
+                                               errno != 0 ? std::strerror(errno) : "bind failed"));
   }
-  sockaddr_in addr{};
-  std::memcpy(&addr, resolved->ai_addr, sizeof(addr));
-  freeaddrinfo(resolved);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  const int one = 1;
-  setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (listen_fd_ < 0 || bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      listen(listen_fd_, 16) != 0) {
-    const std::string why = std::strerror(errno);
-    if (listen_fd_ >= 0) close(listen_fd_);
-    listen_fd_ = -1;
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address, ": ", why));
+  server_ = std::move(server);
+  listener_ = std::thread([this, address] {
+    if (!server_->listen_after_bind()) {
+      std::fprintf(stderr, "HttpServer: accept failed on %s; no longer serving\n", address.c_str());
+    }
+    listener_done_.store(true);
+  });
+  // httplib's stop() does nothing until the accept loop has marked the server running; wait for
+  // that, so that a Stop() right after Start() cannot miss it and then wait forever in join.
+  while (!server_->is_running() && !listener_done_.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  socklen_t length = sizeof(addr);
-  getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &length);
-  thread_ = std::thread([this] { Serve(); });
-  return static_cast<int>(ntohs(addr.sin_port));
+  return port;
 }
 
 void HttpServer::Stop() {
-  if (stopping_.exchange(true)) return;
-  if (thread_.joinable()) thread_.join();
-  if (listen_fd_ >= 0) close(listen_fd_);
-  listen_fd_ = -1;
-}
-
-void HttpServer::Serve() {
-  while (!stopping_.load()) {
-    pollfd p{listen_fd_, POLLIN, 0};
-    // Wakes up now and then to notice Stop.
-    if (poll(&p, 1, 200) <= 0) continue;
-    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;
-    ServeConnection(fd);
-    close(fd);
-  }
-}
-
-void HttpServer::ServeConnection(int fd) {
-  std::string head;
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::milliseconds(kRequestTimeoutMs);
-  while (head.find("\r\n\r\n") == std::string::npos) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
-    pollfd p{fd, POLLIN, 0};
-    if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) <= 0) return;
-    char buffer[2048];
-    const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
-    if (n <= 0) return;
-    head.append(buffer, static_cast<size_t>(n));
-    if (head.size() > kMaxRequestHead) {
-      WriteAll(fd, Response(431, "Request Header Fields Too Large", "text/plain",
-                            "request head too large\n", false));
-      return;
-    }
-  }
-  // "GET /metrics?x HTTP/1.1"
-  const size_t line_end = head.find("\r\n");
-  const std::string line = head.substr(0, line_end);
-  const size_t s1 = line.find(' ');
-  const size_t s2 = s1 == std::string::npos ? s1 : line.find(' ', s1 + 1);
-  if (s1 == std::string::npos || s2 == std::string::npos) {
-    WriteAll(fd, Response(400, "Bad Request", "text/plain", "bad request line\n", false));
-    return;
-  }
-  const std::string method = line.substr(0, s1);
-  std::string path = line.substr(s1 + 1, s2 - s1 - 1);
-  if (const size_t q = path.find('?'); q != std::string::npos) path.resize(q);
-  const bool head_only = method == "HEAD";
-  if (method != "GET" && !head_only) {
-    WriteAll(fd, Response(405, "Method Not Allowed", "text/plain", "GET only\n", false));
-    return;
-  }
-  auto route = routes_.find(path);
-  if (route == routes_.end()) {
-    WriteAll(fd, Response(404, "Not Found", "text/plain", "not found\n", head_only));
-    return;
-  }
-  WriteAll(fd, Response(200, "OK", route->second.content_type, route->second.handler(), head_only));
+  if (server_ == nullptr) return;
+  server_->stop();
+  if (listener_.joinable()) listener_.join();
 }
 
 }  // namespace raptr
