@@ -123,10 +123,12 @@ absl::StatusOr<int64_t> Cluster::Connect(const v1::Hello& hello, std::shared_ptr
     if (!same_instance && silent < options_.lease_seconds / 2) {
       // Two live processes with one id (a misconfigured --id, a zombie pod): the newcomer waits
       // instead of the two replacing each other and failing the job at every turn.
-      return absl::AlreadyExistsError(absl::StrFormat(
+      absl::Status refused = absl::AlreadyExistsError(absl::StrFormat(
           "worker id \"%s\" is connected from another process (instance %s, heard from %.1f s "
           "ago); this is instance %s: give every worker process its own id",
           hello.worker_id(), previous.hello.instance_id(), silent, hello.instance_id()));
+      Log(absl::StrCat("refused a session: ", refused.message()));
+      return refused;
     }
     DropSession(old->second, same_instance
                                  ? "replaced by a reconnect of the same process"
@@ -366,6 +368,7 @@ void Cluster::JobSubmitted(const std::string& /*job_id*/) {
 void Cluster::JobCancelled(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   recoveries_.erase(job_id);  // a RECOVERING job has an entry and no group
+  regroup_after_.erase(job_id);
   auto it = running_.find(job_id);
   if (it == running_.end()) return;
   (void)FlushJob(it->second);  // best effort: a cancelled job's progress is informational
@@ -406,7 +409,12 @@ void Cluster::Schedule() {
   }
   std::vector<v1::Job> jobs;
   for (v1::Job& job : *waiting) {
-    if (running_.count(job.id()) == 0) jobs.push_back(std::move(job));
+    if (running_.count(job.id()) != 0) continue;
+    if (auto after = regroup_after_.find(job.id()); after != regroup_after_.end()) {
+      if (now < after->second) continue;  // Tick schedules it once the delay is over
+      regroup_after_.erase(after);
+    }
+    jobs.push_back(std::move(job));
   }
   if (jobs.empty()) return;
   // Higher priority first; among equals, submission order (ids grow with submission).
@@ -866,7 +874,11 @@ void Cluster::FailGroup(std::string job_id, const std::string& reason, bool retr
   if (!moved.ok()) Log(absl::StrCat(job_id, ": ", moved.status().ToString()));
   Log(absl::StrCat(job_id, give_up ? " failed: " : " recovering: ", message));
   running_.erase(it);
-  if (give_up) recoveries_.erase(job_id);
+  if (give_up) {
+    recoveries_.erase(job_id);
+  } else {
+    regroup_after_[job_id] = Now() + options_.regroup_delay_seconds;
+  }
   schedule_needed_ = true;
 }
 

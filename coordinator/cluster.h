@@ -72,6 +72,9 @@ struct ClusterOptions {
   ProgressWatchdogOptions progress;
   // How often Tick compares the store's RUNNING jobs with the groups it runs.
   double reconcile_seconds = 5.0;
+  // A failed group re-forms no sooner than this: workers lost together (a host, a rack) are all
+  // seen gone first, so one incident is one recovery and the new group has no doomed member.
+  double regroup_delay_seconds = 1.0;
 };
 
 // Counts for logs, tests and metrics.
@@ -282,6 +285,8 @@ class Cluster final : public JobLifecycleListener {
   std::map<std::string, RunningJob> running_ ABSL_GUARDED_BY(mu_);
   // Consecutive recoveries without a new checkpoint, per job.
   std::map<std::string, int> recoveries_ ABSL_GUARDED_BY(mu_);
+  // Jobs whose group failed: not re-formed before this steady time.
+  std::map<std::string, double> regroup_after_ ABSL_GUARDED_BY(mu_);
   // (job id, generation) -> keys.
   std::map<std::pair<std::string, int64_t>, KvSpace> kv_ ABSL_GUARDED_BY(mu_);
   double last_flush_ ABSL_GUARDED_BY(mu_) = 0;

@@ -57,6 +57,14 @@ int Main(int argc, char** argv) {
   flags.Define("plan-window", "32", "step plans streamed ahead of the slowest worker");
   flags.Define("heartbeat", "2", "seconds between worker heartbeats");
   flags.Define("lease", "15", "seconds of worker silence before it counts as lost");
+  flags.Define("progress-timeout", "30",
+               "least seconds a running rank may go without reporting a step (or evaluation, or "
+               "checkpoint) before its group fails, even while its heartbeats go on");
+  flags.Define("progress-factor", "10",
+               "the progress deadline in median step times, when that is above "
+               "--progress-timeout");
+  flags.Define("startup-timeout", "120",
+               "seconds a new group may take to its first step (rendezvous, restore, warm-up)");
   flags.Define("metrics-listen", "127.0.0.1:9401",
                "HOST:PORT serving Prometheus /metrics and /healthz; port 0 picks a free port; "
                "empty: off");
@@ -88,7 +96,11 @@ int Main(int argc, char** argv) {
   absl::StatusOr<int> window = flags.GetInt32("plan-window");
   absl::StatusOr<double> heartbeat = flags.GetDouble("heartbeat");
   absl::StatusOr<double> lease = flags.GetDouble("lease");
-  for (const absl::Status& parsed : {window.status(), heartbeat.status(), lease.status()}) {
+  absl::StatusOr<double> progress = flags.GetDouble("progress-timeout");
+  absl::StatusOr<double> factor = flags.GetDouble("progress-factor");
+  absl::StatusOr<double> startup = flags.GetDouble("startup-timeout");
+  for (const absl::Status& parsed : {window.status(), heartbeat.status(), lease.status(),
+                                     progress.status(), factor.status(), startup.status()}) {
     if (!parsed.ok()) {
       std::fprintf(stderr, "raptr-coordinator: %s\n", std::string(parsed.message()).c_str());
       return 2;
@@ -103,6 +115,15 @@ int Main(int argc, char** argv) {
   options.plan_window = *window;
   options.heartbeat_seconds = *heartbeat;
   options.lease_seconds = *lease;
+  if (!(*progress > 0) || !(*factor > 0) || !(*startup > 0)) {
+    std::fprintf(stderr,
+                 "raptr-coordinator: need --progress-timeout, --progress-factor and "
+                 "--startup-timeout > 0\n");
+    return 2;
+  }
+  options.progress.floor_seconds = *progress;
+  options.progress.factor = *factor;
+  options.progress.startup_seconds = *startup;
 
   const std::string store_path = flags.Get("store");
   absl::StatusOr<std::unique_ptr<JobStore>> store = absl::InternalError("not opened");

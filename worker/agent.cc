@@ -774,6 +774,9 @@ class Agent {
                         runner.job_id(), runner.generation(), runner.SecondsSinceAbort()));
     std::fflush(stderr);
     if (!options_.argv.empty()) {
+      // The new image must not inherit this one's sockets (the metrics listener would keep its
+      // port, and peers would keep talking to a ghost).
+      closefrom(3);
       std::vector<char*> args;
       for (const std::string& arg : options_.argv) args.push_back(const_cast<char*>(arg.c_str()));
       args.push_back(nullptr);

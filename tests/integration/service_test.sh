@@ -12,17 +12,12 @@
 set -euo pipefail
 BUILD=$(cd "$1" && pwd)
 HERE=$(cd "$(dirname "$0")" && pwd)
-CTL=$BUILD/cli/raptrctl
-COORD=$BUILD/coordinator/raptr-coordinator
-WORKER=$BUILD/worker/raptr-worker
 WORK=$(mktemp -d)
-COORD_PID=
-WORKER_PIDS=()
+# shellcheck source=tests/integration/service_lib.sh
+source "$HERE/service_lib.sh"
 
 cleanup() {
-  for pid in "${WORKER_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  [[ -n "$COORD_PID" ]] && kill -TERM "$COORD_PID" 2>/dev/null || true
-  wait 2>/dev/null || true
+  stop_all
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -36,65 +31,6 @@ fail() {
 # shellcheck source=tests/integration/small_corpus.sh
 source "$HERE/small_corpus.sh"
 small_corpus "$CTL" "$WORK" || fail "data prepare"
-
-# spec NAME STEPS MIN_WORKERS MAX_WORKERS: a 4-block GPT with RaPTr, checkpoints every 25 steps.
-spec() {
-  cat > "$WORK/$1.yaml" <<EOF
-name: $1
-model: {kind: gpt, layers: 4, d_model: 32, heads: 2, vocab_size: 300, max_seq: 32}
-data: {train_shards: [$WORK/data/train.bin], val_shards: [$WORK/data/val.bin]}
-training: {batch: 8, seq: 32, steps: $2, seed: 7, eval_every: 25, eval_batches: 2,
-           checkpoint_every: 25}
-optimizer: {lr: 3e-3, warmup_steps: 5}
-schedule: {raptr: {}}
-resources: {min_workers: $3, max_workers: $4}
-EOF
-  echo "$WORK/$1.yaml"
-}
-
-start_coordinator() {
-  "$COORD" --listen "${1:-127.0.0.1:0}" --metrics-listen 127.0.0.1:0 --store "$WORK/store/c.db" \
-    --checkpoint-dir "$WORK/ckpt" --heartbeat 0.5 --lease 3 \
-    > "$WORK/coord.out" 2>> "$WORK/coord.log" &
-  COORD_PID=$!
-  for _ in $(seq 1 100); do
-    if grep -q "listening on" "$WORK/coord.out" 2>/dev/null; then
-      ADDR=$(sed -n 's/^raptr-coordinator listening on //p' "$WORK/coord.out")
-      export RAPTR_COORDINATOR=$ADDR
-      return 0
-    fi
-    kill -0 "$COORD_PID" 2>/dev/null || fail "coordinator exited at start"
-    sleep 0.1
-  done
-  fail "coordinator did not report its port"
-}
-
-# start_worker ID [flags...]: a 1-thread worker; its pid is appended to WORKER_PIDS.
-start_worker() {
-  local id=$1
-  shift
-  OMP_NUM_THREADS=1 "$WORKER" serve --coordinator "$ADDR" --id "$id" --collective-timeout 30 \
-    --metrics-listen 127.0.0.1:0 "$@" \
-    2>> "$WORK/$id.log" &
-  WORKER_PIDS+=($!)
-  LAST_WORKER=$!
-}
-
-state_of() { "$CTL" get "$1" --output json | sed -n 's/.*"state": "JOB_STATE_\([A-Z]*\)".*/\1/p'; }
-step_of() {
-  local s
-  s=$("$CTL" get "$1" --output json | tr -d '\n ' | sed -n 's/.*"progress":{"step":"\{0,1\}\([0-9]*\).*/\1/p')
-  echo "${s:-0}"
-}
-# wait_state JOB STATE SECONDS
-wait_state() {
-  for _ in $(seq 1 $(($3 * 10))); do
-    [[ "$(state_of "$1")" == "$2" ]] && return 0
-    sleep 0.1
-  done
-  fail "$1 is $(state_of "$1"), not $2, after $3 s"
-}
-final_checkpoint() { ls -d "$WORK"/ckpt/"$1"/generation-*/checkpoints/step_"$(printf %08d "$2")" | tail -n 1; }
 
 start_coordinator
 start_worker wa

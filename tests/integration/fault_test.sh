@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# Faults the service survives, each with real processes on loopback (coordinator, `raptr-worker
+# serve` processes over real Gloo collectives, raptrctl). Times measured here are printed as
+# "measured: ..." lines (docs/RELIABILITY.md quotes them).
+#   A. SIGSTOP of one of 2 ranks, production lease and deadlines: RECOVERING within 30 s,
+#      training again on the survivor within 45 s; SIGCONT later changes nothing in the job and
+#      the worker comes back free.
+#   B. A rank hangs while its heartbeats go on: the progress watchdog fails the group, the job
+#      recovers on a spare, and the hung worker restarts its own process and comes back.
+#   C. SIGKILL of one rank of a 2-rank job: regrouped (same world size) from the last committed
+#      checkpoint; the finished weights are bitwise those of an uninterrupted run.
+#   D. SIGKILL of the coordinator mid-job: restarted on the same store, the job resumes from its
+#      last committed checkpoint and ends bitwise identical to an uninterrupted run.
+#   E. Three of four workers SIGKILLed at once: one recovery (generation 2), not one per worker.
+#   F. A worker that dies every time: the job is FAILED after a bounded number of tries, with the
+#      reason on the job.
+#   G. Two processes with one worker id: the second is refused while the first is live; the first
+#      one's job is not disturbed.
+# Usage: fault_test.sh BUILD_DIR
+set -euo pipefail
+BUILD=$(cd "$1" && pwd)
+HERE=$(cd "$(dirname "$0")" && pwd)
+WORK=$(mktemp -d)
+# shellcheck source=tests/integration/service_lib.sh
+source "$HERE/service_lib.sh"
+cleanup() {
+  stop_all
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+fail() {
+  echo "FAIL: $*" >&2
+  for f in "$WORK"/*.log; do echo "--- $f" >&2; tail -n 25 "$f" >&2; done
+  exit 1
+}
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+# new_cluster NAME [coordinator flags...]: stops everything, then a fresh coordinator and store.
+new_cluster() {
+  stop_all
+  WORKER_PIDS=()
+  local name=$1
+  shift
+  mv "$WORK/coord.log" "$WORK/coord-before-$name.log.old" 2>/dev/null || true
+  CKPT=$WORK/ckpt-$name
+  start_coordinator 127.0.0.1:0 --store "$WORK/store/$name.db" "$@"
+}
+metric() {
+  local port
+  port=$(sed -n 's/^raptr-coordinator metrics on 127.0.0.1://p' "$WORK/coord.out")
+  curl -sf "http://127.0.0.1:$port/metrics" | grep -F "$1" | awk '{print $2}'
+}
+
+# shellcheck source=tests/integration/small_corpus.sh
+source "$HERE/small_corpus.sh"
+small_corpus "$CTL" "$WORK" || fail "data prepare"
+
+# --- A. SIGSTOP of one rank, with the production lease (15 s) and progress deadline (30 s).
+
+new_cluster sigstop --heartbeat 2 --lease 15
+start_worker wa
+WA=$LAST_WORKER
+start_worker wb
+WB=$LAST_WORKER
+JOB=$("$CTL" submit -f "$(spec sigstop 1000000 1 2)") || fail "submit sigstop"
+wait_step "$JOB" 40 60
+[[ $(generation_of "$JOB") == 1 ]] || fail "sigstop job regrouped before the fault"
+kill -STOP "$WB"
+T0=$(now)
+wait_state "$JOB" RECOVERING 30
+DETECTED=$(since "$T0")
+for _ in $(seq 1 450); do
+  [[ $(generation_of "$JOB") == 2 && "$(state_of "$JOB")" == RUNNING ]] && break
+  sleep 0.1
+done
+[[ $(generation_of "$JOB") == 2 ]] || fail "no generation 2 within 45 s of the SIGSTOP"
+S1=$(step_of "$JOB")
+wait_step "$JOB" $((S1 + 5)) $((45 - ${DETECTED%.*}))
+TRAINING=$(since "$T0")
+echo "measured: SIGSTOP of 1 of 2 ranks (lease 15 s): RECOVERING after ${DETECTED} s, training again on the survivor after ${TRAINING} s"
+awk -v t="$TRAINING" 'BEGIN { exit !(t <= 45) }' || fail "training again only after $TRAINING s"
+"$CTL" get "$JOB" | grep -Eq "^workers: +1 " || fail "generation 2 is not on the survivor alone"
+kill -CONT "$WB"
+T1=$(now)
+wait_log "$WORK/coord.log" "worker wb connected" 30
+sleep 3
+[[ $(generation_of "$JOB") == 2 && "$(state_of "$JOB")" == RUNNING ]] \
+  || fail "SIGCONT of the old rank changed the job: $(state_of "$JOB") generation $(generation_of "$JOB")"
+[[ $(metric 'raptr_worker_connected{worker="wb"}') == 1 ]] || fail "wb did not come back connected"
+echo "measured: SIGCONT: wb back as a free worker after $(since "$T1") s (job unchanged)"
+"$CTL" cancel "$JOB" > /dev/null
+echo "ok A: SIGSTOP of one rank"
+
+# --- B. A rank hangs with its heartbeats going on: the progress watchdog (deadline 3 s here).
+new_cluster hang --progress-timeout 3
+start_worker wh --hang-at-step 30 --abort-timeout 2
+JOB=$("$CTL" submit -f "$(spec hang 150 1 1)") || fail "submit hang"
+wait_state "$JOB" RUNNING 30
+start_worker ws
+wait_log "$WORK/wh.log" "hang-at-step 30" 60
+T0=$(now)
+wait_log "$WORK/coord.log" "made no progress" 30
+echo "measured: hung rank (progress deadline 3 s): group failed after $(since "$T0") s"
+wait_state "$JOB" SUCCEEDED 120
+wait_log "$WORK/wh.log" "restarting this worker process" 30
+wait_log "$WORK/coord.log" "worker wh connected.*" 30
+[[ $(grep -c "worker wh connected" "$WORK/coord.log") -ge 2 ]] || fail "wh did not come back after its restart"
+echo "measured: hung worker restarted and back after $(since "$T0") s"
+echo "ok B: a hang is found by the progress watchdog; the stuck worker restarts itself"
+
+# --- C. SIGKILL of one rank of a 2-rank job; regrouped with the same world size.
+new_cluster sigkill
+start_worker w1
+start_worker w2
+REF=$("$CTL" submit -f "$(spec ref2 600 2 2)") || fail "submit ref2"
+wait_state "$REF" SUCCEEDED 120
+start_worker w3  # the spare (groups take workers in id order: w1, w2)
+wait_log "$WORK/coord.log" "worker w3 connected" 30
+JOB=$("$CTL" submit -f "$(spec ref2 600 2 2)") || fail "submit sigkill"
+wait_step "$JOB" 35 60
+kill -KILL "$(pgrep -f -- "--id w2 " | head -n 1)"
+wait_state "$JOB" SUCCEEDED 120
+[[ $(generation_of "$JOB") == 2 ]] || fail "sigkill job: generation $(generation_of "$JOB"), expected 2"
+"$CTL" get "$JOB" | grep -Eq "^workers: +2 " || fail "sigkill job did not regroup on 2 workers"
+python3 "$HERE/compare_checkpoints.py" "$(final_checkpoint "$REF" 600)" \
+  "$(final_checkpoint "$JOB" 600)" --exact || fail "regrouped run differs from the uninterrupted one"
+echo "ok C: SIGKILL of one rank: regrouped from the checkpoint, bitwise identical"
+
+# --- D. SIGKILL of the coordinator mid-job; restart on the same store.
+new_cluster coordkill
+start_worker w1
+REF=$("$CTL" submit -f "$(spec ref1 600 1 1)") || fail "submit ref1"
+wait_state "$REF" SUCCEEDED 120
+JOB=$("$CTL" submit -f "$(spec ref1 600 1 1)") || fail "submit coordkill"
+wait_step "$JOB" 60 60
+kill -KILL "$COORD_PID"
+wait "$COORD_PID" 2>/dev/null || true
+T0=$(now)
+start_coordinator "$ADDR" --store "$WORK/store/coordkill.db"
+wait_state "$JOB" SUCCEEDED 120
+python3 "$HERE/compare_checkpoints.py" "$(final_checkpoint "$REF" 600)" \
+  "$(final_checkpoint "$JOB" 600)" --exact || fail "the resumed run differs from the uninterrupted one"
+grep -q "will resume" "$WORK/coord.log" || fail "the restarted coordinator did not resume the job"
+echo "ok D: SIGKILL of the coordinator: resumed from the store, bitwise identical"
+
+# --- E. Three of four workers lost at once: one recovery.
+new_cluster multi
+for w in m1 m2 m3 m4; do start_worker "$w"; done
+for w in m1 m2 m3 m4; do wait_log "$WORK/coord.log" "worker $w connected" 30; done
+JOB=$("$CTL" submit -f "$(spec multi 1000 1 4)") || fail "submit multi"
+wait_step "$JOB" 30 60
+"$CTL" get "$JOB" | grep -Eq "^workers: +4 " || fail "multi did not start on 4 workers"
+kill -KILL $(pgrep -f -- "--id m[234] ")
+wait_state "$JOB" SUCCEEDED 120
+[[ $(generation_of "$JOB") == 2 ]] || fail "3 workers lost at once cost $(( $(generation_of "$JOB") - 1 )) recoveries, not 1"
+echo "ok E: several workers lost at once: one recovery"
+
+# --- F. A worker that dies at every try: FAILED after a bounded number of tries.
+new_cluster doomed
+( for _ in $(seq 1 8); do
+    OMP_NUM_THREADS=1 "$WORKER" serve --coordinator "$ADDR" --id wdoomed --crash-at-step 3 \
+      --metrics-listen 127.0.0.1:0 2>> "$WORK/wdoomed.log" || true
+  done ) &
+WORKER_PIDS+=($!)
+JOB=$("$CTL" submit -f "$(spec doomed 100 1 1)") || fail "submit doomed"
+wait_state "$JOB" FAILED 120
+"$CTL" get "$JOB" | grep -q "giving up" || fail "the FAILED job does not say why: $("$CTL" get "$JOB")"
+echo "ok F: a worker that always dies: FAILED ($(generation_of "$JOB") generations) with the reason"
+pkill -KILL -f -- "--id wdoomed" || true
+
+# --- G. Two live processes with one worker id.
+new_cluster dupid
+start_worker dup
+JOB=$("$CTL" submit -f "$(spec dupid 1000000 1 1)") || fail "submit dupid"
+wait_step "$JOB" 10 60
+start_worker dup
+SECOND=$LAST_WORKER
+wait_log "$WORK/coord.log" "is connected from another process" 30
+wait_log "$WORK/dup.log" "refused this session for now" 30
+sleep 2
+[[ $(generation_of "$JOB") == 1 && "$(state_of "$JOB")" == RUNNING ]] \
+  || fail "a second process with the same id disturbed the job"
+kill -TERM "$SECOND"
+"$CTL" cancel "$JOB" > /dev/null
+echo "ok G: a second process with a live worker's id is refused"
+echo "fault tests: all passed"
