@@ -16,6 +16,7 @@
 #      reason on the job.
 #   G. Two processes with one worker id: the second is refused while the first is live; the first
 #      one's job is not disturbed.
+#   H. A job finishes while another is recovering (a use-after-free in the coordinator once).
 # Usage: fault_test.sh BUILD_DIR
 set -euo pipefail
 BUILD=$(cd "$1" && pwd)
@@ -190,4 +191,20 @@ sleep 2
 kill -TERM "$SECOND"
 "$CTL" cancel "$JOB" > /dev/null
 echo "ok G: a second process with a live worker's id is refused"
+# --- H. A job finishes while another recovers (the coordinator's use-after-free of review finding
+# 1: the finished job's id was read after its entry was erased, once any job was recovering).
+new_cluster finish_during_recovery
+start_worker wa
+start_worker wb
+wait_log "$WORK/coord.log" "worker wb connected" 30
+X=$("$CTL" submit -f "$(spec pair 1000000 2 2)") || fail "submit pair"
+wait_step "$X" 10 60
+sed -i 's/^resources: {/resources: {priority: 10, /' "$(spec urgent 60 1 1)"
+Y=$("$CTL" submit -f "$WORK/urgent.yaml") || fail "submit urgent"
+kill -KILL "$(pgrep -f -- "--id wb " | head -n 1)"
+wait_state "$Y" SUCCEEDED 60   # on wa, while the pair waits for a second worker
+[[ "$(state_of "$X")" == RECOVERING ]] || fail "the pair is $(state_of "$X"), not RECOVERING"
+kill -0 "$COORD_PID" || fail "the coordinator died when a job finished during another's recovery"
+"$CTL" cancel "$X" > /dev/null
+echo "ok H: a job finishes while another recovers"
 echo "fault tests: all passed"
