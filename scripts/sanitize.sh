@@ -32,6 +32,11 @@ export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/s
 export LSAN_OPTIONS="suppressions=$PWD/scripts/lsan.supp"
 # One OpenMP thread: GCC's runtime is not instrumented, so TSan cannot see its barriers.
 export OMP_NUM_THREADS=1
+# Debian's Abseil is not instrumented either: its mutexes are annotated by a preloaded library
+# (common/tsan/absl_mutex_annotations.cc).
+if [[ "$KIND" == tsan ]]; then
+  export LD_PRELOAD="$PWD/$BUILD_DIR/common/libraptr_tsan_absl.so"
+fi
 cd "$BUILD_DIR"
 ctest --output-on-failure -j"$(nproc)" \
   -R '^(coordinator_end_to_end|service_end_to_end|fault_end_to_end|monitoring_end_to_end|[A-Z][A-Za-z]*\.[A-Za-z]*)$' \
