@@ -63,8 +63,11 @@ start_worker wa
 WA=$LAST_WORKER
 start_worker wb
 WB=$LAST_WORKER
+wait_log "$WORK/coord.log" "worker wa connected" 30
+wait_log "$WORK/coord.log" "worker wb connected" 30
 JOB=$("$CTL" submit -f "$(spec sigstop 1000000 1 2)") || fail "submit sigstop"
 wait_step "$JOB" 40 60
+"$CTL" get "$JOB" | grep -Eq "^workers: +2 " || fail "sigstop job did not start on 2 workers"
 [[ $(generation_of "$JOB") == 1 ]] || fail "sigstop job regrouped before the fault"
 kill -STOP "$WB"
 T0=$(now)
@@ -83,7 +86,7 @@ awk -v t="$TRAINING" 'BEGIN { exit !(t <= 45) }' || fail "training again only af
 "$CTL" get "$JOB" | grep -Eq "^workers: +1 " || fail "generation 2 is not on the survivor alone"
 kill -CONT "$WB"
 T1=$(now)
-wait_log "$WORK/coord.log" "worker wb connected" 30
+wait_count "$WORK/coord.log" "worker wb connected" 2 30
 sleep 3
 [[ $(generation_of "$JOB") == 2 && "$(state_of "$JOB")" == RUNNING ]] \
   || fail "SIGCONT of the old rank changed the job: $(state_of "$JOB") generation $(generation_of "$JOB")"
@@ -95,6 +98,7 @@ echo "ok A: SIGSTOP of one rank"
 # --- B. A rank hangs with its heartbeats going on: the progress watchdog (deadline 3 s here).
 new_cluster hang --progress-timeout 3
 start_worker wh --hang-at-step 30 --abort-timeout 2
+wait_log "$WORK/coord.log" "worker wh connected" 30
 JOB=$("$CTL" submit -f "$(spec hang 150 1 1)") || fail "submit hang"
 wait_state "$JOB" RUNNING 30
 start_worker ws
@@ -104,11 +108,7 @@ wait_log "$WORK/coord.log" "made no progress" 30
 echo "measured: hung rank (progress deadline 3 s): group failed after $(since "$T0") s"
 wait_state "$JOB" SUCCEEDED 120
 wait_log "$WORK/wh.log" "restarting this worker process" 30
-for _ in $(seq 1 300); do
-  [[ $(grep -c "worker wh connected" "$WORK/coord.log") -ge 2 ]] && break
-  sleep 0.1
-done
-[[ $(grep -c "worker wh connected" "$WORK/coord.log") -ge 2 ]] || fail "wh did not come back after its restart"
+wait_count "$WORK/coord.log" "worker wh connected" 2 30
 echo "measured: hung worker restarted and back after $(since "$T0") s"
 echo "ok B: a hang is found by the progress watchdog; the stuck worker restarts itself"
 
@@ -116,6 +116,7 @@ echo "ok B: a hang is found by the progress watchdog; the stuck worker restarts 
 new_cluster sigkill
 start_worker w1
 start_worker w2
+wait_log "$WORK/coord.log" "worker w2 connected" 30
 REF=$("$CTL" submit -f "$(spec ref2 600 2 2)") || fail "submit ref2"
 wait_state "$REF" SUCCEEDED 120
 start_worker w3  # the spare (groups take workers in id order: w1, w2)
@@ -161,8 +162,7 @@ echo "ok E: several workers lost at once: one recovery"
 
 # --- F. A worker that dies at every try: FAILED after a bounded number of tries.
 new_cluster doomed
-( trap 'exit 0' TERM
-  for _ in $(seq 1 8); do
+( for _ in $(seq 1 8); do
     OMP_NUM_THREADS=1 "$WORKER" serve --coordinator "$ADDR" --id wdoomed --crash-at-step 3 \
       --metrics-listen 127.0.0.1:0 2>> "$WORK/wdoomed.log" || true
   done ) &
@@ -172,7 +172,8 @@ JOB=$("$CTL" submit -f "$(spec doomed 100 1 1)") || fail "submit doomed"
 wait_state "$JOB" FAILED 120
 "$CTL" get "$JOB" | grep -q "giving up" || fail "the FAILED job does not say why: $("$CTL" get "$JOB")"
 echo "ok F: a worker that always dies: FAILED ($(generation_of "$JOB") generations) with the reason"
-kill -TERM "$DOOMED_LOOP" 2>/dev/null || true
+# The loop first (a subshell runs no trap while its child runs), then its current worker.
+kill -KILL "$DOOMED_LOOP" 2>/dev/null || true
 wait "$DOOMED_LOOP" 2>/dev/null || true
 pkill -KILL -f -- "--id wdoomed" || true
 
@@ -196,6 +197,7 @@ echo "ok G: a second process with a live worker's id is refused"
 new_cluster finish_during_recovery
 start_worker wa
 start_worker wb
+wait_log "$WORK/coord.log" "worker wa connected" 30
 wait_log "$WORK/coord.log" "worker wb connected" 30
 X=$("$CTL" submit -f "$(spec pair 1000000 2 2)") || fail "submit pair"
 wait_step "$X" 10 60

@@ -6,6 +6,7 @@
 #   spec NAME STEPS MIN MAX [BATCH]       a 4-block GPT with RaPTr, checkpoints every 25 steps
 #   state_of JOB / step_of JOB / generation_of JOB
 #   wait_state JOB STATE SECONDS / wait_step JOB STEP SECONDS / wait_log FILE REGEX SECONDS
+#   wait_count FILE REGEX N SECONDS
 CTL=$BUILD/cli/raptrctl
 COORD=$BUILD/coordinator/raptr-coordinator
 WORKER=$BUILD/worker/raptr-worker
@@ -94,5 +95,13 @@ wait_log() {
     sleep 0.1
   done
   fail "no line matching '$2' in $1 after $3 s"
+}
+# wait_count FILE REGEX N SECONDS: until FILE has at least N lines matching REGEX.
+wait_count() {
+  for _ in $(seq 1 $(($4 * 10))); do
+    [[ $(grep -Ec "$2" "$1" 2>/dev/null) -ge $3 ]] && return 0
+    sleep 0.1
+  done
+  fail "fewer than $3 lines matching '$2' in $1 after $4 s"
 }
 final_checkpoint() { ls -d "${CKPT:-$WORK/ckpt}"/"$1"/generation-*/checkpoints/step_"$(printf %08d "$2")" | tail -n 1; }
