@@ -1,6 +1,7 @@
 // Job specs: YAML <-> JobSpec through protobuf reflection, defaults, validation (see job_spec.h).
 #include "common/job_spec.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <limits>
 #include <map>
 #include <set>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -21,6 +23,7 @@
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
 #include "google/protobuf/reflection.h"
+#include "google/protobuf/stubs/common.h"  // IsStructurallyValidUTF8
 
 namespace raptr {
 namespace {
@@ -274,6 +277,12 @@ absl::Status ParseScalar(const YAML::Node& node, absl::string_view path,
     case FieldType::CPPTYPE_STRING: {
       // Any scalar, quoted or not: `name: 2024` is the string "2024".
       if (!node.IsScalar()) return Expected(path, node, "a string");
+      // proto3 strings are UTF-8: protobuf refuses other bytes off the wire, and JobSpecToYaml
+      // could not write them back (this is protobuf's own check).
+      if (field->type() == pb::FieldDescriptor::TYPE_STRING &&
+          !pb::internal::IsStructurallyValidUTF8(node.Scalar())) {
+        return YamlError(path, node, "expected a UTF-8 string, got bytes that are not UTF-8");
+      }
       repeated ? reflection->AddString(message, field, node.Scalar())
                : reflection->SetString(message, field, node.Scalar());
       break;
@@ -428,7 +437,9 @@ bool LooksLikeNonString(const std::string& text) {
 }
 
 void EmitScalar(YAML::Emitter& out, const pb::FieldDescriptor* field, const std::string& text) {
-  if (field->cpp_type() == FieldType::CPPTYPE_STRING && LooksLikeNonString(text)) {
+  // A '\r' too: yaml-cpp writes "a\r" as a plain scalar, which reads back as "a".
+  if (field->cpp_type() == FieldType::CPPTYPE_STRING &&
+      (LooksLikeNonString(text) || text.find('\r') != std::string::npos)) {
     out << YAML::DoubleQuoted;
   }
   out << text;
@@ -735,10 +746,12 @@ std::vector<int64_t> StepsFromFractions(const std::vector<double>& fractions, in
   int64_t previous_end = 0;
   for (size_t s = 0; s < fractions.size(); ++s) {
     cumulative += fractions[s];
-    int64_t end =
-        s + 1 == fractions.size()
-            ? total
-            : static_cast<int64_t>(std::floor(static_cast<double>(total) * cumulative + 1e-6));
+    // Compared as a double first: with total near INT64_MAX the product rounds up to 2^63 (or
+    // past it: the fractions may sum to a little over 1), which no int64_t holds.
+    const double end_steps = std::floor(static_cast<double>(total) * cumulative + 1e-6);
+    int64_t end = s + 1 == fractions.size() || end_steps >= static_cast<double>(total)
+                      ? total
+                      : static_cast<int64_t>(end_steps);
     end = std::clamp(end, previous_end, total);
     steps.push_back(end - previous_end);
     previous_end = end;
@@ -938,9 +951,15 @@ absl::Status CheckResources(const v1::JobSpec& spec) {
   }
   RETURN_IF_ERROR(
       CheckEnum("resources.backend", r.backend(), v1::Backend_IsValid, v1::Backend_descriptor()));
+  // Some worker count in [min_workers, max_workers] must divide the batch (>= 1: CheckTraining).
+  // Divisors pair up as (d, batch / d), so d up to sqrt(batch) finds them all: trying every
+  // worker count took seconds for a prime batch near INT32_MAX.
   const int32_t batch = spec.training().batch();
-  for (int32_t workers = r.min_workers(); workers <= std::min(r.max_workers(), batch); ++workers) {
-    if (batch % workers == 0) return absl::OkStatus();
+  const auto allowed = [&r](int32_t workers) {
+    return workers >= r.min_workers() && workers <= r.max_workers();
+  };
+  for (int32_t d = 1; d <= batch / d; ++d) {
+    if (batch % d == 0 && (allowed(d) || allowed(batch / d))) return absl::OkStatus();
   }
   return Invalid("training.batch (", batch,
                  ") must be divisible by a worker count in [resources.min_workers, "
@@ -948,16 +967,60 @@ absl::Status CheckResources(const v1::JobSpec& spec) {
                  r.min_workers(), ", ", r.max_workers(), "]: ranks split the batch evenly");
 }
 
+// Counts the documents of a YAML stream. yaml-cpp 0.7's parser can stop consuming input: on a
+// stray ',' where a document's node should start (the stream `,`), every HandleNextDocument
+// returns another empty document from the same place, so YAML::LoadAll loops forever, holding
+// more nodes each time. A document that starts where the previous one did is that case.
+class DocumentCounter : public YAML::EventHandler {
+ public:
+  int count() const { return count_; }
+  bool stuck() const { return stuck_; }
+  // Where the latest document starts.
+  const YAML::Mark& start() const { return start_; }
+
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    if (count_ > 0 && mark.pos == start_.pos) stuck_ = true;
+    start_ = mark;
+    ++count_;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+ private:
+  int count_ = 0;
+  bool stuck_ = false;
+  YAML::Mark start_ = YAML::Mark::null_mark();
+};
+
 }  // namespace
 
 absl::Status YamlToProto(std::string_view yaml, google::protobuf::Message* message) {
   try {
-    const std::vector<YAML::Node> documents = YAML::LoadAll(std::string(yaml));
-    if (documents.empty()) return Invalid("job spec: empty document");
-    if (documents.size() > 1) {
-      return Invalid("job spec: expected one YAML document, got ", documents.size());
+    // Documents are counted with a parser we can stop: YAML::LoadAll never returns on some
+    // malformed streams (see DocumentCounter).
+    std::istringstream stream{std::string(yaml)};
+    YAML::Parser parser(stream);
+    DocumentCounter counter;
+    while (parser.HandleNextDocument(counter)) {
+      if (counter.stuck()) {
+        return Invalid("job spec: yaml-cpp: error at line ", counter.start().line + 1, ", column ",
+                       counter.start().column + 1, ": unexpected character");
+      }
     }
-    const YAML::Node& root = documents[0];
+    if (counter.count() == 0) return Invalid("job spec: empty document");
+    if (counter.count() > 1) {
+      return Invalid("job spec: expected one YAML document, got ", counter.count());
+    }
+    const YAML::Node root = YAML::Load(std::string(yaml));
     if (!root.IsMap())
       return Expected("", root,
                       absl::StrCat("a map of ", message->GetDescriptor()->name(), " fields"));

@@ -330,6 +330,49 @@ TEST(JobSpecTest, MalformedDocuments) {
                                 "model: duplicate key"));
 }
 
+// Found by tests/fuzz/fuzz_job_spec (inputs in tests/fuzz/regressions/job_spec/): yaml-cpp's
+// YAML::LoadAll returned endless empty documents on a stray ',' and never came back.
+TEST(JobSpecTest, StrayCommaIsAnErrorNotAHang) {
+  EXPECT_TRUE(IsInvalidArgument(ParseAndValidate(","), "line 1, column 1"));
+  EXPECT_TRUE(IsInvalidArgument(ParseAndValidate(",N"), "line 1, column 1"));
+  EXPECT_TRUE(IsInvalidArgument(ParseAndValidate("---\nname: a\n---\n, x\n"), "line 4, column 1"));
+  EXPECT_TRUE(IsInvalidArgument(ParseAndValidate(Minimal("---\nname: b\n---\nname: c\n")),
+                                "expected one YAML document, got 3"));
+}
+
+// Found by tests/fuzz/fuzz_job_spec: bytes that are not UTF-8 were taken into string fields,
+// which proto3 cannot carry and JobSpecToYaml wrote back as U+FFFD.
+TEST(JobSpecTest, StringsMustBeUtf8) {
+  EXPECT_TRUE(IsInvalidArgument(ParseAndValidate("name: a\xff\n"),
+                                "name: expected a UTF-8 string, got bytes that are not UTF-8"));
+  EXPECT_TRUE(IsInvalidArgument(
+      WithReplaced(kMinimal, "val_shards: [val.bin]", "val_shards: [ok.bin, \"v\xc0\xafl\"]"),
+      "data.val_shards[1]: expected a UTF-8 string"));
+  // Valid UTF-8 is kept as it is, and round-trips.
+  absl::StatusOr<v1::JobSpec> spec = ParseJobSpecYaml(
+      absl::StrReplaceAll(kMinimal, {{"[val.bin]", "[\"v\xc3\xa9l \xe2\x82\xac\"]"}}));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->data().val_shards(0), "v\xc3\xa9l \xe2\x82\xac");
+  absl::StatusOr<v1::JobSpec> reread = ParseJobSpecYaml(JobSpecToYaml(*spec));
+  ASSERT_TRUE(reread.ok()) << reread.status();
+  EXPECT_TRUE(MessageDifferencer::Equals(*spec, *reread));
+}
+
+// Found by tests/fuzz/fuzz_job_spec: yaml-cpp wrote a string ending in '\r' as a plain scalar,
+// which reads back without it.
+TEST(JobSpecTest, CarriageReturnsRoundTrip) {
+  for (const char* shard : {"a\\r", "a\\rb", "\\r"}) {
+    SCOPED_TRACE(shard);
+    absl::StatusOr<v1::JobSpec> spec = ParseJobSpecYaml(
+        absl::StrReplaceAll(kMinimal, {{"[val.bin]", absl::StrCat("[\"", shard, "\"]")}}));
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    EXPECT_EQ(spec->data().val_shards(0), absl::StrReplaceAll(shard, {{"\\r", "\r"}}));
+    absl::StatusOr<v1::JobSpec> reread = ParseJobSpecYaml(JobSpecToYaml(*spec));
+    ASSERT_TRUE(reread.ok()) << reread.status();
+    EXPECT_TRUE(MessageDifferencer::Equals(*spec, *reread)) << JobSpecToYaml(*spec);
+  }
+}
+
 TEST(JobSpecTest, TwoOneofMembersNameBoth) {
   EXPECT_TRUE(IsInvalidArgument(ParseAndValidate(Minimal("schedule: {raptr: {}, pld: {}}\n")),
                                 "schedule.raptr and schedule.pld are both set; choose one of "
@@ -383,6 +426,27 @@ TEST(JobSpecTest, OutOfRangeNamesTheField) {
                                 "training.steps is required"));
   EXPECT_TRUE(IsInvalidArgument(WithReplaced(kMinimal, "  val_shards: [val.bin]\n", ""),
                                 "data.val_shards is required"));
+}
+
+// Any world size in [min_workers, max_workers] that divides the batch will do; finding one tried
+// every count, which took seconds for a prime batch near INT32_MAX (tests/fuzz/regressions/).
+TEST(JobSpecTest, WorkerCountThatDividesTheBatch) {
+  const auto with = [](int32_t batch, int32_t min_workers, int32_t max_workers) {
+    return ParseAndValidate(absl::StrCat(
+        absl::StrReplaceAll(kMinimal, {{"batch: 16", absl::StrCat("batch: ", batch)}}),
+        "resources: {min_workers: ", min_workers, ", max_workers: ", max_workers, "}\n"));
+  };
+  constexpr int32_t kMax = std::numeric_limits<int32_t>::max();  // a prime
+  EXPECT_TRUE(with(kMax, 2, kMax).ok());
+  EXPECT_TRUE(with(kMax, kMax, kMax).ok());
+  EXPECT_TRUE(IsInvalidArgument(with(kMax, 2, kMax - 1), "training.batch (2147483647) must be "));
+  EXPECT_TRUE(with(kMax - 1, 3, 3).ok());  // 2147483646 = 2 * 3^2 * 7 * 11 * 31 * 151 * 331
+  EXPECT_TRUE(IsInvalidArgument(with(kMax - 1, 4, 5), "must be divisible"));
+  EXPECT_TRUE(with(12, 5, 6).ok());  // a divisor above sqrt(12)
+  EXPECT_TRUE(with(12, 5, 100).ok());
+  EXPECT_TRUE(IsInvalidArgument(with(12, 5, 5), "= [5, 5]"));
+  EXPECT_TRUE(IsInvalidArgument(with(12, 13, 100), "= [13, 100]"));
+  EXPECT_TRUE(with(1, 1, kMax).ok());
 }
 
 TEST(JobSpecTest, BertNeedsItsMaskId) {
@@ -519,6 +583,27 @@ TEST(JobSpecTest, StageStepsFollowTheFractionRule) {
   EXPECT_TRUE(ValidateJobSpec(*spec).ok()) << ValidateJobSpec(*spec);
   EXPECT_EQ(RaptrStageSteps(*spec), (std::vector<int64_t>{100, 100}));
   EXPECT_TRUE(StackingStageSteps(*spec).empty());
+}
+
+// With training.steps near INT64_MAX a stage's end, steps * (f_1 + ... + f_s), rounds to 2^63,
+// and converting that to int64_t was undefined behaviour (tests/fuzz/regressions/job_spec/).
+TEST(JobSpecTest, StageStepsOfTheLargestBudget) {
+  const std::string huge =
+      absl::StrReplaceAll(kMinimal, {{"steps: 600", "steps: 9223372036854775807"}});
+  absl::StatusOr<v1::JobSpec> spec =
+      ParseJobSpecYaml(absl::StrCat(huge,
+                                    "schedule: {raptr: {stages: [{path_length: 6, fraction: 0.5}, "
+                                    "{path_length: 12, fraction: 0.5}]}}\n"));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ASSERT_TRUE(ValidateJobSpec(*spec).ok()) << ValidateJobSpec(*spec);
+  EXPECT_EQ(RaptrStageSteps(*spec),
+            (std::vector<int64_t>{4611686018427387904, 4611686018427387903}));
+  // Fractions may sum to a little over 1: the first stage then ends at the last step.
+  EXPECT_TRUE(IsInvalidArgument(
+      ParseAndValidate(absl::StrCat(huge,
+                                    "schedule: {raptr: {stages: [{path_length: 6, fraction: "
+                                    "1}, {path_length: 12, fraction: 5e-7}]}}\n")),
+      "schedule.raptr.stages[1].fraction (5e-07) of the 9223372036854775807 steps available"));
 }
 
 TEST(JobSpecTest, GenericWalkHandlesMapsAndOneofsOfAnyMessage) {
