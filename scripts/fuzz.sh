@@ -17,6 +17,8 @@
 # (-timeout), ran out of memory (-rss_limit_mb) or asked for a huge allocation (-malloc_limit_mb),
 # printing the input and the command that reproduces it. Ends with one summary line per target.
 set -euo pipefail
+# Debug info makes ccache hash the build directory; a fresh clone (CI) should still hit the cache.
+export CCACHE_NOHASHDIR=1
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 

@@ -7,6 +7,8 @@
 # Any sanitizer report aborts the process that made it (-fno-sanitize-recover, halt_on_error),
 # which fails its test. Extra args go to ctest.
 set -euo pipefail
+# Debug info makes ccache hash the build directory; a fresh clone (CI) should still hit the cache.
+export CCACHE_NOHASHDIR=1
 cd "$(dirname "$0")/.."
 KIND=${1:?usage: sanitize.sh asan|tsan [ctest args]}
 shift
