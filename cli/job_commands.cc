@@ -249,6 +249,11 @@ std::string EventLine(const v1::JobEvent& event) {
     return absl::StrFormat("%s checkpoint after step %d: %s", time, event.checkpoint().step(),
                            event.checkpoint().path());
   }
+  if (event.has_checkpoint_rejected()) {
+    const v1::CheckpointRejected& rejected = event.checkpoint_rejected();
+    return absl::StrFormat("%s checkpoint after step %d rejected (%s): %s", time, rejected.step(),
+                           rejected.path(), rejected.reason());
+  }
   return "";  // An event this client does not know (a newer coordinator): nothing to print.
 }
 

@@ -507,6 +507,7 @@ void Cluster::StartGroup(const v1::Job& job, std::vector<int64_t> sessions) {
   run.watchdog.emplace(options_.progress, world, Now());
   run.completed_steps = start;
   run.committed_step = start;
+  run.resumed_from = latest->has_value() ? start : -1;
   std::string names;
   for (int rank = 0; rank < world; ++rank) {
     Worker& worker = sessions_.at(sessions[rank]);
@@ -524,6 +525,7 @@ void Cluster::StartGroup(const v1::Job& job, std::vector<int64_t> sessions) {
     if (latest->has_value()) {
       assignment->mutable_resume_checkpoint()->set_step((*latest)->step);
       assignment->mutable_resume_checkpoint()->set_path((*latest)->path);
+      assignment->mutable_resume_checkpoint()->set_state_digest((*latest)->state_digest);
     }
     worker.link->Send(message);
   }
@@ -747,6 +749,7 @@ absl::Status Cluster::OnCheckpointWritten(int64_t session, const v1::CheckpointW
   const int64_t step = written.step();
   const bool diverged = agg.diverged;
   const std::string path = agg.path;
+  const uint64_t digest = agg.digest.value_or(0);
   run.checkpoints.erase(it);
   if (diverged) {
     FailGroup(run.job.id(),
@@ -770,7 +773,7 @@ absl::Status Cluster::OnCheckpointWritten(int64_t session, const v1::CheckpointW
               /*retryable=*/true);
     return absl::OkStatus();
   }
-  if (absl::Status committed = store_->CommitCheckpoint(run.job.id(), step, path);
+  if (absl::Status committed = store_->CommitCheckpoint(run.job.id(), step, path, digest);
       !committed.ok()) {
     FailGroup(
         run.job.id(),
@@ -790,7 +793,20 @@ void Cluster::OnWorkerError(int64_t session, const v1::WorkerError& error) {
                    error.job_id().empty() ? "no job" : error.job_id(), " at step ", error.step(),
                    ": ", error.message()));
   if (error.job_id().empty()) return;
-  if (GroupOf(session, error.job_id(), error.generation()) == nullptr) return;
+  RunningJob* run = GroupOf(session, error.job_id(), error.generation());
+  if (run == nullptr) return;
+  if (error.resume_checkpoint_unusable() && run->resumed_from >= 0) {
+    // The next group starts from the checkpoint before it (or from step 0).
+    const int64_t step = run->resumed_from;
+    if (absl::Status rejected = store_->RejectCheckpoint(error.job_id(), step, error.message());
+        !rejected.ok()) {
+      Log(absl::StrCat(error.job_id(), ": cannot reject the checkpoint at step ", step, ": ",
+                       rejected.ToString()));
+    } else {
+      Log(absl::StrCat(error.job_id(), ": the checkpoint at step ", step,
+                       " is unusable; resuming from the one before it"));
+    }
+  }
   FailGroup(error.job_id(),
             absl::StrCat("worker ", worker.hello.worker_id(), " (rank ", worker.rank,
                          ") failed at step ", error.step(), ": ", error.message()),

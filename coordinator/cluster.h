@@ -195,6 +195,7 @@ class Cluster final : public JobLifecycleListener {
     std::vector<StepSummaryRecord> unflushed;
     double tokens_per_second = 0;  // the job's, smoothed over recent steps
     int64_t committed_step = -1;   // the latest committed checkpoint (optimizer steps done)
+    int64_t resumed_from = -1;     // the checkpoint step this generation started from; -1: none
     int64_t completed_steps = 0;   // every rank has reported steps < this
   };
 

@@ -294,6 +294,7 @@ class JobRunner {
       error->set_step(current_step_);
       error->set_code(static_cast<int>(status.code()));
       error->set_message(std::string(status.message()));
+      error->set_resume_checkpoint_unusable(resume_unusable_);
       // Bad input (a missing shard, a spec this build cannot run, a checkpoint of another run)
       // fails the same way on any worker; lost peers and timeouts may not.
       const absl::StatusCode code = status.code();
@@ -301,6 +302,8 @@ class JobRunner {
           code != absl::StatusCode::kInvalidArgument && code != absl::StatusCode::kNotFound &&
           code != absl::StatusCode::kFailedPrecondition && code != absl::StatusCode::kDataLoss &&
           code != absl::StatusCode::kUnimplemented && code != absl::StatusCode::kResourceExhausted);
+      // An unusable checkpoint is not the job's end: the one before it may be fine.
+      if (resume_unusable_) error->set_retryable(true);
       connection_->Write(message);
     }
     {
@@ -326,12 +329,25 @@ class JobRunner {
     ASSIGN_OR_RETURN(std::unique_ptr<TrainingSession> session,
                      TrainingSession::Create(config, rank, world));
     if (assignment_.has_resume_checkpoint()) {
-      RETURN_IF_ERROR(session->Restore(assignment_.resume_checkpoint().path()));
-      if (session->step() != assignment_.resume_checkpoint().step()) {
-        return absl::DataLossError(absl::StrCat(
-            "checkpoint ", assignment_.resume_checkpoint().path(), " holds step ", session->step(),
-            ", the coordinator committed it as step ", assignment_.resume_checkpoint().step()));
+      const v1::CheckpointRef& resume = assignment_.resume_checkpoint();
+      // DATA_LOSS from here on means the checkpoint was read and is wrong: the coordinator rejects
+      // it and resumes from the one before (other errors, a missing directory say, are this
+      // worker's and do not condemn the checkpoint).
+      absl::Status restored = session->Restore(resume.path());
+      if (restored.ok() && session->step() != resume.step()) {
+        restored = absl::DataLossError(absl::StrCat("checkpoint ", resume.path(), " holds step ",
+                                                    session->step(), ", the coordinator committed "
+                                                    "it as step ", resume.step()));
       }
+      if (restored.ok() && resume.state_digest() != 0 &&
+          session->StateDigest() != resume.state_digest()) {
+        restored = absl::DataLossError(absl::StrFormat(
+            "checkpoint %s: its state's digest %016x is not the %016x recorded when it was "
+            "committed (torn or corrupted files)",
+            resume.path(), session->StateDigest(), resume.state_digest()));
+      }
+      if (restored.code() == absl::StatusCode::kDataLoss) resume_unusable_ = true;
+      RETURN_IF_ERROR(restored);
     }
     current_step_ = session->step();
     last_step_.store(session->step() - 1);
@@ -519,6 +535,7 @@ class JobRunner {
   std::atomic<bool> finished_{false};
   std::atomic<int64_t> last_step_{-1};
   int64_t current_step_ = -1;  // the job thread's own
+  bool resume_unusable_ = false;  // the job thread's own: the resume checkpoint failed its checks
 };
 
 enum class SessionEnd {

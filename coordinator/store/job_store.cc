@@ -95,6 +95,15 @@ CREATE INDEX job_events_by_job ON job_events (job_id, seq);
 UPDATE schema_version SET version = 2;
 )sql";
 
+// Version 2 -> 3: each committed checkpoint's state digest (checked when a group resumes from
+// it), and when it was found unusable (NULL while usable). Rows of older stores keep a NULL
+// digest: they are resumed from without the check.
+constexpr char kMigrateV2ToV3[] = R"sql(
+ALTER TABLE checkpoints ADD COLUMN state_digest INTEGER;
+ALTER TABLE checkpoints ADD COLUMN rejected_ms INTEGER;
+UPDATE schema_version SET version = 3;
+)sql";
+
 int64_t NowMillis() { return absl::ToUnixMillis(absl::Now()); }
 
 // Maps an SQLite result code onto a status naming the store and what was being done.
@@ -337,6 +346,7 @@ absl::Status EnsureSchema(sqlite3* db, const std::string& path) {
   if (table_count == 0) {
     RETURN_IF_ERROR(Exec(db, kSchemaV1, path));
     RETURN_IF_ERROR(Exec(db, kMigrateV1ToV2, path));
+    RETURN_IF_ERROR(Exec(db, kMigrateV2ToV3, path));
     return txn->Commit();
   }
   if (!has_version) {
@@ -361,12 +371,11 @@ absl::Status EnsureSchema(sqlite3* db, const std::string& path) {
     return absl::FailedPreconditionError(
         absl::StrCat("job store ", path, ": unknown schema version ", v));
   }
-  if (v < 2) {
-    // The version read is done; a pending read of the schema must not overlap its change.
-    RETURN_IF_ERROR(version.Reset());
-    RETURN_IF_ERROR(tables.Reset());
-    RETURN_IF_ERROR(Exec(db, kMigrateV1ToV2, path));
-  }
+  // The version read is done; a pending read of the schema must not overlap its change.
+  RETURN_IF_ERROR(version.Reset());
+  RETURN_IF_ERROR(tables.Reset());
+  if (v < 2) RETURN_IF_ERROR(Exec(db, kMigrateV1ToV2, path));
+  if (v < 3) RETURN_IF_ERROR(Exec(db, kMigrateV2ToV3, path));
   return txn->Commit();
 }
 
@@ -745,7 +754,7 @@ absl::StatusOr<std::vector<StepSummaryRecord>> JobStore::StepSummaries(const std
 }
 
 absl::Status JobStore::CommitCheckpoint(const std::string& job_id, int64_t step,
-                                        const std::string& path) {
+                                        const std::string& path, uint64_t state_digest) {
   if (step < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("job \"", job_id, "\": checkpoint step must be >= 0, got ", step));
@@ -768,12 +777,15 @@ absl::Status JobStore::CommitCheckpoint(const std::string& job_id, int64_t step,
   ASSIGN_OR_RETURN(Statement upsert,
                    Statement::Prepare(db_,
                                       "INSERT OR REPLACE INTO checkpoints (job_id, step, path, "
-                                      "committed_ms) VALUES (?, ?, ?, ?)",
+                                      "committed_ms, state_digest, rejected_ms) "
+                                      "VALUES (?, ?, ?, ?, ?, NULL)",
                                       path_));
   upsert.BindText(1, job_id);
   upsert.BindInt(2, step);
   upsert.BindText(3, path);
   upsert.BindInt(4, now);
+  // SQLite integers are signed 64-bit: the digest's bits are stored as they are.
+  upsert.BindInt(5, static_cast<int64_t>(state_digest));
   RETURN_IF_ERROR(upsert.Run());
   ASSIGN_OR_RETURN(Statement touch,
                    Statement::Prepare(db_, "UPDATE jobs SET updated_ms = ? WHERE id = ?", path_));
@@ -795,8 +807,9 @@ absl::StatusOr<std::optional<CheckpointRecord>> JobStore::LatestCheckpoint(
   RETURN_IF_ERROR(CheckJobExists(job_id));
   ASSIGN_OR_RETURN(Statement select,
                    Statement::Prepare(db_,
-                                      "SELECT step, path, committed_ms FROM checkpoints WHERE "
-                                      "job_id = ? ORDER BY step DESC LIMIT 1",
+                                      "SELECT step, path, committed_ms, state_digest FROM "
+                                      "checkpoints WHERE job_id = ? AND rejected_ms IS NULL "
+                                      "ORDER BY step DESC LIMIT 1",
                                       path_));
   select.BindText(1, job_id);
   ASSIGN_OR_RETURN(bool row, select.Step());
@@ -805,7 +818,46 @@ absl::StatusOr<std::optional<CheckpointRecord>> JobStore::LatestCheckpoint(
   checkpoint.step = select.Int(0);
   checkpoint.path = select.Text(1);
   checkpoint.committed_at_ms = select.Int(2);
+  checkpoint.state_digest = select.IsNull(3) ? 0 : static_cast<uint64_t>(select.Int(3));
   return std::optional<CheckpointRecord>(std::move(checkpoint));
+}
+
+absl::Status JobStore::RejectCheckpoint(const std::string& job_id, int64_t step,
+                                        const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto txn, Transaction::BeginWrite(db_, path_));
+  RETURN_IF_ERROR(CheckJobExists(job_id));
+  ASSIGN_OR_RETURN(Statement select,
+                   Statement::Prepare(db_,
+                                      "SELECT path FROM checkpoints WHERE job_id = ? AND step = ? "
+                                      "AND rejected_ms IS NULL",
+                                      path_));
+  select.BindText(1, job_id);
+  select.BindInt(2, step);
+  ASSIGN_OR_RETURN(bool found, select.Step());
+  if (!found) {
+    return absl::NotFoundError(
+        absl::StrCat("job \"", job_id, "\" has no usable checkpoint at step ", step));
+  }
+  const std::string path = select.Text(0);
+  RETURN_IF_ERROR(select.Reset());
+  const int64_t now = NowMillis();
+  ASSIGN_OR_RETURN(Statement reject,
+                   Statement::Prepare(db_,
+                                      "UPDATE checkpoints SET rejected_ms = ? WHERE job_id = ? "
+                                      "AND step = ?",
+                                      path_));
+  reject.BindInt(1, now);
+  reject.BindText(2, job_id);
+  reject.BindInt(3, step);
+  RETURN_IF_ERROR(reject.Run());
+  v1::JobEvent event;
+  v1::CheckpointRejected* rejected = event.mutable_checkpoint_rejected();
+  rejected->set_step(step);
+  rejected->set_path(path);
+  rejected->set_reason(reason);
+  RETURN_IF_ERROR(AppendEvent(job_id, now, &event));
+  return txn->Commit();
 }
 
 absl::StatusOr<std::vector<std::pair<int64_t, v1::JobEvent>>> JobStore::JobEvents(

@@ -37,6 +37,7 @@ struct CheckpointRecord {
   int64_t step = 0;             // Weights after this 0-based step.
   std::string path;             // The checkpoint's directory.
   int64_t committed_at_ms = 0;  // Unix milliseconds of the commit.
+  uint64_t state_digest = 0;    // The ranks' state digest at the commit; 0: not recorded.
 };
 
 // A worker the coordinator has seen (from its Hello and heartbeats).
@@ -99,7 +100,7 @@ class JobStore {
 
   // The schema version this build writes and reads.
   // 1: jobs, step summaries, checkpoints, workers. 2: + job_events.
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
 
   // Fills the spec's defaults, validates it (ValidateJobSpec) and stores a new PENDING job.
   // INVALID_ARGUMENT naming the field when the spec is invalid; nothing is written then.
@@ -152,13 +153,19 @@ class JobStore {
   absl::StatusOr<std::vector<StepSummaryRecord>> StepSummaries(const std::string& job_id,
                                                                int64_t from_step, int limit);
 
-  // Records a committed checkpoint of the job after `step` (replacing one of the same step) and
-  // logs a checkpoint event (with the job's generation). NOT_FOUND for an unknown job;
-  // INVALID_ARGUMENT for a negative step or an empty path.
-  absl::Status CommitCheckpoint(const std::string& job_id, int64_t step, const std::string& path);
+  // Records a committed checkpoint of the job after `step` (replacing one of the same step) with
+  // the ranks' state digest, and logs a checkpoint event (with the job's generation). NOT_FOUND
+  // for an unknown job; INVALID_ARGUMENT for a negative step or an empty path.
+  absl::Status CommitCheckpoint(const std::string& job_id, int64_t step, const std::string& path,
+                                uint64_t state_digest);
 
-  // The job's committed checkpoint of the highest step; std::nullopt when none. NOT_FOUND for an
-  // unknown job.
+  // Marks the job's committed checkpoint of `step` unusable (it stays in the table, for the
+  // record) and logs a checkpoint_rejected event with `reason`; LatestCheckpoint skips it from
+  // then on. NOT_FOUND for an unknown job or no such checkpoint.
+  absl::Status RejectCheckpoint(const std::string& job_id, int64_t step, const std::string& reason);
+
+  // The job's usable (not rejected) committed checkpoint of the highest step; std::nullopt when
+  // none. NOT_FOUND for an unknown job.
   absl::StatusOr<std::optional<CheckpointRecord>> LatestCheckpoint(const std::string& job_id);
 
   // Up to `limit` of the job's logged events with seq > after_seq, as (seq, event) in seq order;

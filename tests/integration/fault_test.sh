@@ -17,6 +17,8 @@
 #   G. Two processes with one worker id: the second is refused while the first is live; the first
 #      one's job is not disturbed.
 #   H. A job finishes while another is recovering (a use-after-free in the coordinator once).
+#   I. Committed checkpoints corrupted and truncated on disk: found by the digest recorded at the
+#      commit (or the reader), rejected with an event, and the job resumes from the one before.
 # Usage: fault_test.sh BUILD_DIR
 set -euo pipefail
 BUILD=$(cd "$1" && pwd)
@@ -209,4 +211,49 @@ wait_state "$Y" SUCCEEDED 60   # on wa, while the pair waits for a second worker
 kill -0 "$COORD_PID" || fail "the coordinator died when a job finished during another's recovery"
 "$CTL" cancel "$X" > /dev/null
 echo "ok H: a job finishes while another recovers"
+# --- I. A committed checkpoint corrupted on disk (bytes flipped in a tensor), then one truncated:
+# the worker resuming from it finds its state does not match the digest recorded at the commit,
+# the coordinator rejects it (an event in the job's log) and the job resumes from the one before;
+# it still ends bitwise identical to an uninterrupted run.
+new_cluster corrupt
+start_worker wr
+wait_log "$WORK/coord.log" "worker wr connected" 30
+REF=$("$CTL" submit -f "$(spec ref3 100 1 1)") || fail "submit ref3"
+wait_state "$REF" SUCCEEDED 120
+kill -TERM "$LAST_WORKER"
+wait "$LAST_WORKER" 2>/dev/null || true
+start_worker wx --crash-at-step 80
+JOB=$("$CTL" submit -f "$(spec ref3 100 1 1)") || fail "submit corrupt"
+wait "$LAST_WORKER" 2>/dev/null && fail "the crashing worker exited 0"
+CK50=$(final_checkpoint "$JOB" 50)
+CK75=$(final_checkpoint "$JOB" 75)
+python3 - "$CK75/model.safetensors" <<'PY'
+import sys
+path = sys.argv[1]
+with open(path, "r+b") as f:
+    data = bytearray(f.read())
+    for i in range(len(data) - 4096, len(data) - 4000):  # inside the last tensor's bytes
+        data[i] ^= 0x5A
+    f.seek(0)
+    f.write(data)
+PY
+truncate -s -100 "$CK50/state.safetensors"
+"$CTL" watch "$JOB" --output json > "$WORK/corrupt.events" &
+WATCH=$!
+start_worker wy
+wait_state "$JOB" SUCCEEDED 120
+wait "$WATCH" || true
+[[ $(grep -c '"checkpointRejected"\|"checkpoint_rejected"' "$WORK/corrupt.events") -eq 2 ]] \
+  || fail "expected 2 checkpoint_rejected events: $(grep -i rejected "$WORK/corrupt.events")"
+grep -q "digest" "$WORK/corrupt.events" || fail "the rejection of step 75 does not name the digest"
+grep "is unusable" "$WORK/coord.log" | sed 's/^/measured: /'
+python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    e = json.loads(line).get("checkpoint_rejected")
+    if e: print("measured: rejected step %s: %s" % (e.get("step"), e.get("reason")))
+' "$WORK/corrupt.events"
+python3 "$HERE/compare_checkpoints.py" "$(final_checkpoint "$REF" 100)" \
+  "$(final_checkpoint "$JOB" 100)" --exact || fail "the run resumed past corrupt checkpoints differs"
+echo "ok I: corrupt and torn checkpoints are rejected; the job resumes from the one before"
 echo "fault tests: all passed"

@@ -332,9 +332,9 @@ TEST_F(JobStoreTest, Checkpoints) {
   absl::StatusOr<std::optional<CheckpointRecord>> latest = store->LatestCheckpoint(id);
   ASSERT_TRUE(latest.ok()) << latest.status();
   EXPECT_FALSE(latest->has_value());
-  ASSERT_TRUE(store->CommitCheckpoint(id, 50, "/runs/a/step_50").ok());
-  ASSERT_TRUE(store->CommitCheckpoint(id, 99, "/runs/a/step_99").ok());
-  ASSERT_TRUE(store->CommitCheckpoint(id, 20, "/runs/a/step_20").ok());
+  ASSERT_TRUE(store->CommitCheckpoint(id, 50, "/runs/a/step_50", 0).ok());
+  ASSERT_TRUE(store->CommitCheckpoint(id, 99, "/runs/a/step_99", 0).ok());
+  ASSERT_TRUE(store->CommitCheckpoint(id, 20, "/runs/a/step_20", 0).ok());
   latest = store->LatestCheckpoint(id);
   ASSERT_TRUE(latest.ok());
   ASSERT_TRUE(latest->has_value());
@@ -342,9 +342,41 @@ TEST_F(JobStoreTest, Checkpoints) {
   EXPECT_EQ((*latest)->path, "/runs/a/step_99");
   EXPECT_GT((*latest)->committed_at_ms, 0);
   EXPECT_EQ(store->GetJob(id)->progress().checkpoint_step(), 99);
-  EXPECT_EQ(store->CommitCheckpoint("job-123456", 1, "/x").code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(store->CommitCheckpoint(id, 1, "").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store->CommitCheckpoint("job-123456", 1, "/x", 0).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->CommitCheckpoint(id, 1, "", 0).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(store->LatestCheckpoint("job-123456").status().code(), absl::StatusCode::kNotFound);
+}
+
+// A checkpoint found unusable at resume is skipped from then on (the previous one is used), with
+// a checkpoint_rejected event; the digest survives the round trip, all 64 bits of it.
+TEST_F(JobStoreTest, RejectedCheckpointsAreSkipped) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  const std::string id = store->CreateJob(ValidSpec(), "")->id();
+  ASSERT_TRUE(store->CommitCheckpoint(id, 25, "/ck/25", 0x8000000000000001ull).ok());
+  ASSERT_TRUE(store->CommitCheckpoint(id, 50, "/ck/50", 0xfedcba9876543210ull).ok());
+  EXPECT_EQ((*store->LatestCheckpoint(id))->state_digest, 0xfedcba9876543210ull);
+  ASSERT_TRUE(store->RejectCheckpoint(id, 50, "digest mismatch").ok());
+  absl::StatusOr<std::optional<CheckpointRecord>> latest = store->LatestCheckpoint(id);
+  ASSERT_TRUE(latest.ok() && latest->has_value());
+  EXPECT_EQ((*latest)->step, 25);
+  EXPECT_EQ((*latest)->state_digest, 0x8000000000000001ull);
+  absl::StatusOr<std::vector<std::pair<int64_t, v1::JobEvent>>> events = store->JobEvents(id, 0, 10);
+  ASSERT_TRUE(events.ok());
+  ASSERT_FALSE(events->empty());
+  const v1::JobEvent& last = events->back().second;
+  ASSERT_TRUE(last.has_checkpoint_rejected());
+  EXPECT_EQ(last.checkpoint_rejected().step(), 50);
+  EXPECT_EQ(last.checkpoint_rejected().path(), "/ck/50");
+  EXPECT_EQ(last.checkpoint_rejected().reason(), "digest mismatch");
+  // Rejected once; a second rejection or an unknown step is NOT_FOUND.
+  EXPECT_EQ(store->RejectCheckpoint(id, 50, "again").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store->RejectCheckpoint(id, 7, "none").code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(store->RejectCheckpoint(id, 25, "also bad").ok());
+  EXPECT_FALSE(store->LatestCheckpoint(id)->has_value());
+  // Committing the step again (a later generation rewrote it) makes it usable again.
+  ASSERT_TRUE(store->CommitCheckpoint(id, 50, "/ck/50-again", 7).ok());
+  EXPECT_EQ((*store->LatestCheckpoint(id))->path, "/ck/50-again");
 }
 
 TEST_F(JobStoreTest, EventLogRecordsStateChangesAndCheckpoints) {
@@ -360,15 +392,15 @@ TEST_F(JobStoreTest, EventLogRecordsStateChangesAndCheckpoints) {
   absl::StatusOr<v1::Job> running = store->UpdateJobState(id, v1::JOB_STATE_RUNNING, "");
   ASSERT_TRUE(running.ok()) << running.status();
   ASSERT_TRUE(store->UpdateJobState(other, v1::JOB_STATE_CANCELLED, "not this one").ok());
-  ASSERT_TRUE(store->CommitCheckpoint(id, 10, "/runs/a/step_10").ok());
-  ASSERT_TRUE(store->CommitCheckpoint(id, 20, "/runs/a/step_20").ok());
+  ASSERT_TRUE(store->CommitCheckpoint(id, 10, "/runs/a/step_10", 0).ok());
+  ASSERT_TRUE(store->CommitCheckpoint(id, 20, "/runs/a/step_20", 0).ok());
   ASSERT_TRUE(store->UpdateJobState(id, v1::JOB_STATE_RECOVERING, "worker w1 lost").ok());
   ASSERT_TRUE(store->SetJobGroup(id, 2, 1).ok());
   // Refused and failed changes log nothing.
   const int64_t before_refused = *store->LastEventSeq(id);
   EXPECT_FALSE(store->UpdateJobState(id, v1::JOB_STATE_SUCCEEDED, "").ok());
-  EXPECT_FALSE(store->CommitCheckpoint(id, 30, "").ok());
-  EXPECT_FALSE(store->CommitCheckpoint(id, -1, "/x").ok());
+  EXPECT_FALSE(store->CommitCheckpoint(id, 30, "", 0).ok());
+  EXPECT_FALSE(store->CommitCheckpoint(id, -1, "/x", 0).ok());
   EXPECT_EQ(*store->LastEventSeq(id), before_refused);
   ASSERT_TRUE(store->UpdateJobState(id, v1::JOB_STATE_RUNNING, "").ok());
   absl::StatusOr<v1::Job> done = store->UpdateJobState(id, v1::JOB_STATE_SUCCEEDED, "");
@@ -434,7 +466,7 @@ TEST_F(JobStoreTest, JobEventsPaging) {
   ASSERT_NE(store, nullptr);
   const std::string id = store->CreateJob(ValidSpec(), "")->id();
   for (int step = 1; step <= 5; ++step) {
-    ASSERT_TRUE(store->CommitCheckpoint(id, step, absl::StrCat("/runs/a/step_", step)).ok());
+    ASSERT_TRUE(store->CommitCheckpoint(id, step, absl::StrCat("/runs/a/step_", step), 0).ok());
   }
   // Pages of two, each after the previous page's last seq, read every event once, in order.
   std::vector<int64_t> steps;
@@ -480,7 +512,7 @@ TEST_F(JobStoreTest, GetJobWithEventSeqIsConsistent) {
   constexpr int kCheckpoints = 200;
   std::thread commits([&] {
     for (int step = 1; step <= kCheckpoints; ++step) {
-      ASSERT_TRUE(writer->CommitCheckpoint(id, step, absl::StrCat("/ck/", step)).ok());
+      ASSERT_TRUE(writer->CommitCheckpoint(id, step, absl::StrCat("/ck/", step), 0).ok());
     }
   });
   int checked = 0;
@@ -550,7 +582,7 @@ TEST_F(JobStoreTest, ReopenLosesNothing) {
     ASSERT_TRUE(store->UpdateJobState(done, v1::JOB_STATE_SUCCEEDED, "").ok());
     ASSERT_TRUE(store->SetJobGroup(running, 3, 2).ok());
     ASSERT_TRUE(store->RecordStepSummaries(running, {Step(0, 5), Step(1, 4)}).ok());
-    ASSERT_TRUE(store->CommitCheckpoint(running, 1, "/ck/1").ok());
+    ASSERT_TRUE(store->CommitCheckpoint(running, 1, "/ck/1", 0).ok());
     WorkerRecord w;
     w.worker_id = "w1";
     w.backend = v1::BACKEND_CPU;
@@ -676,16 +708,23 @@ TEST_F(JobStoreTest, MigratesVersion1Store) {
     ASSERT_TRUE(store->SetJobGroup(id, 2, 4).ok());
     ASSERT_TRUE(store->UpdateJobState(id, v1::JOB_STATE_RUNNING, "").ok());
     ASSERT_TRUE(store->RecordStepSummaries(id, {Step(0, 5.0), Step(1, 4.0)}).ok());
-    ASSERT_TRUE(store->CommitCheckpoint(id, 2, "/runs/old/step_2").ok());
+    ASSERT_TRUE(store->CommitCheckpoint(id, 2, "/runs/old/step_2", 0).ok());
   }
-  // What version 1 looked like: the same tables without job_events (its index goes with it).
-  Sql("DROP TABLE job_events; UPDATE schema_version SET version = 1");
+  // What version 1 looked like: the same tables without job_events (its index goes with it)
+  // and without version 3's checkpoint columns.
+  Sql("DROP TABLE job_events; ALTER TABLE checkpoints DROP COLUMN state_digest; "
+      "ALTER TABLE checkpoints DROP COLUMN rejected_ms; UPDATE schema_version SET version = 1");
   ASSERT_EQ(SchemaVersion(), 1);
 
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(SchemaVersion(), JobStore::kSchemaVersion);
   EXPECT_EQ(CountRows("schema_version"), 1);
+  // An old checkpoint has no digest: it is resumed from without the check.
+  absl::StatusOr<std::optional<CheckpointRecord>> old_checkpoint = store->LatestCheckpoint(id);
+  ASSERT_TRUE(old_checkpoint.ok() && old_checkpoint->has_value());
+  EXPECT_EQ((*old_checkpoint)->step, 2);
+  EXPECT_EQ((*old_checkpoint)->state_digest, 0u);
   absl::StatusOr<v1::Job> job = store->GetJob(id);
   ASSERT_TRUE(job.ok()) << job.status();
   EXPECT_EQ(job->spec().name(), "old");
