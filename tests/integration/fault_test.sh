@@ -19,6 +19,7 @@
 #   H. A job finishes while another is recovering (a use-after-free in the coordinator once).
 #   I. Committed checkpoints corrupted and truncated on disk: found by the digest recorded at the
 #      commit (or the reader), rejected with an event, and the job resumes from the one before.
+#   J. The store's disk fills up mid-job and frees again (a small tmpfs; needs root).
 # Usage: fault_test.sh BUILD_DIR
 set -euo pipefail
 BUILD=$(cd "$1" && pwd)
@@ -28,6 +29,7 @@ WORK=$(mktemp -d)
 source "$HERE/service_lib.sh"
 cleanup() {
   stop_all
+  if mountpoint -q "$WORK/smallfs" 2>/dev/null; then umount "$WORK/smallfs"; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -256,4 +258,45 @@ for line in open(sys.argv[1]):
 python3 "$HERE/compare_checkpoints.py" "$(final_checkpoint "$REF" 100)" \
   "$(final_checkpoint "$JOB" 100)" --exact || fail "the run resumed past corrupt checkpoints differs"
 echo "ok I: corrupt and torn checkpoints are rejected; the job resumes from the one before"
+# --- J. The store's disk fills up mid-job (a 16 MiB tmpfs, filled by another file), then frees.
+# While it is full: no checkpoint commits (its summaries could not be written first) and the
+# coordinator stays up; once space is back, the job the store still shows RUNNING without a group
+# is reconciled to RECOVERING and trains again. Needs root for the mount (CI runs as root).
+mkdir -p "$WORK/smallfs"
+if mount -t tmpfs -o size=16m tmpfs "$WORK/smallfs" 2>/dev/null; then
+  new_cluster diskfull --store "$WORK/smallfs/c.db"
+  start_worker wf
+  wait_log "$WORK/coord.log" "worker wf connected" 30
+  JOB=$("$CTL" submit -f "$(spec diskfull 1000000 1 1)") || fail "submit diskfull"
+  wait_step "$JOB" 60 60
+  dd if=/dev/zero of="$WORK/smallfs/filler" bs=64k 2>/dev/null || true  # until ENOSPC
+  T0=$(now)
+  wait_log "$WORK/coord.log" "cannot record step summaries" 30
+  CK_FULL=$(job_field "$JOB" checkpoint_step)
+  sleep 6
+  [[ $(job_field "$JOB" checkpoint_step) == "$CK_FULL" ]] \
+    || fail "a checkpoint committed while the store could not write summaries ($CK_FULL -> $(job_field "$JOB" checkpoint_step))"
+  kill -0 "$COORD_PID" || fail "the coordinator died when its disk filled"
+  G_FULL=$(generation_of "$JOB")
+  rm -f "$WORK/smallfs/filler"
+  T1=$(now)
+  for _ in $(seq 1 300); do
+    [[ $(generation_of "$JOB") -gt $G_FULL && "$(state_of "$JOB")" == RUNNING ]] && break
+    sleep 0.1
+  done
+  [[ $(generation_of "$JOB") -gt $G_FULL && "$(state_of "$JOB")" == RUNNING ]] \
+    || fail "the job did not train again once the disk had space: $(state_of "$JOB") generation $(generation_of "$JOB")"
+  S1=$(step_of "$JOB")
+  wait_step "$JOB" $((S1 + 30)) 60
+  grep -q "RUNNING in the store without a group" "$WORK/coord.log" \
+    || fail "the job's failed state write was not reconciled: $(grep -E "diskfull|job-0000" "$WORK/coord.log" | tail -5)"
+  grep -E "so it is not committed|without a group" "$WORK/coord.log" | head -2 | cut -c1-160 | sed 's/^/measured: /' 
+  echo "measured: store disk full for $(awk -v a="$T0" -v b="$T1" 'BEGIN { printf "%.1f", b - a }') s: no commit meanwhile; training again $(since "$T1") s after space came back"
+  "$CTL" cancel "$JOB" > /dev/null
+  stop_all
+  umount "$WORK/smallfs"
+  echo "ok J: a full store disk: no commit without its summaries, reconciled once space is back"
+else
+  echo "skip J: cannot mount a tmpfs here (not root): the disk-full scenario did not run"
+fi
 echo "fault tests: all passed"

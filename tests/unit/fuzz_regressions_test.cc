@@ -85,6 +85,8 @@ TEST(FuzzRegressionsTest, ShardInputs) {
     }
     const std::string bytes = ReadBytes(path);
     ASSERT_EQ(bytes.size(), kShardHeaderBytes + tokens->size() * sizeof(uint16_t));
+    // (memcmp of an empty vector's null data() is undefined, even for 0 bytes: UBSan says so.)
+    if (tokens->empty()) continue;
     EXPECT_EQ(std::memcmp(bytes.data() + kShardHeaderBytes, tokens->data(),
                           tokens->size() * sizeof(uint16_t)),
               0);
