@@ -1,4 +1,6 @@
-// The coordinator's scheduling, plan streaming, aggregation and recovery (see cluster.h).
+// The Cluster's sessions, leases and progress deadlines, scheduling, groups, plan streaming,
+// recovery and summary persistence (see cluster.h; reports, rendezvous and metrics are in the
+// cluster_*.cc beside it).
 #include "coordinator/cluster.h"
 
 #include <algorithm>
@@ -11,18 +13,18 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/log.h"
+#include "coordinator/cluster_util.h"
+#include "coordinator/placement.h"
 
 namespace raptr {
-namespace {
 
-constexpr size_t kMaxKeyBytes = 256;
-constexpr size_t kMaxValueBytes = 1 << 20;
-
-v1::Backend EffectiveBackend(v1::Backend backend) {
-  return backend == v1::BACKEND_UNSPECIFIED ? v1::BACKEND_CPU : backend;
-}
-
-}  // namespace
+using cluster_util::BackendName;
+using cluster_util::EffectiveBackend;
+using cluster_util::JobLabels;
+using cluster_util::kMaxKeyBytes;
+using cluster_util::kMaxValueBytes;
+using cluster_util::Smooth;
 
 // The store's batch shape: (job id, summaries) pairs.
 std::vector<std::pair<std::string, std::vector<StepSummaryRecord>>> Cluster::ToStoreBatch(
@@ -33,56 +35,12 @@ std::vector<std::pair<std::string, std::vector<StepSummaryRecord>>> Cluster::ToS
   return out;
 }
 
-namespace {
-
-// The schedule kind, the `method` label of job metrics.
-std::string MethodOf(const v1::JobSpec& spec) {
-  switch (spec.schedule().kind_case()) {
-    case v1::ScheduleSpec::kFull:
-      return "full";
-    case v1::ScheduleSpec::kPld:
-      return "pld";
-    case v1::ScheduleSpec::kLayerdrop:
-      return "layerdrop";
-    case v1::ScheduleSpec::kStacking:
-      return "stacking";
-    default:
-      return "raptr";
-  }
-}
-
-std::vector<std::string> JobLabels(const v1::Job& job) {
-  return {job.id(), job.spec().name(), MethodOf(job.spec())};
-}
-
-// Exponential smoothing of a rate over roughly the last 10 samples.
-double Smooth(double previous, double sample) {
-  return previous == 0 ? sample : 0.9 * previous + 0.1 * sample;
-}
-
-std::string BackendName(v1::Backend backend) {
-  return EffectiveBackend(backend) == v1::BACKEND_CUDA ? "cuda" : "cpu";
-}
-
-}  // namespace
-
 Cluster::Cluster(JobStore* store, ClusterOptions options)
     : store_(store), options_(std::move(options)) {}
 
 Cluster::~Cluster() = default;
 
-double Cluster::Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-void Cluster::Log(const std::string& line) {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char stamp[32];
-  std::strftime(stamp, sizeof(stamp), "%H:%M:%S", &tm);
-  std::fprintf(stderr, "%s raptr-coordinator: %s\n", stamp, line.c_str());
-}
+double Cluster::Now() { return MonotonicSeconds(); }
 
 absl::Status Cluster::RecoverJobsFromStore() {
   absl::StatusOr<std::vector<v1::Job>> jobs = store_->JobsToRecover();
@@ -195,26 +153,6 @@ absl::Status Cluster::Receive(int64_t session, const v1::WorkerMessage& message)
   }
   ScheduleIfNeeded();
   return status;
-}
-
-void Cluster::OnHeartbeat(Worker& worker, const v1::Heartbeat& heartbeat) {
-  if (heartbeat.job_id().empty()) {
-    if (worker.draining) {
-      worker.draining = false;
-      worker.draining_job.clear();
-      schedule_needed_ = true;
-    }
-    return;
-  }
-  // A job thread the coordinator does not know this session to run (a generation that ended, an
-  // older session's): the worker is busy until it says otherwise.
-  const bool in_group = worker.job_id == heartbeat.job_id() && worker.rank >= 0 &&
-                        running_.count(worker.job_id) != 0 &&
-                        running_.at(worker.job_id).generation == heartbeat.generation();
-  if (!in_group && !worker.draining) {
-    worker.draining = true;
-    worker.draining_job = heartbeat.job_id();
-  }
 }
 
 void Cluster::Disconnect(int64_t session) {
@@ -426,30 +364,16 @@ void Cluster::Schedule() {
     const Worker& worker = sessions_.at(session);
     if (Placeable(worker, now)) idle[EffectiveBackend(worker.hello.backend())].push_back(session);
   }
-  // Strict order per backend: a job that cannot start yet holds back the jobs behind it, so a
-  // large job is not starved by a stream of small ones.
-  std::map<v1::Backend, bool> blocked;
+  std::vector<WaitingJob> waiting_jobs;
+  std::map<std::string, const v1::Job*> by_id;
   for (const v1::Job& job : jobs) {
-    const v1::Backend backend = EffectiveBackend(job.spec().resources().backend());
-    if (blocked[backend]) continue;
-    std::vector<int64_t>& free = idle[backend];
-    const int min_workers = job.spec().resources().min_workers();
-    const int max_workers = job.spec().resources().max_workers();
-    const int batch = job.spec().training().batch();
-    int world = 0;
-    for (int w = std::min<int>(max_workers, static_cast<int>(free.size())); w >= min_workers; --w) {
-      if (batch % w == 0) {
-        world = w;
-        break;
-      }
-    }
-    if (world == 0) {
-      blocked[backend] = true;
-      continue;
-    }
-    std::vector<int64_t> group(free.begin(), free.begin() + world);
-    free.erase(free.begin(), free.begin() + world);
-    StartGroup(job, std::move(group));
+    const v1::ResourceSpec& r = job.spec().resources();
+    waiting_jobs.push_back({job.id(), EffectiveBackend(r.backend()), r.min_workers(),
+                            r.max_workers(), job.spec().training().batch()});
+    by_id[job.id()] = &job;
+  }
+  for (Placement& placement : PlaceJobs(waiting_jobs, std::move(idle))) {
+    StartGroup(*by_id.at(placement.job_id), std::move(placement.workers));
   }
 }
 
@@ -597,222 +521,6 @@ Cluster::RunningJob* Cluster::GroupOf(int64_t session, const std::string& job_id
   return &it->second;
 }
 
-absl::Status Cluster::OnStepReport(int64_t session, const v1::StepReport& report) {
-  ++reports_received_;
-  RunningJob* group = GroupOf(session, report.job_id(), report.generation());
-  if (group == nullptr) return absl::OkStatus();  // a straggler of an ended generation
-  RunningJob& run = *group;
-  const int rank = sessions_.at(session).rank;
-  const int world = static_cast<int>(run.members.size());
-  if (report.rank() != rank || report.step() != run.next_step_by_rank[rank] ||
-      report.step() >= run.next_plan) {
-    FailGroup(run.job.id(),
-              absl::StrCat("rank ", rank, " reported step ", report.step(), " as rank ",
-                           report.rank(), "; expected step ", run.next_step_by_rank[rank]),
-              /*retryable=*/true);
-    return absl::OkStatus();
-  }
-  auto agg_it = run.steps.find(report.step());
-  StepAggregate& agg = agg_it->second;
-  ++agg.reports;
-  agg.loss_sum += report.loss() * static_cast<double>(report.scored_targets());
-  agg.targets += report.scored_targets();
-  agg.tokens += report.tokens();
-  agg.flops += report.flops();
-  agg.flops_full += report.flops_full();
-  agg.seconds = std::max(agg.seconds, report.step_seconds());
-  run.next_step_by_rank[rank] = report.step() + 1;
-  Worker& reporter = sessions_.at(session);
-  reporter.last_report = Now();
-  run.watchdog->RankProgressed(rank, reporter.last_report);
-  if (report.step_seconds() > 0) {
-    reporter.tokens_per_second =
-        Smooth(reporter.tokens_per_second, report.tokens() / report.step_seconds());
-  }
-  if (metrics_.worker_step_seconds != nullptr) {
-    const std::string& id = reporter.hello.worker_id();
-    metrics_.worker_step_seconds->Observe({id, "total"}, report.step_seconds());
-    metrics_.worker_step_seconds->Observe({id, "forward"}, report.forward_seconds());
-    metrics_.worker_step_seconds->Observe({id, "backward"}, report.backward_seconds());
-    metrics_.worker_step_seconds->Observe({id, "allreduce"}, report.allreduce_seconds());
-    metrics_.worker_step_seconds->Observe({id, "optimizer"}, report.optimizer_seconds());
-  }
-  if (agg.reports == world) {
-    StepSummaryRecord summary;
-    v1::StepPlan plan;
-    run.planner->Fill(report.step(), &plan);
-    summary.step = report.step();
-    summary.stage = plan.stage();
-    summary.path_length = plan.active_layers_size();
-    summary.loss = agg.targets > 0 ? agg.loss_sum / static_cast<double>(agg.targets) : 0.0;
-    summary.learning_rate = plan.learning_rate();
-    summary.tokens = agg.tokens;
-    summary.flops = agg.flops;
-    summary.flops_full = agg.flops_full;
-    summary.seconds = agg.seconds;
-    run.steps.erase(agg_it);
-    run.completed_steps = report.step() + 1;
-    run.watchdog->StepCompleted(summary.seconds);
-    if (summary.seconds > 0) {
-      run.tokens_per_second = Smooth(run.tokens_per_second, summary.tokens / summary.seconds);
-    }
-    // Work done, replayed steps included (they cost compute too), so these only grow.
-    if (metrics_.job_tokens != nullptr) {
-      const std::vector<std::string> labels = JobLabels(run.job);
-      metrics_.job_tokens->Add(labels, static_cast<double>(summary.tokens));
-      metrics_.job_flops->Add(labels, summary.flops);
-      metrics_.job_flops_full->Add(labels, summary.flops_full);
-    }
-    if (run.evals.count(summary.step) != 0) {
-      run.awaiting_eval[summary.step] = summary;
-    } else {
-      run.unflushed.push_back(summary);
-    }
-  }
-  SendPlans(run);
-  return absl::OkStatus();
-}
-
-absl::Status Cluster::OnEvalResult(int64_t session, const v1::EvalResult& result) {
-  RunningJob* group = GroupOf(session, result.job_id(), result.generation());
-  if (group == nullptr) return absl::OkStatus();
-  RunningJob& run = *group;
-  const int rank = sessions_.at(session).rank;
-  auto it = run.evals.find(result.step());
-  if (it == run.evals.end() || result.step() >= run.next_step_by_rank[rank]) {
-    FailGroup(run.job.id(),
-              absl::StrCat("rank ", rank, " answered an evaluation after step ", result.step(),
-                           " that was not requested of it"),
-              /*retryable=*/true);
-    return absl::OkStatus();
-  }
-  EvalAggregate& agg = it->second;
-  if (result.rank() != rank || agg.votes.Add(rank) != RankVotes::Result::kCounted) {
-    FailGroup(run.job.id(),
-              absl::StrCat("rank ", rank, " answered the evaluation after step ", result.step(),
-                           " twice or as rank ", result.rank()),
-              /*retryable=*/true);
-    return absl::OkStatus();
-  }
-  run.watchdog->RankProgressed(rank, Now());
-  agg.loss_sum += result.loss() * static_cast<double>(result.scored_targets());
-  agg.targets += result.scored_targets();
-  agg.batches = result.batches();
-  agg.seconds = std::max(agg.seconds, result.seconds());
-  if (!agg.votes.Complete()) return absl::OkStatus();
-  const int64_t step = result.step();
-  if (agg.targets == 0) {
-    run.evals.erase(it);
-    FailGroup(run.job.id(), absl::StrCat("the evaluation after step ", step, " scored no targets"),
-              /*retryable=*/false);
-    return absl::OkStatus();
-  }
-  const double loss = agg.loss_sum / static_cast<double>(agg.targets);
-  run.evals.erase(it);
-  auto waiting = run.awaiting_eval.find(step);
-  if (waiting != run.awaiting_eval.end()) {
-    waiting->second.eval_loss = loss;
-    run.unflushed.push_back(waiting->second);
-    run.awaiting_eval.erase(waiting);
-  }
-  MaybeFinish(run.job.id());
-  return absl::OkStatus();
-}
-
-absl::Status Cluster::OnCheckpointWritten(int64_t session, const v1::CheckpointWritten& written) {
-  RunningJob* group = GroupOf(session, written.job_id(), written.generation());
-  if (group == nullptr) return absl::OkStatus();
-  RunningJob& run = *group;
-  // CheckpointRequest.step is the 0-based step after which to write; the answer's step counts
-  // optimizer steps done, one more.
-  auto it = run.checkpoints.find(written.step() - 1);
-  if (it == run.checkpoints.end()) {
-    FailGroup(run.job.id(),
-              absl::StrCat("a checkpoint at step ", written.step(), " was not requested"),
-              /*retryable=*/true);
-    return absl::OkStatus();
-  }
-  CheckpointAggregate& agg = it->second;
-  const int rank = sessions_.at(session).rank;
-  if (written.rank() != rank || agg.votes.Add(rank) != RankVotes::Result::kCounted) {
-    FailGroup(run.job.id(),
-              absl::StrCat("rank ", rank, " answered the checkpoint at step ", written.step(),
-                           " twice or as rank ", written.rank()),
-              /*retryable=*/true);
-    return absl::OkStatus();
-  }
-  run.watchdog->RankProgressed(rank, Now());
-  if (rank == 0) agg.path = written.path();
-  if (agg.digest.has_value() && *agg.digest != written.state_digest()) agg.diverged = true;
-  agg.digest = written.state_digest();
-  if (!agg.votes.Complete()) return absl::OkStatus();
-  const int64_t step = written.step();
-  const bool diverged = agg.diverged;
-  const std::string path = agg.path;
-  const uint64_t digest = agg.digest.value_or(0);
-  run.checkpoints.erase(it);
-  if (diverged) {
-    FailGroup(run.job.id(),
-              absl::StrCat("data-parallel replicas diverged: their states differ after step ",
-                           step - 1, "; not saving either"),
-              /*retryable=*/false);
-    return absl::OkStatus();
-  }
-  if (path.empty()) {
-    FailGroup(run.job.id(),
-              absl::StrCat("rank 0 reported no path for the checkpoint at step ", step),
-              /*retryable=*/true);
-    return absl::OkStatus();
-  }
-  // The summaries up to the checkpoint go first, so a reader never sees a checkpoint ahead of
-  // the progress it implies; when they cannot be written, nothing is committed.
-  if (absl::Status flushed = FlushJob(run); !flushed.ok()) {
-    FailGroup(run.job.id(),
-              absl::StrCat("cannot record the step summaries before the checkpoint at step ", step,
-                           ", so it is not committed: ", flushed.message()),
-              /*retryable=*/true);
-    return absl::OkStatus();
-  }
-  if (absl::Status committed = store_->CommitCheckpoint(run.job.id(), step, path, digest);
-      !committed.ok()) {
-    FailGroup(
-        run.job.id(),
-        absl::StrCat("cannot commit the checkpoint at step ", step, ": ", committed.message()),
-        /*retryable=*/true);
-    return absl::OkStatus();
-  }
-  run.committed_step = step;
-  recoveries_.erase(run.job.id());
-  MaybeFinish(run.job.id());
-  return absl::OkStatus();
-}
-
-void Cluster::OnWorkerError(int64_t session, const v1::WorkerError& error) {
-  const Worker& worker = sessions_.at(session);
-  Log(absl::StrCat("worker ", worker.hello.worker_id(), " error in ",
-                   error.job_id().empty() ? "no job" : error.job_id(), " at step ", error.step(),
-                   ": ", error.message()));
-  if (error.job_id().empty()) return;
-  RunningJob* run = GroupOf(session, error.job_id(), error.generation());
-  if (run == nullptr) return;
-  if (error.resume_checkpoint_unusable() && run->resumed_from >= 0) {
-    // The next group starts from the checkpoint before it (or from step 0).
-    const int64_t step = run->resumed_from;
-    if (absl::Status rejected = store_->RejectCheckpoint(error.job_id(), step, error.message());
-        !rejected.ok()) {
-      Log(absl::StrCat(error.job_id(), ": cannot reject the checkpoint at step ", step, ": ",
-                       rejected.ToString()));
-    } else {
-      Log(absl::StrCat(error.job_id(), ": the checkpoint at step ", step,
-                       " is unusable; resuming from the one before it"));
-    }
-  }
-  FailGroup(error.job_id(),
-            absl::StrCat("worker ", worker.hello.worker_id(), " (rank ", worker.rank,
-                         ") failed at step ", error.step(), ": ", error.message()),
-            error.retryable());
-}
-
 void Cluster::MaybeFinish(std::string job_id) {
   auto it = running_.find(job_id);
   if (it == running_.end()) return;
@@ -941,82 +649,6 @@ void Cluster::Flush() {
   }
 }
 
-bool Cluster::IsMember(const std::string& job_id, int64_t generation,
-                       const std::string& worker_id, uint64_t token) const {
-  auto run = running_.find(job_id);
-  auto session = session_of_worker_.find(worker_id);
-  if (run == running_.end() || run->second.generation != generation ||
-      session == session_of_worker_.end() || sessions_.at(session->second).token != token) {
-    return false;
-  }
-  const std::vector<int64_t>& members = run->second.members;
-  return std::find(members.begin(), members.end(), session->second) != members.end();
-}
-
-absl::Status Cluster::KvSet(const v1::KvSetRequest& request) {
-  if (request.key().empty() || request.key().size() > kMaxKeyBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("key must be 1 .. ", kMaxKeyBytes, " bytes, got ", request.key().size()));
-  }
-  if (request.value().size() > kMaxValueBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "value of key \"", request.key(), "\" is over 1 MiB (", request.value().size(), " bytes)"));
-  }
-  absl::MutexLock lock(&mu_);
-  if (!IsMember(request.job_id(), request.generation(), request.worker_id(),
-                request.session_token())) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("worker \"", request.worker_id(), "\" is not in generation ",
-                     request.generation(), " of job \"", request.job_id(), "\""));
-  }
-  kv_[{request.job_id(), request.generation()}].values[request.key()] = request.value();
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::string> Cluster::KvGet(const v1::KvGetRequest& request,
-                                           std::chrono::system_clock::time_point deadline) {
-  absl::MutexLock lock(&mu_);
-  auto member = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return IsMember(request.job_id(), request.generation(), request.worker_id(),
-                    request.session_token());
-  };
-  if (!member()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("worker \"", request.worker_id(), "\" is not in generation ",
-                     request.generation(), " of job \"", request.job_id(), "\""));
-  }
-  const std::pair<std::string, int64_t> space{request.job_id(), request.generation()};
-  auto lookup = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> const std::string* {
-    auto kv = kv_.find(space);
-    if (kv == kv_.end()) return nullptr;
-    auto value = kv->second.values.find(request.key());
-    return value == kv->second.values.end() ? nullptr : &value->second;
-  };
-  if (const std::string* value = lookup()) return *value;
-  if (!request.wait()) {
-    return absl::NotFoundError(absl::StrCat("key \"", request.key(), "\" is not set"));
-  }
-  absl::Time until = absl::InfiniteFuture();
-  if (deadline < std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) {
-    until = absl::FromChrono(deadline);
-  }
-  if (request.timeout_seconds() > 0) {
-    until = std::min(until, absl::Now() + absl::Seconds(request.timeout_seconds()));
-  }
-  auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return shut_down_ || !member() || lookup() != nullptr;
-  };
-  mu_.AwaitWithDeadline(absl::Condition(&ready), until);
-  if (shut_down_) return absl::UnavailableError("the coordinator is shutting down");
-  if (!member()) {
-    return absl::AbortedError(absl::StrCat("generation ", request.generation(), " of job \"",
-                                           request.job_id(), "\" ended while waiting"));
-  }
-  if (const std::string* value = lookup()) return *value;
-  return absl::DeadlineExceededError(
-      absl::StrCat("key \"", request.key(), "\" was not set in time"));
-}
-
 void Cluster::Shutdown(const std::string& reason) {
   absl::MutexLock lock(&mu_);
   if (shut_down_) return;
@@ -1026,122 +658,6 @@ void Cluster::Shutdown(const std::string& reason) {
   // recovery once shut_down_ is set). Workers see their streams end and reconnect, to this
   // coordinator's successor.
   for (auto& [id, worker] : sessions_) worker.link->Close(absl::UnavailableError(reason));
-}
-
-void Cluster::ExportMetrics(metrics::Registry* registry) {
-  const std::vector<std::string> job = {"job_id", "job_name", "method"};
-  Metrics& m = metrics_;
-  m.job_state =
-      registry->Gauge("raptr_job_state", "1 for the job's current state, 0 for the others.",
-                      {"job_id", "job_name", "method", "state"});
-  m.job_step = registry->Gauge("raptr_job_step", "Steps the job has completed.", job);
-  m.job_steps = registry->Gauge("raptr_job_steps", "Steps the job runs in all (its spec).", job);
-  m.job_stage = registry->Gauge(
-      "raptr_job_stage", "0-based schedule stage of the last step; -1 for full-model steps.", job);
-  m.job_path_length =
-      registry->Gauge("raptr_job_path_length", "Active blocks in the last step's path.", job);
-  m.job_layers = registry->Gauge("raptr_job_layers", "Blocks in the model (L).", job);
-  m.job_train_loss =
-      registry->Gauge("raptr_job_train_loss", "Training loss of the last completed step.", job);
-  m.job_eval_loss =
-      registry->Gauge("raptr_job_eval_loss", "Validation loss of the latest evaluation.", job);
-  m.job_tokens = registry->Counter("raptr_job_tokens_total",
-                                   "Tokens trained on, replayed steps included.", job);
-  m.job_flops = registry->Counter("raptr_job_flops_total",
-                                  "Training FLOPs spent, replayed steps included.", job);
-  m.job_flops_full = registry->Counter(
-      "raptr_job_flops_full_total",
-      "FLOPs full training would have spent on the same steps; 1 - flops/flops_full is the "
-      "saving.",
-      job);
-  m.job_tokens_per_second = registry->Gauge(
-      "raptr_job_tokens_per_second", "Training throughput of a running job (recent steps).", job);
-  m.job_recoveries = registry->Counter("raptr_job_recoveries_total",
-                                       "Times the job's worker group failed and re-formed.", job);
-  m.job_generation =
-      registry->Gauge("raptr_job_generation", "The job's worker-group generation.", job);
-  m.job_world_size =
-      registry->Gauge("raptr_job_world_size", "Workers in the job's current group.", job);
-  m.worker_connected = registry->Gauge(
-      "raptr_worker_connected", "1 while the worker's session is up, 0 once it left.", {"worker"});
-  m.worker_report_age = registry->Gauge("raptr_worker_last_report_age_seconds",
-                                        "Seconds since the worker's last step report.", {"worker"});
-  m.worker_step_seconds =
-      registry->Histogram("raptr_worker_step_seconds",
-                          "Step time as the worker reported it: the whole step and its phases.",
-                          {"worker", "phase"}, metrics::Registry::ExponentialBuckets(0.001, 2, 17));
-  m.worker_tokens_per_second =
-      registry->Gauge("raptr_worker_tokens_per_second",
-                      "The worker's tokens per second (recent steps).", {"worker"});
-  m.workers = registry->Gauge("raptr_coordinator_workers", "Connected workers.");
-  m.reports = registry->Counter("raptr_coordinator_reports_total", "Step reports received.");
-  m.plans = registry->Counter("raptr_coordinator_plans_sent_total", "Step plans sent.");
-}
-
-void Cluster::RefreshMetrics() {
-  if (metrics_.job_state == nullptr) return;
-  const Metrics& m = metrics_;
-  // The store first, without mu_: every job it holds (finished ones too, so dashboards can
-  // compare a finished baseline with a running job).
-  JobFilter filter;
-  filter.limit = 1000;
-  absl::StatusOr<std::vector<v1::Job>> jobs = store_->ListJobs(filter);
-  absl::StatusOr<std::vector<WorkerRecord>> known = store_->ListWorkers();
-  absl::MutexLock lock(&mu_);
-  static const std::pair<v1::JobState, const char*> kStates[] = {
-      {v1::JOB_STATE_PENDING, "pending"},       {v1::JOB_STATE_RUNNING, "running"},
-      {v1::JOB_STATE_RECOVERING, "recovering"}, {v1::JOB_STATE_SUCCEEDED, "succeeded"},
-      {v1::JOB_STATE_FAILED, "failed"},         {v1::JOB_STATE_CANCELLED, "cancelled"}};
-  if (jobs.ok()) {
-    for (const v1::Job& job : *jobs) {
-      const std::vector<std::string> labels = JobLabels(job);
-      for (const auto& [state, name] : kStates) {
-        m.job_state->Set({labels[0], labels[1], labels[2], name}, job.state() == state ? 1 : 0);
-      }
-      const v1::JobProgress& p = job.progress();
-      m.job_step->Set(labels, static_cast<double>(p.step()));
-      m.job_steps->Set(labels, static_cast<double>(job.spec().training().steps()));
-      m.job_stage->Set(labels, p.stage());
-      m.job_path_length->Set(labels, p.path_length());
-      m.job_layers->Set(labels, job.spec().model().layers());
-      if (p.step() > 0) m.job_train_loss->Set(labels, p.loss());
-      if (p.has_eval_loss()) m.job_eval_loss->Set(labels, p.eval_loss());
-      m.job_generation->Set(labels, static_cast<double>(job.generation()));
-      // Counters exist from the job's first scrape, at 0: a series that first appears at 1 hides
-      // that first increase from rate() and increase() (and from the recovery-loop alert).
-      m.job_recoveries->Add(labels, 0);
-      m.job_tokens->Add(labels, 0);
-      m.job_flops->Add(labels, 0);
-      m.job_flops_full->Add(labels, 0);
-      m.job_world_size->Set(labels, job.world_size());
-      auto run = running_.find(job.id());
-      if (run != running_.end()) {
-        m.job_tokens_per_second->Set(labels, run->second.tokens_per_second);
-      } else {
-        m.job_tokens_per_second->Remove(labels);
-      }
-    }
-  }
-  const double now = Now();
-  if (known.ok()) {
-    for (const WorkerRecord& worker : *known) {
-      const bool connected = session_of_worker_.count(worker.worker_id) != 0;
-      m.worker_connected->Set({worker.worker_id}, connected ? 1 : 0);
-      if (!connected) {
-        m.worker_report_age->Remove({worker.worker_id});
-        m.worker_tokens_per_second->Remove({worker.worker_id});
-      }
-    }
-  }
-  for (const auto& [id, worker] : sessions_) {
-    const std::string& name = worker.hello.worker_id();
-    m.worker_connected->Set({name}, 1);
-    if (worker.last_report > 0) m.worker_report_age->Set({name}, now - worker.last_report);
-    m.worker_tokens_per_second->Set({name}, worker.job_id.empty() ? 0 : worker.tokens_per_second);
-  }
-  m.workers->Set({}, static_cast<double>(sessions_.size()));
-  m.reports->Set({}, static_cast<double>(reports_received_));
-  m.plans->Set({}, static_cast<double>(plans_sent_));
 }
 
 ClusterStats Cluster::Stats() {

@@ -271,9 +271,6 @@ class Cluster final : public JobLifecycleListener {
   bool IsMember(const std::string& job_id, int64_t generation, const std::string& worker_id,
                 uint64_t token) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // Logs a line to stderr with a timestamp.
-  static void Log(const std::string& line);
-
   JobStore* const store_;
   const ClusterOptions options_;
   absl::Mutex mu_ ABSL_ACQUIRED_BEFORE(store_mu_);

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/flags.h"
 #include "common/http_server.h"
+#include "common/log.h"
 #include "common/metrics.h"
 #include "coordinator/cluster.h"
 #include "coordinator/control_service.h"
@@ -49,6 +50,7 @@ absl::Status EnsureParentDirectory(const std::string& path) {
 }
 
 int Main(int argc, char** argv) {
+  SetLogName("raptr-coordinator");
   Flags flags;
   flags.Define("listen", "127.0.0.1:50051", "HOST:PORT to serve on; port 0 picks a free port");
   flags.Define("store", "runs/coordinator.db", "the SQLite job store (created when absent)");

@@ -1,0 +1,51 @@
+// Small helpers shared by the Cluster's translation units (cluster.cc, cluster_reports.cc,
+// cluster_rendezvous.cc, cluster_metrics.cc). Internal to the coordinator.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "raptr/v1/job.pb.h"
+
+namespace raptr {
+namespace cluster_util {
+
+inline constexpr size_t kMaxKeyBytes = 256;
+inline constexpr size_t kMaxValueBytes = 1 << 20;
+
+inline v1::Backend EffectiveBackend(v1::Backend backend) {
+  return backend == v1::BACKEND_UNSPECIFIED ? v1::BACKEND_CPU : backend;
+}
+
+// The schedule kind, the `method` label of job metrics.
+inline std::string MethodOf(const v1::JobSpec& spec) {
+  switch (spec.schedule().kind_case()) {
+    case v1::ScheduleSpec::kFull:
+      return "full";
+    case v1::ScheduleSpec::kPld:
+      return "pld";
+    case v1::ScheduleSpec::kLayerdrop:
+      return "layerdrop";
+    case v1::ScheduleSpec::kStacking:
+      return "stacking";
+    default:
+      return "raptr";
+  }
+}
+
+inline std::vector<std::string> JobLabels(const v1::Job& job) {
+  return {job.id(), job.spec().name(), MethodOf(job.spec())};
+}
+
+// Exponential smoothing of a rate over roughly the last 10 samples.
+inline double Smooth(double previous, double sample) {
+  return previous == 0 ? sample : 0.9 * previous + 0.1 * sample;
+}
+
+inline std::string BackendName(v1::Backend backend) {
+  return EffectiveBackend(backend) == v1::BACKEND_CUDA ? "cuda" : "cpu";
+}
+
+}  // namespace cluster_util
+}  // namespace raptr
