@@ -573,6 +573,11 @@ absl::Status Invalid(const Parts&... parts) {
   return absl::InvalidArgumentError(absl::StrCat(parts...));
 }
 
+// Model size limits (see job.proto's ModelSpec).
+constexpr int64_t kMaxLayers = 1024;
+constexpr int64_t kMaxWidth = 65536;
+constexpr int64_t kMaxSeq = 1 << 20;
+
 absl::Status Required(bool present, absl::string_view path) {
   if (!present) return Invalid(path, " is required");
   return absl::OkStatus();
@@ -580,6 +585,13 @@ absl::Status Required(bool present, absl::string_view path) {
 
 absl::Status AtLeast(absl::string_view path, int64_t value, int64_t min) {
   if (value < min) return Invalid(path, " must be >= ", min, ", got ", value);
+  return absl::OkStatus();
+}
+
+absl::Status Between(absl::string_view path, int64_t value, int64_t min, int64_t max) {
+  if (value < min || value > max) {
+    return Invalid(path, " must be in [", min, ", ", max, "], got ", value);
+  }
   return absl::OkStatus();
 }
 
@@ -629,25 +641,27 @@ absl::Status CheckModel(const v1::JobSpec& spec) {
   const v1::ModelSpec& m = spec.model();
   RETURN_IF_ERROR(
       CheckEnum("model.kind", m.kind(), v1::ModelKind_IsValid, v1::ModelKind_descriptor()));
+  // Upper bounds far above any model trained today, so that one submitted spec cannot make the
+  // coordinator plan (or a worker allocate) absurd sizes: the planner keeps per-block vectors.
   RETURN_IF_ERROR(Required(m.has_layers(), "model.layers"));
-  RETURN_IF_ERROR(AtLeast("model.layers", m.layers(), 1));
+  RETURN_IF_ERROR(Between("model.layers", m.layers(), 1, kMaxLayers));
   RETURN_IF_ERROR(Required(m.has_d_model(), "model.d_model"));
-  RETURN_IF_ERROR(AtLeast("model.d_model", m.d_model(), 1));
+  RETURN_IF_ERROR(Between("model.d_model", m.d_model(), 1, kMaxWidth));
   RETURN_IF_ERROR(Required(m.has_heads(), "model.heads"));
-  RETURN_IF_ERROR(AtLeast("model.heads", m.heads(), 1));
+  RETURN_IF_ERROR(Between("model.heads", m.heads(), 1, m.d_model()));
   if (m.d_model() % m.heads() != 0) {
     return Invalid("model.d_model (", m.d_model(), ") must be divisible by model.heads (",
                    m.heads(), ")");
   }
   RETURN_IF_ERROR(Required(m.has_d_ff(), "model.d_ff"));
-  RETURN_IF_ERROR(AtLeast("model.d_ff", m.d_ff(), 1));
+  RETURN_IF_ERROR(Between("model.d_ff", m.d_ff(), 1, 4 * kMaxWidth));
   RETURN_IF_ERROR(Required(m.has_vocab_size(), "model.vocab_size"));
   if (m.vocab_size() < 1 || m.vocab_size() > 65536) {
     return Invalid("model.vocab_size must be in [1, 65536] (token shards store uint16), got ",
                    m.vocab_size());
   }
   RETURN_IF_ERROR(Required(m.has_max_seq(), "model.max_seq"));
-  RETURN_IF_ERROR(AtLeast("model.max_seq", m.max_seq(), 1));
+  RETURN_IF_ERROR(Between("model.max_seq", m.max_seq(), 1, kMaxSeq));
   if (m.max_seq() < spec.training().seq()) {
     return Invalid("model.max_seq (", m.max_seq(), ") must be >= training.seq (",
                    spec.training().seq(), ")");

@@ -25,6 +25,7 @@ using google::protobuf::util::TimeUtil;
 constexpr int kDefaultPageSize = 100;
 constexpr int kMaxPageSize = 1000;
 constexpr size_t kMaxRequestIdLength = 128;
+constexpr size_t kMaxSpecBytes = 64 * 1024;
 // Step summaries and logged events read per WatchJob poll; more wait for the next poll.
 constexpr int kWatchStepBatch = 1000;
 constexpr int kWatchEventBatch = 1000;
@@ -104,6 +105,13 @@ grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* /*context*/,
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         absl::StrCat("request_id must be at most ", kMaxRequestIdLength,
                                      " characters, got ", request->request_id().size()));
+  }
+  // A spec is a few hundred bytes; the cap keeps the store, ListJobs pages and the metrics'
+  // parsing of every job bounded.
+  if (const size_t bytes = request->spec().ByteSizeLong(); bytes > kMaxSpecBytes) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("spec is ", bytes, " bytes encoded; at most ", kMaxSpecBytes,
+                                     " are accepted"));
   }
   if (request->validate_only()) {
     v1::JobSpec spec = request->spec();

@@ -71,6 +71,21 @@ set -e
 grep -q "optimizer.lr" "$WORK/bad.err" \
   || fail "invalid spec error does not name optimizer.lr: $(cat "$WORK/bad.err")"
 grep -q "INVALID_ARGUMENT" "$WORK/bad.err" || fail "invalid spec error has no INVALID_ARGUMENT"
+# A spec over 64 KiB encoded is refused by the coordinator (and not stored).
+python3 - "$SRC/examples/gpt-raptr.yaml" "$WORK/huge.yaml" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+shards = ", ".join("/shared/data/shard-%06d.bin" % i for i in range(3000))
+text = re.sub(r"train_shards: \[[^]]*\]", "train_shards: [%s]" % shards, text, count=1)
+open(sys.argv[2], "w").write(text)
+PY
+grep -q "shard-002999" "$WORK/huge.yaml" || fail "test setup: the huge spec has no shards"
+set +e
+"$CTL" submit -f "$WORK/huge.yaml" > /dev/null 2> "$WORK/huge.err"
+rc=$?
+set -e
+[[ $rc -ne 0 ]] || fail "a spec over 64 KiB was accepted"
+grep -q "at most 65536 are accepted" "$WORK/huge.err" || fail "huge spec: $(cat "$WORK/huge.err")"
 # A YAML typo fails client-side (exit 2) naming the field.
 sed 's/^  lr: 2e-3$/  lrr: 2e-3/' "$SRC/examples/gpt-raptr.yaml" > "$WORK/typo.yaml"
 set +e

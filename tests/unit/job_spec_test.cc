@@ -402,7 +402,7 @@ TEST(JobSpecTest, OutOfRangeNamesTheField) {
   EXPECT_TRUE(IsInvalidArgument(WithReplaced(kMinimal, "heads: 4", "heads: 3"),
                                 "model.d_model (128) must be divisible by model.heads (3)"));
   EXPECT_TRUE(IsInvalidArgument(WithReplaced(kMinimal, "layers: 12", "layers: 0"),
-                                "model.layers must be >= 1, got 0"));
+                                "model.layers must be in [1, 1024], got 0"));
   EXPECT_TRUE(IsInvalidArgument(WithReplaced(kMinimal, "batch: 16", "batch: 0"),
                                 "training.batch must be >= 1, got 0"));
   EXPECT_TRUE(IsInvalidArgument(
@@ -633,6 +633,24 @@ TEST(JobSpecTest, GenericWalkHandlesMapsAndOneofsOfAnyMessage) {
                                 "number_value?)"));
   EXPECT_TRUE(IsInvalidArgument(YamlToProto("fields: {a: {}, a: {}}\n", &parsed),
                                 "fields[a]: duplicate key"));
+}
+
+// One spec must not make the coordinator plan (or a worker allocate) absurd sizes: model
+// dimensions have documented upper bounds (job.proto's ModelSpec).
+TEST(JobSpecTest, ModelSizesAreBounded) {
+  EXPECT_TRUE(IsInvalidArgument(WithReplaced(Minimal(), "layers: 12", "layers: 2147483647"),
+                                "model.layers must be in [1, 1024], got 2147483647"));
+  EXPECT_TRUE(WithReplaced(Minimal(), "layers: 12", "layers: 1024").ok());
+  EXPECT_TRUE(IsInvalidArgument(WithReplaced(Minimal(), "d_model: 128", "d_model: 131072"),
+                                "model.d_model must be in [1, 65536]"));
+  EXPECT_TRUE(IsInvalidArgument(WithReplaced(Minimal(), "heads: 4", "heads: 256"),
+                                "model.heads must be in [1, 128]"));
+  EXPECT_TRUE(IsInvalidArgument(
+      WithReplaced(Minimal(), "vocab_size: 8192", "vocab_size: 8192\n  max_seq: 2000000"),
+      "model.max_seq must be in [1, 1048576]"));
+  EXPECT_TRUE(IsInvalidArgument(
+      WithReplaced(Minimal(), "vocab_size: 8192", "vocab_size: 8192\n  d_ff: 300000"),
+      "model.d_ff must be in [1, 262144]"));
 }
 
 }  // namespace
