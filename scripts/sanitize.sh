@@ -38,7 +38,23 @@ export OMP_NUM_THREADS=1
 # (common/tsan/absl_mutex_annotations.cc).
 if [[ "$KIND" == tsan ]]; then
   export LD_PRELOAD="$PWD/$BUILD_DIR/common/libraptr_tsan_absl.so"
+  # One called_from_lib line per library (TSan wants each pattern to name exactly one): every
+  # shared library the binaries load that scripts/tsan.supp's patterns name.
+  SUPP="$PWD/$BUILD_DIR/tsan.supp"
+  grep -v '^called_from_lib:' scripts/tsan.supp > "$SUPP"
+  patterns=$(sed -n 's/^called_from_lib://p' scripts/tsan.supp)
+  for lib in $(ldd "$BUILD_DIR"/coordinator/raptr-coordinator "$BUILD_DIR"/worker/raptr-worker \
+                 "$BUILD_DIR"/cli/raptrctl "$BUILD_DIR"/tests/raptr_unit_tests |
+               awk '/=>/ {print $1}' | sort -u); do
+    for pattern in $patterns; do
+      # shellcheck disable=SC2053  # a glob match on purpose
+      if [[ "$lib" == $pattern ]]; then echo "called_from_lib:$lib" >> "$SUPP"; break; fi
+    done
+  done
+  export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$SUPP"
 fi
+# Sanitized binaries run several times slower: the fault tests' timing targets scale with it.
+export RAPTR_TEST_TIME_SCALE=${RAPTR_TEST_TIME_SCALE:-$([[ "$KIND" == tsan ]] && echo 4 || echo 2)}
 cd "$BUILD_DIR"
 ctest --output-on-failure -j"$(nproc)" \
   -R '^(coordinator_end_to_end|service_end_to_end|fault_end_to_end|monitoring_end_to_end|[A-Z][A-Za-z]*\.[A-Za-z]*)$' \

@@ -44,6 +44,21 @@ void Releasing(void* mu) {
   if (__tsan_release != nullptr) __tsan_release(mu);
 }
 
+// Abseil evaluates a waiter's condition while holding the mutex, but not always in the waiter's
+// thread: an unlocking thread evaluates the conditions of those waiting, inside Unlock. Each
+// condition handed to Abseil is therefore wrapped so that its evaluation is itself annotated as
+// holding the mutex.
+struct AnnotatedCondition {
+  const absl::Condition* condition;
+  absl::Mutex* mu;
+};
+bool EvalAnnotated(AnnotatedCondition* c) {
+  Acquired(c->mu);
+  const bool holds = c->condition->Eval();
+  Releasing(c->mu);
+  return holds;
+}
+
 }  // namespace
 
 using absl::Condition;
@@ -88,7 +103,8 @@ RAPTR_TSAN_TRYLOCK(RaptrTsanReaderTryLock, "_ZN4absl7debian35Mutex13ReaderTryLoc
   extern "C++" Ret name(Mutex* mu, const Condition& c, Extra e) __asm__(mangled); \
   Ret name(Mutex* mu, const Condition& c, Extra e) {                              \
     static auto real = Real<Ret (*)(Mutex*, const Condition&, Extra)>(mangled);   \
-    Ret r = real(mu, c, e);                                                       \
+    AnnotatedCondition annotated{&c, mu};                                         \
+    Ret r = real(mu, Condition(&EvalAnnotated, &annotated), e);                   \
     Acquired(mu);                                                                 \
     return r;                                                                     \
   }
@@ -97,8 +113,9 @@ RAPTR_TSAN_TRYLOCK(RaptrTsanReaderTryLock, "_ZN4absl7debian35Mutex13ReaderTryLoc
   extern "C++" bool name(Mutex* mu, const Condition& c, Extra e) __asm__(mangled); \
   bool name(Mutex* mu, const Condition& c, Extra e) {                             \
     static auto real = Real<bool (*)(Mutex*, const Condition&, Extra)>(mangled);  \
+    AnnotatedCondition annotated{&c, mu};                                         \
     Releasing(mu);                                                                \
-    const bool r = real(mu, c, e);                                                \
+    const bool r = real(mu, Condition(&EvalAnnotated, &annotated), e);            \
     Acquired(mu);                                                                 \
     return r;                                                                     \
   }
@@ -108,7 +125,8 @@ extern "C++" void RaptrTsanLockWhen(Mutex* mu, const Condition& c) __asm__(
 void RaptrTsanLockWhen(Mutex* mu, const Condition& c) {
   static auto real =
       Real<void (*)(Mutex*, const Condition&)>("_ZN4absl7debian35Mutex8LockWhenERKNS0_9ConditionE");
-  real(mu, c);
+  AnnotatedCondition annotated{&c, mu};
+  real(mu, Condition(&EvalAnnotated, &annotated));
   Acquired(mu);
 }
 extern "C++" void RaptrTsanReaderLockWhen(Mutex* mu, const Condition& c) __asm__(
@@ -116,7 +134,8 @@ extern "C++" void RaptrTsanReaderLockWhen(Mutex* mu, const Condition& c) __asm__
 void RaptrTsanReaderLockWhen(Mutex* mu, const Condition& c) {
   static auto real = Real<void (*)(Mutex*, const Condition&)>(
       "_ZN4absl7debian35Mutex14ReaderLockWhenERKNS0_9ConditionE");
-  real(mu, c);
+  AnnotatedCondition annotated{&c, mu};
+  real(mu, Condition(&EvalAnnotated, &annotated));
   Acquired(mu);
 }
 extern "C++" void RaptrTsanAwait(Mutex* mu, const Condition& c) __asm__(
@@ -124,8 +143,9 @@ extern "C++" void RaptrTsanAwait(Mutex* mu, const Condition& c) __asm__(
 void RaptrTsanAwait(Mutex* mu, const Condition& c) {
   static auto real =
       Real<void (*)(Mutex*, const Condition&)>("_ZN4absl7debian35Mutex5AwaitERKNS0_9ConditionE");
+  AnnotatedCondition annotated{&c, mu};
   Releasing(mu);
-  real(mu, c);
+  real(mu, Condition(&EvalAnnotated, &annotated));
   Acquired(mu);
 }
 
