@@ -22,9 +22,6 @@ namespace raptr {
 using cluster_util::BackendName;
 using cluster_util::EffectiveBackend;
 using cluster_util::JobLabels;
-using cluster_util::kMaxKeyBytes;
-using cluster_util::kMaxValueBytes;
-using cluster_util::Smooth;
 
 // The store's batch shape: (job id, summaries) pairs.
 std::vector<std::pair<std::string, std::vector<StepSummaryRecord>>> Cluster::ToStoreBatch(

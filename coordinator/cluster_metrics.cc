@@ -16,12 +16,7 @@
 
 namespace raptr {
 
-using cluster_util::BackendName;
-using cluster_util::EffectiveBackend;
 using cluster_util::JobLabels;
-using cluster_util::kMaxKeyBytes;
-using cluster_util::kMaxValueBytes;
-using cluster_util::Smooth;
 
 void Cluster::ExportMetrics(metrics::Registry* registry) {
   const std::vector<std::string> job = {"job_id", "job_name", "method"};

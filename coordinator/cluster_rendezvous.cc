@@ -16,12 +16,8 @@
 
 namespace raptr {
 
-using cluster_util::BackendName;
-using cluster_util::EffectiveBackend;
-using cluster_util::JobLabels;
 using cluster_util::kMaxKeyBytes;
 using cluster_util::kMaxValueBytes;
-using cluster_util::Smooth;
 
 bool Cluster::IsMember(const std::string& job_id, int64_t generation,
                        const std::string& worker_id, uint64_t token) const {

@@ -16,11 +16,7 @@
 
 namespace raptr {
 
-using cluster_util::BackendName;
-using cluster_util::EffectiveBackend;
 using cluster_util::JobLabels;
-using cluster_util::kMaxKeyBytes;
-using cluster_util::kMaxValueBytes;
 using cluster_util::Smooth;
 
 void Cluster::OnHeartbeat(Worker& worker, const v1::Heartbeat& heartbeat) {

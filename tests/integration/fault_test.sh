@@ -33,11 +33,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-fail() {
-  echo "FAIL: $*" >&2
-  for f in "$WORK"/*.log; do echo "--- $f" >&2; tail -n 25 "$f" >&2; done
-  exit 1
-}
 now() { date +%s.%N; }
 # The timing targets are a release build's; sanitizer builds run several times slower
 # (scripts/sanitize.sh sets the scale).

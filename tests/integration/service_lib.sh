@@ -1,6 +1,7 @@
 # Sourced by the service's end-to-end tests: a coordinator and `raptr-worker serve` processes on
 # loopback, and raptrctl queries. The caller sets BUILD, WORK (and optionally CKPT, the checkpoint
-# root), and defines fail().
+# root).
+#   fail MESSAGE                          prints it and every log's tail, exits 1
 #   start_coordinator [ADDR [flags...]]  ADDR defaults to 127.0.0.1:0; exports RAPTR_COORDINATOR
 #   start_worker ID [flags...]            a 1-thread worker; pid appended to WORKER_PIDS, in LAST_WORKER
 #   spec NAME STEPS MIN MAX [BATCH]       a 4-block GPT with RaPTr, checkpoints every 25 steps
@@ -12,6 +13,12 @@ COORD=$BUILD/coordinator/raptr-coordinator
 WORKER=$BUILD/worker/raptr-worker
 COORD_PID=
 WORKER_PIDS=()
+
+fail() {
+  echo "FAIL: $*" >&2
+  for f in "$WORK"/*.log; do echo "--- $f" >&2; tail -n 30 "$f" >&2; done
+  exit 1
+}
 
 stop_all() {
   for pid in "${WORKER_PIDS[@]}"; do kill -CONT "$pid" 2>/dev/null || true; done

@@ -21,11 +21,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-fail() {
-  echo "FAIL: $*" >&2
-  for f in "$WORK"/*.log; do echo "--- $f" >&2; tail -n 30 "$f" >&2; done
-  exit 1
-}
 
 # A small corpus.
 # shellcheck source=tests/integration/small_corpus.sh
