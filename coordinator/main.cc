@@ -22,6 +22,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/resource_quota.h"
 
 namespace raptr {
 namespace {
@@ -184,6 +185,20 @@ int Main(int argc, char** argv) {
   // load balancers even when a job is quiet.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  // Bounds, so no client can exhaust the coordinator: every worker session and every WatchJob
+  // holds a server thread for its lifetime, so the thread quota caps them (a call past it fails
+  // RESOURCE_EXHAUSTED instead of the process running out of threads); one connection may open
+  // at most kMaxStreamsPerConnection calls at once; a message is at most kMaxMessageBytes (specs
+  // are capped far lower, at 64 KiB; rendezvous values at 1 MiB).
+  constexpr int kMaxServerThreads = 1024;
+  constexpr int kMaxStreamsPerConnection = 64;
+  constexpr int kMaxMessageBytes = 4 << 20;
+  grpc::ResourceQuota quota("raptr-coordinator");
+  quota.SetMaxThreads(kMaxServerThreads);
+  builder.SetResourceQuota(quota);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, kMaxStreamsPerConnection);
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     std::fprintf(stderr, "raptr-coordinator: cannot listen on %s\n", listen.c_str());
