@@ -254,6 +254,11 @@ std::string EventLine(const v1::JobEvent& event) {
     return absl::StrFormat("%s checkpoint after step %d rejected (%s): %s", time, rejected.step(),
                            rejected.path(), rejected.reason());
   }
+  if (event.has_rewound()) {
+    const v1::JobRewound& rewound = event.rewound();
+    return absl::StrFormat("%s rewound to step %d (from step %d): steps after it run again", time,
+                           rewound.to_step(), rewound.from_step());
+  }
   return "";  // An event this client does not know (a newer coordinator): nothing to print.
 }
 
@@ -361,6 +366,23 @@ class LiveProgress {
   Clock::time_point last_draw_;
 };
 
+// The schedule kind, as the coordinator's `method` metric label names it. The coordinator stores
+// specs with defaults filled, so a job always has one; an unset kind is the default, raptr.
+std::string MethodName(const v1::JobSpec& spec) {
+  switch (spec.schedule().kind_case()) {
+    case v1::ScheduleSpec::kFull:
+      return "full";
+    case v1::ScheduleSpec::kPld:
+      return "pld";
+    case v1::ScheduleSpec::kLayerdrop:
+      return "layerdrop";
+    case v1::ScheduleSpec::kStacking:
+      return "stacking";
+    default:
+      return "raptr";
+  }
+}
+
 }  // namespace
 
 int RunSubmit(int argc, char** argv, int first) {
@@ -408,13 +430,19 @@ int RunSubmit(int argc, char** argv, int first) {
 }
 
 int RunList(int argc, char** argv, int first) {
-  const std::string usage = "list [--state STATE[,STATE...]] [flags]";
+  const std::string usage = "list [--state STATE[,STATE...]] [--full] [flags]";
   Invocation inv;
   inv.flags.Define("state", "",
                    "only jobs in these states (pending, running, recovering, "
                    "succeeded, failed, cancelled), comma-separated; empty: all");
+  inv.flags.Define("full", "false",
+                   "fetch each job's whole spec (for --output json; without it a job's spec "
+                   "holds its name, steps and schedule kind only)");
   if (int exit = Setup("list", usage, argc, argv, first, 0, &inv); exit >= 0) return exit;
+  absl::StatusOr<bool> full = inv.flags.GetBool("full");
+  if (!full.ok()) return UsageError("list", usage, inv.flags, std::string(full.status().message()));
   v1::ListJobsRequest request;
+  request.set_view(*full ? v1::JOB_VIEW_FULL : v1::JOB_VIEW_BASIC);
   for (absl::string_view word : absl::StrSplit(inv.flags.Get("state"), ',', absl::SkipEmpty())) {
     v1::JobState state;
     if (!v1::JobState_Parse(absl::StrCat("JOB_STATE_", absl::AsciiStrToUpper(word)), &state) ||
@@ -433,11 +461,12 @@ int RunList(int argc, char** argv, int first) {
     request.set_page_token(page.next_page_token());
   } while (!request.page_token().empty());
   if (inv.json) return PrintJson(all);
-  std::printf("%-12s %-24s %-11s %-15s %s\n", "ID", "NAME", "STATE", "STEP", "CREATED");
+  std::printf("%-12s %-24s %-10s %-11s %-15s %s\n", "ID", "NAME", "METHOD", "STATE", "STEP",
+              "CREATED");
   for (const v1::Job& job : all.jobs()) {
     std::printf(
-        "%-12s %-24s %-11s %-15s %s\n", job.id().c_str(), job.spec().name().c_str(),
-        StateName(job.state()).c_str(),
+        "%-12s %-24s %-10s %-11s %-15s %s\n", job.id().c_str(), job.spec().name().c_str(),
+        MethodName(job.spec()).c_str(), StateName(job.state()).c_str(),
         absl::StrFormat("%d/%d", job.progress().step(), job.spec().training().steps()).c_str(),
         TimeText(job.create_time()).c_str());
   }

@@ -1,6 +1,7 @@
 // Metrics registry and the Prometheus text format (see metrics.h).
 #include "common/metrics.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -138,6 +139,17 @@ void Family::Remove(const std::vector<std::string>& label_values) {
 void Family::Clear() {
   absl::MutexLock lock(&mu_);
   series_.clear();
+}
+
+void Family::RemoveWithPrefix(const std::vector<std::string>& prefix) {
+  absl::MutexLock lock(&mu_);
+  // The map is ordered by label values, so the matching series are one contiguous run starting
+  // at the first key >= prefix.
+  auto it = series_.lower_bound(prefix);
+  while (it != series_.end() && it->first.size() >= prefix.size() &&
+         std::equal(prefix.begin(), prefix.end(), it->first.begin())) {
+    it = series_.erase(it);
+  }
 }
 
 void Family::Render(std::string* out) const {

@@ -41,6 +41,9 @@ class Family {
   // Drops one series / every series (a job or worker that is gone).
   void Remove(const std::vector<std::string>& label_values);
   void Clear();
+  // Drops every series whose first label values are `prefix` (e.g. a job's series of every
+  // state, or a worker's of every phase); an empty prefix drops every series.
+  void RemoveWithPrefix(const std::vector<std::string>& prefix);
 
   const std::string& name() const { return name_; }
 

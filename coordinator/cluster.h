@@ -23,6 +23,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -72,9 +73,22 @@ struct ClusterOptions {
   ProgressWatchdogOptions progress;
   // How often Tick compares the store's RUNNING jobs with the groups it runs.
   double reconcile_seconds = 5.0;
+  // Committed checkpoints kept per job (the newest usable ones; see checkpoint_retention.h);
+  // older ones and superseded generations are deleted, records and files. 0 keeps all.
+  int keep_checkpoints = 3;
   // A failed group re-forms no sooner than this: workers lost together (a host, a rack) are all
   // seen gone first, so one incident is one recovery and the new group has no doomed member.
   double regroup_delay_seconds = 1.0;
+  // The steady clock, in seconds; empty: MonotonicSeconds. A test or fuzz target passes its own
+  // to make leases, deadlines and delays deterministic.
+  std::function<double()> clock;
+  // What the job metrics cover (RefreshMetrics): every PENDING, RUNNING or RECOVERING job, plus
+  // this many of the jobs that finished last (0: none); the series of a job that leaves that set
+  // are removed, so the scrape stays bounded however many jobs the store holds.
+  int metrics_finished_jobs = 200;
+  // A worker's series stay this long after its session ended (raptr_worker_connected 0, which
+  // the RaptrWorkerDown alert fires on), then are removed; 0: removed at the next scrape.
+  double metrics_worker_retention_seconds = 600;
 };
 
 // Counts for logs, tests and metrics.
@@ -132,7 +146,9 @@ class Cluster final : public JobLifecycleListener {
   // Declares the coordinator's metrics in `registry` (which must outlive the Cluster); events
   // update the counters and histograms from then on. Call once, before serving.
   void ExportMetrics(metrics::Registry* registry);
-  // Sets the gauges (job states and progress from the store, workers, counts) for a scrape.
+  // Sets the gauges (job states and progress from the store, workers, counts) for a scrape, and
+  // removes the series of jobs and workers that left the exported set (see ClusterOptions
+  // metrics_finished_jobs and metrics_worker_retention_seconds).
   void RefreshMetrics();
 
   ClusterStats Stats();
@@ -152,6 +168,8 @@ class Cluster final : public JobLifecycleListener {
     std::string draining_job;
     double last_report = 0;        // steady seconds of its last StepReport; 0: none yet
     double tokens_per_second = 0;  // smoothed over its recent steps
+    // Heartbeat.work_done of its job thread in the current group; -1: none heard yet.
+    int64_t work_done = -1;
   };
 
   // Per-step aggregation of the ranks' reports.
@@ -211,7 +229,8 @@ class Cluster final : public JobLifecycleListener {
     std::map<std::string, std::string> values;
   };
 
-  static double Now();
+  // Steady seconds (options_.clock, or MonotonicSeconds).
+  double Now() const;
 
   // Assigns waiting jobs to idle workers. Only the public entry points call it (at their end,
   // through ScheduleIfNeeded); handlers mark schedule_needed_ instead.
@@ -263,6 +282,14 @@ class Cluster final : public JobLifecycleListener {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status OnCheckpointWritten(int64_t session, const v1::CheckpointWritten& written)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After a commit: when free workers would let the job run on more (up to max_workers, a world
+  // size dividing its batch) and no job waits for them, ends its group as a planned regroup
+  // (not a recovery) so that it restarts from this checkpoint on the larger group, with the same
+  // global batch. By value, as FailGroup.
+  void MaybeGrow(std::string job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After a commit: drops the job's checkpoints past options_.keep_checkpoints (records, then
+  // files) and the directories of its superseded generations.
+  void ApplyCheckpointRetention(const RunningJob& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void OnWorkerError(int64_t session, const v1::WorkerError& error)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void OnHeartbeat(Worker& worker, const v1::Heartbeat& heartbeat)
@@ -285,6 +312,14 @@ class Cluster final : public JobLifecycleListener {
   std::map<std::string, int> recoveries_ ABSL_GUARDED_BY(mu_);
   // Jobs whose group failed: not re-formed before this steady time.
   std::map<std::string, double> regroup_after_ ABSL_GUARDED_BY(mu_);
+  // Jobs ended for a planned regroup (MaybeGrow): their new group needs at least this many
+  // workers until the steady-time deadline (the old members are still draining), then their
+  // spec's min_workers again (a worker may have gone).
+  struct PlannedWorld {
+    int workers = 0;
+    double until = 0;
+  };
+  std::map<std::string, PlannedWorld> planned_world_ ABSL_GUARDED_BY(mu_);
   // (job id, generation) -> keys.
   std::map<std::pair<std::string, int64_t>, KvSpace> kv_ ABSL_GUARDED_BY(mu_);
   double last_flush_ ABSL_GUARDED_BY(mu_) = 0;
@@ -320,6 +355,21 @@ class Cluster final : public JobLifecycleListener {
     metrics::Family* plans = nullptr;
   };
   Metrics metrics_;  // set once before serving, then read-only pointers
+  // The job series RefreshMetrics exports, by job id: their labels (to remove them later without
+  // reading the job again) and whether the job's final state is exported (a finished job is not
+  // read again while it stays among the latest finished).
+  struct ExportedJob {
+    std::vector<std::string> labels;
+    bool final = false;
+  };
+  // Serialises scrapes (each one adds and removes series). Taken before mu_.
+  absl::Mutex metrics_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  std::map<std::string, ExportedJob> exported_jobs_ ABSL_GUARDED_BY(metrics_mu_);
+  // Whether the workers the store knew before this coordinator started were added to departed_.
+  bool departed_seeded_ ABSL_GUARDED_BY(metrics_mu_) = false;
+  // Workers whose session ended, with the steady time it did, while their series are retained
+  // (metrics only: DropSession records, RefreshMetrics expires; a reconnect clears).
+  std::map<std::string, double> departed_ ABSL_GUARDED_BY(mu_);
   int64_t reports_received_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

@@ -3,6 +3,7 @@
 #include "coordinator/cluster.h"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <utility>
 #include <vector>
@@ -11,13 +12,35 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/failpoint.h"
 #include "common/log.h"
+#include "coordinator/checkpoint_retention.h"
 #include "coordinator/cluster_util.h"
 
 namespace raptr {
 
 using cluster_util::JobLabels;
 using cluster_util::Smooth;
+
+namespace {
+
+// What no correct worker reports (the engine fails a step whose loss is not finite rather than
+// report it): a loss that is not a finite mean >= 0, a negative count, FLOPs that are not finite
+// and >= 0. Empty when the numbers are plausible. The aggregates sum them as they are, and the
+// store cannot hold a NaN (SQLite reads it as NULL, and the summary columns are NOT NULL).
+std::string Implausible(double loss, int64_t targets, int64_t tokens, double flops,
+                        double flops_full) {
+  if (!(std::isfinite(loss) && loss >= 0)) return absl::StrCat("loss ", loss);
+  if (targets < 0) return absl::StrCat("scored_targets ", targets);
+  if (tokens < 0) return absl::StrCat("tokens ", tokens);
+  if (!(std::isfinite(flops) && flops >= 0)) return absl::StrCat("flops ", flops);
+  if (!(std::isfinite(flops_full) && flops_full >= 0)) {
+    return absl::StrCat("flops_full ", flops_full);
+  }
+  return "";
+}
+
+}  // namespace
 
 void Cluster::OnHeartbeat(Worker& worker, const v1::Heartbeat& heartbeat) {
   if (heartbeat.job_id().empty()) {
@@ -37,6 +60,13 @@ void Cluster::OnHeartbeat(Worker& worker, const v1::Heartbeat& heartbeat) {
     worker.draining = true;
     worker.draining_job = heartbeat.job_id();
   }
+  if (!in_group) return;
+  // Work done since the last heartbeat is progress, even with no step finished yet: a step of
+  // many micro-batches, a long evaluation or restore. A hung thread's count stands still.
+  if (worker.work_done >= 0 && heartbeat.work_done() > worker.work_done) {
+    running_.at(worker.job_id).watchdog->RankProgressed(worker.rank, Now());
+  }
+  worker.work_done = heartbeat.work_done();
 }
 
 absl::Status Cluster::OnStepReport(int64_t session, const v1::StepReport& report) {
@@ -56,10 +86,25 @@ absl::Status Cluster::OnStepReport(int64_t session, const v1::StepReport& report
   }
   auto agg_it = run.steps.find(report.step());
   StepAggregate& agg = agg_it->second;
+  std::string implausible = Implausible(report.loss(), report.scored_targets(), report.tokens(),
+                                        report.flops(), report.flops_full());
+  int64_t targets = 0;
+  int64_t tokens = 0;
+  if (implausible.empty() &&
+      (__builtin_add_overflow(agg.targets, report.scored_targets(), &targets) ||
+       __builtin_add_overflow(agg.tokens, report.tokens(), &tokens))) {
+    implausible = "counts that overflow the step's totals";
+  }
+  if (!implausible.empty()) {
+    FailGroup(run.job.id(),
+              absl::StrCat("rank ", rank, " reported step ", report.step(), " with ", implausible),
+              /*retryable=*/true);
+    return absl::OkStatus();
+  }
   ++agg.reports;
   agg.loss_sum += report.loss() * static_cast<double>(report.scored_targets());
-  agg.targets += report.scored_targets();
-  agg.tokens += report.tokens();
+  agg.targets = targets;
+  agg.tokens = tokens;
   agg.flops += report.flops();
   agg.flops_full += report.flops_full();
   agg.seconds = std::max(agg.seconds, report.step_seconds());
@@ -136,9 +181,22 @@ absl::Status Cluster::OnEvalResult(int64_t session, const v1::EvalResult& result
               /*retryable=*/true);
     return absl::OkStatus();
   }
+  std::string implausible = Implausible(result.loss(), result.scored_targets(), 0, 0, 0);
+  int64_t targets = 0;
+  if (implausible.empty() &&
+      __builtin_add_overflow(agg.targets, result.scored_targets(), &targets)) {
+    implausible = "counts that overflow the evaluation's totals";
+  }
+  if (!implausible.empty()) {
+    FailGroup(run.job.id(),
+              absl::StrCat("rank ", rank, " answered the evaluation after step ", result.step(),
+                           " with ", implausible),
+              /*retryable=*/true);
+    return absl::OkStatus();
+  }
   run.watchdog->RankProgressed(rank, Now());
   agg.loss_sum += result.loss() * static_cast<double>(result.scored_targets());
-  agg.targets += result.scored_targets();
+  agg.targets = targets;
   agg.batches = result.batches();
   agg.seconds = std::max(agg.seconds, result.seconds());
   if (!agg.votes.Complete()) return absl::OkStatus();
@@ -225,8 +283,54 @@ absl::Status Cluster::OnCheckpointWritten(int64_t session, const v1::CheckpointW
   }
   run.committed_step = step;
   recoveries_.erase(run.job.id());
-  MaybeFinish(run.job.id());
+  ApplyCheckpointRetention(run);
+  const std::string id = run.job.id();
+  MaybeFinish(id);  // may end the group: `run` is not used below
+  MaybeGrow(id);
   return absl::OkStatus();
+}
+
+void Cluster::ApplyCheckpointRetention(const RunningJob& run) {
+  if (options_.keep_checkpoints <= 0) return;
+  const std::string& id = run.job.id();
+  absl::StatusOr<std::vector<CheckpointRecord>> all = store_->ListCheckpoints(id);
+  if (!all.ok()) {
+    Log(absl::StrCat(id, ": checkpoint retention skipped: ", all.status().ToString()));
+    return;
+  }
+  const std::vector<CheckpointRecord> dropped = CheckpointsToDrop(*all, options_.keep_checkpoints);
+  std::vector<CheckpointRecord> kept;
+  std::vector<int64_t> steps;
+  for (const CheckpointRecord& checkpoint : *all) {
+    const bool drop = std::any_of(dropped.begin(), dropped.end(), [&](const CheckpointRecord& d) {
+      return d.step == checkpoint.step;
+    });
+    if (drop) {
+      steps.push_back(checkpoint.step);
+    } else {
+      kept.push_back(checkpoint);
+    }
+  }
+  // The records first: if the files then stay (a crash, an error), the store references nothing
+  // that is gone, and the next commit's sweep finds them.
+  if (!steps.empty()) {
+    if (absl::Status deleted = store_->DeleteCheckpoints(id, steps); !deleted.ok()) {
+      Log(absl::StrCat(id, ": checkpoint retention skipped: ", deleted.ToString()));
+      return;
+    }
+    // Tests kill the coordinator here: the records are gone, the files still there.
+    Failpoint("retention.records-deleted");
+  }
+  const RetentionResult result = RemoveUnreferencedCheckpoints(
+      absl::StrCat(options_.checkpoint_root, "/", id), dropped, kept, run.generation);
+  for (const std::string& error : result.errors) {
+    Log(absl::StrCat(id, ": checkpoint retention: ", error));
+  }
+  if (!result.removed.empty()) {
+    Log(absl::StrCat(id, ": removed ", result.removed.size(), " superseded checkpoint ",
+                     result.removed.size() == 1 ? "directory" : "directories", " (keeping ",
+                     kept.size(), ")"));
+  }
 }
 
 void Cluster::OnWorkerError(int64_t session, const v1::WorkerError& error) {

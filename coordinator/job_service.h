@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "coordinator/job_watch.h"
 #include "coordinator/store/job_store.h"
 #include "grpcpp/grpcpp.h"
 #include "raptr/v1/job.grpc.pb.h"
@@ -28,17 +29,17 @@ class JobLifecycleListener {
 
 // JobServiceImpl is thin: every RPC validates its request's envelope (ids, page tokens, sizes),
 // then calls the JobStore, which owns the job rules (spec validation, idempotency, legal state
-// moves), and maps the result back. It holds no state of its own.
+// moves), and maps the result back. Its only state is the open WatchJob streams (JobWatchHub):
+// WatchJob uses gRPC's callback API, so an open stream holds no server thread.
 //
 // Thread safety: thread-safe (the JobStore is); gRPC calls its methods from many threads.
-class JobServiceImpl final : public v1::JobService::Service {
+class JobServiceImpl final : public v1::JobService::WithCallbackMethod_WatchJob<v1::JobService::Service> {
  public:
-  // How often WatchJob polls the store for changes.
-  static constexpr std::chrono::milliseconds kWatchPollInterval{200};
-
-  // REQUIRES: `store` and `listener` (optional) outlive this service.
-  explicit JobServiceImpl(JobStore* store, JobLifecycleListener* listener = nullptr)
-      : store_(store), listener_(listener) {}
+  // REQUIRES: `store` and `listener` (optional) outlive this service, and the service outlives
+  // the gRPC server it is registered with (the server is shut down first).
+  explicit JobServiceImpl(JobStore* store, JobLifecycleListener* listener = nullptr,
+                          JobWatchHub::Options watch_options = {})
+      : store_(store), listener_(listener), watch_hub_(store, watch_options) {}
 
   grpc::Status SubmitJob(grpc::ServerContext* context, const v1::SubmitJobRequest* request,
                          v1::SubmitJobResponse* response) override;
@@ -48,14 +49,19 @@ class JobServiceImpl final : public v1::JobService::Service {
                         v1::ListJobsResponse* response) override;
   grpc::Status CancelJob(grpc::ServerContext* context, const v1::CancelJobRequest* request,
                          v1::Job* response) override;
-  grpc::Status WatchJob(grpc::ServerContext* context, const v1::WatchJobRequest* request,
-                        grpc::ServerWriter<v1::JobEvent>* writer) override;
+  grpc::ServerWriteReactor<v1::JobEvent>* WatchJob(grpc::CallbackServerContext* context,
+                                                  const v1::WatchJobRequest* request) override {
+    return watch_hub_.Watch(context, request);
+  }
+  // WatchJob streams open now.
+  int open_watch_streams() const { return watch_hub_.open_streams(); }
   grpc::Status ListJobSteps(grpc::ServerContext* context, const v1::ListJobStepsRequest* request,
                             v1::ListJobStepsResponse* response) override;
 
  private:
   JobStore* const store_;
   JobLifecycleListener* const listener_;
+  JobWatchHub watch_hub_;
 };
 
 }  // namespace raptr

@@ -57,6 +57,9 @@ int Main(int argc, char** argv) {
   flags.Define("store", "runs/coordinator.db", "the SQLite job store (created when absent)");
   flags.Define("checkpoint-dir", "runs/checkpoints",
                "job checkpoints go to DIR/<job id>; workers must see the same path");
+  flags.Define("keep-checkpoints", "3",
+               "committed checkpoints kept per job, the newest usable ones (older ones and "
+               "superseded generations are deleted); 0: keep all");
   flags.Define("plan-window", "32", "step plans streamed ahead of the slowest worker");
   flags.Define("heartbeat", "2", "seconds between worker heartbeats");
   flags.Define("lease", "15", "seconds of worker silence before it counts as lost");
@@ -71,6 +74,12 @@ int Main(int argc, char** argv) {
   flags.Define("metrics-listen", "127.0.0.1:9401",
                "HOST:PORT serving Prometheus /metrics and /healthz; port 0 picks a free port; "
                "empty: off");
+  flags.Define("metrics-finished-jobs", "200",
+               "finished jobs the metrics keep, the latest ones (every unfinished job is always "
+               "there); 0: none");
+  flags.Define("metrics-worker-retention", "600",
+               "seconds a departed worker's metrics stay (raptr_worker_connected 0) before they "
+               "are removed");
   flags.Define("help", "false", "print this help");
   if (absl::Status parsed = flags.Parse(argc, argv, 1); !parsed.ok()) {
     std::fprintf(stderr, "raptr-coordinator: %s\n\n%s%s", std::string(parsed.message()).c_str(),
@@ -127,6 +136,29 @@ int Main(int argc, char** argv) {
   options.progress.floor_seconds = *progress;
   options.progress.factor = *factor;
   options.progress.startup_seconds = *startup;
+  absl::StatusOr<int> finished_jobs = flags.GetInt32("metrics-finished-jobs");
+  absl::StatusOr<double> worker_retention = flags.GetDouble("metrics-worker-retention");
+  for (const absl::Status& parsed : {finished_jobs.status(), worker_retention.status()}) {
+    if (!parsed.ok()) {
+      std::fprintf(stderr, "raptr-coordinator: %s\n", std::string(parsed.message()).c_str());
+      return 2;
+    }
+  }
+  if (*finished_jobs < 0 || !(*worker_retention >= 0)) {
+    std::fprintf(stderr,
+                 "raptr-coordinator: need --metrics-finished-jobs >= 0 and "
+                 "--metrics-worker-retention >= 0\n");
+    return 2;
+  }
+  absl::StatusOr<int> keep = flags.GetInt32("keep-checkpoints");
+  if (!keep.ok() || *keep < 0) {
+    std::fprintf(stderr, "raptr-coordinator: --keep-checkpoints must be an integer >= 0%s%s\n",
+                 keep.ok() ? "" : ": ", keep.ok() ? "" : std::string(keep.status().message()).c_str());
+    return 2;
+  }
+  options.keep_checkpoints = *keep;
+  options.metrics_finished_jobs = *finished_jobs;
+  options.metrics_worker_retention_seconds = *worker_retention;
 
   const std::string store_path = flags.Get("store");
   absl::StatusOr<std::unique_ptr<JobStore>> store = absl::InternalError("not opened");

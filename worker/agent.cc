@@ -182,6 +182,7 @@ class Agent {
             beat.mutable_heartbeat()->set_job_id(runner->job_id());
             beat.mutable_heartbeat()->set_generation(runner->generation());
             beat.mutable_heartbeat()->set_step(runner->last_step());
+            beat.mutable_heartbeat()->set_work_done(runner->work_done());
           } else {
             beat.mutable_heartbeat()->set_step(-1);
           }

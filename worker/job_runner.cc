@@ -72,6 +72,7 @@ absl::Status JobRunner::RunJob() {
   config.log_every = 0;
   ASSIGN_OR_RETURN(std::unique_ptr<TrainingSession> session,
                    TrainingSession::Create(config, rank, world));
+  session->CountWorkIn(&work_done_);
   if (assignment_.has_resume_checkpoint()) {
     const v1::CheckpointRef& resume = assignment_.resume_checkpoint();
     // DATA_LOSS from here on means the checkpoint was read and is wrong: the coordinator rejects

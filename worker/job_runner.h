@@ -98,6 +98,9 @@ class JobRunner {
   const std::string& job_id() const { return assignment_.job_id(); }
   int64_t generation() const { return assignment_.generation(); }
   int64_t last_step() const { return last_step_.load(); }
+  // Work units the job thread has done (TrainingSession::CountWorkIn): grows while it works,
+  // stands still while it hangs. Heartbeats carry it.
+  int64_t work_done() const { return work_done_.load(std::memory_order_relaxed); }
 
  private:
   // The next message of the job; nullopt once aborted.
@@ -146,6 +149,7 @@ class JobRunner {
   bool finished_locked_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> finished_{false};
   std::atomic<int64_t> last_step_{-1};
+  std::atomic<int64_t> work_done_{0};
   int64_t current_step_ = -1;  // the job thread's own
   bool resume_unusable_ = false;  // the job thread's own: the resume checkpoint failed its checks
 };

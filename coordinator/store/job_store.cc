@@ -11,6 +11,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/failpoint.h"
 #include "common/job_spec.h"
 #include "common/status.h"
 #include "google/protobuf/util/message_differencer.h"
@@ -102,6 +103,15 @@ constexpr char kMigrateV2ToV3[] = R"sql(
 ALTER TABLE checkpoints ADD COLUMN state_digest INTEGER;
 ALTER TABLE checkpoints ADD COLUMN rejected_ms INTEGER;
 UPDATE schema_version SET version = 3;
+)sql";
+
+// Indexes that change nothing a reader sees, only how fast it finds it: created at every open
+// when absent, without a schema version bump, so a store stays readable by the builds before
+// them (SQLite maintains every index of the file whichever build writes it).
+// jobs_by_end: the jobs that finished last (LatestFinishedJobIds, the metrics scrape), read
+// newest first without sorting every finished job. Partial: only finished jobs have an end.
+constexpr char kIndexes[] = R"sql(
+CREATE INDEX IF NOT EXISTS jobs_by_end ON jobs (finished_ms) WHERE finished_ms IS NOT NULL;
 )sql";
 
 int64_t NowMillis() { return absl::ToUnixMillis(absl::Now()); }
@@ -292,10 +302,19 @@ constexpr char kJobColumns[] =
     "id, spec, state, error, generation, world_size, created_ms, updated_ms, started_ms, "
     "finished_ms";
 
-absl::StatusOr<v1::Job> JobFromRow(const Statement& row, const std::string& path) {
+// kJobColumns with the name in place of the spec (JobFilter::with_spec false).
+constexpr char kJobColumnsWithoutSpec[] =
+    "id, name, state, error, generation, world_size, created_ms, updated_ms, started_ms, "
+    "finished_ms";
+
+// `with_spec` false: the row has the name (kJobColumnsWithoutSpec), which becomes spec.name.
+absl::StatusOr<v1::Job> JobFromRow(const Statement& row, const std::string& path,
+                                   bool with_spec = true) {
   v1::Job job;
   job.set_id(row.Text(0));
-  if (!job.mutable_spec()->ParseFromString(row.Blob(1))) {
+  if (!with_spec) {
+    job.mutable_spec()->set_name(row.Text(1));
+  } else if (!job.mutable_spec()->ParseFromString(row.Blob(1))) {
     return absl::DataLossError(
         absl::StrCat("job store ", path, ": job ", job.id(), ": stored spec does not parse"));
   }
@@ -347,6 +366,7 @@ absl::Status EnsureSchema(sqlite3* db, const std::string& path) {
     RETURN_IF_ERROR(Exec(db, kSchemaV1, path));
     RETURN_IF_ERROR(Exec(db, kMigrateV1ToV2, path));
     RETURN_IF_ERROR(Exec(db, kMigrateV2ToV3, path));
+    RETURN_IF_ERROR(Exec(db, kIndexes, path));
     return txn->Commit();
   }
   if (!has_version) {
@@ -376,6 +396,7 @@ absl::Status EnsureSchema(sqlite3* db, const std::string& path) {
   RETURN_IF_ERROR(tables.Reset());
   if (v < 2) RETURN_IF_ERROR(Exec(db, kMigrateV1ToV2, path));
   if (v < 3) RETURN_IF_ERROR(Exec(db, kMigrateV2ToV3, path));
+  RETURN_IF_ERROR(Exec(db, kIndexes, path));
   return txn->Commit();
 }
 
@@ -560,7 +581,8 @@ absl::StatusOr<std::vector<v1::Job>> JobStore::ListJobs(const JobFilter& filter)
   if (filter.limit < 1) {
     return absl::InvalidArgumentError(absl::StrCat("list limit must be >= 1, got ", filter.limit));
   }
-  std::string sql = absl::StrCat("SELECT ", kJobColumns, " FROM jobs WHERE 1");
+  std::string sql = absl::StrCat("SELECT ", filter.with_spec ? kJobColumns : kJobColumnsWithoutSpec,
+                                 " FROM jobs WHERE 1");
   if (!filter.states.empty()) {
     std::vector<std::string> states;
     for (v1::JobState state : filter.states) states.push_back(absl::StrCat(state));
@@ -578,7 +600,7 @@ absl::StatusOr<std::vector<v1::Job>> JobStore::ListJobs(const JobFilter& filter)
   while (true) {
     ASSIGN_OR_RETURN(bool row, select.Step());
     if (!row) break;
-    ASSIGN_OR_RETURN(v1::Job job, JobFromRow(select, path_));
+    ASSIGN_OR_RETURN(v1::Job job, JobFromRow(select, path_, filter.with_spec));
     jobs.push_back(std::move(job));
   }
   for (v1::Job& job : jobs) RETURN_IF_ERROR(LoadProgress(&job));
@@ -641,6 +663,7 @@ absl::StatusOr<v1::Job> JobStore::UpdateJobState(const std::string& id, v1::JobS
   changed->set_world_size(job.world_size());
   RETURN_IF_ERROR(AppendEvent(id, now, &event));
   RETURN_IF_ERROR(txn->Commit());
+  Changed(id);
   return job;
 }
 
@@ -658,7 +681,9 @@ absl::Status JobStore::SetJobGroup(const std::string& id, int64_t generation, in
   update.BindInt(3, NowMillis());
   update.BindText(4, id);
   RETURN_IF_ERROR(update.Run());
-  return txn->Commit();
+  RETURN_IF_ERROR(txn->Commit());
+  Changed(id);
+  return absl::OkStatus();
 }
 
 absl::Status JobStore::RecordStepSummaries(const std::string& job_id,
@@ -710,20 +735,45 @@ absl::Status JobStore::RecordStepSummariesBatch(
     touch.BindText(2, job_id);
     RETURN_IF_ERROR(touch.Run());
   }
-  return txn->Commit();
+  RETURN_IF_ERROR(txn->Commit());
+  for (const auto& entry : batch) Changed(entry.first);
+  return absl::OkStatus();
 }
 
 absl::Status JobStore::DiscardStepSummariesAfter(const std::string& job_id, int64_t step) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(auto txn, Transaction::BeginWrite(db_, path_));
   RETURN_IF_ERROR(CheckJobExists(job_id));
+  ASSIGN_OR_RETURN(Statement last,
+                   Statement::Prepare(db_,
+                                      "SELECT MAX(step) FROM step_summaries WHERE job_id = ? AND "
+                                      "step > ?",
+                                      path_));
+  last.BindText(1, job_id);
+  last.BindInt(2, step);
+  ASSIGN_OR_RETURN(bool row, last.Step());
+  // MAX over no rows is NULL: nothing to discard, nothing to log.
+  if (!row || last.IsNull(0)) return txn->Commit();  // No change a watcher would see.
+  const int64_t completed = last.Int(0) + 1;
+  RETURN_IF_ERROR(last.Reset());
   ASSIGN_OR_RETURN(
       Statement discard,
       Statement::Prepare(db_, "DELETE FROM step_summaries WHERE job_id = ? AND step > ?", path_));
   discard.BindText(1, job_id);
   discard.BindInt(2, step);
   RETURN_IF_ERROR(discard.Run());
-  return txn->Commit();
+  v1::Job job;
+  job.set_id(job_id);
+  RETURN_IF_ERROR(LoadProgress(&job));
+  v1::JobEvent event;
+  v1::JobRewound* rewound = event.mutable_rewound();
+  rewound->set_to_step(step + 1);
+  rewound->set_from_step(completed);
+  *rewound->mutable_progress() = job.progress();
+  RETURN_IF_ERROR(AppendEvent(job_id, NowMillis(), &event));
+  RETURN_IF_ERROR(txn->Commit());
+  Changed(job_id);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<StepSummaryRecord>> JobStore::StepSummaries(const std::string& job_id,
@@ -798,7 +848,55 @@ absl::Status JobStore::CommitCheckpoint(const std::string& job_id, int64_t step,
   checkpoint->set_path(path);
   checkpoint->set_generation(generation);
   RETURN_IF_ERROR(AppendEvent(job_id, now, &event));
-  return txn->Commit();
+  // Tests kill the coordinator here: the record and its event are written but not committed.
+  Failpoint("store.commit-checkpoint");
+  RETURN_IF_ERROR(txn->Commit());
+  Changed(job_id);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<CheckpointRecord>> JobStore::ListCheckpoints(
+    const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(CheckJobExists(job_id));
+  ASSIGN_OR_RETURN(Statement select,
+                   Statement::Prepare(db_,
+                                      "SELECT step, path, committed_ms, state_digest, "
+                                      "rejected_ms IS NOT NULL FROM checkpoints WHERE job_id = ? "
+                                      "ORDER BY step",
+                                      path_));
+  select.BindText(1, job_id);
+  std::vector<CheckpointRecord> checkpoints;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, select.Step());
+    if (!row) break;
+    CheckpointRecord checkpoint;
+    checkpoint.step = select.Int(0);
+    checkpoint.path = select.Text(1);
+    checkpoint.committed_at_ms = select.Int(2);
+    checkpoint.state_digest = select.IsNull(3) ? 0 : static_cast<uint64_t>(select.Int(3));
+    checkpoint.rejected = select.Int(4) != 0;
+    checkpoints.push_back(std::move(checkpoint));
+  }
+  return checkpoints;
+}
+
+absl::Status JobStore::DeleteCheckpoints(const std::string& job_id,
+                                         const std::vector<int64_t>& steps) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto txn, Transaction::BeginWrite(db_, path_));
+  RETURN_IF_ERROR(CheckJobExists(job_id));
+  ASSIGN_OR_RETURN(
+      Statement remove,
+      Statement::Prepare(db_, "DELETE FROM checkpoints WHERE job_id = ? AND step = ?", path_));
+  for (int64_t step : steps) {
+    remove.BindText(1, job_id);
+    remove.BindInt(2, step);
+    RETURN_IF_ERROR(remove.Run());
+  }
+  RETURN_IF_ERROR(txn->Commit());
+  Changed(job_id);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::optional<CheckpointRecord>> JobStore::LatestCheckpoint(
@@ -857,7 +955,9 @@ absl::Status JobStore::RejectCheckpoint(const std::string& job_id, int64_t step,
   rejected->set_path(path);
   rejected->set_reason(reason);
   RETURN_IF_ERROR(AppendEvent(job_id, now, &event));
-  return txn->Commit();
+  RETURN_IF_ERROR(txn->Commit());
+  Changed(job_id);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<std::pair<int64_t, v1::JobEvent>>> JobStore::JobEvents(
@@ -983,6 +1083,49 @@ absl::StatusOr<std::vector<v1::Job>> JobStore::JobsToRecover() {
   filter.states = {v1::JOB_STATE_RUNNING, v1::JOB_STATE_RECOVERING};
   filter.limit = 1 << 30;
   return ListJobs(filter);
+}
+
+absl::StatusOr<std::vector<std::string>> JobStore::LatestFinishedJobIds(int limit) {
+  if (limit < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("list limit must be >= 1, got ", limit));
+  }
+  absl::MutexLock lock(&mu_);
+  // The WHERE matches jobs_by_end's, and the index orders equal ends by rowid (seq), so this
+  // walks the index backwards and stops after `limit` entries.
+  ASSIGN_OR_RETURN(Statement select,
+                   Statement::Prepare(db_,
+                                      "SELECT id FROM jobs WHERE finished_ms IS NOT NULL "
+                                      "ORDER BY finished_ms DESC, seq DESC LIMIT ?",
+                                      path_));
+  select.BindInt(1, limit);
+  std::vector<std::string> ids;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, select.Step());
+    if (!row) break;
+    ids.push_back(select.Text(0));
+  }
+  return ids;
+}
+
+void JobStore::Changed(const std::string& job_id) {
+  absl::MutexLock lock(&versions_mu_);
+  ++version_;
+  job_versions_[job_id] = version_;
+}
+
+int64_t JobStore::JobVersion(const std::string& job_id) const {
+  absl::MutexLock lock(&versions_mu_);
+  auto it = job_versions_.find(job_id);
+  return it == job_versions_.end() ? 0 : it->second;
+}
+
+int64_t JobStore::WaitForChange(int64_t seen, absl::Duration timeout) const {
+  absl::MutexLock lock(&versions_mu_);
+  auto changed = [this, seen]() ABSL_SHARED_LOCKS_REQUIRED(versions_mu_) {
+    return version_ != seen;
+  };
+  versions_mu_.AwaitWithTimeout(absl::Condition(&changed), timeout);
+  return version_;
 }
 
 }  // namespace raptr

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -12,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "raptr/v1/job.pb.h"
 
 struct sqlite3;
@@ -38,6 +40,7 @@ struct CheckpointRecord {
   std::string path;             // The checkpoint's directory.
   int64_t committed_at_ms = 0;  // Unix milliseconds of the commit.
   uint64_t state_digest = 0;    // The ranks' state digest at the commit; 0: not recorded.
+  bool rejected = false;        // Found unusable (RejectCheckpoint); never resumed from.
 };
 
 // A worker the coordinator has seen (from its Hello and heartbeats).
@@ -61,6 +64,10 @@ struct JobFilter {
   std::vector<v1::JobState> states;  // Only jobs in one of these states; empty: every state.
   int limit = 100;                   // Most jobs returned; >= 1.
   std::string after_id;              // Only jobs submitted after this one (paging); empty: all.
+  // false: each job's spec holds only its name (from a column of its own); the stored spec is
+  // neither read nor parsed. For readers that need a job's state and progress but not its spec
+  // (the metrics scrape, which caches each job's spec-derived labels).
+  bool with_spec = true;
 };
 
 // JobStore persists everything the coordinator must not lose across a restart in one SQLite
@@ -145,7 +152,10 @@ class JobStore {
       const std::vector<std::pair<std::string, std::vector<StepSummaryRecord>>>& batch);
 
   // Deletes the job's summaries of steps > `step` (a recovery rewinds to its checkpoint; the
-  // replayed steps are then recorded again). NOT_FOUND for an unknown job.
+  // replayed steps are then recorded again) and, when any were deleted, logs a rewound event
+  // (to_step = step + 1, with the progress after the discard) in the same transaction, so a
+  // watcher sees every rewind however soon the replayed steps follow. NOT_FOUND for an unknown
+  // job.
   absl::Status DiscardStepSummariesAfter(const std::string& job_id, int64_t step);
 
   // Up to `limit` summaries of steps >= from_step, in step order. NOT_FOUND for an unknown job;
@@ -163,6 +173,14 @@ class JobStore {
   // record) and logs a checkpoint_rejected event with `reason`; LatestCheckpoint skips it from
   // then on. NOT_FOUND for an unknown job or no such checkpoint.
   absl::Status RejectCheckpoint(const std::string& job_id, int64_t step, const std::string& reason);
+
+  // Every committed checkpoint of the job, rejected ones included, in step order. NOT_FOUND for
+  // an unknown job.
+  absl::StatusOr<std::vector<CheckpointRecord>> ListCheckpoints(const std::string& job_id);
+
+  // Deletes the job's checkpoint records of `steps` (retention; their files are the caller's),
+  // all in one transaction. Steps without a record are ignored. NOT_FOUND for an unknown job.
+  absl::Status DeleteCheckpoints(const std::string& job_id, const std::vector<int64_t>& steps);
 
   // The job's usable (not rejected) committed checkpoint of the highest step; std::nullopt when
   // none. NOT_FOUND for an unknown job.
@@ -189,6 +207,19 @@ class JobStore {
   // oldest first.
   absl::StatusOr<std::vector<v1::Job>> JobsToRecover();
 
+  // The ids of the `limit` jobs that reached a terminal state last, newest first (by end_time,
+  // then by id). Walks an index (jobs_by_end) instead of sorting every finished job, so its cost
+  // is `limit`, not the store's size. INVALID_ARGUMENT for a limit < 1.
+  absl::StatusOr<std::vector<std::string>> LatestFinishedJobIds(int limit);
+
+  // Change tracking, for watchers (WatchJob) that should read the store only when it changed.
+  // Every committed write of a job's state, group, summaries, checkpoints or events through this
+  // JobStore bumps a process-wide version and records it as the job's; other processes' writes
+  // to the same file are not seen. The version a job had last; 0 if this JobStore never wrote it.
+  int64_t JobVersion(const std::string& job_id) const;
+  // Blocks until the process-wide version differs from `seen` or `timeout` passes; returns it.
+  int64_t WaitForChange(int64_t seen, absl::Duration timeout) const;
+
  private:
   JobStore(std::string path, sqlite3* db);
 
@@ -206,9 +237,16 @@ class JobStore {
   // OK when the job exists, else NOT_FOUND naming it. REQUIRES: mu_ held.
   absl::Status CheckJobExists(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // Bumps the versions after a committed write of the job (see JobVersion).
+  void Changed(const std::string& job_id);
+
   const std::string path_;
   absl::Mutex mu_;
   sqlite3* const db_ ABSL_PT_GUARDED_BY(mu_);
+  // Taken alone (never with mu_ wanted after it), so watchers never wait on a write.
+  mutable absl::Mutex versions_mu_;
+  int64_t version_ ABSL_GUARDED_BY(versions_mu_) = 0;
+  std::map<std::string, int64_t> job_versions_ ABSL_GUARDED_BY(versions_mu_);
 };
 
 }  // namespace raptr

@@ -55,7 +55,16 @@ grep -q '"state": "JOB_STATE_PENDING"' "$WORK/get.json" || fail "json get: $(cat
 grep -q '"name": "gpt-raptr"' "$WORK/get.json" || fail "json get has no name"
 
 "$CTL" list > "$WORK/list.txt" || fail "list"
-grep -q "^$JOB .*gpt-raptr .*PENDING" "$WORK/list.txt" || fail "list: $(cat "$WORK/list.txt")"
+grep -Eq "^$JOB +gpt-raptr +raptr +PENDING +0/" "$WORK/list.txt" || fail "list: $(cat "$WORK/list.txt")"
+# A listing's specs (ListJobs' BASIC view) hold the name, steps and schedule kind only; --full
+# asks for the whole specs.
+"$CTL" list --output json > "$WORK/list.json" || fail "list --output json"
+grep -q '"name": "gpt-raptr"' "$WORK/list.json" || fail "json list has no name"
+grep -q '"raptr": {}' "$WORK/list.json" || fail "json list has no schedule kind: $(cat "$WORK/list.json")"
+! grep -q '"layers"' "$WORK/list.json" || fail "json list has the model: $(cat "$WORK/list.json")"
+"$CTL" list --full --output json > "$WORK/list-full.json" || fail "list --full"
+grep -q '"layers"' "$WORK/list-full.json" || fail "list --full has no model"
+grep -q '"train_shards"' "$WORK/list-full.json" || fail "list --full has no data"
 
 # Validation only: nothing stored.
 "$CTL" submit -f "$SRC/examples/gpt-raptr.yaml" --validate-only > /dev/null || fail "validate-only"

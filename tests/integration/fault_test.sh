@@ -7,8 +7,11 @@
 #      the worker comes back free.
 #   B. A rank hangs while its heartbeats go on: the progress watchdog fails the group, the job
 #      recovers on a spare, and the hung worker restarts its own process and comes back.
+#   B2. Steps far longer than the progress deadlines are not hangs: the heartbeats carry the job
+#      thread's work count (micro-batches done), which the coordinator counts as progress.
 #   C. SIGKILL of one rank of a 2-rank job: regrouped (same world size) from the last committed
-#      checkpoint; the finished weights are bitwise those of an uninterrupted run.
+#      checkpoint; the finished weights are bitwise those of an uninterrupted run; WatchJob
+#      shows the rewind; retention leaves the last 3 checkpoints, on disk as in the store.
 #   D. SIGKILL of the coordinator mid-job: restarted on the same store, the job resumes from its
 #      last committed checkpoint and ends bitwise identical to an uninterrupted run.
 #   E. Three of four workers SIGKILLed at once: one recovery (generation 2), not one per worker.
@@ -20,6 +23,8 @@
 #   I. Committed checkpoints corrupted and truncated on disk: found by the digest recorded at the
 #      commit (or the reader), rejected with an event, and the job resumes from the one before.
 #   J. The store's disk fills up mid-job and frees again (a small tmpfs; needs root).
+#   K. The coordinator SIGKILLed exactly inside a checkpoint commit, then inside checkpoint
+#      retention (failpoints): nothing committed is lost, store and disk agree, bitwise identical.
 # Usage: fault_test.sh BUILD_DIR
 set -euo pipefail
 BUILD=$(cd "$1" && pwd)
@@ -87,14 +92,27 @@ echo "measured: SIGSTOP of 1 of 2 ranks (lease 15 s): RECOVERING after ${DETECTE
 awk -v t="$TRAINING" -v limit=$((45 * SCALE)) 'BEGIN { exit !(t <= limit) }' \
   || fail "training again only after $TRAINING s"
 "$CTL" get "$JOB" | grep -Eq "^workers: +1 " || fail "generation 2 is not on the survivor alone"
+RECOVERIES=$(grep -c "$JOB recovering" "$WORK/coord.log")
 kill -CONT "$WB"
 T1=$(now)
 wait_count "$WORK/coord.log" "worker wb connected" 2 30
+BACK=$(since "$T1")
 sleep 3
-[[ $(generation_of "$JOB") == 2 && "$(state_of "$JOB")" == RUNNING ]] \
-  || fail "SIGCONT of the old rank changed the job: $(state_of "$JOB") generation $(generation_of "$JOB")"
+# The old rank is fenced: nothing it sends fails or changes the job. It comes back as a free
+# worker, which the job (max_workers 2) may then take at its next checkpoint: a planned regroup
+# (elastic growth), never a recovery.
+[[ $(grep -c "$JOB recovering" "$WORK/coord.log") == "$RECOVERIES" ]] \
+  || fail "SIGCONT of the old rank caused a recovery: $(grep "$JOB recovering" "$WORK/coord.log" | tail -n 1)"
+[[ "$(state_of "$JOB")" == RUNNING ]] || fail "SIGCONT of the old rank left the job $(state_of "$JOB")"
+case $(generation_of "$JOB") in
+  2) GREW="job unchanged" ;;
+  3) grep -q "$JOB: growing from 1 to 2 workers" "$WORK/coord.log" \
+       || fail "generation 3 after SIGCONT without a planned growth"
+     GREW="the job then grew back to 2 workers at a checkpoint, a planned regroup" ;;
+  *) fail "SIGCONT of the old rank: generation $(generation_of "$JOB")" ;;
+esac
 [[ $(metric 'raptr_worker_connected{worker="wb"}') == 1 ]] || fail "wb did not come back connected"
-echo "measured: SIGCONT: wb back as a free worker after $(since "$T1") s (job unchanged)"
+echo "measured: SIGCONT: wb back as a free worker after $BACK s ($GREW)"
 "$CTL" cancel "$JOB" > /dev/null
 echo "ok A: SIGSTOP of one rank"
 
@@ -115,6 +133,32 @@ wait_count "$WORK/coord.log" "worker wh connected" 2 30
 echo "measured: hung worker restarted and back after $(since "$T0") s"
 echo "ok B: a hang is found by the progress watchdog; the stuck worker restarts itself"
 
+# --- B2. A slow step is not a hang: 3 steps of 1200 micro-batches each take longer than the
+# progress deadlines (startup 1.5 s, then max(1.5 s, 0.3 x the median step)), but the heartbeats
+# (every 0.5 s) carry the job thread's work count, which grows with every micro-batch, and the
+# coordinator counts that as progress: no group fails.
+new_cluster slowstep --progress-timeout 1.5 --progress-factor 0.3 --startup-timeout 1.5
+start_worker wslow
+sed 's/seq: 32, steps: 3,/seq: 32, steps: 3, micro_batches: 1200,/; s/warmup_steps: 5/warmup_steps: 0/; s/raptr: {}/full: {}/' \
+  "$(spec slowstep 3 1 1)" > "$WORK/slowstep-mb.yaml"
+grep -q "micro_batches: 1200" "$WORK/slowstep-mb.yaml" || fail "slowstep spec: $(cat "$WORK/slowstep-mb.yaml")"
+JOB=$("$CTL" submit -f "$WORK/slowstep-mb.yaml") || fail "submit slowstep"
+wait_state "$JOB" SUCCEEDED $((120 * SCALE))
+grep -q "made no progress" "$WORK/coord.log" && fail "a slow step was taken for a hang: $(grep "made no progress" "$WORK/coord.log" | head -n 1)"
+[[ $(generation_of "$JOB") == 1 ]] || fail "slowstep regrouped: generation $(generation_of "$JOB")"
+# Each step really outlasted the 1.5 s deadline (else this proves nothing).
+SLOWEST=$(python3 - "$WORK/store/slowstep.db" "$JOB" <<'PY'
+import sqlite3, sys
+rows = sqlite3.connect(sys.argv[1]).execute(
+    "SELECT MIN(seconds), MAX(seconds) FROM step_summaries WHERE job_id = ?", (sys.argv[2],)).fetchone()
+print("%.1f %.1f" % rows)
+PY
+)
+awk -v m="${SLOWEST%% *}" 'BEGIN { exit !(m > 1.5) }' \
+  || fail "the slow steps took $SLOWEST s (min, max): not longer than the 1.5 s deadline, so this proves nothing"
+echo "measured: steps of 1200 micro-batches took $SLOWEST s (min, max) under 1.5 s progress deadlines: no false hang"
+echo "ok B2: a slow step whose heartbeats show work is not a hang"
+
 # --- C. SIGKILL of one rank of a 2-rank job; regrouped with the same world size.
 new_cluster sigkill
 start_worker w1
@@ -125,14 +169,52 @@ wait_state "$REF" SUCCEEDED 120
 start_worker w3  # the spare (groups take workers in id order: w1, w2)
 wait_log "$WORK/coord.log" "worker w3 connected" 30
 JOB=$("$CTL" submit -f "$(spec ref2 600 2 2)") || fail "submit sigkill"
+"$CTL" watch "$JOB" --output json > "$WORK/sigkill.events" &
+WATCH=$!
 wait_step "$JOB" 35 60
 kill -KILL "$(pgrep -f -- "--id w2 " | head -n 1)"
 wait_state "$JOB" SUCCEEDED 120
+wait "$WATCH" || fail "watch of the sigkill job"
+# The watcher saw the recovery's rewind, and its running totals are the store's (each replayed
+# step counted once).
+python3 - "$WORK/sigkill.events" "$("$CTL" get "$JOB" --output json)" <<'PY' || fail "WatchJob and the rewind"
+import json, sys
+events = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+job = json.loads(sys.argv[2])
+rewinds = [e["rewound"] for e in events if "rewound" in e]
+# One recovery: one rewind, or none when the kill came before any step past the checkpoint was
+# recorded (summaries are flushed every 0.5 s).
+assert len(rewinds) <= 1, "expected at most one rewound event, got %d" % len(rewinds)
+for r in rewinds:
+    to_step = int(r.get("to_step", 0))
+    assert to_step % 25 == 0 and to_step < int(r["from_step"]), r
+steps = [e["step"] for e in events if "step" in e]
+last = steps[-1]["progress"]
+assert int(last["step"]) == 600, last
+assert int(last["tokens"]) == int(job["progress"]["tokens"]), (last["tokens"], job["progress"]["tokens"])
+print("measured: %s; %d step events for 600 steps" % (
+    "rewound from step %s to %s" % (rewinds[0]["from_step"], rewinds[0].get("to_step", 0))
+    if rewinds else "no rewind (nothing past the checkpoint was recorded)", len(steps)))
+PY
 [[ $(generation_of "$JOB") == 2 ]] || fail "sigkill job: generation $(generation_of "$JOB"), expected 2"
 "$CTL" get "$JOB" | grep -Eq "^workers: +2 " || fail "sigkill job did not regroup on 2 workers"
 python3 "$HERE/compare_checkpoints.py" "$(final_checkpoint "$REF" 600)" \
   "$(final_checkpoint "$JOB" 600)" --exact || fail "regrouped run differs from the uninterrupted one"
-echo "ok C: SIGKILL of one rank: regrouped from the checkpoint, bitwise identical"
+# Retention (--keep-checkpoints 3): on disk, only generation 2's last three checkpoints remain
+# (generation 1's are superseded), and the store records exactly those.
+ON_DISK=$(cd "$CKPT/$JOB" && ls -d generation-*/checkpoints/step_* | sort | tr '\n' ' ')
+IN_STORE=$(python3 - "$WORK/store/sigkill.db" "$JOB" <<'PY'
+import os, sqlite3, sys
+rows = sqlite3.connect(sys.argv[1]).execute(
+    "SELECT path FROM checkpoints WHERE job_id = ? ORDER BY path", (sys.argv[2],)).fetchall()
+print(" ".join(os.path.relpath(p, os.path.dirname(os.path.dirname(os.path.dirname(p))))
+               for (p,) in rows), end=" ")
+PY
+)
+EXPECTED="generation-2/checkpoints/step_00000550 generation-2/checkpoints/step_00000575 generation-2/checkpoints/step_00000600 "
+[[ $ON_DISK == "$EXPECTED" ]] || fail "checkpoints on disk after retention: $ON_DISK"
+[[ $IN_STORE == "$EXPECTED" ]] || fail "checkpoints in the store after retention: $IN_STORE"
+echo "ok C: SIGKILL of one rank: regrouped from the checkpoint, bitwise identical; 3 checkpoints kept"
 
 # --- D. SIGKILL of the coordinator mid-job; restart on the same store.
 new_cluster coordkill
@@ -298,4 +380,61 @@ if mount -t tmpfs -o size=16m tmpfs "$WORK/smallfs" 2>/dev/null; then
 else
   echo "skip J: cannot mount a tmpfs here (not root): the disk-full scenario did not run"
 fi
+
+# --- K. SIGKILL of the coordinator exactly inside a checkpoint commit (a failpoint: the record and
+# its event are written, the transaction not committed), then exactly between retention's delete
+# of the records and the removal of their files. Each restart on the same store loses nothing
+# committed, resumes from the last committed checkpoint, and the store and the disk agree at the
+# end; the job still ends bitwise identical to an uninterrupted run.
+new_cluster commitref
+start_worker wk
+REF=$("$CTL" submit -f "$(spec ref4 200 1 1)") || fail "submit ref4"
+wait_state "$REF" SUCCEEDED 120
+stop_all
+WORKER_PIDS=()
+mv "$WORK/coord.log" "$WORK/coord-before-commitkill.log.old"
+CKPT=$WORK/ckpt-commitkill
+STORE_K=$WORK/store/commitkill.db
+RAPTR_FAILPOINTS=store.commit-checkpoint:3 start_coordinator 127.0.0.1:0 --store "$STORE_K"
+start_worker wk
+JOB=$("$CTL" submit -f "$(spec ref4 200 1 1)") || fail "submit commitkill"
+wait "$COORD_PID" 2>/dev/null && fail "the coordinator outlived its failpoint"
+grep -q "failpoint store.commit-checkpoint" "$WORK/coord.log" || fail "the commit failpoint did not fire"
+committed() {
+  python3 - "$STORE_K" "$JOB" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+steps = [s for (s,) in db.execute("SELECT step FROM checkpoints WHERE job_id = ? ORDER BY step", (sys.argv[2],))]
+events = sum(1 for (e,) in db.execute("SELECT event FROM job_events WHERE job_id = ?", (sys.argv[2],)) if b"generation-" in e)
+print(" ".join(map(str, steps)), "events", events)
+PY
+}
+[[ $(committed) == "25 50 events 2" ]] || fail "after a kill inside the 3rd commit the store holds: $(committed)"
+# Restarted: the job resumes from step 50. Killed again once retention dropped step 25's record
+# (at the commit of step 100, the fourth kept) but before its files went.
+ADDR_K=$ADDR
+RAPTR_FAILPOINTS=retention.records-deleted start_coordinator "$ADDR_K" --store "$STORE_K"
+wait "$COORD_PID" 2>/dev/null && fail "the coordinator outlived the retention failpoint"
+grep -q "failpoint retention.records-deleted" "$WORK/coord.log" || fail "the retention failpoint did not fire"
+[[ -d $(ls -d "$CKPT/$JOB"/generation-1/checkpoints/step_00000025) ]] \
+  || fail "step 25's files went before the kill"
+[[ $(committed) == "50 75 100 events 4" ]] || fail "after the retention kill the store holds: $(committed)"
+start_coordinator "$ADDR_K" --store "$STORE_K"
+wait_state "$JOB" SUCCEEDED 120
+python3 "$HERE/compare_checkpoints.py" "$(final_checkpoint "$REF" 200)" \
+  "$(final_checkpoint "$JOB" 200)" --exact || fail "the run killed inside commits differs from the uninterrupted one"
+ON_DISK=$(cd "$CKPT/$JOB" && ls -d generation-*/checkpoints/step_* | sort | tr '\n' ' ')
+IN_STORE=$(python3 - "$STORE_K" "$JOB" <<'PY'
+import os, sqlite3, sys
+rows = sqlite3.connect(sys.argv[1]).execute(
+    "SELECT path FROM checkpoints WHERE job_id = ? ORDER BY path", (sys.argv[2],)).fetchall()
+print(" ".join(os.path.relpath(p, os.path.dirname(os.path.dirname(os.path.dirname(p))))
+               for (p,) in rows), end=" ")
+PY
+)
+[[ $ON_DISK == "$IN_STORE" ]] || fail "store and disk disagree: disk [$ON_DISK] store [$IN_STORE]"
+[[ $(wc -w <<< "$ON_DISK") == 3 ]] || fail "expected 3 checkpoints kept: $ON_DISK"
+[[ $ON_DISK != *generation-1/* ]] || fail "generation 1's orphaned files were not swept: $ON_DISK"
+echo "measured: kept after two coordinator kills: $ON_DISK"
+echo "ok K: SIGKILL inside a checkpoint commit and inside retention: nothing committed lost, store and disk agree, bitwise identical"
 echo "fault tests: all passed"

@@ -7,7 +7,8 @@
 #   3. a worker dies mid-job: the job recovers on another worker from the last committed
 #      checkpoint and ends bitwise identical to the uninterrupted run;
 #   4. cancel stops a running job and frees its worker for the next;
-#   5. the coordinator restarts mid-job: the job resumes and succeeds.
+#   5. the coordinator restarts mid-job: the job resumes and succeeds;
+#   6. elastic growth: a 1-worker job grows to 2 at a checkpoint when a worker comes free.
 # Usage: service_test.sh BUILD_DIR
 set -euo pipefail
 BUILD=$(cd "$1" && pwd)
@@ -106,4 +107,30 @@ start_coordinator "$ADDR"
 wait_state "$RESTART" SUCCEEDED 240
 "$CTL" get "$RESTART" | grep -Eq "\(generation [2-9]\)" || fail "restart job kept its generation"
 echo "ok 5: coordinator restart"
+
+# 6. Elastic growth: a job that allows 2 workers starts on the only one there is; when a second
+# comes it grows at its next committed checkpoint, a planned regroup (no recovery counted), with
+# the same global batch: its losses agree with those of the same spec on 1 worker all along
+# within the same bounds as in 2.
+for pid in "${WORKER_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+wait "${WORKER_PIDS[@]}" 2>/dev/null || true
+WORKER_PIDS=()
+start_worker we
+GREF=$("$CTL" submit -f "$(spec growref 600 1 1)") || fail "submit growref"
+wait_state "$GREF" SUCCEEDED 120
+sed 's/name: growref/name: grow/; s/max_workers: 1/max_workers: 2/' "$WORK/growref.yaml" > "$WORK/grow.yaml"
+grep -q "max_workers: 2" "$WORK/grow.yaml" || fail "grow spec: $(cat "$WORK/grow.yaml")"
+GROW=$("$CTL" submit -f "$WORK/grow.yaml") || fail "submit grow"
+wait_step "$GROW" 10 60
+"$CTL" get "$GROW" | grep -Eq "^workers: +1 " || fail "grow did not start on 1 worker"
+start_worker wf
+wait_state "$GROW" SUCCEEDED 120
+"$CTL" get "$GROW" | grep -Eq "^workers: +2 " || fail "grow did not grow to 2 workers: $("$CTL" get "$GROW")"
+grep -q "$GROW: growing from 1 to 2 workers at the checkpoint after step" "$WORK/coord.log" \
+  || fail "no planned regroup logged"
+grep -q "$GROW recovering" "$WORK/coord.log" && fail "the growth was counted as a recovery"
+python3 "$HERE/compare_checkpoints.py" --losses "$WORK/store/c.db" "$GREF" "$GROW" \
+  --spec "$WORK/growref.yaml" || fail "the grown job's losses differ from 1 worker's beyond the fp32 bounds"
+echo "measured: $(grep -o "$GROW: growing.*" "$WORK/coord.log" | head -n 1)"
+echo "ok 6: elastic growth from 1 to 2 workers at a checkpoint, same losses"
 echo "service end to end: all passed"

@@ -43,6 +43,24 @@ TEST(Metrics, RendersCountersGaugesAndHistogramsExactly) {
   EXPECT_EQ(registry.Render().find("job-2"), std::string::npos);
 }
 
+TEST(Metrics, RemoveWithPrefixDropsExactlyTheMatchingSeries) {
+  metrics::Registry registry;
+  metrics::Family* state = registry.Gauge("raptr_state", "State.", {"job_id", "state"});
+  for (const char* job : {"job-1", "job-10", "job-2"}) {
+    for (const char* s : {"running", "failed"}) state->Set({job, s}, 1);
+  }
+  state->RemoveWithPrefix({"job-1"});  // not job-10, whose first value only starts the same
+  const std::string text = registry.Render();
+  EXPECT_EQ(text.find("job_id=\"job-1\""), std::string::npos) << text;
+  EXPECT_NE(text.find("raptr_state{job_id=\"job-10\",state=\"failed\"} 1"), std::string::npos);
+  EXPECT_NE(text.find("raptr_state{job_id=\"job-2\",state=\"running\"} 1"), std::string::npos);
+  state->RemoveWithPrefix({"job-2", "running"});
+  EXPECT_EQ(registry.Render().find("job_id=\"job-2\",state=\"running\""), std::string::npos);
+  EXPECT_NE(registry.Render().find("job_id=\"job-2\",state=\"failed\""), std::string::npos);
+  state->RemoveWithPrefix({});
+  EXPECT_EQ(registry.Render(), "# HELP raptr_state State.\n# TYPE raptr_state gauge\n");
+}
+
 TEST(Metrics, FormatsSpecialValuesAndRoundTrips) {
   EXPECT_EQ(metrics::FormatValue(std::numeric_limits<double>::infinity()), "+Inf");
   EXPECT_EQ(metrics::FormatValue(-std::numeric_limits<double>::infinity()), "-Inf");

@@ -191,6 +191,7 @@ absl::Status TrainingSession::Restore(const std::string& checkpoint_dir) {
       optimizer_->RestoreStepCounts(extra["adam"].value("shared_steps", int64_t{0}),
                                     extra["adam"].value("layer_steps", std::vector<int64_t>{})));
   state_ = state;
+  CountWork();
   return absl::OkStatus();
 }
 
@@ -208,6 +209,7 @@ absl::StatusOr<std::string> TrainingSession::Save(const std::string& run_dir) {
   state_.extra_json = extra.dump();
   RETURN_IF_ERROR(SaveCheckpoint(run_dir, config_.model, model_->layout(), model_->params(),
                                  optimizer_->m(), optimizer_->v(), state_));
+  CountWork();
   return CheckpointPath(run_dir, state_.step);
 }
 
@@ -305,6 +307,7 @@ absl::StatusOr<StepOutcome> TrainingSession::RunStep(const StepInput& input,
     out.times.backward += Now() - f1;
     out.times.forward += f1 - f0;
     loss_sum += loss * static_cast<double>(model_->last_num_targets());
+    CountWork();
   }
   if (reducer != nullptr) {
     const double a0 = Now();
@@ -363,6 +366,7 @@ absl::StatusOr<EvalOutcome> TrainingSession::Evaluate(int batches, const ActiveL
     // Weighted by scored positions, so BERT batches with more masked tokens count for more.
     total += loss * static_cast<double>(model_->last_num_targets());
     out.scored_targets += model_->last_num_targets();
+    CountWork();
   }
   out.loss = out.scored_targets > 0 ? total / static_cast<double>(out.scored_targets) : 0.0;
   out.seconds = Now() - t0;

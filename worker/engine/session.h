@@ -13,6 +13,7 @@
 // normaliser, even for BERT whose masked-target count varies per batch.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -113,6 +114,12 @@ class TrainingSession {
   // step_NNNNNNNN, atomically, then LATEST). Returns the checkpoint directory.
   absl::StatusOr<std::string> Save(const std::string& run_dir);
 
+  // Counts work as it is done, for a caller that reports liveness from another thread (the
+  // worker's heartbeats): +1 after each micro-batch's forward and backward, each evaluation batch,
+  // and each checkpoint save or restore. nullptr (the default): not counted. REQUIRES: `counter`
+  // outlives the session.
+  void CountWorkIn(std::atomic<int64_t>* counter) { work_done_ = counter; }
+
   // 64-bit FNV-1a digest of the parameters and AdamW moments: replicas of a data-parallel group
   // must agree on it bit for bit.
   uint64_t StateDigest() const;
@@ -126,6 +133,11 @@ class TrainingSession {
 
  private:
   TrainingSession(const TrainerConfig& config, int rank, int world_size);
+
+  void CountWork() {
+    if (work_done_ != nullptr) work_done_->fetch_add(1, std::memory_order_relaxed);
+  }
+  std::atomic<int64_t>* work_done_ = nullptr;
 
   // Reduces the gradients of the shared tensors and of `active`'s blocks, coalescing neighbours
   // into one call each.
