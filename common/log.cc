@@ -12,11 +12,22 @@ std::string& LogName() {
   static std::string name = "raptr";
   return name;
 }
+using Sink = void (*)(const std::string&);
+Sink& LogSink() {
+  static Sink sink = nullptr;
+  return sink;
+}
 }  // namespace
+
+void SetLogSink(void (*sink)(const std::string& line)) { LogSink() = sink; }
 
 void SetLogName(std::string name) { LogName() = std::move(name); }
 
 void Log(const std::string& line) {
+  if (LogSink() != nullptr) {
+    LogSink()(line);
+    return;
+  }
   const std::time_t t = std::time(nullptr);
   std::tm tm{};
   gmtime_r(&t, &tm);

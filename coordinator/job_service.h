@@ -55,6 +55,9 @@ class JobServiceImpl final : public v1::JobService::WithCallbackMethod_WatchJob<
   }
   // WatchJob streams open now.
   int open_watch_streams() const { return watch_hub_.open_streams(); }
+  // Ends every open WatchJob stream with `status` once it has sent what it has read; streams
+  // opened later are refused with it.
+  void EndWatches(const grpc::Status& status) { watch_hub_.EndAll(status); }
   grpc::Status ListJobSteps(grpc::ServerContext* context, const v1::ListJobStepsRequest* request,
                             v1::ListJobStepsResponse* response) override;
 

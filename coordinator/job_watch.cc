@@ -282,6 +282,7 @@ grpc::ServerWriteReactor<v1::JobEvent>* JobWatchHub::Watch(grpc::CallbackServerC
   }
   {
     absl::MutexLock lock(&mu_);
+    if (ended_.has_value()) return finish(*ended_);
     if (static_cast<int>(streams_.size()) >= options_.max_streams) {
       return finish(grpc::Status(
           grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -300,17 +301,47 @@ grpc::ServerWriteReactor<v1::JobEvent>* JobWatchHub::Watch(grpc::CallbackServerC
     if (*over) stream->end = grpc::Status::OK;
   }
   if (!*over) {
-    absl::MutexLock lock(&mu_);
-    streams_.push_back(stream);
+    std::optional<grpc::Status> ended;
+    {
+      absl::MutexLock lock(&mu_);
+      if (ended_.has_value()) {
+        ended = ended_;
+      } else {
+        streams_.push_back(stream);
+      }
+    }
+    if (ended.has_value()) {
+      absl::MutexLock lock(&stream->mu);
+      stream->end = *ended;
+    }
   }
   stream->Pump();
   return reactor;
 }
 
+void JobWatchHub::EndAll(const grpc::Status& status) {
+  std::vector<std::shared_ptr<Stream>> streams;
+  {
+    absl::MutexLock lock(&mu_);
+    ended_ = status;
+    streams.swap(streams_);
+  }
+  for (const std::shared_ptr<Stream>& stream : streams) {
+    {
+      absl::MutexLock lock(&stream->mu);
+      if (!stream->end.has_value()) stream->end = status;
+    }
+    stream->Pump();
+  }
+}
+
 void JobWatchHub::Run() {
   int64_t seen = -1;
+  bool behind = false;  // a stream has more to read than its last read took
   while (true) {
-    seen = store_->WaitForChange(seen, options_.idle_wait);
+    // A stream catching up on a backlog is read again as soon as it has written its last read.
+    seen = store_->WaitForChange(seen, behind ? absl::Milliseconds(5) : options_.idle_wait);
+    behind = false;
     std::vector<std::shared_ptr<Stream>> streams;
     {
       absl::MutexLock lock(&mu_);
@@ -327,9 +358,10 @@ void JobWatchHub::Run() {
     for (const std::shared_ptr<Stream>& stream : streams) {
       {
         absl::MutexLock lock(&stream->mu);
+        if (stream->finished || stream->cancelled || stream->end.has_value()) continue;
         // Backpressure: a stream is read again only once it wrote what it read before.
-        if (stream->finished || stream->cancelled || stream->end.has_value() ||
-            !stream->queue.empty()) {
+        if (!stream->queue.empty()) {
+          behind = behind || stream->watch.behind();
           continue;
         }
       }
@@ -347,6 +379,7 @@ void JobWatchHub::Run() {
           stream->end = grpc::Status::OK;
         }
       }
+      behind = behind || stream->watch.behind();
       stream->Pump();
     }
   }

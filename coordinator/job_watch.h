@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -78,7 +79,8 @@ class JobWatchHub {
   struct Options {
     // Streams open at once; more are refused with RESOURCE_EXHAUSTED.
     int max_streams = 1024;
-    // The hub thread waits at most this long for a change before it looks again.
+    // The hub thread waits for a store write at most this long before it looks again (at
+    // streams that drained their queue, and to prune finished ones).
     absl::Duration idle_wait = absl::Milliseconds(200);
   };
 
@@ -96,6 +98,10 @@ class JobWatchHub {
   // Streams open now (for tests and metrics).
   int open_streams() const;
 
+  // Ends every open stream with `status` after what it has queued, and refuses new ones with it
+  // (a coordinator shutting down).
+  void EndAll(const grpc::Status& status);
+
  private:
   class Stream;
   class Reactor;
@@ -107,8 +113,7 @@ class JobWatchHub {
   mutable absl::Mutex mu_;
   std::vector<std::shared_ptr<Stream>> streams_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  // Set when a stream is added or has written what it read: the thread looks again at once.
-  bool kick_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<grpc::Status> ended_ ABSL_GUARDED_BY(mu_);  // EndAll's
   std::thread thread_;
 };
 

@@ -253,6 +253,10 @@ int Main(int argc, char** argv) {
   stopping.store(true);
   ticker.join();
   cluster.Shutdown("the coordinator is shutting down");
+  // Watchers are told now (they can reconnect to the next coordinator) rather than cut off at the
+  // end of the grace period.
+  job_service.EndWatches(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                      "the coordinator is shutting down; watch again"));
   std::fprintf(stderr, "raptr-coordinator: %s, shutting down\n",
                signal_number == SIGINT ? "SIGINT" : "SIGTERM");
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(kShutdownGraceSeconds));

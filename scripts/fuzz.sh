@@ -2,7 +2,7 @@
 # Builds the libFuzzer targets (tests/fuzz/, clang with ASan + UBSan) and fuzzes each for a while,
 # then replays the committed crash reproducers (tests/fuzz/regressions/<target>/).
 #
-#   scripts/fuzz.sh [target...]        targets: job_spec shard safetensors (default: all)
+#   scripts/fuzz.sh [target...]        targets: job_spec shard safetensors control (default: all)
 #
 # Environment:
 #   RAPTR_FUZZ_BUILD_DIR  build directory, configured once (default build-fuzz)
@@ -22,7 +22,7 @@ export CCACHE_NOHASHDIR=1
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-ALL_TARGETS=(job_spec shard safetensors)
+ALL_TARGETS=(job_spec shard safetensors control)
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -eq 0 ]] && TARGETS=("${ALL_TARGETS[@]}")
 for t in "${TARGETS[@]}"; do

@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -104,6 +105,7 @@ class Agent {
   }
 
   void Stop() {
+    stop_requested_.store(true);
     absl::MutexLock lock(&mu_);
     stopping_ = true;
     if (current_ != nullptr) current_->context.TryCancel();
@@ -299,6 +301,13 @@ class Agent {
                         "restarting this worker process",
                         runner.job_id(), runner.generation(), runner.SecondsSinceAbort()));
     std::fflush(stderr);
+    // A worker told to stop (SIGTERM: a deploy, the test harness) exits instead: a new image
+    // would not know it was told, and would serve on.
+    if (stop_requested_.load()) {
+      Log("stopping: exiting without waiting for the stuck job thread");
+      std::fflush(stderr);
+      _exit(kStuckExitCode);
+    }
     if (!options_.argv.empty()) {
       // The new image must not inherit this one's sockets (the metrics listener would keep its
       // port, and peers would keep talking to a ghost).
@@ -331,6 +340,8 @@ class Agent {
   std::unique_ptr<v1::ControlService::Stub> stub_;
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // stopping_ for RestartStuck, which may run with runner_mu_ held (no mu_ there).
+  std::atomic<bool> stop_requested_{false};
   Connection* current_ ABSL_GUARDED_BY(mu_) = nullptr;
   absl::Mutex runner_mu_;
 };

@@ -101,7 +101,12 @@ absl::Status JobRunner::RunJob() {
     const auto timeout = std::chrono::milliseconds(
         static_cast<int64_t>(options_.collective_timeout_seconds * 1000));
     CoordinatorStore store(stub_, job_id(), generation(), worker_id_, session_token_, timeout);
-    ASSIGN_OR_RETURN(group, GlooGroup::Connect(store, rank, world, host_, timeout));
+    // An abort during the rendezvous cancels its waits (the store outlives this block only).
+    SetRendezvous(&store);
+    absl::StatusOr<std::unique_ptr<GlooGroup>> connected =
+        GlooGroup::Connect(store, rank, world, host_, timeout);
+    SetRendezvous(nullptr);
+    ASSIGN_OR_RETURN(group, std::move(connected));
     SetGroup(group.get());
   }
   // The group outlives every use; Abort() must not reach it once it is gone.

@@ -23,6 +23,7 @@
 #include "worker/agent.h"
 #include "worker/collective/gloo_group.h"
 #include "worker/engine/session.h"
+#include "worker/kv_rendezvous_store.h"
 #include "worker/process_metrics.h"
 
 namespace raptr {
@@ -83,6 +84,7 @@ class JobRunner {
     if (!aborted_) aborted_at_ = MonotonicSeconds();
     aborted_ = true;
     if (group_ != nullptr) group_->Abort();
+    if (rendezvous_ != nullptr) rendezvous_->Cancel();
   }
   // Waits up to `seconds` for the job thread to end; true when it has.
   bool WaitFinished(double seconds) {
@@ -125,6 +127,12 @@ class JobRunner {
     group_ = group;
     if (group_ != nullptr && aborted_) group_->Abort();
   }
+  // The rendezvous Abort() cancels (its KvGet waits for peers); null outside its lifetime.
+  void SetRendezvous(CoordinatorStore* store) {
+    absl::MutexLock lock(&mu_);
+    rendezvous_ = store;
+    if (rendezvous_ != nullptr && aborted_) rendezvous_->Cancel();
+  }
 
   void Run();
 
@@ -146,6 +154,7 @@ class JobRunner {
   bool aborted_ ABSL_GUARDED_BY(mu_) = false;
   double aborted_at_ ABSL_GUARDED_BY(mu_) = 0;
   GlooGroup* group_ ABSL_GUARDED_BY(mu_) = nullptr;
+  CoordinatorStore* rendezvous_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool finished_locked_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> finished_{false};
   std::atomic<int64_t> last_step_{-1};

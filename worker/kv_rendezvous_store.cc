@@ -27,10 +27,10 @@ void CoordinatorStore::set(const std::string& key, const std::vector<char>& data
   request.set_session_token(session_token_);
   request.set_key(key);
   request.set_value(std::string(data.begin(), data.end()));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   v1::KvSetResponse response;
-  const grpc::Status status = stub_->KvSet(&context, request, &response);
+  const grpc::Status status =
+      Call(absl::StrCat("KvSet(", key, ")"), std::chrono::system_clock::now() + std::chrono::seconds(30),
+           [&](grpc::ClientContext* context) { return stub_->KvSet(context, request, &response); });
   if (!status.ok()) {
     throw std::runtime_error(
         absl::StrCat("rendezvous KvSet(", key, ") failed: ", status.error_message()));
@@ -55,15 +55,39 @@ std::vector<char> CoordinatorStore::Get(const std::string& key, std::chrono::mil
   request.set_key(key);
   request.set_wait(true);
   request.set_timeout_seconds(std::chrono::duration<double>(timeout).count());
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + timeout + std::chrono::seconds(5));
   v1::KvGetResponse response;
-  const grpc::Status status = stub_->KvGet(&context, request, &response);
+  const grpc::Status status =
+      Call(absl::StrCat("KvGet(", key, ")"),
+           std::chrono::system_clock::now() + timeout + std::chrono::seconds(5),
+           [&](grpc::ClientContext* context) { return stub_->KvGet(context, request, &response); });
   if (!status.ok()) {
     throw std::runtime_error(
         absl::StrCat("rendezvous KvGet(", key, ") failed: ", status.error_message()));
   }
   return std::vector<char>(response.value().begin(), response.value().end());
+}
+
+void CoordinatorStore::Cancel() {
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+  if (in_flight_ != nullptr) in_flight_->TryCancel();
+}
+
+grpc::Status CoordinatorStore::Call(const std::string& what,
+                                    std::chrono::system_clock::time_point deadline,
+                                    const std::function<grpc::Status(grpc::ClientContext*)>& call) {
+  grpc::ClientContext context;
+  context.set_deadline(deadline);
+  {
+    absl::MutexLock lock(&mu_);
+    if (cancelled_) throw std::runtime_error(absl::StrCat("rendezvous ", what, ": aborted"));
+    in_flight_ = &context;
+  }
+  const grpc::Status status = call(&context);
+  absl::MutexLock lock(&mu_);
+  in_flight_ = nullptr;
+  if (cancelled_) throw std::runtime_error(absl::StrCat("rendezvous ", what, ": aborted"));
+  return status;
 }
 
 }  // namespace raptr

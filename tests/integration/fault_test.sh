@@ -133,6 +133,35 @@ wait_count "$WORK/coord.log" "worker wh connected" 2 30
 echo "measured: hung worker restarted and back after $(since "$T0") s"
 echo "ok B: a hang is found by the progress watchdog; the stuck worker restarts itself"
 
+# --- B3. A worker stopped (SIGTERM) while its job waits in the rendezvous on a coordinator that
+# does not answer (SIGSTOPped: a partition, a hung host). Its peer is SIGSTOPped first, so the key
+# it waits for never comes. The worker's abort cancels its wait itself and it exits cleanly, well
+# before its abort timeout (10 s, after which a stuck job thread makes a stopping worker exit 70).
+new_cluster rendezvous --heartbeat 2 --lease 20
+start_worker wr1
+WR1=$LAST_WORKER
+start_worker wr2
+WR2=$LAST_WORKER
+wait_log "$WORK/coord.log" "worker wr2 connected" 30
+kill -STOP "$WR2"
+JOB=$("$CTL" submit -f "$(spec rendezvous 100000 2 2)") || fail "submit rendezvous"
+wait_log "$WORK/coord.log" "generation 1 started on 2 workers" 10
+wait_log "$WORK/wr1.log" "generation 1: rank" 10
+sleep 1
+kill -STOP "$COORD_PID"
+T0=$(now)
+kill -TERM "$WR1"
+RC=0
+wait "$WR1" || RC=$?
+STOPPED=$(since "$T0")
+kill -CONT "$COORD_PID" "$WR2"
+[[ $RC == 0 ]] || fail "the worker stopped in the rendezvous exited $RC: $(tail -n 3 "$WORK/wr1.log")"
+awk -v t="$STOPPED" -v limit=$((5 * SCALE)) 'BEGIN { exit !(t < limit) }' \
+  || fail "the worker took $STOPPED s to stop from the rendezvous"
+"$CTL" cancel "$JOB" > /dev/null
+echo "measured: a worker SIGTERMed while waiting in the rendezvous on a silent coordinator exited cleanly after $STOPPED s"
+echo "ok B3: an abort cancels a rendezvous wait at once"
+
 # --- B2. A slow step is not a hang: 3 steps of 1200 micro-batches each take longer than the
 # progress deadlines (startup 1.5 s, then max(1.5 s, 0.3 x the median step)), but the heartbeats
 # (every 0.5 s) carry the job thread's work count, which grows with every micro-batch, and the

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +17,7 @@
 #include "common/job_plan.h"
 #include "common/job_spec.h"
 #include "google/protobuf/util/message_differencer.h"
+#include "tests/fuzz/fuzz_control.h"
 #include "tests/unit/test_files.h"
 #include "worker/engine/checkpoint/safetensors.h"
 #include "worker/engine/data/shard.h"
@@ -118,6 +120,18 @@ TEST(FuzzRegressionsTest, SafetensorsInputs) {
           << name;
       EXPECT_LE(e->nbytes, bytes.size()) << name;
     }
+  }
+}
+
+TEST(FuzzRegressionsTest, ControlInputs) {
+  const std::vector<fs::path> inputs = Inputs("control");
+  ASSERT_FALSE(inputs.empty()) << "no inputs under " << FuzzDir();
+  for (const fs::path& path : inputs) {
+    SCOPED_TRACE(path.string());
+    // A broken property aborts (fuzz_control.cc): say which input it was first.
+    std::fprintf(stderr, "fuzz_control input %s\n", path.c_str());
+    const std::string bytes = ReadBytes(path);
+    fuzz::RunControlInput(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
   }
 }
 

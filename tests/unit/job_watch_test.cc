@@ -322,6 +322,51 @@ TEST_F(WatchServerTest, StreamsPastTheQuotaAreRefusedAndACancelledOneFreesItsPla
   EXPECT_TRUE(admitted);
 }
 
+TEST_F(WatchServerTest, ABacklogOfSeveralBatchesArrivesInOrderWhileTheJobRuns) {
+  StartServer({});
+  v1::WatchJobRequest request;
+  request.set_job_id(job_);
+  OpenWatch open;
+  open.reader = stub_->WatchJob(&open.context, request);
+  v1::JobEvent event;
+  ASSERT_TRUE(open.reader->Read(&event));
+  // 2.5 batches recorded at once; the job keeps running, so each read takes one batch.
+  constexpr int kSteps = JobWatch::kStepBatch * 5 / 2;
+  ASSERT_TRUE(store_->RecordStepSummaries(job_, Steps(0, kSteps, 2.0)).ok());
+  for (int step = 0; step < kSteps; ++step) {
+    ASSERT_TRUE(open.reader->Read(&event)) << "step " << step;
+    ASSERT_TRUE(event.has_step());
+    ASSERT_EQ(event.step().step(), step);
+  }
+  ASSERT_TRUE(store_->UpdateJobState(job_, v1::JOB_STATE_CANCELLED, "enough").ok());
+  ASSERT_TRUE(open.reader->Read(&event));
+  EXPECT_EQ(event.state_changed().new_state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_FALSE(open.reader->Read(&event));
+  EXPECT_TRUE(open.reader->Finish().ok());
+}
+
+TEST_F(WatchServerTest, EndWatchesEndsOpenStreamsAtOnceAndRefusesNewOnes) {
+  StartServer({});
+  v1::WatchJobRequest request;
+  request.set_job_id(job_);
+  OpenWatch open;
+  open.reader = stub_->WatchJob(&open.context, request);
+  v1::JobEvent event;
+  ASSERT_TRUE(open.reader->Read(&event));
+  const grpc::Status bye(grpc::StatusCode::UNAVAILABLE, "shutting down");
+  service_->EndWatches(bye);
+  while (open.reader->Read(&event)) {
+  }
+  grpc::Status status = open.reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(status.error_message(), "shutting down");
+  OpenWatch late;
+  late.reader = stub_->WatchJob(&late.context, request);
+  EXPECT_FALSE(late.reader->Read(&event));
+  EXPECT_EQ(late.reader->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(service_->open_watch_streams(), 0);
+}
+
 TEST_F(WatchServerTest, UnknownAndMissingJobsAreClearErrors) {
   StartServer({});
   for (const std::string& id : {std::string(""), std::string("job-999")}) {
