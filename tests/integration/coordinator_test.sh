@@ -95,6 +95,23 @@ rc=$?
 set -e
 [[ $rc -ne 0 ]] || fail "a spec over 64 KiB was accepted"
 grep -q "at most 65536 are accepted" "$WORK/huge.err" || fail "huge spec: $(cat "$WORK/huge.err")"
+# A request over the server's 4 MiB message limit is refused by gRPC itself, before any parsing,
+# and the coordinator serves on.
+python3 - "$SRC/examples/gpt-raptr.yaml" "$WORK/giant.yaml" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+shards = ", ".join("/shared/data/shard-%06d.bin" % i for i in range(200000))
+text = re.sub(r"train_shards: \[[^]]*\]", "train_shards: [%s]" % shards, text, count=1)
+open(sys.argv[2], "w").write(text)
+PY
+[[ $(stat -c %s "$WORK/giant.yaml") -gt $((4 * 1024 * 1024)) ]] || fail "test setup: the giant spec is under 4 MiB"
+set +e
+"$CTL" submit -f "$WORK/giant.yaml" > /dev/null 2> "$WORK/giant.err"
+rc=$?
+set -e
+[[ $rc -ne 0 ]] || fail "a request over 4 MiB was accepted"
+grep -q "RESOURCE_EXHAUSTED" "$WORK/giant.err" || fail "giant request: $(cat "$WORK/giant.err")"
+"$CTL" list > /dev/null || fail "the coordinator stopped serving after a giant request"
 # A YAML typo fails client-side (exit 2) naming the field.
 sed 's/^  lr: 2e-3$/  lrr: 2e-3/' "$SRC/examples/gpt-raptr.yaml" > "$WORK/typo.yaml"
 set +e
