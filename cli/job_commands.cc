@@ -366,23 +366,6 @@ class LiveProgress {
   Clock::time_point last_draw_;
 };
 
-// The schedule kind, as the coordinator's `method` metric label names it. The coordinator stores
-// specs with defaults filled, so a job always has one; an unset kind is the default, raptr.
-std::string MethodName(const v1::JobSpec& spec) {
-  switch (spec.schedule().kind_case()) {
-    case v1::ScheduleSpec::kFull:
-      return "full";
-    case v1::ScheduleSpec::kPld:
-      return "pld";
-    case v1::ScheduleSpec::kLayerdrop:
-      return "layerdrop";
-    case v1::ScheduleSpec::kStacking:
-      return "stacking";
-    default:
-      return "raptr";
-  }
-}
-
 }  // namespace
 
 int RunSubmit(int argc, char** argv, int first) {

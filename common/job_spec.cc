@@ -1136,6 +1136,21 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec) {
 
 std::string JobSpecToYaml(const v1::JobSpec& spec) { return ProtoToYaml(spec); }
 
+std::string MethodName(const v1::JobSpec& spec) {
+  switch (spec.schedule().kind_case()) {
+    case v1::ScheduleSpec::kFull:
+      return "full";
+    case v1::ScheduleSpec::kPld:
+      return "pld";
+    case v1::ScheduleSpec::kLayerdrop:
+      return "layerdrop";
+    case v1::ScheduleSpec::kStacking:
+      return "stacking";
+    default:
+      return "raptr";
+  }
+}
+
 std::vector<int64_t> RaptrStageSteps(const v1::JobSpec& spec) {
   if (!spec.schedule().has_raptr()) return {};
   const v1::RaptrSchedule& r = spec.schedule().raptr();

@@ -69,6 +69,10 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec);
 // order, enums as lower-case names, floating-point values in their shortest exact form.
 std::string JobSpecToYaml(const v1::JobSpec& spec);
 
+// The schedule kind's name as the CLI and the metrics' `method` label show it: full, pld,
+// layerdrop, stacking or raptr (an unset kind is the default, raptr).
+std::string MethodName(const v1::JobSpec& spec);
+
 // Steps in each stage of the spec's RaPTr (or stacking) schedule, resolving `fraction`
 // durations by job.proto's rule: with T = training.steps - full_warmup_steps, stage s ends after
 // floor(T * (fraction_1 + ... + fraction_s)) steps and the last at T. `steps` durations are

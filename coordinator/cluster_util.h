@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "common/job_spec.h"
 #include "raptr/v1/job.pb.h"
 
 namespace raptr {
@@ -18,24 +19,8 @@ inline v1::Backend EffectiveBackend(v1::Backend backend) {
   return backend == v1::BACKEND_UNSPECIFIED ? v1::BACKEND_CPU : backend;
 }
 
-// The schedule kind, the `method` label of job metrics.
-inline std::string MethodOf(const v1::JobSpec& spec) {
-  switch (spec.schedule().kind_case()) {
-    case v1::ScheduleSpec::kFull:
-      return "full";
-    case v1::ScheduleSpec::kPld:
-      return "pld";
-    case v1::ScheduleSpec::kLayerdrop:
-      return "layerdrop";
-    case v1::ScheduleSpec::kStacking:
-      return "stacking";
-    default:
-      return "raptr";
-  }
-}
-
 inline std::vector<std::string> JobLabels(const v1::Job& job) {
-  return {job.id(), job.spec().name(), MethodOf(job.spec())};
+  return {job.id(), job.spec().name(), MethodName(job.spec())};
 }
 
 // Exponential smoothing of a rate over roughly the last 10 samples.

@@ -348,6 +348,17 @@ StepSummaryRecord StepFromRow(const Statement& row) {
   return s;
 }
 
+// A checkpoint from a row of (step, path, committed_ms, state_digest, ...).
+CheckpointRecord CheckpointFromRow(const Statement& row) {
+  CheckpointRecord checkpoint;
+  checkpoint.step = row.Int(0);
+  checkpoint.path = row.Text(1);
+  checkpoint.committed_at_ms = row.Int(2);
+  // SQLite integers are signed 64-bit: the digest's bits are stored as they are.
+  checkpoint.state_digest = row.IsNull(3) ? 0 : static_cast<uint64_t>(row.Int(3));
+  return checkpoint;
+}
+
 // Reads the schema version of an open database, creates the schema in an empty one and migrates
 // an older one to JobStore::kSchemaVersion, all in one transaction: a crash mid-migration leaves
 // the old version intact, and two processes opening an old store migrate it once.
@@ -870,11 +881,7 @@ absl::StatusOr<std::vector<CheckpointRecord>> JobStore::ListCheckpoints(
   while (true) {
     ASSIGN_OR_RETURN(bool row, select.Step());
     if (!row) break;
-    CheckpointRecord checkpoint;
-    checkpoint.step = select.Int(0);
-    checkpoint.path = select.Text(1);
-    checkpoint.committed_at_ms = select.Int(2);
-    checkpoint.state_digest = select.IsNull(3) ? 0 : static_cast<uint64_t>(select.Int(3));
+    CheckpointRecord checkpoint = CheckpointFromRow(select);
     checkpoint.rejected = select.Int(4) != 0;
     checkpoints.push_back(std::move(checkpoint));
   }
@@ -912,12 +919,7 @@ absl::StatusOr<std::optional<CheckpointRecord>> JobStore::LatestCheckpoint(
   select.BindText(1, job_id);
   ASSIGN_OR_RETURN(bool row, select.Step());
   if (!row) return std::optional<CheckpointRecord>();
-  CheckpointRecord checkpoint;
-  checkpoint.step = select.Int(0);
-  checkpoint.path = select.Text(1);
-  checkpoint.committed_at_ms = select.Int(2);
-  checkpoint.state_digest = select.IsNull(3) ? 0 : static_cast<uint64_t>(select.Int(3));
-  return std::optional<CheckpointRecord>(std::move(checkpoint));
+  return std::optional<CheckpointRecord>(CheckpointFromRow(select));
 }
 
 absl::Status JobStore::RejectCheckpoint(const std::string& job_id, int64_t step,

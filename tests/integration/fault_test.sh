@@ -39,6 +39,13 @@ cleanup() {
 }
 trap cleanup EXIT
 now() { date +%s.%N; }
+# RAPTR_FAULT_SCENARIOS="A C E" runs only those scenarios (the sanitizer runs pick the ones that
+# exercise concurrency; each scenario starts its own cluster); unset: all of them.
+scenario() {
+  [[ -z ${RAPTR_FAULT_SCENARIOS:-} || " $RAPTR_FAULT_SCENARIOS " == *" $1 "* ]] && return 0
+  echo "skip $1: not in RAPTR_FAULT_SCENARIOS ($RAPTR_FAULT_SCENARIOS)"
+  return 1
+}
 # The timing targets are a release build's; sanitizer builds run several times slower
 # (scripts/sanitize.sh sets the scale).
 SCALE=${RAPTR_TEST_TIME_SCALE:-1}
@@ -63,6 +70,7 @@ metric() {
 source "$HERE/small_corpus.sh"
 small_corpus "$CTL" "$WORK" || fail "data prepare"
 
+if scenario A; then
 # --- A. SIGSTOP of one rank, with the production lease (15 s) and progress deadline (30 s).
 
 new_cluster sigstop --heartbeat 2 --lease 15
@@ -115,7 +123,9 @@ esac
 echo "measured: SIGCONT: wb back as a free worker after $BACK s ($GREW)"
 "$CTL" cancel "$JOB" > /dev/null
 echo "ok A: SIGSTOP of one rank"
+fi
 
+if scenario B; then
 # --- B. A rank hangs with its heartbeats going on: the progress watchdog (deadline 3 s here).
 new_cluster hang --progress-timeout 3
 start_worker wh --hang-at-step 30 --abort-timeout 2
@@ -132,7 +142,9 @@ wait_log "$WORK/wh.log" "restarting this worker process" 30
 wait_count "$WORK/coord.log" "worker wh connected" 2 30
 echo "measured: hung worker restarted and back after $(since "$T0") s"
 echo "ok B: a hang is found by the progress watchdog; the stuck worker restarts itself"
+fi
 
+if scenario B3; then
 # --- B3. A worker stopped (SIGTERM) while its job waits in the rendezvous on a coordinator that
 # does not answer (SIGSTOPped: a partition, a hung host). Its peer is SIGSTOPped first, so the key
 # it waits for never comes. The worker's abort cancels its wait itself and it exits cleanly, well
@@ -161,7 +173,9 @@ awk -v t="$STOPPED" -v limit=$((5 * SCALE)) 'BEGIN { exit !(t < limit) }' \
 "$CTL" cancel "$JOB" > /dev/null
 echo "measured: a worker SIGTERMed while waiting in the rendezvous on a silent coordinator exited cleanly after $STOPPED s"
 echo "ok B3: an abort cancels a rendezvous wait at once"
+fi
 
+if scenario B2; then
 # --- B2. A slow step is not a hang: 3 steps of 1200 micro-batches each take longer than the
 # progress deadlines (startup 1.5 s, then max(1.5 s, 0.3 x the median step)), but the heartbeats
 # (every 0.5 s) carry the job thread's work count, which grows with every micro-batch, and the
@@ -187,7 +201,9 @@ awk -v m="${SLOWEST%% *}" 'BEGIN { exit !(m > 1.5) }' \
   || fail "the slow steps took $SLOWEST s (min, max): not longer than the 1.5 s deadline, so this proves nothing"
 echo "measured: steps of 1200 micro-batches took $SLOWEST s (min, max) under 1.5 s progress deadlines: no false hang"
 echo "ok B2: a slow step whose heartbeats show work is not a hang"
+fi
 
+if scenario C; then
 # --- C. SIGKILL of one rank of a 2-rank job; regrouped with the same world size.
 new_cluster sigkill
 start_worker w1
@@ -244,7 +260,9 @@ EXPECTED="generation-2/checkpoints/step_00000550 generation-2/checkpoints/step_0
 [[ $ON_DISK == "$EXPECTED" ]] || fail "checkpoints on disk after retention: $ON_DISK"
 [[ $IN_STORE == "$EXPECTED" ]] || fail "checkpoints in the store after retention: $IN_STORE"
 echo "ok C: SIGKILL of one rank: regrouped from the checkpoint, bitwise identical; 3 checkpoints kept"
+fi
 
+if scenario D; then
 # --- D. SIGKILL of the coordinator mid-job; restart on the same store.
 new_cluster coordkill
 start_worker w1
@@ -261,7 +279,9 @@ python3 "$HERE/compare_checkpoints.py" "$(final_checkpoint "$REF" 600)" \
   "$(final_checkpoint "$JOB" 600)" --exact || fail "the resumed run differs from the uninterrupted one"
 grep -q "will resume" "$WORK/coord.log" || fail "the restarted coordinator did not resume the job"
 echo "ok D: SIGKILL of the coordinator: resumed from the store, bitwise identical"
+fi
 
+if scenario E; then
 # --- E. Three of four workers lost at once: one recovery.
 new_cluster multi
 for w in m1 m2 m3 m4; do start_worker "$w"; done
@@ -273,7 +293,9 @@ kill -KILL $(pgrep -f -- "--id m[234] ")
 wait_state "$JOB" SUCCEEDED 120
 [[ $(generation_of "$JOB") == 2 ]] || fail "3 workers lost at once cost $(( $(generation_of "$JOB") - 1 )) recoveries, not 1"
 echo "ok E: several workers lost at once: one recovery"
+fi
 
+if scenario F; then
 # --- F. A worker that dies at every try: FAILED after a bounded number of tries.
 new_cluster doomed
 ( for _ in $(seq 1 8); do
@@ -290,7 +312,9 @@ echo "ok F: a worker that always dies: FAILED ($(generation_of "$JOB") generatio
 kill -KILL "$DOOMED_LOOP" 2>/dev/null || true
 wait "$DOOMED_LOOP" 2>/dev/null || true
 pkill -KILL -f -- "--id wdoomed" || true
+fi
 
+if scenario G; then
 # --- G. Two live processes with one worker id.
 new_cluster dupid
 start_worker dup
@@ -306,6 +330,8 @@ sleep 2
 kill -TERM "$SECOND"
 "$CTL" cancel "$JOB" > /dev/null
 echo "ok G: a second process with a live worker's id is refused"
+fi
+if scenario H; then
 # --- H. A job finishes while another recovers (the coordinator's use-after-free of review finding
 # 1: the finished job's id was read after its entry was erased, once any job was recovering).
 new_cluster finish_during_recovery
@@ -323,6 +349,8 @@ wait_state "$Y" SUCCEEDED 60   # on wa, while the pair waits for a second worker
 kill -0 "$COORD_PID" || fail "the coordinator died when a job finished during another's recovery"
 "$CTL" cancel "$X" > /dev/null
 echo "ok H: a job finishes while another recovers"
+fi
+if scenario I; then
 # --- I. A committed checkpoint corrupted on disk (bytes flipped in a tensor), then one truncated:
 # the worker resuming from it finds its state does not match the digest recorded at the commit,
 # the coordinator rejects it (an event in the job's log) and the job resumes from the one before;
@@ -368,6 +396,8 @@ for line in open(sys.argv[1]):
 python3 "$HERE/compare_checkpoints.py" "$(final_checkpoint "$REF" 100)" \
   "$(final_checkpoint "$JOB" 100)" --exact || fail "the run resumed past corrupt checkpoints differs"
 echo "ok I: corrupt and torn checkpoints are rejected; the job resumes from the one before"
+fi
+if scenario J; then
 # --- J. The store's disk fills up mid-job (a 16 MiB tmpfs, filled by another file), then frees.
 # While it is full: no checkpoint commits (its summaries could not be written first) and the
 # coordinator stays up; once space is back, the job the store still shows RUNNING without a group
@@ -409,7 +439,9 @@ if mount -t tmpfs -o size=16m tmpfs "$WORK/smallfs" 2>/dev/null; then
 else
   echo "skip J: cannot mount a tmpfs here (not root): the disk-full scenario did not run"
 fi
+fi
 
+if scenario K; then
 # --- K. SIGKILL of the coordinator exactly inside a checkpoint commit (a failpoint: the record and
 # its event are written, the transaction not committed), then exactly between retention's delete
 # of the records and the removal of their files. Each restart on the same store loses nothing
@@ -466,4 +498,5 @@ PY
 [[ $ON_DISK != *generation-1/* ]] || fail "generation 1's orphaned files were not swept: $ON_DISK"
 echo "measured: kept after two coordinator kills: $ON_DISK"
 echo "ok K: SIGKILL inside a checkpoint commit and inside retention: nothing committed lost, store and disk agree, bitwise identical"
+fi
 echo "fault tests: all passed"
