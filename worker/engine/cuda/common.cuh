@@ -13,8 +13,15 @@ namespace raptr::cuda {
 // Throws std::runtime_error("<call> failed: <error> (<file>:<line>)").
 [[noreturn]] void ThrowError(const char* call, const char* error, const char* file, int line);
 
+// A failed runtime call also sets the calling thread's last error, which only
+// cudaGetLastError() resets; left set, the next CUDA_CHECK_LAUNCH would report this failure
+// again (a caught cudaMalloc OOM would fail the next kernel launch). A sticky error (the context
+// is broken) is not cleared by this and keeps failing every call, as it should.
 inline void Check(cudaError_t e, const char* call, const char* file, int line) {
-  if (e != cudaSuccess) ThrowError(call, cudaGetErrorString(e), file, line);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    ThrowError(call, cudaGetErrorString(e), file, line);
+  }
 }
 inline void Check(cublasStatus_t s, const char* call, const char* file, int line) {
   if (s != CUBLAS_STATUS_SUCCESS) ThrowError(call, cublasGetStatusString(s), file, line);

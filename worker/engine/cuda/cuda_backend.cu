@@ -68,7 +68,15 @@ CudaBackend::~CudaBackend() {
   (void)cudaGetLastError();
 }
 
+void CudaBackend::UseDevice() const {
+  int current = -1;
+  if (cudaGetDevice(&current) != cudaSuccess || current != options_.device) {
+    CUDA_CHECK(cudaSetDevice(options_.device));
+  }
+}
+
 void* CudaBackend::AllocBytes(size_t bytes) {
+  UseDevice();
   void* p = nullptr;
   const size_t size = std::max<size_t>(bytes, 256);  // a real, distinct pointer even for 0
   CUDA_CHECK(cudaMalloc(&p, size));
@@ -77,10 +85,16 @@ void* CudaBackend::AllocBytes(size_t bytes) {
 }
 
 void CudaBackend::FreeBytes(void* ptr) {
-  if (ptr != nullptr) CUDA_CHECK(cudaFree(ptr));  // synchronises: no kernel still uses it
+  if (ptr == nullptr) return;
+  UseDevice();
+  // Kernels queued on the stream may still read it: wait for them rather than rely on cudaFree
+  // synchronising (it need not once a second stream exists).
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  CUDA_CHECK(cudaFree(ptr));
 }
 
 void CudaBackend::CopyToDevice(void* dst, const void* host_src, size_t bytes) {
+  UseDevice();
   // From pageable memory the copy is staged before this returns, so the caller may reuse
   // host_src at once.
   if (bytes > 0) {
@@ -89,6 +103,7 @@ void CudaBackend::CopyToDevice(void* dst, const void* host_src, size_t bytes) {
 }
 
 void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t bytes) {
+  UseDevice();
   if (bytes > 0) {
     CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
   }
@@ -96,20 +111,29 @@ void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t bytes) {
 }
 
 void CudaBackend::Copy(float* dst, const float* src, size_t n) {
+  UseDevice();
   if (n > 0) {
     CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
   }
 }
 
 void CudaBackend::Zero(float* x, size_t n) {
+  UseDevice();
   if (n > 0) CUDA_CHECK(cudaMemsetAsync(x, 0, n * sizeof(float), stream_));
 }
 
-void CudaBackend::Synchronize() { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+void CudaBackend::Synchronize() {
+  UseDevice();
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
 
 void* CudaBackend::Scratch(size_t bytes) {
   if (bytes > scratch_bytes_) {
-    if (scratch_ != nullptr) CUDA_CHECK(cudaFree(scratch_));
+    if (scratch_ != nullptr) {
+      // The ops queued before may still use the old buffer.
+      CUDA_CHECK(cudaStreamSynchronize(stream_));
+      CUDA_CHECK(cudaFree(scratch_));
+    }
     scratch_ = nullptr;
     scratch_bytes_ = 0;
     const size_t size = std::max<size_t>(bytes, size_t{1} << 20);

@@ -105,6 +105,10 @@ class CudaBackend final : public Backend<float> {
   // Device scratch of at least `bytes`, valid until the next Scratch call. Grows by
   // reallocating (which synchronises the device); never shrinks.
   void* Scratch(size_t bytes);
+  // Makes options_.device the calling thread's current device: the runtime's device is per host
+  // thread, and memory and copy calls may come from a thread other than the constructor's (a
+  // checkpoint writer, a metrics thread).
+  void UseDevice() const;
 
   CudaBackendOptions options_;
   CUstream_st* stream_ = nullptr;
