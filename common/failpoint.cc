@@ -46,13 +46,19 @@ std::map<std::string, Armed>* Table() {
 
 }  // namespace
 
-void Failpoint(const char* name) {
+bool FailpointHit(const char* name) {
   static std::map<std::string, Armed>* const table = Table();
-  if (table->empty()) return;
+  if (table->empty()) return false;
   auto it = table->find(name);
-  if (it == table->end()) return;
-  if (it->second.passes.fetch_add(1) + 1 != it->second.at) return;
-  Log(absl::StrCat("failpoint ", name, " (pass ", it->second.at, "): SIGKILL"));
+  if (it == table->end()) return false;
+  if (it->second.passes.fetch_add(1) + 1 != it->second.at) return false;
+  Log(absl::StrCat("failpoint ", name, " (pass ", it->second.at, ")"));
+  return true;
+}
+
+void Failpoint(const char* name) {
+  if (!FailpointHit(name)) return;
+  Log(absl::StrCat("failpoint ", name, ": SIGKILL"));
   raise(SIGKILL);
 }
 

@@ -25,6 +25,7 @@
 #   J. The store's disk fills up mid-job and frees again (a small tmpfs; needs root).
 #   K. The coordinator SIGKILLed exactly inside a checkpoint commit, then inside checkpoint
 #      retention (failpoints): nothing committed is lost, store and disk agree, bitwise identical.
+#   L. The engine throws mid-step (a failpoint): a reported, retryable error; the worker lives on.
 # Usage: fault_test.sh BUILD_DIR
 set -euo pipefail
 BUILD=$(cd "$1" && pwd)
@@ -439,6 +440,24 @@ if mount -t tmpfs -o size=16m tmpfs "$WORK/smallfs" 2>/dev/null; then
 else
   echo "skip J: cannot mount a tmpfs here (not root): the disk-full scenario did not run"
 fi
+fi
+
+if scenario L; then
+# --- L. The engine throws mid-step (a failpoint, as a CUDA error would): the session turns the
+# exception into a Status, the worker reports it and lives on (no std::terminate), and the job
+# recovers on the same worker process.
+new_cluster throw
+RAPTR_FAILPOINTS=session.run-step:20 start_worker wthrow
+WTHROW=$LAST_WORKER
+JOB=$("$CTL" submit -f "$(spec throw 100 1 1)") || fail "submit throw"
+wait_state "$JOB" SUCCEEDED 120
+kill -0 "$WTHROW" 2>/dev/null || fail "the worker died of the exception"
+grep -q "failpoint session.run-step (pass 20)" "$WORK/wthrow.log" || fail "the failpoint did not fire"
+grep -q "failed at step .*training step at step 19: failpoint session.run-step" "$WORK/coord.log" \
+  || fail "the error did not reach the coordinator: $(grep -i "wthrow" "$WORK/coord.log" | tail -n 3)"
+[[ $(grep -c "worker wthrow connected" "$WORK/coord.log") == 1 ]] || fail "the worker reconnected (it restarted)"
+[[ $(generation_of "$JOB") == 2 ]] || fail "throw job: generation $(generation_of "$JOB"), expected 2"
+echo "ok L: an exception in the engine is a reported, retryable error; the worker lives on"
 fi
 
 if scenario K; then

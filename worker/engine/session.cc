@@ -7,8 +7,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <new>
+#include <stdexcept>
 
 #include "absl/strings/str_cat.h"
+#include "common/failpoint.h"
 #include "common/status.h"
 #include "worker/engine/data/mlm.h"
 #include "worker/engine/flops.h"
@@ -171,7 +173,39 @@ absl::StatusOr<std::unique_ptr<TrainingSession>> TrainingSession::Create(const T
   return session;
 }
 
+// The boundary: the backends report errors by exception (CUDA's std::runtime_error, any
+// allocation's std::bad_alloc); callers get a Status and the process lives on to report it.
+template <typename F>
+auto TrainingSession::Guard(const char* what, F body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(what, " at step ", state_.step, ": out of memory"));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(what, " at step ", state_.step, ": ", e.what()));
+  }
+}
+
 absl::Status TrainingSession::Restore(const std::string& checkpoint_dir) {
+  return Guard("restore", [&] { return RestoreUnguarded(checkpoint_dir); });
+}
+
+absl::StatusOr<std::string> TrainingSession::Save(const std::string& run_dir) {
+  return Guard("checkpoint save", [&] { return SaveUnguarded(run_dir); });
+}
+
+absl::StatusOr<StepOutcome> TrainingSession::RunStep(const StepInput& input,
+                                                     GradientReducer* reducer) {
+  return Guard("training step", [&] { return RunStepUnguarded(input, reducer); });
+}
+
+absl::StatusOr<EvalOutcome> TrainingSession::Evaluate(int batches, const ActiveLayerSet& active) {
+  return Guard("evaluation", [&] { return EvaluateUnguarded(batches, active); });
+}
+
+
+absl::Status TrainingSession::RestoreUnguarded(const std::string& checkpoint_dir) {
   TrainState state;
   RETURN_IF_ERROR(LoadCheckpoint(checkpoint_dir, config_.model, model_->layout(), model_->params(),
                                  optimizer_->m(), optimizer_->v(), &state));
@@ -195,7 +229,7 @@ absl::Status TrainingSession::Restore(const std::string& checkpoint_dir) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> TrainingSession::Save(const std::string& run_dir) {
+absl::StatusOr<std::string> TrainingSession::SaveUnguarded(const std::string& run_dir) {
   std::error_code error;
   std::filesystem::create_directories(run_dir, error);
   if (error) {
@@ -248,8 +282,10 @@ absl::Status TrainingSession::ReduceGradients(const ActiveLayerSet& active,
   return absl::OkStatus();
 }
 
-absl::StatusOr<StepOutcome> TrainingSession::RunStep(const StepInput& input,
+absl::StatusOr<StepOutcome> TrainingSession::RunStepUnguarded(const StepInput& input,
                                                      GradientReducer* reducer) {
+  // Tests make a step throw here, as a backend error (CUDA's are exceptions) would.
+  if (FailpointHit("session.run-step")) throw std::runtime_error("failpoint session.run-step");
   const TrainerConfig& cfg = config_;
   if (input.step != state_.step) {
     return absl::FailedPreconditionError(
@@ -342,7 +378,8 @@ absl::StatusOr<StepOutcome> TrainingSession::RunStep(const StepInput& input,
   return out;
 }
 
-absl::StatusOr<EvalOutcome> TrainingSession::Evaluate(int batches, const ActiveLayerSet& active) {
+absl::StatusOr<EvalOutcome> TrainingSession::EvaluateUnguarded(int batches,
+                                                              const ActiveLayerSet& active) {
   const TrainerConfig& cfg = config_;
   const int B = cfg.batch, T = cfg.seq, b = local_batch_;
   const int64_t available = val_.NumEvalBatches(B, T);

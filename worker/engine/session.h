@@ -134,6 +134,16 @@ class TrainingSession {
  private:
   TrainingSession(const TrainerConfig& config, int rank, int world_size);
 
+  // The public calls' bodies; the public calls turn their exceptions into Statuses (Guard).
+  absl::Status RestoreUnguarded(const std::string& checkpoint_dir);
+  absl::StatusOr<std::string> SaveUnguarded(const std::string& run_dir);
+  absl::StatusOr<StepOutcome> RunStepUnguarded(const StepInput& input, GradientReducer* reducer);
+  absl::StatusOr<EvalOutcome> EvaluateUnguarded(int batches, const ActiveLayerSet& active);
+  // Runs `body`; std::bad_alloc becomes RESOURCE_EXHAUSTED and any other std::exception
+  // INTERNAL, each naming `what` and the step.
+  template <typename F>
+  auto Guard(const char* what, F body) -> decltype(body());
+
   void CountWork() {
     if (work_done_ != nullptr) work_done_->fetch_add(1, std::memory_order_relaxed);
   }
