@@ -80,14 +80,18 @@ set -e
 grep -q "optimizer.lr" "$WORK/bad.err" \
   || fail "invalid spec error does not name optimizer.lr: $(cat "$WORK/bad.err")"
 grep -q "INVALID_ARGUMENT" "$WORK/bad.err" || fail "invalid spec error has no INVALID_ARGUMENT"
-# A spec over 64 KiB encoded is refused by the coordinator (and not stored).
-python3 - "$SRC/examples/gpt-raptr.yaml" "$WORK/huge.yaml" <<'PY'
+# with_shards N OUT: the example spec with N training shards, written to OUT.
+with_shards() {
+  python3 - "$SRC/examples/gpt-raptr.yaml" "$2" "$1" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
-shards = ", ".join("/shared/data/shard-%06d.bin" % i for i in range(3000))
+shards = ", ".join("/shared/data/shard-%06d.bin" % i for i in range(int(sys.argv[3])))
 text = re.sub(r"train_shards: \[[^]]*\]", "train_shards: [%s]" % shards, text, count=1)
 open(sys.argv[2], "w").write(text)
 PY
+}
+# A spec over 64 KiB encoded is refused by the coordinator (and not stored).
+with_shards 3000 "$WORK/huge.yaml"
 grep -q "shard-002999" "$WORK/huge.yaml" || fail "test setup: the huge spec has no shards"
 set +e
 "$CTL" submit -f "$WORK/huge.yaml" > /dev/null 2> "$WORK/huge.err"
@@ -97,13 +101,7 @@ set -e
 grep -q "at most 65536 are accepted" "$WORK/huge.err" || fail "huge spec: $(cat "$WORK/huge.err")"
 # A request over the server's 4 MiB message limit is refused by gRPC itself, before any parsing,
 # and the coordinator serves on.
-python3 - "$SRC/examples/gpt-raptr.yaml" "$WORK/giant.yaml" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-shards = ", ".join("/shared/data/shard-%06d.bin" % i for i in range(200000))
-text = re.sub(r"train_shards: \[[^]]*\]", "train_shards: [%s]" % shards, text, count=1)
-open(sys.argv[2], "w").write(text)
-PY
+with_shards 200000 "$WORK/giant.yaml"
 [[ $(stat -c %s "$WORK/giant.yaml") -gt $((4 * 1024 * 1024)) ]] || fail "test setup: the giant spec is under 4 MiB"
 set +e
 "$CTL" submit -f "$WORK/giant.yaml" > /dev/null 2> "$WORK/giant.err"

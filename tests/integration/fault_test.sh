@@ -40,6 +40,18 @@ cleanup() {
 }
 trap cleanup EXIT
 now() { date +%s.%N; }
+# A job's checkpoint directories as generation-G/checkpoints/step_N, space-separated and sorted:
+# on disk under $CKPT, and as the store at DB records them.
+checkpoints_on_disk() { (cd "$CKPT/$1" && ls -d generation-*/checkpoints/step_* | sort | tr '\n' ' '); }
+checkpoints_in_store() {
+  python3 - "$1" "$2" <<'PY'
+import os, sqlite3, sys
+rows = sqlite3.connect(sys.argv[1]).execute(
+    "SELECT path FROM checkpoints WHERE job_id = ? ORDER BY path", (sys.argv[2],)).fetchall()
+print(" ".join(os.path.relpath(p, os.path.dirname(os.path.dirname(os.path.dirname(p))))
+               for (p,) in rows), end=" ")
+PY
+}
 # RAPTR_FAULT_SCENARIOS="A C E" runs only those scenarios (the sanitizer runs pick the ones that
 # exercise concurrency; each scenario starts its own cluster); unset: all of them.
 scenario() {
@@ -248,15 +260,8 @@ python3 "$HERE/compare_checkpoints.py" "$(final_checkpoint "$REF" 600)" \
   "$(final_checkpoint "$JOB" 600)" --exact || fail "regrouped run differs from the uninterrupted one"
 # Retention (--keep-checkpoints 3): on disk, only generation 2's last three checkpoints remain
 # (generation 1's are superseded), and the store records exactly those.
-ON_DISK=$(cd "$CKPT/$JOB" && ls -d generation-*/checkpoints/step_* | sort | tr '\n' ' ')
-IN_STORE=$(python3 - "$WORK/store/sigkill.db" "$JOB" <<'PY'
-import os, sqlite3, sys
-rows = sqlite3.connect(sys.argv[1]).execute(
-    "SELECT path FROM checkpoints WHERE job_id = ? ORDER BY path", (sys.argv[2],)).fetchall()
-print(" ".join(os.path.relpath(p, os.path.dirname(os.path.dirname(os.path.dirname(p))))
-               for (p,) in rows), end=" ")
-PY
-)
+ON_DISK=$(checkpoints_on_disk "$JOB")
+IN_STORE=$(checkpoints_in_store "$WORK/store/sigkill.db" "$JOB")
 EXPECTED="generation-2/checkpoints/step_00000550 generation-2/checkpoints/step_00000575 generation-2/checkpoints/step_00000600 "
 [[ $ON_DISK == "$EXPECTED" ]] || fail "checkpoints on disk after retention: $ON_DISK"
 [[ $IN_STORE == "$EXPECTED" ]] || fail "checkpoints in the store after retention: $IN_STORE"
@@ -503,15 +508,8 @@ start_coordinator "$ADDR_K" --store "$STORE_K"
 wait_state "$JOB" SUCCEEDED 120
 python3 "$HERE/compare_checkpoints.py" "$(final_checkpoint "$REF" 200)" \
   "$(final_checkpoint "$JOB" 200)" --exact || fail "the run killed inside commits differs from the uninterrupted one"
-ON_DISK=$(cd "$CKPT/$JOB" && ls -d generation-*/checkpoints/step_* | sort | tr '\n' ' ')
-IN_STORE=$(python3 - "$STORE_K" "$JOB" <<'PY'
-import os, sqlite3, sys
-rows = sqlite3.connect(sys.argv[1]).execute(
-    "SELECT path FROM checkpoints WHERE job_id = ? ORDER BY path", (sys.argv[2],)).fetchall()
-print(" ".join(os.path.relpath(p, os.path.dirname(os.path.dirname(os.path.dirname(p))))
-               for (p,) in rows), end=" ")
-PY
-)
+ON_DISK=$(checkpoints_on_disk "$JOB")
+IN_STORE=$(checkpoints_in_store "$STORE_K" "$JOB")
 [[ $ON_DISK == "$IN_STORE" ]] || fail "store and disk disagree: disk [$ON_DISK] store [$IN_STORE]"
 [[ $(wc -w <<< "$ON_DISK") == 3 ]] || fail "expected 3 checkpoints kept: $ON_DISK"
 [[ $ON_DISK != *generation-1/* ]] || fail "generation 1's orphaned files were not swept: $ON_DISK"

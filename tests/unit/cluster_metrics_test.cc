@@ -23,30 +23,12 @@
 #include "coordinator/cluster.h"
 #include "coordinator/job_service.h"
 #include "coordinator/store/job_store.h"
+#include "tests/unit/job_fixtures.h"
 
 namespace raptr {
 namespace {
 
-constexpr char kSpecYaml[] = R"(name: tiny
-model:
-  layers: 4
-  d_model: 32
-  heads: 2
-  vocab_size: 256
-data:
-  train_shards: [train.bin]
-  val_shards: [val.bin]
-training:
-  batch: 4
-  steps: 100
-)";
-
-v1::JobSpec Spec(const std::string& name) {
-  absl::StatusOr<v1::JobSpec> spec = ParseJobSpecYaml(kSpecYaml);
-  EXPECT_TRUE(spec.ok()) << spec.status();
-  spec->set_name(name);
-  return *spec;
-}
+v1::JobSpec Spec(const std::string& name) { return testing::TinyJobSpec(name); }
 
 class NullLink final : public WorkerLink {
  public:
@@ -85,11 +67,7 @@ bool Has(const std::string& text, const std::string& line) {
 class ClusterMetricsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           absl::StrCat("raptr_cluster_metrics_test_", getpid(), "_",
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
+    dir_ = testing::FreshTestDir("raptr_cluster_metrics_test");
     path_ = (dir_ / "store.db").string();
     absl::StatusOr<std::unique_ptr<JobStore>> store = JobStore::Open(path_);
     ASSERT_TRUE(store.ok()) << store.status();

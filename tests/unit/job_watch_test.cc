@@ -18,23 +18,10 @@
 #include "coordinator/job_service.h"
 #include "grpcpp/grpcpp.h"
 #include "raptr/v1/job.grpc.pb.h"
+#include "tests/unit/job_fixtures.h"
 
 namespace raptr {
 namespace {
-
-constexpr char kSpecYaml[] = R"(name: watched
-model:
-  layers: 4
-  d_model: 32
-  heads: 2
-  vocab_size: 256
-data:
-  train_shards: [train.bin]
-  val_shards: [val.bin]
-training:
-  batch: 4
-  steps: 40
-)";
 
 StepSummaryRecord Step(int64_t step, double loss) {
   StepSummaryRecord record;
@@ -59,17 +46,11 @@ std::vector<StepSummaryRecord> Steps(int64_t from, int64_t to, double loss) {
 class JobWatchTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           absl::StrCat("raptr_job_watch_test_", getpid(), "_",
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
+    dir_ = testing::FreshTestDir("raptr_job_watch_test");
     absl::StatusOr<std::unique_ptr<JobStore>> store = JobStore::Open((dir_ / "store.db").string());
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = *std::move(store);
-    absl::StatusOr<v1::JobSpec> spec = ParseJobSpecYaml(kSpecYaml);
-    ASSERT_TRUE(spec.ok()) << spec.status();
-    absl::StatusOr<v1::Job> job = store_->CreateJob(*spec, "");
+    absl::StatusOr<v1::Job> job = store_->CreateJob(testing::TinyJobSpec("watched", 40), "");
     ASSERT_TRUE(job.ok()) << job.status();
     job_ = job->id();
     ASSERT_TRUE(store_->UpdateJobState(job_, v1::JOB_STATE_RUNNING, "").ok());
