@@ -1,5 +1,5 @@
 # Convenience targets over scripts/ (the scripts are what CI and the README run).
-.PHONY: all build test bench run deps clean paper paper-report cluster cluster-stop
+.PHONY: all build test bench run deps clean paper paper-report cluster cluster-stop device-bundle
 all: build
 deps:
 	scripts/install-deps.sh
@@ -21,5 +21,9 @@ cluster: build
 	scripts/local-cluster.sh start
 cluster-stop:
 	scripts/local-cluster.sh stop
+# The one-call GPU check's bundle (issue 11): builds build-bundle/ and writes build/cuda-device.tgz
+# (at most 40 MiB) for scripts/device-check.sh; docs/DEVICE_CHECK.md has the device call.
+device-bundle:
+	scripts/device-bundle.sh
 clean:
 	rm -rf build

@@ -99,8 +99,12 @@ absl::StatusOr<int64_t> Cluster::Connect(const v1::Hello& hello, std::shared_ptr
   if (absl::Status upserted = store_->UpsertWorker(record); !upserted.ok()) {
     Log(absl::StrCat("cannot record worker ", hello.worker_id(), ": ", upserted.ToString()));
   }
+  std::string devices;
+  for (const v1::Device& device : hello.devices()) {
+    absl::StrAppend(&devices, "device ", device.index(), ": ", device.name(), ", ");
+  }
   Log(absl::StrCat("worker ", hello.worker_id(), " connected (", BackendName(hello.backend()), ", ",
-                   hello.cpu_threads(), " threads, host ", hello.host(), ")"));
+                   devices, hello.cpu_threads(), " threads, host ", hello.host(), ")"));
   schedule_needed_ = true;
   ScheduleIfNeeded();
   return id;
@@ -271,6 +275,7 @@ void Cluster::JobSubmitted(const std::string& /*job_id*/) {
 void Cluster::JobCancelled(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   recoveries_.erase(job_id);  // a RECOVERING job has an entry and no group
+  wait_reasons_.erase(job_id);
   regroup_after_.erase(job_id);
   planned_world_.erase(job_id);
   auto it = running_.find(job_id);

@@ -153,6 +153,14 @@ class Cluster final : public JobLifecycleListener {
 
   ClusterStats Stats();
 
+  // Why a waiting (PENDING or RECOVERING) job has no group, as of the last scheduling pass that
+  // had a free worker (a pass without one changes nothing and reads no job): e.g. "no cuda
+  // workers are connected (it needs 1; 2 cpu workers are)", "needs 2 free cpu workers; 1 of the
+  // 3 connected is free", "waiting behind job-000004, ...". The coordinator logs each change
+  // ("JOB waits: REASON"). Empty when none is known: the job has a group or ended, or no pass
+  // has considered it yet.
+  std::string WaitReason(const std::string& job_id);
+
  private:
   struct Worker {
     int64_t session = 0;
@@ -320,6 +328,8 @@ class Cluster final : public JobLifecycleListener {
     double until = 0;
   };
   std::map<std::string, PlannedWorld> planned_world_ ABSL_GUARDED_BY(mu_);
+  // Waiting job -> why it has no group (WaitReason), rebuilt by every Schedule pass.
+  std::map<std::string, std::string> wait_reasons_ ABSL_GUARDED_BY(mu_);
   // (job id, generation) -> keys.
   std::map<std::pair<std::string, int64_t>, KvSpace> kv_ ABSL_GUARDED_BY(mu_);
   double last_flush_ ABSL_GUARDED_BY(mu_) = 0;

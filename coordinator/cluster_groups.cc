@@ -5,17 +5,21 @@
 #include "coordinator/cluster.h"
 
 #include <algorithm>
+#include <map>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/log.h"
 #include "coordinator/cluster_util.h"
 #include "coordinator/placement.h"
 
 namespace raptr {
 
+using cluster_util::BackendName;
 using cluster_util::EffectiveBackend;
 using cluster_util::JobLabels;
 
@@ -69,15 +73,26 @@ void Cluster::Schedule() {
     return;
   }
   std::vector<v1::Job> jobs;
+  // Why each job still waits after this pass (see WaitReason); a job in its regroup delay keeps
+  // the reason it had.
+  std::map<std::string, std::string> reasons;
   for (v1::Job& job : *waiting) {
     if (running_.count(job.id()) != 0) continue;
     if (auto after = regroup_after_.find(job.id()); after != regroup_after_.end()) {
-      if (now < after->second) continue;  // Tick schedules it once the delay is over
+      if (now < after->second) {  // Tick schedules it once the delay is over
+        if (auto old = wait_reasons_.find(job.id()); old != wait_reasons_.end()) {
+          reasons.insert(*old);
+        }
+        continue;
+      }
       regroup_after_.erase(after);
     }
     jobs.push_back(std::move(job));
   }
-  if (jobs.empty()) return;
+  if (jobs.empty()) {
+    wait_reasons_ = std::move(reasons);
+    return;
+  }
   // Higher priority first; among equals, submission order (ids grow with submission).
   std::stable_sort(jobs.begin(), jobs.end(), [](const v1::Job& a, const v1::Job& b) {
     return a.spec().resources().priority() > b.spec().resources().priority();
@@ -103,9 +118,72 @@ void Cluster::Schedule() {
                             r.max_workers(), job.spec().training().batch()});
     by_id[job.id()] = &job;
   }
-  for (Placement& placement : PlaceJobs(waiting_jobs, std::move(idle))) {
-    StartGroup(*by_id.at(placement.job_id), std::move(placement.workers));
+  std::map<v1::Backend, int> connected, free;
+  for (const auto& [session, worker] : sessions_) {
+    ++connected[EffectiveBackend(worker.hello.backend())];
   }
+  for (const auto& [backend, sessions] : idle) free[backend] = static_cast<int>(sessions.size());
+  std::set<std::string> placed;
+  for (Placement& placement : PlaceJobs(waiting_jobs, std::move(idle))) {
+    const v1::Job& job = *by_id.at(placement.job_id);
+    free[EffectiveBackend(job.spec().resources().backend())] -=
+        static_cast<int>(placement.workers.size());
+    placed.insert(placement.job_id);
+    StartGroup(job, std::move(placement.workers));
+  }
+  // The jobs left waiting, and why. Placement is strict FIFO per backend: the first job of a
+  // backend that could not start holds back the ones behind it.
+  std::map<v1::Backend, std::string> blocked_by;
+  for (const WaitingJob& job : waiting_jobs) {
+    if (placed.count(job.id) != 0) continue;
+    const std::string backend = BackendName(job.backend);
+    std::string reason;
+    if (auto blocker = blocked_by.find(job.backend); blocker != blocked_by.end()) {
+      reason = absl::StrCat("waiting behind ", blocker->second, ", the first ", backend,
+                            " job in priority and submission order");
+    } else {
+      blocked_by[job.backend] = job.id;
+      const int total = connected[job.backend];
+      const int available = free[job.backend];
+      if (total == 0) {
+        std::string others;
+        int other_workers = 0;
+        for (const auto& [other, count] : connected) {
+          if (other == job.backend || count == 0) continue;
+          absl::StrAppend(&others, others.empty() ? "" : ", ", count, " ", BackendName(other),
+                          count == 1 ? " worker" : " workers");
+          other_workers += count;
+        }
+        reason = absl::StrCat(
+            "no ", backend, " workers are connected (it needs ", job.min_workers, "; ",
+            other_workers == 0 ? "no workers at all"
+                               : absl::StrCat(others, other_workers == 1 ? " is" : " are"),
+            ")");
+      } else if (available < job.min_workers) {
+        reason = absl::StrFormat("needs %d free %s worker%s; %d of the %d connected %s free",
+                                 job.min_workers, backend, job.min_workers == 1 ? "" : "s",
+                                 available, total, available == 1 ? "is" : "are");
+      } else {
+        reason = absl::StrFormat(
+            "no world size in [%d, %d] that %d free %s workers allow divides its batch of %d",
+            job.min_workers, job.max_workers, available, backend, job.batch);
+      }
+    }
+    reasons[job.id] = std::move(reason);
+  }
+  for (const auto& [job_id, reason] : reasons) {
+    auto old = wait_reasons_.find(job_id);
+    if (old == wait_reasons_.end() || old->second != reason) {
+      Log(absl::StrCat(job_id, " waits: ", reason));
+    }
+  }
+  wait_reasons_ = std::move(reasons);
+}
+
+std::string Cluster::WaitReason(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = wait_reasons_.find(job_id);
+  return it == wait_reasons_.end() ? std::string() : it->second;
 }
 
 void Cluster::StartGroup(const v1::Job& job, std::vector<int64_t> sessions) {

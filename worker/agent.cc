@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -37,6 +38,8 @@
 #include "grpcpp/grpcpp.h"
 #include "raptr/v1/control.grpc.pb.h"
 #include "raptr/v1/control.pb.h"
+#include "worker/engine/backend_factory.h"
+#include "worker/engine/device_info.h"
 #include "worker/job_runner.h"
 #include "worker/process_metrics.h"
 
@@ -53,15 +56,25 @@ enum class SessionEnd {
   kEnded,        // the session ran and ended (coordinator restart, network)
   kJobDone,      // exit_after_job and the job ended
   kShutdown,     // the coordinator said Shutdown, or we are stopping
+  kDeviceFault,  // a job ended with the device faulted: reported; the process exits
 };
+
+// "NVIDIA H200 (139.8 GiB, sm_90)".
+std::string DescribeDevice(const CudaDeviceInfo& device) {
+  return absl::StrFormat("%s (%.1f GiB, sm_%d%d)", device.name,
+                         static_cast<double>(device.total_bytes) / (1 << 30),
+                         device.compute_major, device.compute_minor);
+}
 
 class Agent {
  public:
+  // `device`: the CUDA device a CUDA worker trains on (announced in its Hello); none for CPU.
   Agent(const AgentOptions& options, std::string worker_id, std::string host,
-        ProcessMetrics* metrics)
+        std::optional<CudaDeviceInfo> device, ProcessMetrics* metrics)
       : options_(options),
         worker_id_(std::move(worker_id)),
         host_(std::move(host)),
+        device_(std::move(device)),
         instance_id_(NewInstanceId()),
         metrics_(metrics) {
     grpc::ChannelArguments args;
@@ -79,6 +92,11 @@ class Agent {
     bool announced_wait = false;
     while (!stopping()) {
       const SessionEnd end = RunSession();
+      if (end == SessionEnd::kDeviceFault) {
+        Log(absl::StrCat("exiting with status ", kExitDeviceFault, " (device fault: ",
+                         DeviceFault(), "); restart the worker once the device is healthy"));
+        return kExitDeviceFault;
+      }
       if (end == SessionEnd::kShutdown || end == SessionEnd::kJobDone || stopping()) return 0;
       if (end == SessionEnd::kRejected) return 1;
       if (end == SessionEnd::kEnded) {
@@ -117,6 +135,26 @@ class Agent {
     return stopping_;
   }
 
+  // A job ended with its device faulted (JobRunner's callback, on the job thread, just before
+  // it reports the error): this process takes no other job. The session thread ends the session
+  // once the coordinator answers (the Abort of that job, or any assignment or shutdown), or the
+  // heartbeat thread cancels it after kDeviceFaultGraceSeconds (or the lease expires first).
+  void OnDeviceFault(const std::string& fault) {
+    absl::MutexLock lock(&fault_mu_);
+    if (!device_fault_.empty()) return;
+    device_fault_ = fault;
+    device_fault_at_ = Now();
+  }
+  std::string DeviceFault() {
+    absl::MutexLock lock(&fault_mu_);
+    return device_fault_;
+  }
+  // Seconds since OnDeviceFault; negative when there was none.
+  double SecondsSinceDeviceFault() {
+    absl::MutexLock lock(&fault_mu_);
+    return device_fault_.empty() ? -1 : Now() - device_fault_at_;
+  }
+
   SessionEnd RunSession() {
     if (!channel_->WaitForConnected(std::chrono::system_clock::now() +
                                     std::chrono::milliseconds(1000))) {
@@ -132,7 +170,14 @@ class Agent {
     v1::WorkerMessage hello_message;
     v1::Hello* hello = hello_message.mutable_hello();
     hello->set_worker_id(worker_id_);
-    hello->set_backend(v1::BACKEND_CPU);
+    hello->set_backend(device_.has_value() ? v1::BACKEND_CUDA : v1::BACKEND_CPU);
+    if (device_.has_value()) {
+      v1::Device* device = hello->add_devices();
+      device->set_index(device_->index);
+      device->set_name(device_->name);
+      device->set_memory_bytes(device_->total_bytes);
+      device->set_compute_capability(device_->compute_major * 10 + device_->compute_minor);
+    }
     hello->set_memory_bytes(static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) *
                             static_cast<int64_t>(sysconf(_SC_PAGE_SIZE)));
     hello->set_cpu_threads(omp_get_max_threads());
@@ -159,6 +204,10 @@ class Agent {
     const double heartbeat = message.welcome().heartbeat_interval_seconds();
     const uint64_t session_token = message.welcome().session_token();
     Log(absl::StrCat("connected to ", options_.coordinator, " as ", worker_id_, " (",
+                     device_.has_value()
+                         ? absl::StrCat("cuda device ", device_->index, ": ",
+                                        DescribeDevice(*device_), ", ")
+                         : std::string("cpu, "),
                      omp_get_max_threads(), " threads)"));
 
     std::unique_ptr<JobRunner> runner;
@@ -172,6 +221,12 @@ class Agent {
                                             absl::Seconds(heartbeat))) {
             return;
           }
+        }
+        // After a device fault: no heartbeats (an idle one would make this worker placeable
+        // again), and the session ends soon (see OnDeviceFault).
+        if (const double since = SecondsSinceDeviceFault(); since >= 0) {
+          if (since > kDeviceFaultGraceSeconds) connection.context.TryCancel();
+          continue;
         }
         v1::WorkerMessage beat;
         {
@@ -196,6 +251,16 @@ class Agent {
     SessionEnd end = SessionEnd::kEnded;
     bool ran_job = false;
     while (connection.stream->Read(&message)) {
+      // After a device fault: the job's Abort answers its error (the coordinator has it), and
+      // an assignment is not taken; the job's other messages are stragglers.
+      if (SecondsSinceDeviceFault() >= 0) {
+        if (message.has_abort() || message.has_release() || message.has_assignment() ||
+            message.has_shutdown()) {
+          end = SessionEnd::kDeviceFault;
+          break;
+        }
+        continue;
+      }
       if (message.has_shutdown()) {
         Log(absl::StrCat("shutdown requested: ", message.shutdown().reason()));
         end = SessionEnd::kShutdown;
@@ -210,9 +275,10 @@ class Agent {
         // The coordinator assigns only once this worker said its last job thread ended, so this
         // returns at once; a thread still running is aborted, and if stuck the process restarts.
         StopRunner(std::move(old));
-        auto next = std::make_unique<JobRunner>(message.assignment(), &connection, stub_.get(),
-                                                options_, worker_id_, host_, session_token,
-                                                metrics_);
+        auto next = std::make_unique<JobRunner>(
+            message.assignment(), &connection, stub_.get(), options_, worker_id_, host_,
+            session_token, metrics_,
+            [this](const std::string& fault) { OnDeviceFault(fault); });
         next->Start();
         ran_job = true;
         absl::MutexLock lock(&runner_mu_);
@@ -253,6 +319,7 @@ class Agent {
         break;
       }
     }
+    if (SecondsSinceDeviceFault() >= 0) end = SessionEnd::kDeviceFault;
     if (ran_job && options_.exit_after_job && end == SessionEnd::kEnded) end = SessionEnd::kJobDone;
     // Let a released job finish its queue (it ends at the Release); abort anything else. Either
     // way the wait is bounded: a job thread that does not end restarts the process.
@@ -306,7 +373,7 @@ class Agent {
     if (stop_requested_.load()) {
       Log("stopping: exiting without waiting for the stuck job thread");
       std::fflush(stderr);
-      _exit(kStuckExitCode);
+      _exit(kExitStuckJob);
     }
     if (!options_.argv.empty()) {
       // The new image must not inherit this one's sockets (the metrics listener would keep its
@@ -318,7 +385,7 @@ class Agent {
       execv("/proc/self/exe", args.data());
       Log(absl::StrCat("execv failed: ", std::strerror(errno), "; exiting"));
     }
-    _exit(kStuckExitCode);
+    _exit(kExitStuckJob);
   }
 
   static std::string NewInstanceId() {
@@ -328,12 +395,13 @@ class Agent {
 
   // A released job's thread ends at the Release message; this bounds that wait.
   static constexpr double kReleaseSeconds = 60;
-  // Exit status when a stuck job thread cannot be escaped by execv.
-  static constexpr int kStuckExitCode = 70;
+  // After a device fault, the session ends at the coordinator's answer, or after this long.
+  static constexpr double kDeviceFaultGraceSeconds = 5;
 
   const AgentOptions options_;
   const std::string worker_id_;
   const std::string host_;
+  const std::optional<CudaDeviceInfo> device_;
   const std::string instance_id_;
   ProcessMetrics* const metrics_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -344,6 +412,9 @@ class Agent {
   std::atomic<bool> stop_requested_{false};
   Connection* current_ ABSL_GUARDED_BY(mu_) = nullptr;
   absl::Mutex runner_mu_;
+  absl::Mutex fault_mu_;
+  std::string device_fault_ ABSL_GUARDED_BY(fault_mu_);  // empty: none
+  double device_fault_at_ ABSL_GUARDED_BY(fault_mu_) = 0;
 };
 
 // The address Gloo peers reach this worker at: loopback when the coordinator is local (a
@@ -358,16 +429,47 @@ std::string DefaultHost(const std::string& coordinator) {
   return name;
 }
 
+// The CUDA device `index` as the driver reports it; an error saying why it cannot be used (a
+// binary without the CUDA backend, no driver or no device, an index out of range).
+absl::StatusOr<CudaDeviceInfo> FindCudaDevice(int index) {
+  absl::StatusOr<std::vector<CudaDeviceInfo>> devices = ListCudaDevices();
+  if (!devices.ok()) return devices.status();
+  for (const CudaDeviceInfo& device : *devices) {
+    if (device.index == index) return device;
+  }
+  std::string there;
+  for (const CudaDeviceInfo& device : *devices) {
+    absl::StrAppend(&there, there.empty() ? "" : ", ", device.index, ": ", device.name);
+  }
+  return absl::NotFoundError(absl::StrCat(
+      "this machine has ", devices->size(), " CUDA device", devices->size() == 1 ? "" : "s",
+      there.empty() ? "" : absl::StrCat(" (", there, ")")));
+}
+
 }  // namespace
 
 int RunAgent(const AgentOptions& options) {
+  const bool cuda = options.backend.kind == BackendKind::kCuda;
   std::string worker_id = options.worker_id;
   if (worker_id.empty()) {
     char name[256] = {};
     gethostname(name, sizeof(name) - 1);
-    worker_id = absl::StrCat(name, "-", getpid());
+    // A GPU worker is its GPU: stable across restarts (one process per device).
+    worker_id = cuda ? absl::StrCat(name, "/gpu", options.backend.device)
+                     : absl::StrCat(name, "-", getpid());
   }
   SetLogName(absl::StrCat("raptr-worker[", worker_id, "]"));
+  std::optional<CudaDeviceInfo> device;
+  if (cuda) {
+    absl::StatusOr<CudaDeviceInfo> found = FindCudaDevice(options.backend.device);
+    if (!found.ok()) {
+      Log(absl::StrCat("cannot serve on CUDA device ", options.backend.device, ": ",
+                       found.status().message(), " (exit ", kExitNoDevice, ")"));
+      return kExitNoDevice;
+    }
+    device = *found;
+    Log(absl::StrCat("training on CUDA device ", device->index, ": ", DescribeDevice(*device)));
+  }
   if (options.threads > 0) omp_set_num_threads(options.threads);
   const std::string host = options.host.empty() ? DefaultHost(options.coordinator) : options.host;
 
@@ -397,7 +499,7 @@ int RunAgent(const AgentOptions& options) {
                      options.metrics_listen.substr(0, options.metrics_listen.rfind(':')), ":",
                      *port));
   }
-  Agent agent(options, worker_id, host, &process_metrics);
+  Agent agent(options, worker_id, host, device, &process_metrics);
   std::thread([&agent, stop_signals] {
     int signal_number = 0;
     sigwait(&stop_signals, &signal_number);
@@ -421,11 +523,18 @@ int RunServe(int argc, char** argv) {
   const char* env = std::getenv("RAPTR_COORDINATOR");
   flags.Define("coordinator", env != nullptr && *env != '\0' ? env : defaults.coordinator,
                "HOST:PORT of raptr-coordinator ($RAPTR_COORDINATOR)");
-  flags.Define("id", "", "stable worker id (default <hostname>-<pid>)");
+  flags.Define("id", "",
+               "stable worker id (default <hostname>/gpu<device> with --backend cuda, else "
+               "<hostname>-<pid>)");
   flags.Define("host", "",
                "address peers reach this worker at for Gloo (default: 127.0.0.1 with a local "
                "coordinator, else the host name)");
   flags.Define("threads", "0", "CPU threads for the kernels (0: OpenMP's default)");
+  flags.Define("backend", "cpu",
+               absl::StrCat("what this worker trains on: cpu, or cuda (one GPU, --device; needs "
+                            "the NVIDIA driver and CUDA 13 cuBLAS; exits ",
+                            kExitNoDevice, " when that device is not usable)"));
+  flags.Define("device", "0", "--backend cuda: the CUDA device ordinal this worker trains on");
   flags.Define("connect-timeout", "0",
                "seconds without a coordinator before giving up (0: retry forever)");
   flags.Define("collective-timeout", "300",
@@ -459,13 +568,16 @@ int RunServe(int argc, char** argv) {
   options.exit_after_job = flags.Get("exit-after-job") == "true";
   options.metrics_listen = flags.Get("metrics-listen");
   absl::StatusOr<int> threads = flags.GetInt32("threads");
+  absl::StatusOr<BackendKind> backend = ParseBackendKind(flags.Get("backend"));
+  absl::StatusOr<int> device = flags.GetInt32("device");
   absl::StatusOr<double> connect = flags.GetDouble("connect-timeout");
   absl::StatusOr<double> collective = flags.GetDouble("collective-timeout");
   absl::StatusOr<int64_t> crash = flags.GetInt("crash-at-step");
   absl::StatusOr<int64_t> hang = flags.GetInt("hang-at-step");
   absl::StatusOr<double> abort_timeout = flags.GetDouble("abort-timeout");
-  for (const absl::Status& s : {threads.status(), connect.status(), collective.status(),
-                                crash.status(), hang.status(), abort_timeout.status()}) {
+  for (const absl::Status& s :
+       {threads.status(), backend.status(), device.status(), connect.status(),
+        collective.status(), crash.status(), hang.status(), abort_timeout.status()}) {
     if (!s.ok()) {
       std::fprintf(stderr, "raptr-worker serve: %s\n", std::string(s.message()).c_str());
       return 2;
@@ -477,7 +589,13 @@ int RunServe(int argc, char** argv) {
                  "--collective-timeout > 0 and --abort-timeout > 0\n");
     return 2;
   }
+  if (*device < 0 || (*backend != BackendKind::kCuda && flags.IsSet("device"))) {
+    std::fprintf(stderr, "raptr-worker serve: --device needs --backend cuda and a value >= 0\n");
+    return 2;
+  }
   options.threads = *threads;
+  options.backend.kind = *backend;
+  options.backend.device = *device;
   options.connect_timeout_seconds = *connect;
   options.collective_timeout_seconds = *collective;
   options.crash_at_step = *crash;

@@ -6,13 +6,32 @@
 #include <string>
 #include <vector>
 
+#include "worker/engine/backend_factory.h"
+
 namespace raptr {
+
+// Exit statuses of `raptr-worker serve` besides 0 (stopped: SIGINT/SIGTERM, a Shutdown, or
+// --exit-after-job), 1 (the coordinator stayed unreachable past --connect-timeout, refused this
+// worker, or --metrics-listen could not bind) and 2 (bad flags). docs/OPERATIONS.md lists them.
+// --backend cuda: no usable CUDA device --device at startup (a binary without the CUDA backend,
+// no driver, no such device). Nothing was announced to the coordinator.
+inline constexpr int kExitNoDevice = 69;
+// A job thread did not stop after its abort and the process could not restart itself (execv).
+inline constexpr int kExitStuckJob = 70;
+// The device failed stickily during a job (TrainingSession::DeviceFault): the error was reported
+// to the coordinator, which recovers the job on other workers; this process takes no other job
+// and exits for its supervisor to restart it (on a healthy device, or not at all).
+inline constexpr int kExitDeviceFault = 71;
 
 struct AgentOptions {
   std::string coordinator = "127.0.0.1:50051";  // HOST:PORT of raptr-coordinator
-  std::string worker_id;                        // stable identity; empty: <hostname>-<pid>
+  // Stable identity; empty: <hostname>/gpu<device> for a CUDA worker, <hostname>-<pid> for CPU.
+  std::string worker_id;
   std::string host;  // address peers reach this worker at (Gloo); empty: derived
   int threads = 0;   // CPU threads for the kernels; 0: OpenMP's default
+  // What this worker trains on (--backend, --device): announced in its Hello, so the coordinator
+  // gives it only jobs of that backend; every job's sessions run on it.
+  BackendOptions backend;
   // Give up when no connection succeeds for this long (0: retry forever).
   double connect_timeout_seconds = 0;
   double max_backoff_seconds = 10;
@@ -38,8 +57,8 @@ struct AgentOptions {
   std::string metrics_listen = "127.0.0.1:9402";
 };
 
-// Runs until SIGINT/SIGTERM, a Shutdown from the coordinator, or a connection timeout; returns
-// the process exit code (0, or 1 when the coordinator stayed unreachable).
+// Runs until SIGINT/SIGTERM, a Shutdown from the coordinator, a connection timeout or a device
+// fault; returns the process exit code (0, 1, kExitNoDevice or kExitDeviceFault, see above).
 int RunAgent(const AgentOptions& options);
 
 }  // namespace raptr

@@ -147,7 +147,10 @@ absl::Status DebugStep(int argc, char** argv) {
 
   CpuBackend<float> backend;
   Model<float> model(cfg, &backend);
-  RETURN_IF_ERROR(ImportHf(cfg, model.layout(), weights, model.params()));
+  // The weights reach the model through the backend, as they would on a device.
+  std::vector<float> host_params(model.layout().total());
+  RETURN_IF_ERROR(ImportHf(cfg, model.layout(), weights, host_params.data()));
+  Upload<float>(backend, host_params.data(), model.params());
   // Logits first (forward only keeps them), then the training pass for the gradients.
   ASSIGN_OR_RETURN(double loss, model.Forward(inputs.data(), targets.data(), B, T, active, false));
   const std::vector<float> logits = model.LogitsToHost();
@@ -161,7 +164,8 @@ absl::Status DebugStep(int argc, char** argv) {
     return absl::InternalError("forward is not deterministic: two passes gave different losses");
   }
 
-  std::vector<OwnedTensor> grads = ExportHf(cfg, model.layout(), model.grads());
+  std::vector<OwnedTensor> grads =
+      ExportHf(cfg, model.layout(), Download<float>(backend, model.grads()).data());
   for (auto& g : grads) g.name = "grad." + g.name;
   const float loss_f = static_cast<float>(loss);
   std::vector<TensorView> views = AsTensorViews(grads);

@@ -47,7 +47,7 @@ const std::set<std::string>& HandledFields() {
       "RaptrStage.fraction", "PldSchedule.theta_bar", "PldSchedule.gamma",
       "LayerDropSchedule.keep_prob", "LayerDropSchedule.scale", "StackingSchedule.stages",
       "StackingStage.layers", "StackingStage.steps", "StackingStage.fraction",
-      // resources: scheduling (min/max workers, priority); backend is checked below
+      // resources: scheduling (min/max workers, priority) and the backend (TrainerConfig.backend)
       "ResourceSpec.min_workers", "ResourceSpec.max_workers", "ResourceSpec.priority",
       "ResourceSpec.backend"};
   return *kFields;
@@ -129,17 +129,37 @@ void MapDataAndTraining(const v1::JobSpec& spec, TrainerConfig* cfg) {
 absl::StatusOr<TrainerConfig> TrainerConfigFromJobSpec(const v1::JobSpec& spec) {
   RETURN_IF_ERROR(ValidateJobSpec(spec));
   RETURN_IF_ERROR(CheckEveryFieldHandled(spec, ""));
-  if (spec.resources().backend() != v1::BACKEND_CPU) {
-    return absl::UnimplementedError(
-        absl::StrCat("resources.backend: ", v1::Backend_Name(spec.resources().backend()),
-                     " is not supported by the trainer yet (use cpu)"));
-  }
   TrainerConfig cfg;
+  switch (spec.resources().backend()) {
+    case v1::BACKEND_UNSPECIFIED:  // omitted: CPU
+    case v1::BACKEND_CPU:
+      cfg.backend.kind = BackendKind::kCpu;
+      break;
+    case v1::BACKEND_CUDA:
+      cfg.backend.kind = BackendKind::kCuda;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("resources.backend: unsupported value ", spec.resources().backend()));
+  }
   RETURN_IF_ERROR(MapModel(spec, &cfg));
   MapDataAndTraining(spec, &cfg);
   ASSIGN_OR_RETURN(cfg.optimizer, OptimizerConfigFromJobSpec(spec));
   ASSIGN_OR_RETURN(cfg.schedule, PathScheduleFromJobSpec(spec));
   RETURN_IF_ERROR(cfg.model.Validate());
+  return cfg;
+}
+
+absl::StatusOr<TrainerConfig> TrainerConfigForWorker(const v1::JobSpec& spec,
+                                                     const BackendOptions& worker) {
+  ASSIGN_OR_RETURN(TrainerConfig cfg, TrainerConfigFromJobSpec(spec));
+  if (cfg.backend.kind != worker.kind) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "resources.backend: the job runs on ", BackendKindName(cfg.backend.kind),
+        " workers, but this is a ", BackendKindName(worker.kind),
+        " worker (the coordinator places jobs only on workers of their backend)"));
+  }
+  cfg.backend = worker;
   return cfg;
 }
 

@@ -7,8 +7,8 @@
 //   it over data-parallel ranks is the coordinator's business, not this function's.
 // - `resources.min_workers`, `max_workers` and `priority` are scheduling fields: checked by
 //   ValidateJobSpec, consumed by the coordinator, and not part of TrainerConfig.
-// - `resources.backend` must be CPU: the Trainer runs the CPU backend only (CUDA is
-//   UNIMPLEMENTED).
+// - `resources.backend` picks TrainerConfig.backend.kind (CPU or CUDA). A worker of a cluster
+//   runs only jobs of its own backend (TrainerConfigForWorker); the coordinator schedules them so.
 // - `model.vocab_size` is required by the spec (ValidateJobSpec), so it is never resolved from a
 //   data directory's meta.json here; a caller that can read the data may cross-check it.
 // - The weights' seed is `training.seed` (TrainerConfig.init_seed stays 0, "same as seed").
@@ -26,8 +26,15 @@ namespace raptr {
 
 // The TrainerConfig that runs `spec`. REQUIRES: the spec's defaults are filled (ParseJobSpecYaml
 // or ApplyJobSpecDefaults). Runs ValidateJobSpec first and returns its error; fields the engine
-// cannot honour are INVALID_ARGUMENT or UNIMPLEMENTED naming the field, e.g.
-// "resources.backend: CUDA is not supported by the trainer yet (use cpu)".
+// cannot honour are INVALID_ARGUMENT or UNIMPLEMENTED naming the field. TrainerConfig.backend is
+// the spec's resources.backend (CUDA: device 0, no TF32).
 absl::StatusOr<TrainerConfig> TrainerConfigFromJobSpec(const v1::JobSpec& spec);
+
+// TrainerConfigFromJobSpec for a worker that runs `worker` (`raptr-worker serve --backend
+// --device`): TrainerConfig.backend is `worker` (its device, its TF32 setting). A job of the
+// other backend (a CUDA job on a CPU worker, or a CPU job on a CUDA worker) is
+// FAILED_PRECONDITION naming both: the coordinator places jobs only on workers of their backend.
+absl::StatusOr<TrainerConfig> TrainerConfigForWorker(const v1::JobSpec& spec,
+                                                     const BackendOptions& worker);
 
 }  // namespace raptr

@@ -29,6 +29,19 @@ void JobRunner::Run() {
   // The group is torn down (the Gloo group died with RunJob's scope) before the error goes
   // out, so peers blocked in a collective with this rank fail fast too.
   const bool was_aborted = aborted();
+  const std::string fault = device_fault_;
+  if (!fault.empty()) {
+    Log(absl::StrCat(job_id(), ": ",
+                     options_.backend.kind == BackendKind::kCuda
+                         ? absl::StrCat("CUDA device ", options_.backend.device)
+                         : std::string("the CPU backend"),
+                     " is unusable (", fault,
+                     "): reporting it; this worker takes no other job and exits (status ",
+                     kExitDeviceFault, ")"));
+    // Before the error goes out: the coordinator's answer to it (an Abort) must find the agent
+    // knowing that it leaves.
+    if (on_device_fault_) on_device_fault_(fault);
+  }
   if (!status.ok() && !was_aborted) {
     Log(absl::StrCat(job_id(), " failed at step ", current_step_, ": ", status.ToString()));
     v1::WorkerMessage message;
@@ -37,7 +50,9 @@ void JobRunner::Run() {
     error->set_generation(generation());
     error->set_step(current_step_);
     error->set_code(static_cast<int>(status.code()));
-    error->set_message(std::string(status.message()));
+    error->set_message(fault.empty() ? std::string(status.message())
+                                     : absl::StrCat(status.message(),
+                                                    " (a sticky device fault: the worker exits)"));
     error->set_resume_checkpoint_unusable(resume_unusable_);
     // Bad input (a missing shard, a spec this build cannot run, a checkpoint of another run)
     // fails the same way on any worker; lost peers and timeouts may not.
@@ -46,8 +61,9 @@ void JobRunner::Run() {
         code != absl::StatusCode::kInvalidArgument && code != absl::StatusCode::kNotFound &&
         code != absl::StatusCode::kFailedPrecondition && code != absl::StatusCode::kDataLoss &&
         code != absl::StatusCode::kUnimplemented && code != absl::StatusCode::kResourceExhausted);
-    // An unusable checkpoint is not the job's end: the one before it may be fine.
-    if (resume_unusable_) error->set_retryable(true);
+    // An unusable checkpoint is not the job's end: the one before it may be fine. Nor is a
+    // faulted device (whatever code the failing call returned): other workers have good ones.
+    if (resume_unusable_ || !fault.empty()) error->set_retryable(true);
     connection_->Write(message);
   }
   {
@@ -55,6 +71,8 @@ void JobRunner::Run() {
     finished_locked_ = true;
     finished_.store(true);
   }
+  // Not free after a device fault: the agent leaves the cluster instead of taking another job.
+  if (!fault.empty()) return;
   // Free now, not at the next heartbeat: the coordinator places a worker again only once it
   // has said its job thread ended.
   v1::WorkerMessage idle;
@@ -68,10 +86,18 @@ absl::Status JobRunner::RunJob() {
                    assignment_.has_resume_checkpoint()
                        ? absl::StrCat(", resuming from ", assignment_.resume_checkpoint().path())
                        : std::string(", from step 0")));
-  ASSIGN_OR_RETURN(TrainerConfig config, TrainerConfigFromJobSpec(assignment_.spec()));
+  ASSIGN_OR_RETURN(TrainerConfig config,
+                   TrainerConfigForWorker(assignment_.spec(), options_.backend));
   config.log_every = 0;
   ASSIGN_OR_RETURN(std::unique_ptr<TrainingSession> session,
                    TrainingSession::Create(config, rank, world));
+  // However RunJob ends (a failed call returns at once), whether the device is still usable is
+  // read before the session goes: Run reports a sticky fault and the worker exits.
+  struct NoteDeviceFault {
+    JobRunner* runner;
+    const TrainingSession* session;
+    ~NoteDeviceFault() { runner->device_fault_ = session->DeviceFault(); }
+  } note_device_fault{this, session.get()};
   session->CountWorkIn(&work_done_);
   if (assignment_.has_resume_checkpoint()) {
     const v1::CheckpointRef& resume = assignment_.resume_checkpoint();
@@ -84,12 +110,16 @@ absl::Status JobRunner::RunJob() {
                                                   session->step(), ", the coordinator committed "
                                                   "it as step ", resume.step()));
     }
-    if (restored.ok() && resume.state_digest() != 0 &&
-        session->StateDigest() != resume.state_digest()) {
-      restored = absl::DataLossError(absl::StrFormat(
-          "checkpoint %s: its state's digest %016x is not the %016x recorded when it was "
-          "committed (torn or corrupted files)",
-          resume.path(), session->StateDigest(), resume.state_digest()));
+    if (restored.ok() && resume.state_digest() != 0) {
+      const absl::StatusOr<uint64_t> digest = session->StateDigest();
+      if (!digest.ok()) {
+        restored = digest.status();
+      } else if (*digest != resume.state_digest()) {
+        restored = absl::DataLossError(absl::StrFormat(
+            "checkpoint %s: its state's digest %016x is not the %016x recorded when it was "
+            "committed (torn or corrupted files)",
+            resume.path(), *digest, resume.state_digest()));
+      }
     }
     if (restored.code() == absl::StatusCode::kDataLoss) resume_unusable_ = true;
     RETURN_IF_ERROR(restored);
@@ -216,7 +246,8 @@ absl::Status JobRunner::RunJob() {
       written->set_generation(generation());
       written->set_step(session->step());
       written->set_rank(rank);
-      written->set_state_digest(session->StateDigest());
+      ASSIGN_OR_RETURN(const uint64_t digest, session->StateDigest());
+      written->set_state_digest(digest);
     } else if (message->has_release()) {
       Log(absl::StrFormat(
           "%s done: %d steps; %.2f s working, %.3f s waiting for the coordinator, %.3f s "

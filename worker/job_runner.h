@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -52,10 +53,17 @@ class Connection {
 // Runs one assignment on its own thread.
 class JobRunner {
  public:
+  // Called on the job thread when the job ended with its device faulted
+  // (TrainingSession::DeviceFault, the argument), before the runner reports the error: the
+  // process must not take another job. The runner then sends no "idle" heartbeat.
+  using DeviceFaultCallback = std::function<void(const std::string& fault)>;
+
   JobRunner(v1::Assignment assignment, Connection* connection, v1::ControlService::Stub* stub,
             const AgentOptions& options, std::string worker_id, std::string host,
-            uint64_t session_token, ProcessMetrics* metrics)
-      : metrics_(metrics),
+            uint64_t session_token, ProcessMetrics* metrics,
+            DeviceFaultCallback on_device_fault = nullptr)
+      : on_device_fault_(std::move(on_device_fault)),
+        metrics_(metrics),
         assignment_(std::move(assignment)),
         connection_(connection),
         stub_(stub),
@@ -140,6 +148,7 @@ class JobRunner {
 
   static absl::StatusOr<StepInput> ToStepInput(const v1::StepPlan& plan, int L);
 
+  const DeviceFaultCallback on_device_fault_;  // may be empty
   ProcessMetrics* const metrics_;  // may be null
   const v1::Assignment assignment_;
   Connection* const connection_;
@@ -161,6 +170,8 @@ class JobRunner {
   std::atomic<int64_t> work_done_{0};
   int64_t current_step_ = -1;  // the job thread's own
   bool resume_unusable_ = false;  // the job thread's own: the resume checkpoint failed its checks
+  // The job thread's own: the session's DeviceFault() as RunJob ended (empty: the device is fine).
+  std::string device_fault_;
 };
 
 }  // namespace raptr

@@ -5,6 +5,12 @@
 // AdamW step, timed with CUDA events on the backend's stream after warmup), tokens/s, model
 // FLOPs/s (FLOPs model of flops.h), the phase times, the sgemm ceilings and the GPU memory in use.
 // Random tokens: the speed of a step does not depend on the data.
+//
+// MFU is counted the way llm.c counts it (llmc/mfu.h, gpt2_estimate_mfu): 6 * N_params + 6 * L *
+// C * T FLOPs per token, N_params the parameters the step trains (a path of k blocks: the shared
+// tensors plus k blocks; wpe counted at max_seq) and L the blocks it runs (k), against a dense
+// peak: --peak-bf16-tflops (H100/H200 SXM, 989) and --peak-tf32-tflops (494.7). These FLOPs count
+// causal attention at half of T^2, so they are below flops.h's executed FLOPs (full T^2).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -104,6 +110,8 @@ int Run(int argc, char** argv) {
   Flags flags;
   DefineBenchShapeFlags(flags);
   flags.Define("tf32", "false", "let cuBLAS use TF32 for the model's matmuls");
+  flags.Define("peak-bf16-tflops", "989", "dense bf16 peak for the MFU column (H100/H200 SXM)");
+  flags.Define("peak-tf32-tflops", "494.7", "dense TF32 peak for the MFU column (H100/H200 SXM)");
   absl::StatusOr<BenchShape> shape;
   absl::StatusOr<bool> tf32;
   absl::Status parsed = flags.Parse(argc, argv, 1);
@@ -111,6 +119,12 @@ int Run(int argc, char** argv) {
   if (parsed.ok()) parsed = shape.status();
   if (parsed.ok()) tf32 = flags.GetBool("tf32");
   if (parsed.ok()) parsed = tf32.status();
+  double peak_bf16 = 0, peak_tf32 = 0;
+  if (parsed.ok() && (!absl::SimpleAtod(flags.Get("peak-bf16-tflops"), &peak_bf16) ||
+                      !absl::SimpleAtod(flags.Get("peak-tf32-tflops"), &peak_tf32) ||
+                      peak_bf16 <= 0 || peak_tf32 <= 0)) {
+    parsed = absl::InvalidArgumentError("--peak-bf16-tflops and --peak-tf32-tflops must be > 0");
+  }
   if (!parsed.ok()) {
     std::fprintf(stderr, "cuda_bench: %s\n%s", std::string(parsed.message()).c_str(),
                  flags.Usage().c_str());
@@ -186,8 +200,16 @@ int Run(int argc, char** argv) {
   const double sgemm_tf32 = SgemmGflops(4096, 4096, 4096, true, 11);
   const double model_fp32 = SgemmGflops(B * T, cfg.d_ff, cfg.d_model, false, 21);
   const double model_tf32 = SgemmGflops(B * T, cfg.d_ff, cfg.d_model, true, 21);
+  const ParamLayout& layout = model.layout();
   for (const Line& l : lines) {
     const double flops = static_cast<double>(TrainingFlops(cfg, B, T, l.k));
+    // llm.c's accounting over the parameters this path trains (the k blocks timed above).
+    double params = static_cast<double>(layout.total());
+    for (int layer = l.k; layer < cfg.num_layers; ++layer) {
+      params -= static_cast<double>(layout.LayerRange(layer).size());  // blocks are equal-sized
+    }
+    const double llmc_per_token = 6.0 * params + 6.0 * l.k * cfg.d_model * static_cast<double>(T);
+    const double llmc_tflops = llmc_per_token * B * T / l.med / 1e12;
     std::printf(
         "{\"impl\":\"raptr-cuda\",\"device\":\"%s\",\"tf32\":%s,\"kind\":\"%s\",\"layers\":%d,"
         "\"d_model\":%d,\"heads\":%d,\"d_ff\":%d,\"vocab\":%d,\"batch\":%d,\"seq\":%d,"
@@ -195,11 +217,15 @@ int Run(int argc, char** argv) {
         "\"tokens_per_s_median\":%.1f,\"forward_s\":%.6f,\"backward_s\":%.6f,"
         "\"optimizer_s\":%.6f,\"model_gflops_per_s\":%.1f,\"sgemm_fp32_gflops_per_s\":%.1f,"
         "\"sgemm_tf32_gflops_per_s\":%.1f,\"sgemm_model_shape_fp32_gflops_per_s\":%.1f,"
-        "\"sgemm_model_shape_tf32_gflops_per_s\":%.1f,\"loss\":%.5f,\"gpu_mem_used_mb\":%.0f}\n",
+        "\"sgemm_model_shape_tf32_gflops_per_s\":%.1f,\"loss\":%.5f,\"gpu_mem_used_mb\":%.0f,"
+        "\"params_trained\":%.0f,\"llmc_flops_per_token\":%.0f,\"llmc_tflops_per_s\":%.3f,"
+        "\"mfu_bf16_peak\":%.4f,\"mfu_tf32_peak\":%.4f,\"peak_bf16_tflops\":%.1f,"
+        "\"peak_tf32_tflops\":%.1f}\n",
         device.c_str(), *tf32 ? "true" : "false", ModelKindName(cfg.kind).c_str(), cfg.num_layers,
         cfg.d_model, cfg.num_heads, cfg.d_ff, cfg.vocab_size, B, T, l.k, steps, l.med, l.min,
         B * T / l.med, l.fwd, l.bwd, l.optim, flops / l.med / 1e9, sgemm_fp32, sgemm_tf32,
-        model_fp32, model_tf32, l.loss, l.mem_mb);
+        model_fp32, model_tf32, l.loss, l.mem_mb, params, llmc_per_token, llmc_tflops,
+        llmc_tflops / peak_bf16, llmc_tflops / peak_tf32, peak_bf16, peak_tf32);
   }
   std::fflush(stdout);
   return 0;

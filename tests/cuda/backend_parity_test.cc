@@ -522,18 +522,250 @@ TEST_F(CudaParity, MatmulTf32) {
 }
 
 TEST_F(CudaParity, ErrorsThrowWithTheCallAndReason) {
+  // Out of memory is a bad_alloc naming the tensor (the session reports RESOURCE_EXHAUSTED), not
+  // a device fault.
   try {
-    gpu_->AllocBytes(size_t{1} << 52);  // 4 PiB
+    gpu_->AllocTensor(size_t{1} << 50, "a 4 PiB test tensor");
     FAIL() << "a 4 PiB allocation succeeded";
+  } catch (const BackendOutOfMemory& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("cuda out of memory allocating a 4 PiB test tensor"), std::string::npos)
+        << what;
+    EXPECT_NE(what.find("GiB free"), std::string::npos) << what;
+  }
+  EXPECT_EQ(gpu_->device_fault(), "");
+  // A failing call that is not an allocation still throws with the call and CUDA's reason.
+  try {
+    float host = 0;
+    gpu_->CopyToHost(&host, reinterpret_cast<const void*>(uintptr_t{8}), sizeof(host));
+    FAIL() << "a copy from a bad device address succeeded";
   } catch (const std::runtime_error& e) {
     const std::string what = e.what();
-    EXPECT_NE(what.find("cudaMalloc"), std::string::npos) << what;
+    EXPECT_NE(what.find("cudaMemcpyAsync"), std::string::npos) << what;
     EXPECT_NE(what.find("failed"), std::string::npos) << what;
   }
   // The backend stays usable after a failed allocation.
   float* p = gpu_->Alloc(16);
   EXPECT_EQ(gpu_->SumSquares(p, 16), 0.0);  // zero-initialised
   gpu_->FreeBytes(p);
+}
+
+// ---- large shapes (issue 11) ----
+// The launch-geometry branches the shapes above never reach: real sequence lengths at GPT-2's
+// width, the column sums' second row-chunking branch, and flat logit offsets past 2^31. Each
+// keeps its CPU reference bounded (a few GFLOP and at most ~1.5 GB of host memory; the GPU
+// machine has 16 cores) and skips under RAPTR_CUDA_PARITY_SMALL=1 (compute-sanitizer runs).
+
+// Attention at GPT-2 124M's width (C=768, NH=12, hs=64) with B=1 < NH (the batch-over-heads
+// layout): T=1024 causal (att is 12.6M floats) and T=2048 bidirectional (50M floats, 200 MB),
+// forward and backward. The products now sum over K=T (P.V, dS.K, P^T.dY, dS^T.Q) and the
+// softmax and its backward over rows of T, where the T=64 cases sum over 64: fp32 rounding grows
+// like sqrt(K), so the tolerance is 1e-5 * sqrt(T / 64) (4e-5 at 1024, 5.7e-5 at 2048); a wrong
+// index or a missed element is an O(1) error.
+TEST_F(CudaParity, AttentionLongSequence) {
+  if (SmallOnly()) GTEST_SKIP() << "RAPTR_CUDA_PARITY_SMALL=1";
+  struct LongCase {
+    int T;
+    bool causal;
+  };
+  uint64_t seed = 1100;
+  for (const LongCase& lc : {LongCase{1024, true}, LongCase{2048, false}}) {
+    const int B = 1, T = lc.T, C = 768, NH = 12;
+    const bool causal = lc.causal;
+    const size_t N = static_cast<size_t>(B) * T;
+    const size_t att = static_cast<size_t>(B) * NH * T * T;
+    const double tol = kFp32Tol * std::sqrt(T / 64.0);
+    const std::string tag =
+        "B1 T" + std::to_string(T) + " C768 NH12 " + (causal ? "causal" : "bidirectional");
+    OpCase fwd;
+    fwd.name = "AttentionForward " + tag;
+    fwd.floats = {Poison(N * C), Poison(att), Uniform(N * 3 * C, ++seed, 2.f)};
+    fwd.compare = {0, 1};
+    fwd.tol = tol;
+    fwd.run = [=](Backend<float>& be, const DeviceBuffers& b) {
+      be.AttentionForward(b.f[0], b.f[1], b.f[2], B, T, C, NH, causal);
+    };
+    ExpectParity(*gpu_, fwd);
+
+    // The backward on real probabilities (the CPU forward's att).
+    const std::vector<float> qkv = Uniform(N * 3 * C, ++seed, 2.f);
+    std::vector<float> probs(att);
+    {
+      CpuBackend<float>& cpu = Cpu();
+      float* d_qkv = cpu.Alloc(qkv.size());
+      float* d_out = cpu.Alloc(N * C);
+      float* d_att = cpu.Alloc(att);
+      cpu.CopyToDevice(d_qkv, qkv.data(), qkv.size() * sizeof(float));
+      cpu.AttentionForward(d_out, d_att, d_qkv, B, T, C, NH, causal);
+      cpu.CopyToHost(probs.data(), d_att, att * sizeof(float));
+      for (float* p : {d_qkv, d_out, d_att}) cpu.FreeBytes(p);
+    }
+    OpCase bwd;
+    bwd.name = "AttentionBackward " + tag;
+    bwd.floats = {Poison(N * 3 * C), Poison(att), Uniform(N * C, ++seed), qkv, std::move(probs)};
+    bwd.compare = {0};
+    bwd.tol = tol;
+    bwd.run = [=](Backend<float>& be, const DeviceBuffers& b) {
+      be.AttentionBackward(b.f[0], b.f[1], b.f[2], b.f[3], b.f[4], B, T, C, NH);
+    };
+    ExpectParity(*gpu_, bwd);
+  }
+}
+
+// Values in {-1, -1/2, 0, 1/2, 1}: every product below is a multiple of 1/8 (alpha 1/2 folded
+// in) and every partial sum stays far below 2^24 / 8 in magnitude (a random walk of ~sqrt(N)
+// over 3M rows), so all of them are exact in fp32 and any summation order gives the same result.
+std::vector<float> Halves(size_t n, uint64_t seed) {
+  CounterRng rng(seed, 29);
+  std::vector<float> v(n);
+  for (auto& x : v) x = 0.5f * (static_cast<float>(rng.Below(5)) - 2.f);
+  return v;
+}
+
+// MatmulBackward's dbias (and dw, dinp) with more than 64 * 32768 = 2,097,152 rows: there the
+// column sums (common.cuh, ColumnSumRows) switch from 64-row chunks to ceil(N / 32768)-row chunks
+// so grid.y stays <= 32768. N = 2,097,153 is the first row count of that branch (65-row chunks,
+// the last one short); N = 3,000,017 has 92-row chunks and a partial last chunk. OC = 40 is two
+// column blocks of 32, the second partial. The inputs make every sum exact (Halves), so the CPU
+// and the GPU must agree to the last bit whatever their order: a dropped or doubled chunk is an
+// error of at least 1/2 in some column.
+TEST_F(CudaParity, MatmulBackwardBiasManyRows) {
+  if (SmallOnly()) GTEST_SKIP() << "RAPTR_CUDA_PARITY_SMALL=1";
+  uint64_t seed = 1200;
+  const int C = 8, OC = 40;
+  struct RowsCase {
+    int N;
+    float alpha;
+  };
+  for (const RowsCase& rc : {RowsCase{2097153, 1.f}, RowsCase{3000017, 0.5f}}) {
+    const int N = rc.N;
+    const float alpha = rc.alpha;
+    const size_t NC = static_cast<size_t>(N) * C, NO = static_cast<size_t>(N) * OC;
+    const size_t W = static_cast<size_t>(OC) * C;
+    OpCase bwd;
+    bwd.name = "MatmulBackward dbias N=" + std::to_string(N) +
+               " C8 OC40 alpha=" + (alpha == 1.f ? std::string("1") : std::string("0.5"));
+    // dinp (overwritten), dw and dbias (accumulated), dout, inp, w.
+    bwd.floats = {Poison(NC),         Halves(W, ++seed),  Halves(OC, ++seed),
+                  Halves(NO, ++seed), Halves(NC, ++seed), Halves(W, ++seed)};
+    bwd.compare = {0, 1, 2};
+    bwd.tol = 1e-12;  // exact (see Halves)
+    bwd.run = [=](Backend<float>& be, const DeviceBuffers& b) {
+      be.MatmulBackward(b.f[0], b.f[1], b.f[2], b.f[3], b.f[4], b.f[5], N, C, OC, alpha);
+    };
+    ExpectParity(*gpu_, bwd);
+  }
+}
+
+// Cross-entropy over (N, V) logits with N * V > 2^31 elements (GPT-2's V at B*T = 42,816, i.e.
+// just past B=41 at T=1024): the rows past element 2^31 need 64-bit offsets. GPU only at full
+// size (8.6 GB of logits, filled on the device by repeating R distinct rows); the host checks
+// every row's loss in double (from the R rows' log-sum-exp) and the CPU backend recomputes the
+// full gradient row of a few rows: the first, the three around element 2^31, an ignored one and
+// the last (its target the last element of all).
+TEST_F(CudaParity, CrossEntropyBeyond2Pow31Elements) {
+  if (SmallOnly()) GTEST_SKIP() << "RAPTR_CUDA_PARITY_SMALL=1";
+  const int V = 50257, R = 61, N = 42816;
+  const size_t NV = static_cast<size_t>(N) * V;
+  ASSERT_GT(NV, size_t{1} << 31);
+  const int straddle = static_cast<int>((size_t{1} << 31) / V);  // the row holding element 2^31
+  const std::vector<float> pattern = Uniform(static_cast<size_t>(R) * V, 1300, 4.f);
+  std::vector<int32_t> targets = Tokens(N, V, 1301);
+  CounterRng rng(1302, 5);
+  for (auto& t : targets) {
+    if (rng.Uniform() < 0.25) t = -1;
+  }
+  targets[straddle] = 7;
+  targets[straddle + 1] = V / 2;
+  targets[N - 2] = -1;
+  targets[N - 1] = V - 1;
+  const int valid = static_cast<int>(
+      std::count_if(targets.begin(), targets.end(), [](int32_t t) { return t >= 0; }));
+  const float grad_scale = 1.f / static_cast<float>(valid);
+
+  float* logits = gpu_->Alloc(NV);
+  float* losses = gpu_->Alloc(N);
+  auto* d_targets = static_cast<int32_t*>(gpu_->AllocBytes(N * sizeof(int32_t)));
+  gpu_->CopyToDevice(logits, pattern.data(), pattern.size() * sizeof(float));
+  // Row i holds pattern row i % R: each copy doubles the filled prefix, a multiple of R rows.
+  for (size_t filled = R; filled < static_cast<size_t>(N); filled *= 2) {
+    const size_t rows = std::min(filled, static_cast<size_t>(N) - filled);
+    gpu_->Copy(logits + filled * V, logits, rows * V);
+  }
+  const std::vector<float> nan_losses = Poison(N);
+  gpu_->CopyToDevice(losses, nan_losses.data(), N * sizeof(float));
+  gpu_->CopyToDevice(d_targets, targets.data(), N * sizeof(int32_t));
+  gpu_->CrossEntropyForward(logits, losses, d_targets, N, V, grad_scale, true);
+  std::vector<float> gpu_losses(N);
+  gpu_->CopyToHost(gpu_losses.data(), losses, N * sizeof(float));
+
+  // Every row's loss against log-sum-exp - logit[target] in double.
+  std::vector<double> lse(R);
+  for (int p = 0; p < R; ++p) {
+    const float* row = pattern.data() + static_cast<size_t>(p) * V;
+    const double mx = *std::max_element(row, row + V);
+    double sum = 0;
+    for (int j = 0; j < V; ++j) sum += std::exp(static_cast<double>(row[j]) - mx);
+    lse[p] = mx + std::log(sum);
+  }
+  std::vector<float> want(N);
+  for (int i = 0; i < N; ++i) {
+    want[i] =
+        targets[i] < 0
+            ? 0.f
+            : static_cast<float>(lse[i % R] - pattern[static_cast<size_t>(i % R) * V + targets[i]]);
+    if (targets[i] < 0) {
+      EXPECT_EQ(gpu_losses[i], 0.f) << "ignored row " << i;
+    }
+  }
+  const double loss_err = RelErr(gpu_losses, want);
+  Report("CrossEntropyForward N=42816 V=50257 (N*V > 2^31) every loss vs double", loss_err);
+  EXPECT_LT(loss_err, kFp32Tol);
+
+  // Full gradient rows against the CPU backend on those rows alone.
+  const std::vector<int> rows = {0, straddle - 1, straddle, straddle + 1, N - 2, N - 1};
+  const int k = static_cast<int>(rows.size());
+  std::vector<float> host_logits(static_cast<size_t>(k) * V);
+  std::vector<int32_t> host_targets(k);
+  for (int r = 0; r < k; ++r) {
+    std::copy_n(pattern.data() + static_cast<size_t>(rows[r] % R) * V, V,
+                host_logits.data() + static_cast<size_t>(r) * V);
+    host_targets[r] = targets[rows[r]];
+  }
+  std::vector<float> cpu_losses(k);
+  {
+    CpuBackend<float>& cpu = Cpu();
+    float* c_logits = cpu.Alloc(host_logits.size());
+    float* c_losses = cpu.Alloc(k);
+    auto* c_targets = static_cast<int32_t*>(cpu.AllocBytes(k * sizeof(int32_t)));
+    cpu.CopyToDevice(c_logits, host_logits.data(), host_logits.size() * sizeof(float));
+    cpu.CopyToDevice(c_targets, host_targets.data(), k * sizeof(int32_t));
+    cpu.CrossEntropyForward(c_logits, c_losses, c_targets, k, V, grad_scale, true);
+    cpu.CopyToHost(host_logits.data(), c_logits, host_logits.size() * sizeof(float));
+    cpu.CopyToHost(cpu_losses.data(), c_losses, k * sizeof(float));
+    cpu.FreeBytes(c_logits);
+    cpu.FreeBytes(c_losses);
+    cpu.FreeBytes(c_targets);
+  }
+  for (int r = 0; r < k; ++r) {
+    std::vector<float> g(V);
+    gpu_->CopyToHost(g.data(), logits + static_cast<size_t>(rows[r]) * V, V * sizeof(float));
+    const std::vector<float> ref(host_logits.begin() + static_cast<size_t>(r) * V,
+                                 host_logits.begin() + static_cast<size_t>(r + 1) * V);
+    const std::string what = "CrossEntropyForward N*V > 2^31 dlogits row " +
+                             std::to_string(rows[r]) + (host_targets[r] < 0 ? " (ignored)" : "");
+    const double err = RelErr(g, ref);  // an ignored row must be exactly zero on both
+    Report(what, err);
+    EXPECT_LT(err, kFp32Tol) << what;
+    const double l_err = std::abs(static_cast<double>(gpu_losses[rows[r]]) - cpu_losses[r]) /
+                         std::max(1e-30, std::abs(static_cast<double>(cpu_losses[r])));
+    if (host_targets[r] >= 0) {
+      EXPECT_LT(l_err, kFp32Tol) << what << " loss";
+    }
+  }
+  gpu_->FreeBytes(logits);
+  gpu_->FreeBytes(losses);
+  gpu_->FreeBytes(d_targets);
 }
 
 // ---- whole model ----
@@ -560,7 +792,7 @@ StepResult TrainStep(Backend<float>& be, const ModelConfig& cfg, const std::vect
                      const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets, int B,
                      int T, const ActiveLayerSet& active) {
   Model<float> model(cfg, &be);
-  be.CopyToDevice(model.params(), params.data(), params.size() * sizeof(float));
+  Upload(be, params.data(), model.params());
   be.ResetFlops();
   StepResult r;
   auto loss = model.Forward(inputs.data(), targets.data(), B, T, active, true);
@@ -569,7 +801,7 @@ StepResult TrainStep(Backend<float>& be, const ModelConfig& cfg, const std::vect
   r.logits = model.LogitsToHost();
   EXPECT_TRUE(model.Backward(1.f).ok());
   r.grads.resize(model.layout().total());
-  be.CopyToHost(r.grads.data(), model.grads(), r.grads.size() * sizeof(float));
+  be.CopyToHost(r.grads.data(), model.grads().device_data(), model.grads().bytes());
   r.flops = be.flops_executed();
   return r;
 }
@@ -583,7 +815,7 @@ void CheckModel(CudaBackend& gpu, const ModelConfig& cfg, int B, int T, uint64_t
     Model<float> init(cfg, &Cpu());
     init.InitWeights(seed);
     params.resize(init.layout().total());
-    Cpu().CopyToHost(params.data(), init.params(), params.size() * sizeof(float));
+    params = Download<float>(Cpu(), init.params());
   }
   const std::vector<float> noise = Uniform(params.size(), seed + 1, 0.02f);
   for (size_t i = 0; i < params.size(); ++i) params[i] += noise[i];
@@ -690,7 +922,7 @@ TEST_F(CudaParity, OptimizerStepMatches) {
     AdamWOptimizer<float> opt(ocfg, layout, be);
     for (int64_t step = 0; step < 3; ++step) {
       be->CopyToDevice(g, g0.data(), n * sizeof(float));
-      norms.push_back(opt.Step(p, g, active, step).grad_norm);
+      norms.push_back(opt.Step(DeviceSpan<float>(p, n), DeviceSpan<float>(g, n), active, step).grad_norm);
     }
     std::vector<float> h(n), hg(n);
     be->CopyToHost(h.data(), p, n * sizeof(float));

@@ -50,6 +50,22 @@ function portOf(hostPort) {
   return m ? Number(m[1]) : undefined;
 }
 
+// A GPU worker runs `serve --backend=cuda --device=N` (one GPU per process, the device plugin's
+// one GPU is device 0 in its container); a CPU worker neither (--backend defaults to cpu, and
+// --device needs --backend=cuda).
+function checkWorkerBackend(where, args, gpu) {
+  const backend = flagValue(args, "--backend");
+  const device = flagValue(args, "--device");
+  if (gpu) {
+    if (backend !== "cuda") fail(`${where}: a GPU worker needs --backend=cuda (has ${backend ?? "none: cpu"})`);
+    if (device === undefined || !/^\d+$/.test(device)) fail(`${where}: a GPU worker needs --device=<ordinal> (has ${device})`);
+    else if (Number(device) !== 0) fail(`${where}: --device=${device}: with one GPU per worker it is device 0`);
+  } else {
+    if (backend !== undefined && backend !== "cpu") fail(`${where}: a CPU worker runs --backend=${backend}`);
+    if (device !== undefined) fail(`${where}: a CPU worker sets --device=${device}`);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Kubernetes
 
@@ -287,6 +303,7 @@ async function checkK8s(overlay, renderedFile, helpDir) {
   if (workers) {
     const wc = workers.spec.template.spec.containers[0];
     const gpus = wc.resources?.limits?.["nvidia.com/gpu"];
+    checkWorkerBackend(id(workers), wc.args ?? [], overlay.includes("gpu"));
     if (overlay.includes("gpu")) {
       if (!/cuda/.test(wc.image)) fail(`${id(workers)}: image ${wc.image} is not the CUDA worker`);
       if (Number(gpus) !== 1) fail(`${id(workers)}: each worker should have nvidia.com/gpu: 1 (has ${gpus})`);
@@ -384,6 +401,7 @@ function checkDocker(file, helpDir, packagesFile) {
   if (binary === "raptr-worker" && entry[1] !== "serve") fail(`${name}: ENTRYPOINT must be 'raptr-worker serve'`);
   const args = [...entry.slice(1), ...cmd].filter((a) => a !== "serve");
   checkFlags(`${name} ENTRYPOINT/CMD`, binary, args, helpDir);
+  if (binary === "raptr-worker") checkWorkerBackend(`${name} ENTRYPOINT/CMD`, args, name.includes("cuda"));
   const copies = get("COPY").join("\n");
   if (!new RegExp(`--from=build\\s+\\S*/${binary}\\s`).test(copies)) fail(`${name}: does not COPY --from=build the ${binary} binary`);
 
@@ -409,6 +427,12 @@ function checkDocker(file, helpDir, packagesFile) {
       if (pkg === "libc6") continue;
       if (!installed.has(pkg)) fail(`${name}: runtime stage does not install ${pkg} (needed by ldd of ${binary})`);
     }
+  }
+  // The CUDA worker loads cuBLAS/cuBLASLt at run time (cudart is static): NVIDIA's packages are
+  // not Debian's, so ldd above cannot name them.
+  if (name.includes("cuda")) {
+    const runs = final.instrs.filter((i) => i.instr === "RUN" && /apt-get install/.test(i.rest)).map((i) => i.rest).join(" ");
+    if (!/\blibcublas-(\$\{CUDA_VERSION\}|\d+-\d+)(\s|$)/.test(runs)) fail(`${name}: runtime stage does not install cuBLAS (libcublas-<cuda version>)`);
   }
   console.log(`${name}: ${stages.length} stages, ${binary} ${args.join(" ")}`);
 }

@@ -26,6 +26,9 @@
 #   K. The coordinator SIGKILLed exactly inside a checkpoint commit, then inside checkpoint
 #      retention (failpoints): nothing committed is lost, store and disk agree, bitwise identical.
 #   L. The engine throws mid-step (a failpoint): a reported, retryable error; the worker lives on.
+#   M. A sticky device fault (a failpoint): the worker reports it, takes no other job and exits 71;
+#      the job recovers on the other worker. A CUDA job on CPU workers waits, saying there is no
+#      CUDA worker; a worker whose CUDA device is not usable exits 69 naming the device.
 # Usage: fault_test.sh BUILD_DIR
 set -euo pipefail
 BUILD=$(cd "$1" && pwd)
@@ -463,6 +466,66 @@ grep -q "failed at step .*training step at step 19: failpoint session.run-step" 
 [[ $(grep -c "worker wthrow connected" "$WORK/coord.log") == 1 ]] || fail "the worker reconnected (it restarted)"
 [[ $(generation_of "$JOB") == 2 ]] || fail "throw job: generation $(generation_of "$JOB"), expected 2"
 echo "ok L: an exception in the engine is a reported, retryable error; the worker lives on"
+fi
+
+if scenario M; then
+# --- M. A sticky device fault mid-step (the failpoint session.device-fault: the session fails as a
+# CUDA illegal address would leave the device, and DeviceFault() says so from then on). The worker
+# reports the error (retryable: the job is fine, the device is not), logs it, takes no other job
+# and exits 71 for its supervisor to restart it; the job recovers on the other worker and
+# completes. Then, on the same CPU cluster: a CUDA job waits PENDING and the coordinator says why,
+# and a worker asked to serve on a CUDA device it cannot use exits 69 at once, naming the device.
+new_cluster devicefault
+RAPTR_FAILPOINTS=session.device-fault:3 start_worker wfault
+WFAULT=$LAST_WORKER
+wait_log "$WORK/coord.log" "worker wfault connected" 30
+T0=$(now)
+JOB=$("$CTL" submit -f "$(spec devicefault 100 1 1)") || fail "submit devicefault"
+wait_log "$WORK/coord.log" "$JOB generation 1 started on 1 worker \\(wfault\\)" 30
+start_worker wspare
+for _ in $(seq 1 $((300 * SCALE))); do kill -0 "$WFAULT" 2>/dev/null || break; sleep 0.1; done
+EXITED=$(since "$T0")
+kill -0 "$WFAULT" 2>/dev/null && fail "the worker with a faulted device did not exit"
+RC=0
+wait "$WFAULT" || RC=$?
+[[ $RC == 71 ]] || fail "the worker with a faulted device exited $RC, not 71: $(tail -n 3 "$WORK/wfault.log")"
+grep -q "failpoint session.device-fault (pass 3)" "$WORK/wfault.log" || fail "the device-fault failpoint did not fire"
+grep -q "$JOB: the CPU backend is unusable (failpoint session.device-fault" "$WORK/wfault.log" \
+  || fail "the worker did not log the device fault: $(tail -n 5 "$WORK/wfault.log")"
+grep -q "exiting with status 71" "$WORK/wfault.log" || fail "the worker did not say it exits 71"
+grep -q "worker wfault error in $JOB at step 2: .*sticky device fault" "$WORK/coord.log" \
+  || fail "the device fault did not reach the coordinator: $(grep wfault "$WORK/coord.log" | tail -n 3)"
+grep -q "$JOB recovering: worker wfault (rank 0) failed at step 2" "$WORK/coord.log" \
+  || fail "the device fault did not make the job recover: $(grep "$JOB" "$WORK/coord.log" | tail -n 3)"
+wait_state "$JOB" SUCCEEDED 120
+[[ $(generation_of "$JOB") == 2 ]] || fail "devicefault job: generation $(generation_of "$JOB"), expected 2"
+grep -q "$JOB generation 2 started on 1 worker (wspare)" "$WORK/coord.log" \
+  || fail "generation 2 did not run on the spare"
+[[ $(grep -c "worker wfault connected" "$WORK/coord.log") == 1 ]] || fail "the faulted worker came back"
+grep -q "worker wfault left: disconnected" "$WORK/coord.log" \
+  || fail "the faulted worker did not leave on its own: $(grep "worker wfault left" "$WORK/coord.log")"
+echo "measured: device fault at the 3rd step: reported, the worker exited 71 ${EXITED} s after the job was submitted; 1 recovery, finished on the spare"
+# A CUDA job on a cluster of CPU workers: PENDING, with the reason in the coordinator's log.
+sed 's/^resources: {min_workers: 1, max_workers: 1}/resources: {min_workers: 1, max_workers: 1, backend: cuda}/' \
+  "$(spec gpuonly 100 1 1)" > "$WORK/gpuonly-cuda.yaml"
+grep -q "backend: cuda" "$WORK/gpuonly-cuda.yaml" || fail "gpuonly spec: $(cat "$WORK/gpuonly-cuda.yaml")"
+GPU_JOB=$("$CTL" submit -f "$WORK/gpuonly-cuda.yaml") || fail "submit gpuonly"
+wait_log "$WORK/coord.log" "$GPU_JOB waits: no cuda workers are connected \\(it needs 1; 1 cpu worker is\\)" 10
+sleep 1
+[[ "$(state_of "$GPU_JOB")" == PENDING ]] || fail "the CUDA job is $(state_of "$GPU_JOB") on a CPU cluster"
+grep -q "$GPU_JOB generation" "$WORK/coord.log" && fail "the CUDA job was placed on a CPU worker"
+"$CTL" cancel "$GPU_JOB" > /dev/null
+# --backend cuda on a device this process cannot use (device 99 exists on no machine): exit 69
+# before connecting, with one line naming the device and why.
+RC=0
+OMP_NUM_THREADS=1 timeout 30 "$WORKER" serve --coordinator "$ADDR" --backend cuda --device 99 \
+  --metrics-listen 127.0.0.1:0 2> "$WORK/wcuda.log" || RC=$?
+[[ $RC == 69 ]] || fail "--backend cuda --device 99 exited $RC, not 69: $(cat "$WORK/wcuda.log")"
+[[ $(wc -l < "$WORK/wcuda.log") == 1 ]] || fail "--backend cuda --device 99 said more than one line: $(cat "$WORK/wcuda.log")"
+grep -q "cannot serve on CUDA device 99: " "$WORK/wcuda.log" || fail "the CUDA error does not name the device: $(cat "$WORK/wcuda.log")"
+grep -q "/gpu99 connected" "$WORK/coord.log" && fail "a worker without its CUDA device connected"
+echo "measured: $(sed 's/^[0-9:]* //' "$WORK/wcuda.log")"
+echo "ok M: a sticky device fault is reported and the worker exits 71; CUDA jobs wait for CUDA workers; an unusable CUDA device exits 69"
 fi
 
 if scenario K; then

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "gloo/rendezvous/hash_store.h"
 #include "gtest/gtest.h"
+#include "tests/unit/host_view.h"
 #include "tests/unit/small_run.h"
 #include "worker/collective/gloo_group.h"
 #include "worker/engine/session.h"
@@ -149,10 +150,10 @@ LockstepResult RunLockstep(const TrainerConfig& cfg, int world) {
         const StepInput input = PlannedStep(cfg, step);
         if (rank == 0) {
           TrainingSession& s = **single;
-          std::copy_n((*session)->model().params(), total, s.model().params());
-          std::copy_n((*session)->optimizer().m(), total, s.optimizer().m());
-          std::copy_n((*session)->optimizer().v(), total, s.optimizer().v());
-          alone.Reset(s.model().grads(), total);
+          std::copy_n(Host((*session)->model().params()), total, Host(s.model().params()));
+          std::copy_n(Host((*session)->optimizer().m()), total, Host(s.optimizer().m()));
+          std::copy_n(Host((*session)->optimizer().v()), total, Host(s.optimizer().v()));
+          alone.Reset(Host(s.model().grads()), total);
           absl::StatusOr<StepOutcome> r = s.RunStep(input, &alone);
           if (!r.ok()) {
             status = r.status();
@@ -162,7 +163,7 @@ LockstepResult RunLockstep(const TrainerConfig& cfg, int world) {
                                 r->local_loss * static_cast<double>(r->local_targets),
                                 r->local_targets});
         }
-        reducer.Reset((*session)->model().grads(), total);
+        reducer.Reset(Host((*session)->model().grads()), total);
         absl::StatusOr<StepOutcome> r = (*session)->RunStep(input, &reducer);
         if (!r.ok()) {
           status = r.status();
@@ -172,12 +173,12 @@ LockstepResult RunLockstep(const TrainerConfig& cfg, int world) {
                                    r->local_loss * static_cast<double>(r->local_targets),
                                    r->local_targets});
       }
-      out.digests[rank] = (*session)->StateDigest();
+      out.digests[rank] = *(*session)->StateDigest();
       const ActiveLayerSet full = ActiveLayerSet::Full(cfg.model.num_layers);
       std::vector<std::pair<TrainingSession*, int>> evals = {{session->get(), rank}};
       if (rank == 0) {
         TrainingSession& s = **single;
-        std::copy_n((*session)->model().params(), total, s.model().params());
+        std::copy_n(Host((*session)->model().params()), total, Host(s.model().params()));
         evals.push_back({single->get(), world});
       }
       for (auto [s, slot] : evals) {

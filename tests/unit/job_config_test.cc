@@ -276,12 +276,59 @@ TEST(JobConfigTest, StackingMapsItsStages) {
   EXPECT_EQ(Stages(steps.schedule), (std::vector<std::pair<int, int64_t>>{{4, 10}, {12, 20}}));
 }
 
-TEST(JobConfigTest, CudaBackendIsUnimplementedNamingTheField) {
-  absl::StatusOr<TrainerConfig> cfg =
-      Convert(absl::StrCat(kMinimal, "resources: {backend: cuda}\n"));
+TEST(JobConfigTest, TheSpecsBackendIsTheTrainersBackend) {
+  EXPECT_EQ(MustConvert(kMinimal).backend.kind, BackendKind::kCpu);  // omitted: CPU
+  EXPECT_EQ(MustConvert(absl::StrCat(kMinimal, "resources: {backend: cpu}\n")).backend.kind,
+            BackendKind::kCpu);
+  const TrainerConfig cuda = MustConvert(absl::StrCat(kMinimal, "resources: {backend: cuda}\n"));
+  EXPECT_EQ(cuda.backend.kind, BackendKind::kCuda);
+  EXPECT_EQ(cuda.backend.device, 0);
+  EXPECT_FALSE(cuda.backend.tf32);
+}
+
+absl::StatusOr<TrainerConfig> ForWorker(const std::string& yaml, BackendOptions worker) {
+  absl::StatusOr<v1::JobSpec> spec = ParseJobSpecYaml(yaml);
+  if (!spec.ok()) return spec.status();
+  return TrainerConfigForWorker(*spec, worker);
+}
+
+// `raptr-worker serve --backend cuda --device 2` runs CUDA jobs on its device; a job of the other
+// backend is refused naming both (the coordinator never places one there).
+TEST(JobConfigTest, AWorkerRunsJobsOfItsBackendOnItsDevice) {
+  const std::string cuda_spec = absl::StrCat(kMinimal, "resources: {backend: cuda}\n");
+  BackendOptions gpu2;
+  gpu2.kind = BackendKind::kCuda;
+  gpu2.device = 2;
+  gpu2.tf32 = true;
+  absl::StatusOr<TrainerConfig> cfg = ForWorker(cuda_spec, gpu2);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->backend.kind, BackendKind::kCuda);
+  EXPECT_EQ(cfg->backend.device, 2);
+  EXPECT_TRUE(cfg->backend.tf32);
+  EXPECT_EQ(cfg->model.num_layers, 12);  // the rest is TrainerConfigFromJobSpec's
+
+  cfg = ForWorker(kMinimal, BackendOptions{});
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->backend.kind, BackendKind::kCpu);
+
+  cfg = ForWorker(cuda_spec, BackendOptions{});  // a CUDA job on a CPU worker
   ASSERT_FALSE(cfg.ok());
-  EXPECT_EQ(cfg.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(cfg.status().message().find("resources.backend"), std::string::npos) << cfg.status();
+  EXPECT_EQ(cfg.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(cfg.status().message(),
+            "resources.backend: the job runs on cuda workers, but this is a cpu worker (the "
+            "coordinator places jobs only on workers of their backend)");
+
+  cfg = ForWorker(absl::StrCat(kMinimal, "resources: {backend: cpu}\n"), gpu2);  // and back
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_EQ(cfg.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(cfg.status().message().find("the job runs on cpu workers, but this is a cuda worker"),
+            std::string::npos)
+      << cfg.status();
+
+  // The spec is still validated first.
+  cfg = ForWorker(absl::StrCat(kMinimal, "optimizer: {lr: -1}\n"), gpu2);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(JobConfigTest, InvalidSpecsAreRefusedNamingTheField) {

@@ -7,6 +7,7 @@
 
 #include "common/random.h"
 #include "gtest/gtest.h"
+#include "tests/unit/host_view.h"
 #include "worker/engine/cpu/cpu_backend.h"
 #include "worker/engine/flops.h"
 #include "worker/engine/model.h"
@@ -33,7 +34,7 @@ void RandomizeParams(Model<double>& model, uint64_t seed) {
     const bool ln_weight = t.name.find("ln_") != std::string::npos && t.shape.size() == 1 &&
                            t.name.find("weight") != std::string::npos;
     for (size_t i = 0; i < t.numel; ++i) {
-      model.params()[t.offset + i] = (ln_weight ? 1.0 : 0.0) + 0.4 * rng.Normal();
+      Host(model.params())[t.offset + i] = (ln_weight ? 1.0 : 0.0) + 0.4 * rng.Normal();
     }
   }
 }
@@ -81,7 +82,8 @@ void CheckModelGradients(ModelKind kind, bool scaled, uint64_t seed) {
   auto loss = model.Forward(batch.inputs.data(), batch.targets.data(), B, T, active, true);
   ASSERT_TRUE(loss.ok()) << loss.status();
   ASSERT_TRUE(model.Backward(1.0 / static_cast<double>(model.last_num_targets())).ok());
-  const std::vector<double> analytic(model.grads(), model.grads() + model.layout().total());
+  const std::vector<double> analytic(Host(model.grads()),
+                                     Host(model.grads()) + model.layout().total());
 
   // Thousands of tiny forwards: one thread avoids OpenMP barrier costs on a loaded machine.
   const int saved_threads = omp_get_max_threads();
@@ -96,14 +98,14 @@ void CheckModelGradients(ModelKind kind, bool scaled, uint64_t seed) {
         ASSERT_EQ(analytic[idx], 0.0) << t.name << "[" << i << "] of a skipped layer";
         continue;
       }
-      const double saved = model.params()[idx];
-      model.params()[idx] = saved + h;
+      const double saved = Host(model.params())[idx];
+      Host(model.params())[idx] = saved + h;
       const double up =
           *model.Forward(batch.inputs.data(), batch.targets.data(), B, T, active, false);
-      model.params()[idx] = saved - h;
+      Host(model.params())[idx] = saved - h;
       const double down =
           *model.Forward(batch.inputs.data(), batch.targets.data(), B, T, active, false);
-      model.params()[idx] = saved;
+      Host(model.params())[idx] = saved;
       const double numeric = (up - down) / (2 * h);
       const double err = std::abs(numeric - analytic[idx]) / std::max(1e-3, std::abs(numeric));
       worst = std::max(worst, err);
@@ -160,7 +162,7 @@ TEST(ModelSkippedLayers, SkippedLayerIsIdentity) {
   const double before =
       *model.Forward(batch.inputs.data(), batch.targets.data(), 2, 5, active, false);
   const ParamRange r = model.layout().LayerRange(2);
-  for (size_t i = r.begin; i < r.end; ++i) model.params()[i] = 1e6;
+  for (size_t i = r.begin; i < r.end; ++i) Host(model.params())[i] = 1e6;
   const double after =
       *model.Forward(batch.inputs.data(), batch.targets.data(), 2, 5, active, false);
   EXPECT_EQ(before, after);

@@ -9,6 +9,7 @@
 
 #include "common/random.h"
 #include "gtest/gtest.h"
+#include "tests/unit/host_view.h"
 #include "tests/unit/small_run.h"
 #include "worker/engine/checkpoint/checkpoint.h"
 #include "worker/engine/cpu/cpu_backend.h"
@@ -109,14 +110,15 @@ void ExpectHalvesEqualWholeBatch(const ModelConfig& cfg, const std::vector<int32
   for (int32_t t : tg) scored += t >= 0 ? 1.0f : 0.0f;
   ASSERT_TRUE(model.Forward(in.data(), tg.data(), 4, 8, active, true).ok());
   ASSERT_TRUE(model.Backward(1.0f / scored).ok());
-  const std::vector<float> whole(model.grads(), model.grads() + model.layout().total());
+  const std::vector<float> whole(Host(model.grads()), Host(model.grads()) + model.layout().total());
   model.ZeroGrads();
   std::vector<float> first_half;
   for (int half = 0; half < 2; ++half) {
     ASSERT_TRUE(
         model.Forward(in.data() + half * 16, tg.data() + half * 16, 2, 8, active, true).ok());
     ASSERT_TRUE(model.Backward(1.0f / scored).ok());
-    if (half == 0) first_half.assign(model.grads(), model.grads() + model.layout().total());
+    if (half == 0)
+      first_half.assign(Host(model.grads()), Host(model.grads()) + model.layout().total());
   }
   // Derived bound (docs/TESTING.md): both are fp32 results of the same real sum over the 32
   // positions, rounded differently (other GEMM row counts, other summation grouping). Worst-case
@@ -130,7 +132,7 @@ void ExpectHalvesEqualWholeBatch(const ModelConfig& cfg, const std::vector<int32
   const double bound_factor = 2 * d_u / (1 - d_u);
   double max_scale = 0, max_err = 0, max_abs = 0;
   for (size_t i = 0; i < whole.size(); ++i) {
-    const double h1 = first_half[i], halves = model.grads()[i];
+    const double h1 = first_half[i], halves = Host(model.grads())[i];
     max_scale = std::max(max_scale, std::abs(h1) + std::abs(halves - h1));
     max_abs = std::max(max_abs, std::abs(static_cast<double>(whole[i])));
     max_err = std::max(max_err, std::abs(static_cast<double>(whole[i]) - halves));
@@ -262,16 +264,16 @@ struct OptimizerFixture {
     const size_t n = model->layout().total();
     CounterRng rng(5, 0);
     for (size_t i = 0; i < n; ++i) {
-      opt->m()[i] = static_cast<float>(0.01 * rng.Normal());
-      opt->v()[i] = static_cast<float>(1e-4 * rng.Uniform());
+      Host(opt->m())[i] = static_cast<float>(0.01 * rng.Normal());
+      Host(opt->v())[i] = static_cast<float>(1e-4 * rng.Uniform());
     }
     std::vector<int32_t> in = {1, 2, 3, 4, 5, 6, 7, 8}, tg = {2, 3, 4, 5, 6, 7, 8, 9};
     const ActiveLayerSet active = ActiveLayerSet::Of(3, {0, 2});
     EXPECT_TRUE(model->Forward(in.data(), tg.data(), 2, 4, active, true).ok());
     EXPECT_TRUE(model->Backward(1.0f / 8).ok());
-    params0.assign(model->params(), model->params() + n);
-    m0.assign(opt->m(), opt->m() + n);
-    v0.assign(opt->v(), opt->v() + n);
+    params0.assign(Host(model->params()), Host(model->params()) + n);
+    m0.assign(Host(opt->m()), Host(opt->m()) + n);
+    v0.assign(Host(opt->v()), Host(opt->v()) + n);
   }
   ParamRange Skipped() const { return model->layout().LayerRange(1); }
 };
@@ -279,11 +281,11 @@ struct OptimizerFixture {
 TEST(OptimizerSkippedLayers, SkippedBlockHasZeroGradient) {
   OptimizerFixture f(SkippedLayerPolicy::kFrozen);
   const ParamRange r = f.Skipped();
-  for (size_t i = r.begin; i < r.end; ++i) ASSERT_EQ(f.model->grads()[i], 0.0f);
+  for (size_t i = r.begin; i < r.end; ++i) ASSERT_EQ(Host(f.model->grads())[i], 0.0f);
   // ...and an active block does have one.
   const ParamRange a = f.model->layout().LayerRange(0);
   double norm = 0;
-  for (size_t i = a.begin; i < a.end; ++i) norm += std::abs(f.model->grads()[i]);
+  for (size_t i = a.begin; i < a.end; ++i) norm += std::abs(Host(f.model->grads())[i]);
   EXPECT_GT(norm, 0);
 }
 
@@ -292,12 +294,12 @@ TEST(OptimizerSkippedLayers, FrozenLeavesWeightsAndMomentsUntouched) {
   f.opt->Step(f.model->params(), f.model->grads(), ActiveLayerSet::Of(3, {0, 2}), 0);
   const ParamRange r = f.Skipped();
   for (size_t i = r.begin; i < r.end; ++i) {
-    ASSERT_EQ(f.model->params()[i], f.params0[i]);
-    ASSERT_EQ(f.opt->m()[i], f.m0[i]);
-    ASSERT_EQ(f.opt->v()[i], f.v0[i]);
+    ASSERT_EQ(Host(f.model->params())[i], f.params0[i]);
+    ASSERT_EQ(Host(f.opt->m())[i], f.m0[i]);
+    ASSERT_EQ(Host(f.opt->v())[i], f.v0[i]);
   }
   const ParamRange a = f.model->layout().LayerRange(0);
-  EXPECT_NE(f.model->params()[a.begin + 20], f.params0[a.begin + 20]);
+  EXPECT_NE(Host(f.model->params())[a.begin + 20], f.params0[a.begin + 20]);
 }
 
 TEST(OptimizerSkippedLayers, ZeroGradDecaysMomentsAndAppliesWeightDecay) {
@@ -305,12 +307,12 @@ TEST(OptimizerSkippedLayers, ZeroGradDecaysMomentsAndAppliesWeightDecay) {
   f.opt->Step(f.model->params(), f.model->grads(), ActiveLayerSet::Of(3, {0, 2}), 0);
   const ParamRange r = f.Skipped();
   for (size_t i = r.begin; i < r.end; ++i) {
-    ASSERT_FLOAT_EQ(f.opt->m()[i], 0.9f * f.m0[i]);
-    ASSERT_FLOAT_EQ(f.opt->v()[i], 0.95f * f.v0[i]);
+    ASSERT_FLOAT_EQ(Host(f.opt->m())[i], 0.9f * f.m0[i]);
+    ASSERT_FLOAT_EQ(Host(f.opt->v())[i], 0.95f * f.v0[i]);
   }
   // A decayed matrix of the skipped block moved (moment update + weight decay).
   const size_t w = f.model->layout().block(1, kFcW);
-  EXPECT_NE(f.model->params()[w], f.params0[w]);
+  EXPECT_NE(Host(f.model->params())[w], f.params0[w]);
 }
 
 TEST(OptimizerSkippedLayers, FrozenBlocksCountTheirOwnUpdates) {
@@ -334,7 +336,7 @@ TEST(OptimizerSkippedLayers, FrozenBlocksCountTheirOwnUpdates) {
 TEST(OptimizerSkippedLayers, StepLeavesGradientsZero) {
   OptimizerFixture f(SkippedLayerPolicy::kZeroGrad);
   f.opt->Step(f.model->params(), f.model->grads(), ActiveLayerSet::Of(3, {0, 2}), 0);
-  for (size_t i = 0; i < f.model->layout().total(); ++i) ASSERT_EQ(f.model->grads()[i], 0.0f);
+  for (size_t i = 0; i < f.model->layout().total(); ++i) ASSERT_EQ(Host(f.model->grads())[i], 0.0f);
 }
 
 TEST(LearningRate, WarmupThenCosineToMin) {
@@ -376,29 +378,30 @@ TEST(TrainerStacking, ApplyStackingCopiesCopiesWeightsAndStartsFreshMoments) {
     f.opt->Step(f.model->params(), f.model->grads(), ActiveLayerSet::Full(3), step);
   }
   const ParamLayout& layout = f.model->layout();
-  float* p = f.model->params();
+  const DeviceSpan<float> span = f.model->params();
+  float* p = Host(span);
   const std::vector<float> block0 = Slice(p, layout.LayerRange(0));
-  const std::vector<float> block1_m = Slice(f.opt->m(), layout.LayerRange(1));
+  const std::vector<float> block1_m = Slice(Host(f.opt->m()), layout.LayerRange(1));
   const std::vector<float> block1 = Slice(p, layout.LayerRange(1));
   const std::vector<float> shared_before = Slice(p, layout.SharedRanges()[0]);
-  ASSERT_TRUE(ApplyStackingCopies({{2, 0}}, layout, p, *f.opt).ok());
+  ASSERT_TRUE(ApplyStackingCopies({{2, 0}}, layout, span, *f.opt).ok());
   EXPECT_EQ(Slice(p, layout.LayerRange(2)), block0);
   EXPECT_EQ(Slice(p, layout.LayerRange(0)), block0);  // the source is untouched
   EXPECT_EQ(Slice(p, layout.LayerRange(1)), block1);
-  EXPECT_EQ(Slice(f.opt->m(), layout.LayerRange(1)), block1_m);
+  EXPECT_EQ(Slice(Host(f.opt->m()), layout.LayerRange(1)), block1_m);
   EXPECT_EQ(Slice(p, layout.SharedRanges()[0]), shared_before);
   const ParamRange r2 = layout.LayerRange(2);
   for (size_t i = r2.begin; i < r2.end; ++i) {
-    ASSERT_EQ(f.opt->m()[i], 0.0f);
-    ASSERT_EQ(f.opt->v()[i], 0.0f);
+    ASSERT_EQ(Host(f.opt->m())[i], 0.0f);
+    ASSERT_EQ(Host(f.opt->v())[i], 0.0f);
   }
   EXPECT_EQ(f.opt->layer_steps(), (std::vector<int64_t>{3, 3, 0}));
   EXPECT_EQ(f.opt->shared_steps(), 3);
   // Refused, changing nothing: a block out of range, or a destination that is also a source.
   const std::vector<float> before(p, p + layout.total());
-  EXPECT_EQ(ApplyStackingCopies({{3, 0}}, layout, p, *f.opt).code(),
+  EXPECT_EQ(ApplyStackingCopies({{3, 0}}, layout, span, *f.opt).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(ApplyStackingCopies({{1, 0}, {2, 1}}, layout, p, *f.opt).code(),
+  EXPECT_EQ(ApplyStackingCopies({{1, 0}, {2, 1}}, layout, span, *f.opt).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(std::vector<float>(p, p + layout.total()) == before);
 }
@@ -408,7 +411,7 @@ TEST(TrainerStacking, ApplyStackingCopiesCopiesWeightsAndStartsFreshMoments) {
 double StepLoss(const TrainerConfig& cfg, const float* params, int64_t step) {
   CpuBackend<float> backend;
   Model<float> model(cfg.model, &backend);
-  std::copy(params, params + model.layout().total(), model.params());
+  std::copy(params, params + model.layout().total(), Host(model.params()));
   auto train = TokenDataset::Open(cfg.train_shards);
   EXPECT_TRUE(train.ok()) << train.status();
   BatchSpec spec;
@@ -446,18 +449,19 @@ TEST(TrainerStacking, TransitionStepTrainsOnTheCopiedBlocks) {
   Model<float> model(cfg.model, &backend);
   AdamWOptimizer<float> opt(cfg.optimizer, model.layout(), &backend);
   TrainState state;
-  ASSERT_TRUE(
-      LoadCheckpoint(*ckpt, cfg.model, model.layout(), model.params(), opt.m(), opt.v(), &state)
-          .ok());
+  ASSERT_TRUE(LoadCheckpoint(*ckpt, cfg.model, model.layout(), Host(model.params()), Host(opt.m()),
+                             Host(opt.v()), &state)
+                  .ok());
   ASSERT_EQ(state.step, 3);
-  const std::vector<float> loaded(model.params(), model.params() + model.layout().total());
+  const std::vector<float> loaded(Host(model.params()),
+                                  Host(model.params()) + model.layout().total());
   ASSERT_TRUE(ApplyStackingCopies(StackingCopiesAtStep(cfg.schedule, 4, 3), model.layout(),
                                   model.params(), opt)
                   .ok());
   const ParamLayout& layout = model.layout();
-  EXPECT_EQ(Slice(model.params(), layout.LayerRange(2)),
+  EXPECT_EQ(Slice(Host(model.params()), layout.LayerRange(2)),
             Slice(loaded.data(), layout.LayerRange(0)));
-  EXPECT_EQ(Slice(model.params(), layout.LayerRange(3)),
+  EXPECT_EQ(Slice(Host(model.params()), layout.LayerRange(3)),
             Slice(loaded.data(), layout.LayerRange(1)));
   // Blocks 2, 3 never trained (under zero_grad only weight decay moved them), so they differ
   // from the blocks they are about to copy.
@@ -468,7 +472,7 @@ TEST(TrainerStacking, TransitionStepTrainsOnTheCopiedBlocks) {
   cfg.stop_after = 3;
   const TrainRun resumed = TrainOnce(cfg);
   ASSERT_EQ(resumed.losses.size(), 1u);
-  const double grown = StepLoss(cfg, model.params(), 3);
+  const double grown = StepLoss(cfg, Host(model.params()), 3);
   EXPECT_EQ(resumed.losses[0], grown);
   EXPECT_NE(StepLoss(cfg, loaded.data(), 3), grown);  // without the copies: another loss
 }

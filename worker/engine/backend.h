@@ -7,15 +7,62 @@
 // accepted by CopyToDevice / CopyToHost. A backend instance is used by one thread at a time; it may
 // use many threads internally.
 //
+// Only the model and the optimizer hold raw buffer addresses (they hand them to kernels). What
+// they show everyone else (the session, checkpoints, the all-reduce) is a DeviceSpan: an address
+// and a length with no host access, read and written through the backend (Download, Upload,
+// WithHostView below), so code above the model works unchanged whether the buffer is host
+// memory or a GPU's. tests/unit/device_memory_test.cc runs whole sessions on a CPU backend whose
+// buffers fault when touched from outside a backend call.
+//
 // Matmul-class work (matmuls, attention) is counted in flops_executed(), so tests can check that
 // a skipped layer costs nothing and that the FLOPs model matches what actually ran.
 #pragma once
 
+#include <cassert>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <new>
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace raptr {
+
+// n elements of a backend buffer. Not a pointer: it cannot be dereferenced or iterated on the host.
+template <typename T>
+class DeviceSpan {
+ public:
+  DeviceSpan() = default;
+  DeviceSpan(T* device_address, size_t n) : ptr_(device_address), n_(n) {}
+  size_t size() const { return n_; }
+  size_t bytes() const { return n_ * sizeof(T); }
+  bool empty() const { return n_ == 0; }
+  // Elements [offset, offset + n). REQUIRES: offset + n <= size().
+  DeviceSpan subspan(size_t offset, size_t n) const {
+    assert(offset <= n_ && n <= n_ - offset);
+    return DeviceSpan(ptr_ + offset, n);
+  }
+  // The device address, for device APIs only (the backend's kernels, NCCL). Never dereference it
+  // on the host: on a GPU it is not host memory.
+  T* device_data() const { return ptr_; }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t n_ = 0;
+};
+
+// A backend allocation that failed, saying what it was for and its size. A std::bad_alloc, so
+// the session's boundary reports it as RESOURCE_EXHAUSTED, with this message.
+class BackendOutOfMemory : public std::bad_alloc {
+ public:
+  explicit BackendOutOfMemory(std::string message) : message_(std::move(message)) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  std::string message_;
+};
 
 template <typename T>
 class Backend {
@@ -32,6 +79,36 @@ class Backend {
   virtual void Zero(T* x, size_t n) = 0;
   virtual void Synchronize() = 0;
   T* Alloc(size_t n) { return static_cast<T*>(AllocBytes(n * sizeof(T))); }
+  // Alloc for a named tensor: a failure throws BackendOutOfMemory naming `what`, its size and the
+  // memory still free ("cuda out of memory allocating block activations: att (B,NH,T,T), 1.50
+  // GiB; 0.80 GiB free").
+  T* AllocTensor(size_t n, const std::string& what) {
+    try {
+      return Alloc(n);
+    } catch (const std::bad_alloc&) {
+      const std::optional<size_t> free_bytes = AvailableBytes();
+      char sizes[96];
+      std::snprintf(sizes, sizeof(sizes), "%.2f GiB",
+                    static_cast<double>(n * sizeof(T)) / (1 << 30));
+      std::string message = name() + " out of memory allocating " + what + ", " + sizes;
+      if (free_bytes.has_value()) {
+        std::snprintf(sizes, sizeof(sizes), "; %.2f GiB free",
+                      static_cast<double>(*free_bytes) / (1 << 30));
+        message += sizes;
+      }
+      throw BackendOutOfMemory(message);
+    }
+  }
+  // True when this backend's buffers are ordinary host memory, so a caller may read them in
+  // place (WithHostView) instead of staging a copy.
+  virtual bool host_accessible() const { return false; }
+  // Bytes the backend could still allocate (a GPU's free memory), or nullopt when it has no
+  // fixed budget (host memory). The session's memory preflight compares against it.
+  virtual std::optional<size_t> AvailableBytes() { return std::nullopt; }
+  // Empty while the device is usable. Once an error has poisoned it (a sticky CUDA error: an
+  // illegal address, a kernel fault), the reason: nothing may run on it again in this process,
+  // so the worker reports the fault and exits for its supervisor to restart it.
+  virtual std::string device_fault() const { return ""; }
 
   // ---- forward / backward kernels ----
   // out (B,T,C) = wte[tokens] + wpe[0..T). tokens (B,T) in [0,V).
@@ -92,5 +169,46 @@ class Backend {
  protected:
   uint64_t flops_executed_ = 0;
 };
+
+// Copies `src` to the host (synchronous).
+template <typename T>
+std::vector<T> Download(Backend<T>& backend, DeviceSpan<T> src) {
+  std::vector<T> host(src.size());
+  backend.CopyToHost(host.data(), src.device_data(), src.bytes());
+  return host;
+}
+
+// Copies host[0 .. dst.size()) into `dst`.
+template <typename T>
+void Upload(Backend<T>& backend, const T* host, DeviceSpan<T> dst) {
+  backend.CopyToDevice(dst.device_data(), host, dst.bytes());
+}
+
+// Runs read(const T* host, n) over `src`'s contents: in place when the backend's memory is the
+// host's, else over a staged copy. The view is valid only during the call.
+template <typename T, typename F>
+auto WithHostView(Backend<T>& backend, DeviceSpan<T> src, F read) {
+  if (backend.host_accessible()) {
+    backend.Synchronize();
+    return read(static_cast<const T*>(src.device_data()), src.size());
+  }
+  const std::vector<T> staged = Download(backend, src);
+  return read(staged.data(), staged.size());
+}
+
+// Runs write(T* host, n), then makes it `dst`'s contents: in place when the backend's memory is
+// the host's, else through a staged copy that is uploaded after `write` returns true. `write`
+// returning false leaves `dst` untouched on a staged backend (an error while filling it).
+template <typename T, typename F>
+bool WithHostBuffer(Backend<T>& backend, DeviceSpan<T> dst, F write) {
+  if (backend.host_accessible()) {
+    backend.Synchronize();
+    return write(dst.device_data(), dst.size());
+  }
+  std::vector<T> staged(dst.size());
+  if (!write(staged.data(), staged.size())) return false;
+  Upload(backend, staged.data(), dst);
+  return true;
+}
 
 }  // namespace raptr

@@ -1,6 +1,7 @@
 // Model forward/backward over the active blocks only (see model.h).
 #include "worker/engine/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -28,8 +29,13 @@ struct Model<T>::Slot {
 template <typename T>
 Model<T>::Model(const ModelConfig& config, Backend<T>* backend)
     : config_(config), layout_(config), backend_(backend) {
-  params_ = backend_->Alloc(layout_.total());
-  grads_ = backend_->Alloc(layout_.total());
+  params_ = backend_->AllocTensor(layout_.total(), "parameters");
+  try {
+    grads_ = backend_->AllocTensor(layout_.total(), "gradients");
+  } catch (...) {
+    backend_->FreeBytes(params_);  // no destructor runs for a constructor that throws
+    throw;
+  }
 }
 
 template <typename T>
@@ -40,13 +46,17 @@ Model<T>::~Model() {
 }
 
 template <typename T>
-void Model<T>::FreeActivations() {
-  for (auto& s : slots_) {
-    for (T* p : {s->ln1, s->ln1_mean, s->ln1_rstd, s->qkv, s->att, s->atty, s->resmid, s->ln2,
-                 s->ln2_mean, s->ln2_rstd, s->fch, s->fchg}) {
-      backend_->FreeBytes(p);
-    }
+void Model<T>::FreeSlot(Slot& s) {
+  for (T* p : {s.ln1, s.ln1_mean, s.ln1_rstd, s.qkv, s.att, s.atty, s.resmid, s.ln2, s.ln2_mean,
+               s.ln2_rstd, s.fch, s.fchg}) {
+    if (p != nullptr) backend_->FreeBytes(p);  // null: not allocated (a failed allocation)
   }
+  s = Slot{};
+}
+
+template <typename T>
+void Model<T>::FreeActivations() {
+  for (auto& s : slots_) FreeSlot(*s);
   slots_.clear();
   for (T* p : residual_) backend_->FreeBytes(p);
   residual_.clear();
@@ -70,39 +80,77 @@ void Model<T>::EnsureBuffers(int B, int Tn, int num_slots) {
   const size_t NH = config_.num_heads;
   if (B != B_ || Tn != T_) {
     FreeActivations();
+    const size_t N = static_cast<size_t>(B) * Tn;
+    lnf_ = backend_->AllocTensor(N * C, "final LayerNorm output (B,T,C)");
+    lnf_mean_ = backend_->AllocTensor(N, "final LayerNorm mean (B,T)");
+    lnf_rstd_ = backend_->AllocTensor(N, "final LayerNorm rstd (B,T)");
+    logits_ = backend_->AllocTensor(N * V, "logits (B,T,V)");
+    losses_ = backend_->AllocTensor(N, "losses (B,T)");
+    for (const char* what : {"input token ids (B,T)", "target token ids (B,T)"}) {
+      void* p = nullptr;
+      try {
+        p = backend_->AllocBytes(N * sizeof(int32_t));
+      } catch (const std::bad_alloc&) {
+        throw BackendOutOfMemory(
+            absl::StrCat(backend_->name(), " out of memory allocating ", what));
+      }
+      (inputs_ == nullptr ? inputs_ : targets_) = static_cast<int32_t*>(p);
+    }
+    host_losses_.assign(N, T(0));
+    // Only now: a failed allocation above leaves B_ = 0, so the next call allocates afresh.
     B_ = B;
     T_ = Tn;
-    const size_t N = static_cast<size_t>(B) * Tn;
-    lnf_ = backend_->Alloc(N * C);
-    lnf_mean_ = backend_->Alloc(N);
-    lnf_rstd_ = backend_->Alloc(N);
-    logits_ = backend_->Alloc(N * V);
-    losses_ = backend_->Alloc(N);
-    inputs_ = static_cast<int32_t*>(backend_->AllocBytes(N * sizeof(int32_t)));
-    targets_ = static_cast<int32_t*>(backend_->AllocBytes(N * sizeof(int32_t)));
-    host_losses_.assign(N, T(0));
   }
   const size_t N = static_cast<size_t>(B_) * T_;
   // Slots and the residual stream grow with the longest path seen so far, never beyond it.
   while (static_cast<int>(slots_.size()) < num_slots) {
-    auto s = std::make_unique<Slot>();
-    s->ln1 = backend_->Alloc(N * C);
-    s->ln1_mean = backend_->Alloc(N);
-    s->ln1_rstd = backend_->Alloc(N);
-    s->qkv = backend_->Alloc(N * 3 * C);
-    s->att = backend_->Alloc(static_cast<size_t>(B_) * NH * T_ * T_);
-    s->atty = backend_->Alloc(N * C);
-    s->resmid = backend_->Alloc(N * C);
-    s->ln2 = backend_->Alloc(N * C);
-    s->ln2_mean = backend_->Alloc(N);
-    s->ln2_rstd = backend_->Alloc(N);
-    s->fch = backend_->Alloc(N * F);
-    s->fchg = backend_->Alloc(N * F);
-    slots_.push_back(std::move(s));
+    auto slot = std::make_unique<Slot>();
+    Slot* s = slot.get();
+    const std::string at = absl::StrCat("activations of path position ", slots_.size(), ": ");
+    try {
+      s->ln1 = backend_->AllocTensor(N * C, at + "ln1 (B,T,C)");
+      s->ln1_mean = backend_->AllocTensor(N, at + "ln1 mean (B,T)");
+      s->ln1_rstd = backend_->AllocTensor(N, at + "ln1 rstd (B,T)");
+      s->qkv = backend_->AllocTensor(N * 3 * C, at + "qkv (B,T,3C)");
+      s->att = backend_->AllocTensor(static_cast<size_t>(B_) * NH * T_ * T_, at + "att (B,NH,T,T)");
+      s->atty = backend_->AllocTensor(N * C, at + "attention output (B,T,C)");
+      s->resmid = backend_->AllocTensor(N * C, at + "mid-block residual (B,T,C)");
+      s->ln2 = backend_->AllocTensor(N * C, at + "ln2 (B,T,C)");
+      s->ln2_mean = backend_->AllocTensor(N, at + "ln2 mean (B,T)");
+      s->ln2_rstd = backend_->AllocTensor(N, at + "ln2 rstd (B,T)");
+      s->fch = backend_->AllocTensor(N * F, at + "fc (B,T,F)");
+      s->fchg = backend_->AllocTensor(N * F, at + "GELU output (B,T,F)");
+    } catch (...) {
+      // A slot is whole or absent: free what this one got, so the next call allocates it again.
+      FreeSlot(*s);
+      throw;
+    }
+    slots_.push_back(std::move(slot));
   }
   while (static_cast<int>(residual_.size()) < std::max(2, num_slots + 1)) {
-    residual_.push_back(backend_->Alloc(N * C));
+    residual_.push_back(backend_->AllocTensor(N * C, "residual stream (B,T,C)"));
   }
+}
+
+template <typename T>
+size_t Model<T>::ParameterBytes(const ModelConfig& config) {
+  return 2 * ParamLayout(config).total() * sizeof(T);  // params + grads
+}
+
+template <typename T>
+size_t Model<T>::ActivationBytes(const ModelConfig& config, int B, int Tn, int max_path) {
+  // Mirrors EnsureBuffers (shared buffers, one Slot per path position, the residual stream) and
+  // Backward's scratch, element for element.
+  const size_t C = config.d_model, F = config.d_ff, V = config.vocab_size;
+  const size_t NH = config.num_heads, N = static_cast<size_t>(B) * Tn;
+  const size_t att = static_cast<size_t>(B) * NH * Tn * Tn;
+  const size_t slots = static_cast<size_t>(std::max(1, max_path));
+  const size_t shared = N * C + 2 * N + N * V + N;            // lnf, its mean/rstd, logits, losses
+  const size_t tokens = 2 * N * sizeof(int32_t) / sizeof(T);  // inputs, targets
+  const size_t per_slot = 4 * N * C + 4 * N + 3 * N * C + att + 2 * N * F;
+  const size_t residual = static_cast<size_t>(std::max<size_t>(2, slots + 1)) * N * C;
+  const size_t backward = 3 * N * C + 3 * N * C + N * F + att;  // dres dln datty, dqkv, dfch, datt
+  return (shared + tokens + slots * per_slot + residual + backward) * sizeof(T);
 }
 
 template <typename T>
@@ -149,7 +197,8 @@ absl::StatusOr<double> Model<T>::Forward(const int32_t* inputs, const int32_t* t
         absl::StrCat("batch shape must be positive, got B=", B, " T=", Tn));
   }
   if (static_cast<int64_t>(B) * Tn > (int64_t{1} << 30)) {
-    return absl::InvalidArgumentError(absl::StrCat("batch of ", B, "x", Tn, " tokens is too large"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch of ", B, "x", Tn, " tokens is too large"));
   }
   if (Tn > cfg.max_seq) {
     return absl::InvalidArgumentError(
@@ -244,13 +293,16 @@ absl::Status Model<T>::Backward(T grad_scale) {
   Backend<T>* be = backend_;
   const T* P = params_;
   T* G = grads_;
-  if (dres_ == nullptr) {
-    dres_ = be->Alloc(static_cast<size_t>(N) * C);
-    dln_ = be->Alloc(static_cast<size_t>(N) * C);
-    datty_ = be->Alloc(static_cast<size_t>(N) * C);
-    dqkv_ = be->Alloc(static_cast<size_t>(N) * 3 * C);
-    dfch_ = be->Alloc(static_cast<size_t>(N) * F);
-    datt_ = be->Alloc(static_cast<size_t>(B) * NH * Tn * Tn);
+  // Each on first use (after a failed allocation, the rest on the next call).
+  const size_t NC = static_cast<size_t>(N) * C;
+  if (!dres_) dres_ = be->AllocTensor(NC, "backward scratch: dresidual (B,T,C)");
+  if (!dln_) dln_ = be->AllocTensor(NC, "backward scratch: dln (B,T,C)");
+  if (!datty_) datty_ = be->AllocTensor(NC, "backward scratch: datt_out (B,T,C)");
+  if (!dqkv_) dqkv_ = be->AllocTensor(3 * NC, "backward scratch: dqkv (B,T,3C)");
+  if (!dfch_) dfch_ = be->AllocTensor(static_cast<size_t>(N) * F, "backward scratch: dfc (B,T,F)");
+  if (!datt_) {
+    datt_ =
+        be->AllocTensor(static_cast<size_t>(B) * NH * Tn * Tn, "backward scratch: datt (B,NH,T,T)");
   }
   // Head (tied to wte): logits_ holds dloss/dlogits from the fused cross-entropy.
   be->MatmulBackward(dln_, G + layout_.wte(), nullptr, logits_, lnf_, P + layout_.wte(), N, C, V,

@@ -34,10 +34,16 @@ class Model {
   const ModelConfig& config() const { return config_; }
   const ParamLayout& layout() const { return layout_; }
   Backend<T>* backend() const { return backend_; }
-  T* params() { return params_; }
-  T* grads() { return grads_; }
-  const T* params() const { return params_; }
-  const T* grads() const { return grads_; }
+  // The flat parameter and gradient buffers (layout()), as backend memory: read and write them
+  // through the backend (backend.h: Download, Upload, WithHostView), never in place.
+  DeviceSpan<T> params() const { return DeviceSpan<T>(params_, layout_.total()); }
+  DeviceSpan<T> grads() const { return DeviceSpan<T>(grads_, layout_.total()); }
+
+  // Backend bytes a model allocates for its parameters and gradients, and for the activations
+  // of training paths up to `max_path` blocks at batch (B, Tn) plus evaluation and the backward
+  // pass's scratch: what EnsureBuffers and Backward will have allocated at most.
+  static size_t ParameterBytes(const ModelConfig& config);
+  static size_t ActivationBytes(const ModelConfig& config, int B, int Tn, int max_path);
 
   // GPT-2 initialisation: weights N(0, 0.02), the two residual output projections of each block
   // N(0, 0.02/sqrt(2L)), biases 0, LayerNorm weight 1. A pure function of the seed.
@@ -70,6 +76,7 @@ class Model {
   struct Slot;  // activations of one block on the path
   void EnsureBuffers(int B, int Tn, int num_slots);
   void FreeActivations();
+  void FreeSlot(Slot& slot);
 
   ModelConfig config_;
   ParamLayout layout_;

@@ -12,8 +12,13 @@ template <typename T>
 AdamWOptimizer<T>::AdamWOptimizer(const OptimizerConfig& config, const ParamLayout& layout,
                                   Backend<T>* backend)
     : config_(config), layout_(layout), backend_(backend) {
-  m_ = backend_->Alloc(layout_.total());
-  v_ = backend_->Alloc(layout_.total());
+  m_ = backend_->AllocTensor(layout_.total(), "AdamW first moments");
+  try {
+    v_ = backend_->AllocTensor(layout_.total(), "AdamW second moments");
+  } catch (...) {
+    backend_->FreeBytes(m_);  // no destructor runs for a constructor that throws
+    throw;
+  }
   int layers = 0;
   for (const ParamTensor& t : layout_.tensors()) layers = std::max(layers, t.layer + 1);
   layer_steps_.assign(layers, 0);
@@ -39,7 +44,9 @@ AdamWOptimizer<T>::~AdamWOptimizer() {
 }
 
 template <typename T>
-double AdamWOptimizer<T>::GradNormSquared(const T* grads, const ActiveLayerSet& active) const {
+double AdamWOptimizer<T>::GradNormSquared(DeviceSpan<T> grad_span,
+                                          const ActiveLayerSet& active) const {
+  const T* grads = grad_span.device_data();
   double total = 0;
   for (const ParamRange& r : layout_.SharedRanges()) {
     total += backend_->SumSquares(grads + r.begin, r.size());
@@ -52,11 +59,14 @@ double AdamWOptimizer<T>::GradNormSquared(const T* grads, const ActiveLayerSet& 
 }
 
 template <typename T>
-OptimizerStepInfo AdamWOptimizer<T>::Step(T* params, T* grads, const ActiveLayerSet& active,
-                                          int64_t step, std::optional<double> learning_rate) {
+OptimizerStepInfo AdamWOptimizer<T>::Step(DeviceSpan<T> param_span, DeviceSpan<T> grad_span,
+                                          const ActiveLayerSet& active, int64_t step,
+                                          std::optional<double> learning_rate) {
+  T* params = param_span.device_data();
+  T* grads = grad_span.device_data();
   OptimizerStepInfo info;
   info.lr = learning_rate.has_value() ? *learning_rate : LearningRate(config_, step);
-  info.grad_norm = std::sqrt(GradNormSquared(grads, active));
+  info.grad_norm = std::sqrt(GradNormSquared(grad_span, active));
   if (config_.grad_clip > 0 && info.grad_norm > config_.grad_clip) {
     info.clip_scale = config_.grad_clip / (info.grad_norm + 1e-6);
   }

@@ -37,14 +37,16 @@ class AdamWOptimizer {
   // uses the per-tensor update counts) and leaves all gradients zero. `active` is the path the
   // gradients came from. `learning_rate`, when set, replaces the schedule's rate for this step (a
   // coordinator's step plan carries it).
-  OptimizerStepInfo Step(T* params, T* grads, const ActiveLayerSet& active, int64_t step,
-                         std::optional<double> learning_rate = std::nullopt);
+  OptimizerStepInfo Step(DeviceSpan<T> params, DeviceSpan<T> grads, const ActiveLayerSet& active,
+                         int64_t step, std::optional<double> learning_rate = std::nullopt);
 
   // Squared L2 norm of the gradient slices written under `active`.
-  double GradNormSquared(const T* grads, const ActiveLayerSet& active) const;
+  double GradNormSquared(DeviceSpan<T> grads, const ActiveLayerSet& active) const;
 
-  T* m() { return m_; }
-  T* v() { return v_; }
+  // The moments, as backend memory laid out like the parameters (see Model::params()).
+  DeviceSpan<T> m() const { return DeviceSpan<T>(m_, layout_.total()); }
+  DeviceSpan<T> v() const { return DeviceSpan<T>(v_, layout_.total()); }
+  Backend<T>* backend() const { return backend_; }
   // Updates applied so far to the shared tensors and to each block. Bias correction uses these,
   // not the global step: under `frozen` a block skipped for a while must not see its first
   // update shrunk as if its moments had been averaging all along (PyTorch's per-parameter step).

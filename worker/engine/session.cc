@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/failpoint.h"
 #include "common/status.h"
 #include "worker/engine/data/mlm.h"
@@ -51,7 +52,40 @@ uint64_t Fnv1a(const void* data, size_t bytes, uint64_t hash) {
   return hash;
 }
 
+// The most blocks a training step of this schedule can run: what the activations must hold.
+int MaxTrainingPath(const PathScheduleConfig& schedule, int num_layers) {
+  using Kind = PathScheduleConfig::Kind;
+  const bool bounded =
+      schedule.kind == Kind::kStacking ||
+      (schedule.kind == Kind::kRaptr && schedule.sampling == PathSampling::kExact &&
+       schedule.full_warmup_steps == 0);
+  if (!bounded) return num_layers;  // any path may come up (Bernoulli draws, PLD, LayerDrop, full)
+  int longest = schedule.kind == Kind::kRaptr ? static_cast<int>(schedule.fixed_layers.size()) : 1;
+  for (const RaptrStage& st : schedule.stages) longest = std::max(longest, st.path_length);
+  return std::min(longest, num_layers);
+}
+
+std::string Gib(double bytes) { return absl::StrFormat("%.2f GiB", bytes / (1 << 30)); }
+
 }  // namespace
+
+MemoryPlan PlanMemory(const TrainerConfig& config, int world_size) {
+  MemoryPlan plan;
+  const int local_batch = world_size > 0 ? config.batch / world_size : config.batch;
+  plan.max_path = MaxTrainingPath(config.schedule, config.model.num_layers);
+  plan.parameter_bytes = Model<float>::ParameterBytes(config.model);
+  plan.optimizer_bytes = plan.parameter_bytes;  // m and v, one float each per parameter
+  plan.activation_bytes =
+      Model<float>::ActivationBytes(config.model, local_batch, config.seq, plan.max_path);
+  return plan;
+}
+
+std::string MemoryPlan::DebugString() const {
+  return absl::StrCat(Gib(static_cast<double>(total())), " = parameters and gradients ",
+                      Gib(static_cast<double>(parameter_bytes)), " + AdamW moments ",
+                      Gib(static_cast<double>(optimizer_bytes)), " + activations of a ", max_path,
+                      "-block path ", Gib(static_cast<double>(activation_bytes)));
+}
 
 nlohmann::json RunFingerprint(const TrainerConfig& c) {
   nlohmann::json j;
@@ -105,8 +139,8 @@ TrainingSession::TrainingSession(const TrainerConfig& config, int rank, int worl
       train_(std::vector<uint16_t>{}),
       val_(std::vector<uint16_t>{}) {}
 
-absl::StatusOr<std::unique_ptr<TrainingSession>> TrainingSession::Create(const TrainerConfig& cfg,
-                                                                         int rank, int world_size) {
+absl::StatusOr<std::unique_ptr<TrainingSession>> TrainingSession::Create(
+    const TrainerConfig& cfg, int rank, int world_size, std::unique_ptr<Backend<float>> backend) {
   RETURN_IF_ERROR(cfg.model.Validate());
   RETURN_IF_ERROR(ValidatePathSchedule(cfg.schedule, cfg.model.num_layers));
   if (cfg.batch <= 0 || cfg.seq <= 0 || cfg.micro_batches <= 0 || cfg.steps <= 0) {
@@ -156,12 +190,31 @@ absl::StatusOr<std::unique_ptr<TrainingSession>> TrainingSession::Create(const T
       }
     }
   }
+  if (backend == nullptr) {
+    ASSIGN_OR_RETURN(backend, MakeBackend(cfg.backend));
+  }
+  session->backend_ = std::move(backend);
+  // The preflight: a run that cannot hold its longest path fails now, with the numbers, not at
+  // the first long stage hours in (activations grow with the path, model.h).
+  const MemoryPlan plan = PlanMemory(cfg, world_size);
+  const std::optional<size_t> available = session->backend_->AvailableBytes();
+  if (available.has_value() && plan.total() > *available) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the job needs ", plan.DebugString(), " of ", session->backend_->name(),
+        " memory at a local batch of ", cfg.batch / world_size, "x", cfg.seq, ", but only ",
+        Gib(static_cast<double>(*available)),
+        " is free: lower the batch (more micro-batches or workers) or the sequence length"));
+  }
   try {
-    session->model_ = std::make_unique<Model<float>>(cfg.model, &session->backend_);
+    session->model_ = std::make_unique<Model<float>>(cfg.model, session->backend_.get());
     session->optimizer_ = std::make_unique<AdamWOptimizer<float>>(
-        cfg.optimizer, session->model_->layout(), &session->backend_);
+        cfg.optimizer, session->model_->layout(), session->backend_.get());
     session->inputs_.resize(static_cast<size_t>(cfg.batch) * cfg.seq * cfg.micro_batches);
     session->targets_.resize(session->inputs_.size());
+  } catch (const BackendOutOfMemory& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("not enough memory for the parameters, gradients and AdamW moments of ",
+                     cfg.model.DebugString(), ": ", e.what()));
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(
         absl::StrCat("not enough memory for the parameters, gradients and AdamW moments of ",
@@ -179,6 +232,9 @@ template <typename F>
 auto TrainingSession::Guard(const char* what, F body) -> decltype(body()) {
   try {
     return body();
+  } catch (const BackendOutOfMemory& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(what, " at step ", state_.step, ": ", e.what()));
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(
         absl::StrCat(what, " at step ", state_.step, ": out of memory"));
@@ -204,11 +260,51 @@ absl::StatusOr<EvalOutcome> TrainingSession::Evaluate(int batches, const ActiveL
   return Guard("evaluation", [&] { return EvaluateUnguarded(batches, active); });
 }
 
+std::string TrainingSession::DeviceFault() const {
+  if (!simulated_fault_.empty()) return simulated_fault_;
+  return backend_->device_fault();
+}
+
+absl::Status TrainingSession::CheckDevice() const {
+  const std::string fault = DeviceFault();
+  if (fault.empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("the ", backend_->name(), " device is unusable: ", fault));
+}
+
+absl::Status TrainingSession::WithHostState(
+    bool write_back, const std::function<absl::Status(float*, float*, float*)>& body) {
+  const DeviceSpan<float> params = model_->params(), m = optimizer_->m(), v = optimizer_->v();
+  if (backend_->host_accessible()) {
+    backend_->Synchronize();
+    return body(params.device_data(), m.device_data(), v.device_data());
+  }
+  // Staged: one host copy of each (the CUDA backend moves them through pinned buffers).
+  std::vector<float> hp, hm, hv;
+  if (write_back) {
+    hp.resize(params.size());
+    hm.resize(m.size());
+    hv.resize(v.size());
+  } else {
+    hp = Download(*backend_, params);
+    hm = Download(*backend_, m);
+    hv = Download(*backend_, v);
+  }
+  RETURN_IF_ERROR(body(hp.data(), hm.data(), hv.data()));
+  if (write_back) {
+    Upload(*backend_, hp.data(), params);
+    Upload(*backend_, hm.data(), m);
+    Upload(*backend_, hv.data(), v);
+  }
+  return absl::OkStatus();
+}
 
 absl::Status TrainingSession::RestoreUnguarded(const std::string& checkpoint_dir) {
+  RETURN_IF_ERROR(CheckDevice());
   TrainState state;
-  RETURN_IF_ERROR(LoadCheckpoint(checkpoint_dir, config_.model, model_->layout(), model_->params(),
-                                 optimizer_->m(), optimizer_->v(), &state));
+  RETURN_IF_ERROR(WithHostState(/*write_back=*/true, [&](float* params, float* m, float* v) {
+    return LoadCheckpoint(checkpoint_dir, config_.model, model_->layout(), params, m, v, &state);
+  }));
   const nlohmann::json extra =
       nlohmann::json::parse(state.extra_json, nullptr, /*allow_exceptions=*/false);
   if (extra.is_discarded() || !extra.contains("run") || !extra.contains("adam")) {
@@ -230,6 +326,7 @@ absl::Status TrainingSession::RestoreUnguarded(const std::string& checkpoint_dir
 }
 
 absl::StatusOr<std::string> TrainingSession::SaveUnguarded(const std::string& run_dir) {
+  RETURN_IF_ERROR(CheckDevice());
   std::error_code error;
   std::filesystem::create_directories(run_dir, error);
   if (error) {
@@ -241,19 +338,26 @@ absl::StatusOr<std::string> TrainingSession::SaveUnguarded(const std::string& ru
   extra["adam"] = {{"shared_steps", optimizer_->shared_steps()},
                    {"layer_steps", optimizer_->layer_steps()}};
   state_.extra_json = extra.dump();
-  RETURN_IF_ERROR(SaveCheckpoint(run_dir, config_.model, model_->layout(), model_->params(),
-                                 optimizer_->m(), optimizer_->v(), state_));
+  RETURN_IF_ERROR(WithHostState(/*write_back=*/false, [&](float* params, float* m, float* v) {
+    return SaveCheckpoint(run_dir, config_.model, model_->layout(), params, m, v, state_);
+  }));
   CountWork();
   return CheckpointPath(run_dir, state_.step);
 }
 
-uint64_t TrainingSession::StateDigest() const {
-  const size_t bytes = model_->layout().total() * sizeof(float);
-  uint64_t hash = 0xcbf29ce484222325ULL;
-  hash = Fnv1a(model_->params(), bytes, hash);
-  hash = Fnv1a(optimizer_->m(), bytes, hash);
-  hash = Fnv1a(optimizer_->v(), bytes, hash);
-  return hash;
+absl::StatusOr<uint64_t> TrainingSession::StateDigest() {
+  return Guard("state digest", [&]() -> absl::StatusOr<uint64_t> {
+    RETURN_IF_ERROR(CheckDevice());
+    const size_t bytes = model_->layout().total() * sizeof(float);
+    uint64_t hash = 0xcbf29ce484222325ULL;
+    RETURN_IF_ERROR(WithHostState(/*write_back=*/false, [&](float* params, float* m, float* v) {
+      hash = Fnv1a(params, bytes, hash);
+      hash = Fnv1a(m, bytes, hash);
+      hash = Fnv1a(v, bytes, hash);
+      return absl::OkStatus();
+    }));
+    return hash;
+  });
 }
 
 absl::Status TrainingSession::ReduceGradients(const ActiveLayerSet& active,
@@ -275,17 +379,35 @@ absl::Status TrainingSession::ReduceGradients(const ActiveLayerSet& active,
       merged.push_back(r);
     }
   }
-  float* grads = model_->grads();
+  const DeviceSpan<float> grads = model_->grads();
+  const bool in_place = reducer->accepts_device_memory() || backend_->host_accessible();
+  if (in_place) backend_->Synchronize();  // the backward pass has written them
   for (const ParamRange& r : merged) {
-    RETURN_IF_ERROR(reducer->AllReduceSum(grads + r.begin, r.end - r.begin));
+    const DeviceSpan<float> slice = grads.subspan(r.begin, r.size());
+    if (in_place) {
+      RETURN_IF_ERROR(reducer->AllReduceSum(slice.device_data(), slice.size()));
+      continue;
+    }
+    // A host collective (Gloo) over device gradients: stage each range through the host.
+    staged_grads_.resize(slice.size());
+    backend_->CopyToHost(staged_grads_.data(), slice.device_data(), slice.bytes());
+    RETURN_IF_ERROR(reducer->AllReduceSum(staged_grads_.data(), slice.size()));
+    Upload(*backend_, staged_grads_.data(), slice);
   }
   return absl::OkStatus();
 }
 
 absl::StatusOr<StepOutcome> TrainingSession::RunStepUnguarded(const StepInput& input,
-                                                     GradientReducer* reducer) {
+                                                              GradientReducer* reducer) {
   // Tests make a step throw here, as a backend error (CUDA's are exceptions) would.
   if (FailpointHit("session.run-step")) throw std::runtime_error("failpoint session.run-step");
+  RETURN_IF_ERROR(CheckDevice());
+  // Tests make a step fail as a sticky device error (an illegal address) would: this call and
+  // every later one fail, and DeviceFault() says why.
+  if (FailpointHit("session.device-fault")) {
+    simulated_fault_ = "failpoint session.device-fault (a simulated sticky device error)";
+    return absl::InternalError(absl::StrCat("training step ", input.step, ": ", simulated_fault_));
+  }
   const TrainerConfig& cfg = config_;
   if (input.step != state_.step) {
     return absl::FailedPreconditionError(
@@ -379,7 +501,8 @@ absl::StatusOr<StepOutcome> TrainingSession::RunStepUnguarded(const StepInput& i
 }
 
 absl::StatusOr<EvalOutcome> TrainingSession::EvaluateUnguarded(int batches,
-                                                              const ActiveLayerSet& active) {
+                                                               const ActiveLayerSet& active) {
+  RETURN_IF_ERROR(CheckDevice());
   const TrainerConfig& cfg = config_;
   const int B = cfg.batch, T = cfg.seq, b = local_batch_;
   const int64_t available = val_.NumEvalBatches(B, T);

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -26,8 +27,8 @@
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/active_layer_set.h"
+#include "worker/engine/backend.h"
 #include "worker/engine/checkpoint/checkpoint.h"
-#include "worker/engine/cpu/cpu_backend.h"
 #include "worker/engine/data/data_loader.h"
 #include "worker/engine/model.h"
 #include "worker/engine/optimizer.h"
@@ -43,6 +44,10 @@ class GradientReducer {
   // Replaces data[0 .. count) on every rank by its sum over all ranks. An error (a lost peer, a
   // timeout) leaves the group unusable.
   virtual absl::Status AllReduceSum(float* data, size_t count) = 0;
+  // True when AllReduceSum takes device addresses of the session's backend (NCCL on the
+  // backend's GPU); false (Gloo): host memory, so a session on a GPU stages the gradients through
+  // the host.
+  virtual bool accepts_device_memory() const { return false; }
 };
 
 // What one step runs: the coordinator's StepPlan, or PlanPath's for a local run.
@@ -90,9 +95,14 @@ class TrainingSession {
  public:
   // Validates `config`, opens the data and builds the model and optimizer (weights initialised
   // from the config's seed). `rank` of `world_size` selects the data slice; world_size must
-  // divide config.batch. Errors name the setting or file at fault.
-  static absl::StatusOr<std::unique_ptr<TrainingSession>> Create(const TrainerConfig& config,
-                                                                 int rank = 0, int world_size = 1);
+  // divide config.batch. The session trains on `backend` when given (tests), else on
+  // MakeBackend(config.backend). Before allocating anything it checks that the parameters, the
+  // AdamW state and the activations of the schedule's longest path fit the backend's memory
+  // (RESOURCE_EXHAUSTED with the numbers, see PlanMemory). Errors name the setting or file at
+  // fault.
+  static absl::StatusOr<std::unique_ptr<TrainingSession>> Create(
+      const TrainerConfig& config, int rank = 0, int world_size = 1,
+      std::unique_ptr<Backend<float>> backend = nullptr);
 
   TrainingSession(const TrainingSession&) = delete;
   TrainingSession& operator=(const TrainingSession&) = delete;
@@ -120,9 +130,16 @@ class TrainingSession {
   // outlives the session.
   void CountWorkIn(std::atomic<int64_t>* counter) { work_done_ = counter; }
 
-  // 64-bit FNV-1a digest of the parameters and AdamW moments: replicas of a data-parallel group
-  // must agree on it bit for bit.
-  uint64_t StateDigest() const;
+  // 64-bit FNV-1a digest of the parameters and AdamW moments (their bytes, staged to the host
+  // from a device): replicas of a data-parallel group must agree on it bit for bit.
+  absl::StatusOr<uint64_t> StateDigest();
+
+  // Empty while this session's device is usable; else why not (Backend::device_fault). After an
+  // error from any call above, a caller checks it: a faulted device must not be given another
+  // job, so a worker reports it and exits. The failpoint session.device-fault (common/failpoint.h)
+  // makes RunStep fail as a sticky device error would, for tests on the CPU.
+  std::string DeviceFault() const;
+  Backend<float>& backend() { return *backend_; }
 
   // Steps done: the next step to run.
   int64_t step() const { return state_.step; }
@@ -149,6 +166,14 @@ class TrainingSession {
   }
   std::atomic<int64_t>* work_done_ = nullptr;
 
+  // FAILED_PRECONDITION once DeviceFault() is set: nothing runs on a faulted device.
+  absl::Status CheckDevice() const;
+  // Runs body(params, m, v) over host memory holding the parameters and AdamW moments: the
+  // buffers themselves on a host backend, else staged copies (downloaded first, or, with
+  // write_back, uploaded after body returns OK).
+  absl::Status WithHostState(bool write_back,
+                             const std::function<absl::Status(float*, float*, float*)>& body);
+
   // Reduces the gradients of the shared tensors and of `active`'s blocks, coalescing neighbours
   // into one call each.
   absl::Status ReduceGradients(const ActiveLayerSet& active, GradientReducer* reducer);
@@ -159,14 +184,27 @@ class TrainingSession {
   int local_batch_ = 0;  // config.batch / world_size
   TokenDataset train_;
   TokenDataset val_;
-  CpuBackend<float> backend_;
+  std::unique_ptr<Backend<float>> backend_;
+  std::string simulated_fault_;  // set by the failpoint session.device-fault
   std::unique_ptr<Model<float>> model_;
   std::unique_ptr<AdamWOptimizer<float>> optimizer_;
   nlohmann::json fingerprint_;
   TrainState state_;
   // The global micro-batches of a step, and the eval batch.
   std::vector<int32_t> inputs_, targets_;
+  std::vector<float> staged_grads_;  // host staging of a device backend's gradients for Gloo
 };
+
+// What a session will allocate on its backend, from the config alone (the preflight's numbers).
+struct MemoryPlan {
+  int max_path = 0;             // longest training path of the schedule
+  size_t parameter_bytes = 0;   // parameters + gradients
+  size_t optimizer_bytes = 0;   // AdamW m + v
+  size_t activation_bytes = 0;  // activations of a max_path path, evaluation, backward scratch
+  size_t total() const { return parameter_bytes + optimizer_bytes + activation_bytes; }
+  std::string DebugString() const;  // "3.10 GiB = parameters and gradients ... + ..."
+};
+MemoryPlan PlanMemory(const TrainerConfig& config, int world_size = 1);
 
 // What determines a run's trajectory besides the model shape (which a checkpoint checks itself).
 // A resumed run must match it, or it would silently continue with another schedule, learning

@@ -109,7 +109,7 @@ class MetricsCsv {
 // stacked model only grows), so their moments are zero already; the reset of the update count
 // matters under `zero_grad`, where skipped blocks count every step.
 absl::Status ApplyStackingCopies(const std::vector<std::pair<int, int>>& copies,
-                                 const ParamLayout& layout, float* params,
+                                 const ParamLayout& layout, DeviceSpan<float> params,
                                  AdamWOptimizer<float>& optimizer) {
   if (copies.empty()) return absl::OkStatus();
   std::vector<int64_t> steps = optimizer.layer_steps();
@@ -126,13 +126,15 @@ absl::Status ApplyStackingCopies(const std::vector<std::pair<int, int>>& copies,
       }
     }
   }
-  float* m = optimizer.m();
-  float* v = optimizer.v();
+  // On the device, through the backend: the buffers need not be host memory.
+  Backend<float>& be = *optimizer.backend();
   for (const auto& [dst, src] : copies) {
     const ParamRange d = layout.LayerRange(dst), s = layout.LayerRange(src);
-    std::copy(params + s.begin, params + s.end, params + d.begin);  // blocks share one shape
-    std::fill(m + d.begin, m + d.end, 0.0f);
-    std::fill(v + d.begin, v + d.end, 0.0f);
+    // Blocks share one shape.
+    be.Copy(params.subspan(d.begin, d.size()).device_data(),
+            params.subspan(s.begin, s.size()).device_data(), d.size());
+    be.Zero(optimizer.m().subspan(d.begin, d.size()).device_data(), d.size());
+    be.Zero(optimizer.v().subspan(d.begin, d.size()).device_data(), d.size());
     steps[dst] = 0;
   }
   return optimizer.RestoreStepCounts(optimizer.shared_steps(), steps);
@@ -233,8 +235,7 @@ absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainR
     result->total_flops_full = state.flops_full;
     result->seconds = Now() - t_start;
     if (keep_params) {
-      Model<float>& model = session->model();
-      result->final_params.assign(model.params(), model.params() + model.layout().total());
+      result->final_params = Download(session->backend(), session->model().params());
     }
   }
   return absl::OkStatus();

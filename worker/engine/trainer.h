@@ -14,12 +14,16 @@
 
 #include "absl/status/status.h"
 #include "common/path_schedule.h"
+#include "worker/engine/backend_factory.h"
 #include "worker/engine/config.h"
 #include "worker/engine/optimizer.h"
 
 namespace raptr {
 
 struct TrainerConfig {
+  // The backend the session trains on (CPU by default). Not part of the run fingerprint: a job may
+  // resume a CPU checkpoint on a GPU (both are fp32 master weights), within fp32 tolerance.
+  BackendOptions backend;
   ModelConfig model;
   OptimizerConfig optimizer;
   PathScheduleConfig schedule;
@@ -80,11 +84,12 @@ absl::Status Train(const TrainerConfig& config, const StepCallback& on_step, Tra
 // dst's parameters become a copy of block src's, and block dst starts with fresh AdamW state
 // (zero moments, zero update count). Train() calls it at the start of each step that has copies,
 // before its forward, so a run resumed from the checkpoint written at the end of the step before a
-// transition still grows the model. `params` and the optimizer's moments are host memory laid
-// out by `layout`. Errors (nothing changed): a block out of range, or a destination that is also
-// a source (the result would depend on the order).
+// transition still grows the model. `params` and the optimizer's moments are buffers of the
+// optimizer's backend laid out by `layout`, copied on the device. Errors (nothing changed): a
+// block out of range, or a destination that is also a source (the result would depend on the
+// order).
 absl::Status ApplyStackingCopies(const std::vector<std::pair<int, int>>& copies,
-                                 const ParamLayout& layout, float* params,
+                                 const ParamLayout& layout, DeviceSpan<float> params,
                                  AdamWOptimizer<float>& optimizer);
 
 }  // namespace raptr

@@ -27,6 +27,7 @@ class CpuBackend final : public Backend<T> {
   void Copy(T* dst, const T* src, size_t n) override;
   void Zero(T* x, size_t n) override;
   void Synchronize() override {}
+  bool host_accessible() const override { return true; }
 
   void EncoderForward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B, int Tn,
                       int C) override;

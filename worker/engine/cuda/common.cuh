@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace raptr::cuda {
 
@@ -17,12 +18,21 @@ namespace raptr::cuda {
 // cudaGetLastError() resets; left set, the next CUDA_CHECK_LAUNCH would report this failure
 // again (a caught cudaMalloc OOM would fail the next kernel launch). A sticky error (the context
 // is broken) is not cleared by this and keeps failing every call, as it should.
+//
+// Sticky errors are also remembered (NoteIfSticky), process-wide since they poison the whole
+// context: CudaBackend::device_fault() reports them, and the worker exits rather than run another
+// job on the device.
+void NoteIfSticky(cudaError_t e, const char* call);
 inline void Check(cudaError_t e, const char* call, const char* file, int line) {
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
+    NoteIfSticky(e, call);
     ThrowError(call, cudaGetErrorString(e), file, line);
   }
 }
+// The first sticky error seen in this process ("" if none): "cudaStreamSynchronize(...): an
+// illegal memory access was encountered".
+std::string StickyFault();
 inline void Check(cublasStatus_t s, const char* call, const char* file, int line) {
   if (s != CUBLAS_STATUS_SUCCESS) ThrowError(call, cublasGetStatusString(s), file, line);
 }
@@ -33,8 +43,21 @@ inline void Check(cublasStatus_t s, const char* call, const char* file, int line
 // CUDA_CHECK_LAUNCH (launch errors are reported at once, faults inside a kernel at the next
 // synchronising call).
 #define CUDA_CHECK(call) ::raptr::cuda::Check((call), #call, __FILE__, __LINE__)
-#define CUDA_CHECK_LAUNCH(kernel) \
-  ::raptr::cuda::Check(cudaGetLastError(), "launch of " kernel, __FILE__, __LINE__)
+#define CUDA_CHECK_LAUNCH(kernel) ::raptr::cuda::CheckLaunch("launch of " kernel, __FILE__, __LINE__)
+
+namespace raptr::cuda {
+
+// RAPTR_CUDA_SYNC=1 (read once): wait for every kernel right after its launch, so a fault inside
+// it is reported by its own launch site instead of by the next synchronising call (a copy, a
+// reduction) far from it. For triage without compute-sanitizer; slow.
+bool SyncAfterEachLaunch();
+
+inline void CheckLaunch(const char* what, const char* file, int line) {
+  Check(cudaGetLastError(), what, file, line);
+  if (SyncAfterEachLaunch()) Check(cudaDeviceSynchronize(), what, file, line);
+}
+
+}  // namespace raptr::cuda
 
 namespace raptr::cuda {
 

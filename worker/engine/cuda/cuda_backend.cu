@@ -1,6 +1,10 @@
 // CudaBackend: device, stream and cuBLAS handle, memory and copies (see cuda_backend.h). The ops
 // live in the other .cu files of this folder, one per family.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <new>
 #include <stdexcept>
 #include <string>
 
@@ -18,7 +22,53 @@ void ThrowError(const char* call, const char* error, const char* file, int line)
                            std::to_string(line) + ")");
 }
 
+namespace {
+std::mutex sticky_mu;
+std::string sticky_fault;  // guarded by sticky_mu
+}  // namespace
+
+void NoteIfSticky(cudaError_t e, const char* call) {
+  // The errors after which the context cannot be used again (CUDA runtime API, "sticky"): a
+  // kernel fault or a broken device. Out of memory, bad arguments and launch-configuration
+  // errors are not among them.
+  switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorHardwareStackError:
+    case cudaErrorAssert:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorNvlinkUncorrectable:
+    case cudaErrorDevicesUnavailable:
+    case cudaErrorUnknown:
+      break;
+    default:
+      return;
+  }
+  std::lock_guard<std::mutex> lock(sticky_mu);
+  if (sticky_fault.empty()) sticky_fault = std::string(call) + ": " + cudaGetErrorString(e);
+}
+
+bool SyncAfterEachLaunch() {
+  static const bool sync = [] {
+    const char* v = std::getenv("RAPTR_CUDA_SYNC");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return sync;
+}
+
+std::string StickyFault() {
+  std::lock_guard<std::mutex> lock(sticky_mu);
+  return sticky_fault;
+}
+
 }  // namespace cuda
+
+std::string CudaBackend::device_fault() const { return cuda::StickyFault(); }
 
 int CudaBackend::DeviceCount() {
   int count = 0;
@@ -38,6 +88,42 @@ std::string CudaBackend::DeviceName(int device) {
   }
   return std::string(prop.name) + " (sm_" + std::to_string(prop.major) +
          std::to_string(prop.minor) + ", " + std::to_string(prop.multiProcessorCount) + " SMs)";
+}
+
+std::string CudaBackend::QueryDevice(int device, CudaDeviceInfo* info) {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return std::string("cudaGetDeviceCount: ") + cudaGetErrorString(e);
+  }
+  if (device < 0 || device >= count) {
+    return "no CUDA device " + std::to_string(device) + " (this machine has " +
+           std::to_string(count) + ")";
+  }
+  cudaDeviceProp prop{};
+  e = cudaGetDeviceProperties(&prop, device);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return std::string("cudaGetDeviceProperties: ") + cudaGetErrorString(e);
+  }
+  info->index = device;
+  info->name = prop.name;
+  info->total_bytes = static_cast<int64_t>(prop.totalGlobalMem);
+  info->compute_major = prop.major;
+  info->compute_minor = prop.minor;
+  info->multiprocessors = prop.multiProcessorCount;
+  info->free_bytes = 0;
+  int previous = 0;
+  if (cudaGetDevice(&previous) == cudaSuccess && cudaSetDevice(device) == cudaSuccess) {
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+      info->free_bytes = static_cast<int64_t>(free_bytes);
+    }
+    (void)cudaSetDevice(previous);
+  }
+  (void)cudaGetLastError();
+  return "";
 }
 
 CudaBackend::CudaBackend(const CudaBackendOptions& options) : options_(options) {
@@ -63,6 +149,10 @@ CudaBackend::~CudaBackend() {
   // Destructors must not throw: errors here are ignored (the context may already be broken).
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
   if (scratch_ != nullptr) cudaFree(scratch_);
+  for (int i = 0; i < 2; ++i) {
+    if (staging_[i] != nullptr) cudaFreeHost(staging_[i]);
+    if (staging_done_[i] != nullptr) cudaEventDestroy(staging_done_[i]);
+  }
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
   (void)cudaGetLastError();
@@ -79,7 +169,14 @@ void* CudaBackend::AllocBytes(size_t bytes) {
   UseDevice();
   void* p = nullptr;
   const size_t size = std::max<size_t>(bytes, 256);  // a real, distinct pointer even for 0
-  CUDA_CHECK(cudaMalloc(&p, size));
+  const cudaError_t e = cudaMalloc(&p, size);
+  if (e == cudaErrorMemoryAllocation) {
+    // Not a fault: the context stays usable. A bad_alloc, which AllocTensor names and the session
+    // reports as RESOURCE_EXHAUSTED.
+    (void)cudaGetLastError();
+    throw std::bad_alloc();
+  }
+  CUDA_CHECK(e);
   CUDA_CHECK(cudaMemsetAsync(p, 0, size, stream_));
   return p;
 }
@@ -93,21 +190,79 @@ void CudaBackend::FreeBytes(void* ptr) {
   CUDA_CHECK(cudaFree(ptr));
 }
 
+void* CudaBackend::Staging(int i) {
+  if (staging_[i] == nullptr) {
+    CUDA_CHECK(cudaMallocHost(&staging_[i], kStagingBytes));
+    cudaEvent_t event = nullptr;
+    CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+    staging_done_[i] = event;
+  }
+  return staging_[i];
+}
+
 void CudaBackend::CopyToDevice(void* dst, const void* host_src, size_t bytes) {
   UseDevice();
-  // From pageable memory the copy is staged before this returns, so the caller may reuse
-  // host_src at once.
-  if (bytes > 0) {
+  if (bytes == 0) return;
+  if (bytes <= kStagingBytes) {
+    // From pageable memory the copy is staged by the driver before this returns, so the caller
+    // may reuse host_src at once.
     CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
+    return;
   }
+  // Large uploads (checkpoint restore, weight import) go through the two pinned buffers: fill one
+  // on the host while the other's H2D runs; a buffer is refilled only after its copy finished.
+  auto* out = static_cast<char*>(dst);
+  const auto* in = static_cast<const char*>(host_src);
+  for (size_t off = 0, chunk = 0; off < bytes; off += kStagingBytes, ++chunk) {
+    const int i = static_cast<int>(chunk % 2);
+    const size_t n = std::min(kStagingBytes, bytes - off);
+    void* stage = Staging(i);
+    CUDA_CHECK(cudaEventSynchronize(staging_done_[i]));
+    std::memcpy(stage, in + off, n);
+    CUDA_CHECK(cudaMemcpyAsync(out + off, stage, n, cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaEventRecord(staging_done_[i], stream_));
+  }
+  // The caller may free host_src, and the staging buffers are reused by the next call.
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t bytes) {
   UseDevice();
-  if (bytes > 0) {
-    CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+  if (bytes <= kStagingBytes) {
+    if (bytes > 0) {
+      CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return;
   }
-  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  // Large downloads (checkpoints, the state digest): chunk k's D2H into one pinned buffer runs
+  // while chunk k-1 is copied out of the other.
+  auto* out = static_cast<char*>(host_dst);
+  const auto* in = static_cast<const char*>(src);
+  const size_t chunks = (bytes + kStagingBytes - 1) / kStagingBytes;
+  auto enqueue = [&](size_t k) {
+    const int i = static_cast<int>(k % 2);
+    const size_t off = k * kStagingBytes;
+    CUDA_CHECK(cudaMemcpyAsync(Staging(i), in + off, std::min(kStagingBytes, bytes - off),
+                               cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaEventRecord(staging_done_[i], stream_));
+  };
+  enqueue(0);
+  for (size_t k = 0; k < chunks; ++k) {
+    if (k + 1 < chunks) enqueue(k + 1);
+    const int i = static_cast<int>(k % 2);
+    const size_t off = k * kStagingBytes;
+    CUDA_CHECK(cudaEventSynchronize(staging_done_[i]));
+    std::memcpy(out + off, staging_[i], std::min(kStagingBytes, bytes - off));
+  }
+}
+
+std::optional<size_t> CudaBackend::AvailableBytes() {
+  UseDevice();
+  size_t free_bytes = 0, total_bytes = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  // Less what this backend allocates for itself as it runs: op scratch and cuBLAS's workspace.
+  return free_bytes > kReservedBytes ? free_bytes - kReservedBytes : 0;
 }
 
 void CudaBackend::Copy(float* dst, const float* src, size_t n) {

@@ -23,10 +23,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "worker/engine/backend.h"
+#include "worker/engine/device_info.h"
 
 // Opaque CUDA / cuBLAS handle types, declared as cuda_runtime.h and cublas_v2.h declare them.
 struct CUstream_st;
@@ -48,6 +50,8 @@ class CudaBackend final : public Backend<float> {
   static int DeviceCount();
   // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)" for `device`; empty if it cannot be queried.
   static std::string DeviceName(int device = 0);
+  // Fills `info` for `device`; returns "" on success, else the driver's reason (never throws).
+  static std::string QueryDevice(int device, CudaDeviceInfo* info);
 
   // Creates the stream and the cuBLAS handle on options.device. Throws std::runtime_error if
   // there is no such device.
@@ -69,6 +73,13 @@ class CudaBackend final : public Backend<float> {
   void Copy(float* dst, const float* src, size_t n) override;
   void Zero(float* x, size_t n) override;
   void Synchronize() override;
+  // cudaMemGetInfo's free bytes on this device, less kReservedBytes.
+  std::optional<size_t> AvailableBytes() override;
+  // The first sticky CUDA error of this process (see common.cuh), or "".
+  std::string device_fault() const override;
+  // Headroom kept out of AvailableBytes for what the backend allocates on its own (Scratch, the
+  // staging events, cuBLAS's workspace).
+  static constexpr size_t kReservedBytes = size_t{512} << 20;
 
   void EncoderForward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
                       int Tn, int C) override;
@@ -109,12 +120,19 @@ class CudaBackend final : public Backend<float> {
   // thread, and memory and copy calls may come from a thread other than the constructor's (a
   // checkpoint writer, a metrics thread).
   void UseDevice() const;
+  // Pinned host staging for large copies (see CopyToHost): two buffers of kStagingBytes,
+  // allocated on first use, so a checkpoint of 1.5 GB moves at pinned bandwidth with the D2H of
+  // one chunk overlapping the host copy of the previous one.
+  static constexpr size_t kStagingBytes = size_t{64} << 20;
+  void* Staging(int i);
 
   CudaBackendOptions options_;
   CUstream_st* stream_ = nullptr;
   cublasContext* cublas_ = nullptr;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  void* staging_[2] = {nullptr, nullptr};
+  struct CUevent_st* staging_done_[2] = {nullptr, nullptr};
   // EncoderBackward's host staging: token ids, and positions grouped by token.
   std::vector<int32_t> host_tokens_;
   std::vector<int32_t> host_groups_;

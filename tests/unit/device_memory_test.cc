@@ -1,0 +1,440 @@
+// The session never touches backend memory as host memory: whole sessions (steps with stacking
+// copies, a staged Gloo all-reduce, evaluation, the state digest, checkpoint save and restore) run
+// on a CPU backend whose buffers are mapped PROT_NONE outside its own calls, as a GPU's memory is
+// out of the host's reach, and they must agree bitwise with the same runs on the plain CPU
+// backend. Any host access to a buffer (std::copy over params, hashing the moments in place, a
+// checkpoint writer reading device addresses) dies with SIGSEGV here instead of passing on the
+// CPU and crashing on the first GPU. The memory preflight's plan is checked against what a run
+// really allocates.
+#include <omp.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gloo/rendezvous/hash_store.h"
+#include "gtest/gtest.h"
+#include "tests/unit/small_run.h"
+#include "worker/collective/gloo_group.h"
+#include "worker/engine/cpu/cpu_backend.h"
+#include "worker/engine/session.h"
+
+namespace raptr {
+namespace {
+
+using testing::FreshDir;
+using testing::SmallConfig;
+
+// CpuBackend's kernels over buffers the host cannot touch between calls. Each call opens every
+// buffer (PROT_READ|PROT_WRITE), runs CpuBackend's kernel, and closes them again (PROT_NONE).
+// It also counts the bytes asked for, and can pretend to have a fixed capacity.
+class ProtectedCpuBackend final : public Backend<float> {
+ public:
+  explicit ProtectedCpuBackend(std::optional<size_t> capacity = std::nullopt)
+      : capacity_(capacity) {}
+  ~ProtectedCpuBackend() override {
+    for (const auto& [p, len] : mapped_) munmap(p, len);
+  }
+  std::string name() const override { return "protected-cpu"; }
+  bool host_accessible() const override { return false; }
+  std::optional<size_t> AvailableBytes() override {
+    if (!capacity_.has_value()) return std::nullopt;
+    return *capacity_ > requested_ ? *capacity_ - requested_ : 0;
+  }
+  void set_capacity(std::optional<size_t> capacity) { capacity_ = capacity; }
+  size_t requested_bytes() const { return requested_; }
+  size_t peak_requested_bytes() const { return peak_; }
+
+  void* AllocBytes(size_t bytes) override {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    if (capacity_.has_value() && requested_ + bytes > *capacity_) throw std::bad_alloc();
+    const size_t len = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
+    void* p = mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    mapped_[p] = len;
+    sizes_[p] = bytes;
+    requested_ += bytes;
+    peak_ = std::max(peak_, requested_);
+    return p;  // anonymous mappings are zero, as AllocBytes promises
+  }
+  void FreeBytes(void* ptr) override {
+    auto it = mapped_.find(ptr);
+    ASSERT_NE(it, mapped_.end()) << "freeing a buffer this backend does not own";
+    munmap(ptr, it->second);
+    requested_ -= sizes_[ptr];
+    sizes_.erase(ptr);
+    mapped_.erase(it);
+  }
+  void CopyToDevice(void* dst, const void* host_src, size_t bytes) override {
+    Open open(this);
+    std::memcpy(dst, host_src, bytes);
+  }
+  void CopyToHost(void* host_dst, const void* src, size_t bytes) override {
+    Open open(this);
+    std::memcpy(host_dst, src, bytes);
+  }
+  void Copy(float* dst, const float* src, size_t n) override { Run(&Cpu::Copy, dst, src, n); }
+  void Zero(float* x, size_t n) override { Run(&Cpu::Zero, x, n); }
+  void Synchronize() override {}
+
+  void EncoderForward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
+                      int Tn, int C) override {
+    Run(&Cpu::EncoderForward, out, tokens, wte, wpe, B, Tn, C);
+  }
+  void EncoderBackward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B,
+                       int Tn, int C) override {
+    Run(&Cpu::EncoderBackward, dwte, dwpe, dout, tokens, B, Tn, C);
+  }
+  void LayerNormForward(float* out, float* mean, float* rstd, const float* inp, const float* w,
+                        const float* b, int N, int C) override {
+    Run(&Cpu::LayerNormForward, out, mean, rstd, inp, w, b, N, C);
+  }
+  void LayerNormBackward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
+                         const float* w, const float* mean, const float* rstd, int N,
+                         int C) override {
+    Run(&Cpu::LayerNormBackward, dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+  }
+  void MatmulForward(float* out, const float* inp, const float* w, const float* bias, int N, int C,
+                     int OC, float alpha, bool accumulate) override {
+    Run(&Cpu::MatmulForward, out, inp, w, bias, N, C, OC, alpha, accumulate);
+  }
+  void MatmulBackward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
+                      const float* w, int N, int C, int OC, float alpha) override {
+    Run(&Cpu::MatmulBackward, dinp, dw, dbias, dout, inp, w, N, C, OC, alpha);
+  }
+  void AttentionForward(float* out, float* att, const float* qkv, int B, int Tn, int C, int NH,
+                        bool causal) override {
+    Run(&Cpu::AttentionForward, out, att, qkv, B, Tn, C, NH, causal);
+  }
+  void AttentionBackward(float* dqkv, float* datt, const float* dout, const float* qkv,
+                         const float* att, int B, int Tn, int C, int NH) override {
+    Run(&Cpu::AttentionBackward, dqkv, datt, dout, qkv, att, B, Tn, C, NH);
+  }
+  void GeluForward(float* out, const float* inp, size_t n) override {
+    Run(&Cpu::GeluForward, out, inp, n);
+  }
+  void GeluBackward(float* dinp, const float* inp, const float* dout, size_t n) override {
+    Run(&Cpu::GeluBackward, dinp, inp, dout, n);
+  }
+  void CrossEntropyForward(float* logits, float* losses, const int32_t* targets, int N, int V,
+                           float grad_scale, bool compute_grad) override {
+    Run(&Cpu::CrossEntropyForward, logits, losses, targets, N, V, grad_scale, compute_grad);
+  }
+  double SumSquares(const float* x, size_t n) override {
+    Open open(this);
+    return inner_.SumSquares(x, n);
+  }
+  void AdamW(float* params, float* grads, float* m, float* v, size_t n, float lr, float beta1,
+             float beta2, float eps, float weight_decay, int64_t t, float grad_scale) override {
+    Run(&Cpu::AdamW, params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, t, grad_scale);
+  }
+
+ private:
+  using Cpu = CpuBackend<float>;
+  // Every buffer readable and writable for the scope of one backend call.
+  struct Open {
+    explicit Open(ProtectedCpuBackend* b) : b(b) { b->Protect(PROT_READ | PROT_WRITE); }
+    ~Open() { b->Protect(PROT_NONE); }
+    ProtectedCpuBackend* b;
+  };
+  void Protect(int prot) {
+    for (const auto& [p, len] : mapped_) {
+      if (mprotect(p, len, prot) != 0) std::abort();
+    }
+  }
+  template <typename F, typename... Args>
+  void Run(F kernel, Args... args) {
+    Open open(this);
+    (inner_.*kernel)(args...);
+    flops_executed_ = inner_.flops_executed();
+  }
+
+  Cpu inner_;
+  std::optional<size_t> capacity_;
+  std::map<void*, size_t> mapped_;  // address -> mapped length (whole pages)
+  std::map<void*, size_t> sizes_;   // address -> bytes asked for
+  size_t requested_ = 0, peak_ = 0;
+};
+
+TEST(ProtectedCpuBackend, TouchingABufferFromTheHostFaults) {
+  // The guard is what makes the session tests below able to fail: a host write to a buffer of
+  // this backend kills the process, as it would with a GPU's memory.
+  GTEST_FLAG_SET(death_test_style, "threadsafe");  // OpenMP's threads may be running
+  ProtectedCpuBackend be;
+  float* x = be.Alloc(16);
+  std::vector<float> host(16, 1.0f);
+  Upload<float>(be, host.data(), DeviceSpan<float>(x, 16));
+  EXPECT_EQ(Download<float>(be, DeviceSpan<float>(x, 16)), host);
+  EXPECT_DEATH({ x[3] = 2.0f; }, "");
+  EXPECT_DEATH(
+      {
+        volatile float y = x[0];
+        (void)y;
+      },
+      "");
+  be.FreeBytes(x);
+}
+
+ActiveLayerSet ToActive(const PathPlan& plan) {
+  ActiveLayerSet s = ActiveLayerSet::Of(static_cast<int>(plan.active.size()), {});
+  for (size_t l = 0; l < plan.active.size(); ++l) {
+    s.set_active(static_cast<int>(l), plan.active[l]);
+    s.set_scale(static_cast<int>(l), plan.scale[l]);
+  }
+  return s;
+}
+
+// One OpenMP thread for the kernels while it lives, on the calling thread. mprotect from the
+// calling thread while OpenMP's workers spin between regions costs TLB shootdowns on every call
+// (a 9-step run took 13 s instead of 0.4 s on 2 busy cores); the runs compared bitwise use the
+// same thread count, which is all CpuBackend's determinism needs.
+class OneKernelThread {
+ public:
+  OneKernelThread() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~OneKernelThread() { omp_set_num_threads(saved_); }
+
+ private:
+  int saved_;
+};
+
+// What a run leaves behind, to compare two backends bitwise.
+struct RunTrace {
+  std::vector<double> losses;
+  std::vector<double> eval_losses;
+  std::vector<uint64_t> digests;
+  std::vector<float> final_params;
+};
+
+// `steps` steps of `cfg` on `backend` as rank `rank` of `world` over `reducer`, with the
+// schedule's stacking copies; evaluation and the digest every 3 steps; a checkpoint after
+// step `save_at`, and then a fresh session (on a second backend from `make_backend`) restores it
+// and runs the rest, so restore feeds the remaining steps.
+template <typename MakeBackend>
+RunTrace RunOn(MakeBackend make_backend, const TrainerConfig& cfg, const std::string& run_dir,
+               int rank, int world, GradientReducer* reducer, int64_t save_at) {
+  OneKernelThread one_thread;
+  RunTrace trace;
+  auto run = [&](TrainingSession& session, int64_t from, int64_t to) {
+    for (int64_t step = from; step < to; ++step) {
+      StepInput input;
+      input.step = step;
+      input.copies = StackingCopiesAtStep(cfg.schedule, cfg.model.num_layers, step);
+      const PathPlan plan = PlanPath(cfg.schedule, cfg.model.num_layers, cfg.seed, step);
+      input.stage = plan.stage;
+      input.active = ToActive(plan);
+      absl::StatusOr<StepOutcome> out = session.RunStep(input, reducer);
+      ASSERT_TRUE(out.ok()) << out.status();
+      trace.losses.push_back(out->local_loss);
+      if (step % 3 == 2) {
+        absl::StatusOr<EvalOutcome> eval =
+            session.Evaluate(2, ActiveLayerSet::Full(cfg.model.num_layers));
+        ASSERT_TRUE(eval.ok()) << eval.status();
+        trace.eval_losses.push_back(eval->loss);
+        absl::StatusOr<uint64_t> digest = session.StateDigest();
+        ASSERT_TRUE(digest.ok()) << digest.status();
+        trace.digests.push_back(*digest);
+      }
+    }
+  };
+  std::string checkpoint;
+  {
+    absl::StatusOr<std::unique_ptr<TrainingSession>> first =
+        TrainingSession::Create(cfg, rank, world, make_backend());
+    EXPECT_TRUE(first.ok()) << first.status();
+    if (!first.ok()) return trace;
+    run(**first, 0, save_at + 1);
+    if (rank == 0) {
+      absl::StatusOr<std::string> saved = (*first)->Save(run_dir);
+      EXPECT_TRUE(saved.ok()) << saved.status();
+      if (saved.ok()) checkpoint = *saved;
+    } else {
+      checkpoint = CheckpointPath(run_dir, save_at + 1);
+    }
+  }
+  // The other ranks read rank 0's checkpoint: wait until it is there (LATEST is written last).
+  for (int i = 0; i < 2000 && !std::filesystem::exists(checkpoint); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  absl::StatusOr<std::unique_ptr<TrainingSession>> second =
+      TrainingSession::Create(cfg, rank, world, make_backend());
+  EXPECT_TRUE(second.ok()) << second.status();
+  if (!second.ok()) return trace;
+  const absl::Status restored = (*second)->Restore(checkpoint);
+  EXPECT_TRUE(restored.ok()) << restored;
+  if (!restored.ok()) return trace;
+  EXPECT_EQ((*second)->step(), save_at + 1);
+  run(**second, save_at + 1, cfg.steps);
+  trace.final_params = Download((*second)->backend(), (*second)->model().params());
+  return trace;
+}
+
+std::unique_ptr<Backend<float>> Protected() { return std::make_unique<ProtectedCpuBackend>(); }
+std::unique_ptr<Backend<float>> Plain() { return std::make_unique<CpuBackend<float>>(); }
+
+void ExpectSameTrace(const RunTrace& device, const RunTrace& host) {
+  ASSERT_FALSE(host.losses.empty());
+  EXPECT_EQ(device.losses, host.losses);
+  EXPECT_EQ(device.eval_losses, host.eval_losses);
+  EXPECT_EQ(device.digests, host.digests);
+  ASSERT_FALSE(host.final_params.empty());
+  EXPECT_EQ(device.final_params, host.final_params);
+}
+
+TEST(DeviceMemory, StackingRunOnUntouchableMemoryMatchesTheCpuBitwise) {
+  // Gradual stacking: its growth copies blocks and clears their moments, which the session used
+  // to do with std::copy / std::fill on the buffers.
+  const std::string dir = FreshDir("device_memory_stacking");
+  TrainerConfig cfg = SmallConfig(dir, ModelKind::kGpt);
+  cfg.steps = 9;
+  cfg.optimizer.total_steps = cfg.steps;
+  cfg.schedule = DefaultStackingSchedule(cfg.model.num_layers, cfg.steps);
+  bool grows = false;
+  for (int64_t s = 0; s < cfg.steps; ++s) {
+    grows = grows || !StackingCopiesAtStep(cfg.schedule, cfg.model.num_layers, s).empty();
+  }
+  ASSERT_TRUE(grows) << "the schedule must copy blocks within the run";
+  const RunTrace device = RunOn(Protected, cfg, dir + "/device", 0, 1, nullptr, 3);
+  const RunTrace host = RunOn(Plain, cfg, dir + "/host", 0, 1, nullptr, 3);
+  ExpectSameTrace(device, host);
+}
+
+// Two ranks over real Gloo on loopback: on the protected backend the session stages each
+// gradient range through the host; on the CPU backend Gloo reduces the buffers in place.
+RunTrace TwoRanks(bool protected_memory, const TrainerConfig& cfg, const std::string& dir) {
+  gloo::rendezvous::HashStore store;
+  RunTrace traces[2];
+  std::thread threads[2];
+  for (int rank = 0; rank < 2; ++rank) {
+    threads[rank] = std::thread([&, rank] {
+      absl::StatusOr<std::unique_ptr<GlooGroup>> group =
+          GlooGroup::Connect(store, rank, 2, "127.0.0.1", std::chrono::seconds(30));
+      ASSERT_TRUE(group.ok()) << group.status();
+      traces[rank] = protected_memory ? RunOn(Protected, cfg, dir, rank, 2, group->get(), 4)
+                                      : RunOn(Plain, cfg, dir, rank, 2, group->get(), 4);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  // Replicas agree bit for bit (the digest is what the coordinator compares).
+  EXPECT_EQ(traces[0].digests, traces[1].digests);
+  EXPECT_EQ(traces[0].final_params, traces[1].final_params);
+  return traces[0];
+}
+
+TEST(DeviceMemory, DataParallelRaptrOnUntouchableMemoryMatchesTheCpuBitwise) {
+  const std::string dir = FreshDir("device_memory_dp");
+  TrainerConfig cfg = SmallConfig(dir, ModelKind::kBert);
+  cfg.steps = 8;
+  cfg.optimizer.total_steps = cfg.steps;
+  cfg.schedule = DefaultRaptrSchedule(cfg.model.num_layers, cfg.steps);
+  const RunTrace device = TwoRanks(true, cfg, dir + "/device");
+  const RunTrace host = TwoRanks(false, cfg, dir + "/host");
+  ExpectSameTrace(device, host);
+}
+
+TEST(DeviceMemory, PlanMatchesWhatARunAllocates) {
+  // A RaPTr schedule of exact paths whose longest stage runs 3 of 4 blocks: the plan counts 3
+  // slots of activations, and a run that reaches that stage allocates exactly the plan.
+  const std::string dir = FreshDir("device_memory_plan");
+  TrainerConfig cfg = SmallConfig(dir, ModelKind::kGpt);
+  cfg.steps = 6;
+  cfg.optimizer.total_steps = cfg.steps;
+  cfg.schedule.kind = PathScheduleConfig::Kind::kRaptr;
+  cfg.schedule.sampling = PathSampling::kExact;
+  cfg.schedule.fixed_layers = {0};
+  cfg.schedule.full_warmup_steps = 0;
+  cfg.schedule.stages = {{2, 2}, {3, 4}};
+  ASSERT_TRUE(ValidatePathSchedule(cfg.schedule, cfg.model.num_layers).ok());
+  const MemoryPlan plan = PlanMemory(cfg, 2);
+  EXPECT_EQ(plan.max_path, 3);
+
+  OneKernelThread one_thread;
+  auto backend = std::make_unique<ProtectedCpuBackend>();
+  ProtectedCpuBackend* be = backend.get();
+  absl::StatusOr<std::unique_ptr<TrainingSession>> session =
+      TrainingSession::Create(cfg, 0, 2, std::move(backend));
+  ASSERT_TRUE(session.ok()) << session.status();
+  for (int64_t step = 0; step < cfg.steps; ++step) {
+    StepInput input;
+    input.step = step;
+    const PathPlan p = PlanPath(cfg.schedule, cfg.model.num_layers, cfg.seed, step);
+    input.active = ToActive(p);
+    ASSERT_TRUE((*session)->RunStep(input, nullptr).ok());
+  }
+  ASSERT_TRUE((*session)->Evaluate(1, ActiveLayerSet::Full(cfg.model.num_layers)).ok());
+  EXPECT_EQ(be->peak_requested_bytes(), plan.total()) << plan.DebugString();
+
+  // A full-model schedule needs every block's activations: more than the 3-block plan.
+  TrainerConfig full = cfg;
+  full.schedule = PathScheduleConfig{};
+  EXPECT_EQ(PlanMemory(full, 2).max_path, cfg.model.num_layers);
+  EXPECT_GT(PlanMemory(full, 2).activation_bytes, plan.activation_bytes);
+}
+
+TEST(DeviceMemory, PreflightRefusesAJobThatCannotHoldItsLongestPath) {
+  const std::string dir = FreshDir("device_memory_preflight");
+  TrainerConfig cfg = SmallConfig(dir, ModelKind::kGpt);
+  const MemoryPlan plan = PlanMemory(cfg, 1);
+  absl::StatusOr<std::unique_ptr<TrainingSession>> refused =
+      TrainingSession::Create(cfg, 0, 1, std::make_unique<ProtectedCpuBackend>(plan.total() - 1));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  const std::string message(refused.status().message());
+  EXPECT_NE(message.find("activations of a 4-block path"), std::string::npos) << message;
+  EXPECT_NE(message.find("is free"), std::string::npos) << message;
+  EXPECT_NE(message.find("4x16"), std::string::npos) << message;  // the local batch
+
+  absl::StatusOr<std::unique_ptr<TrainingSession>> fits =
+      TrainingSession::Create(cfg, 0, 1, std::make_unique<ProtectedCpuBackend>(plan.total()));
+  EXPECT_TRUE(fits.ok()) << fits.status();
+}
+
+TEST(DeviceMemory, OutOfMemoryInAStepNamesTheTensorAndTheSessionLivesOn) {
+  // Activations are allocated when a path first needs them, so a device can run out inside a
+  // step. The step fails with RESOURCE_EXHAUSTED naming the tensor, nothing leaks, and the same
+  // step runs once memory is there.
+  const std::string dir = FreshDir("device_memory_oom");
+  TrainerConfig cfg = SmallConfig(dir, ModelKind::kGpt);
+  cfg.schedule = PathScheduleConfig{};  // full model
+  OneKernelThread one_thread;
+  auto backend = std::make_unique<ProtectedCpuBackend>();
+  ProtectedCpuBackend* be = backend.get();
+  absl::StatusOr<std::unique_ptr<TrainingSession>> session =
+      TrainingSession::Create(cfg, 0, 1, std::move(backend));
+  ASSERT_TRUE(session.ok()) << session.status();
+  const size_t before = be->requested_bytes();
+  // Room for the shared activations and two blocks' worth, not for all four.
+  const MemoryPlan one = PlanMemory([&] {
+    TrainerConfig c = cfg;
+    c.schedule.kind = PathScheduleConfig::Kind::kStacking;
+    c.schedule.stages = {{2, cfg.steps}};
+    return c;
+  }());
+  be->set_capacity(before + one.activation_bytes);
+  StepInput input;
+  input.step = 0;
+  input.active = ActiveLayerSet::Full(cfg.model.num_layers);
+  absl::StatusOr<StepOutcome> failed = (*session)->RunStep(input, nullptr);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kResourceExhausted) << failed.status();
+  const std::string message(failed.status().message());
+  EXPECT_NE(message.find("protected-cpu out of memory allocating activations of path position"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("GiB free"), std::string::npos) << message;
+  EXPECT_EQ((*session)->DeviceFault(), "");  // out of memory is not a device fault
+
+  be->set_capacity(std::nullopt);
+  absl::StatusOr<StepOutcome> retried = (*session)->RunStep(input, nullptr);
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(be->requested_bytes(), before + PlanMemory(cfg).activation_bytes);
+}
+
+}  // namespace
+}  // namespace raptr
