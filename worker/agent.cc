@@ -535,6 +535,9 @@ int RunServe(int argc, char** argv) {
                             "the NVIDIA driver and CUDA 13 cuBLAS; exits ",
                             kExitNoDevice, " when that device is not usable)"));
   flags.Define("device", "0", "--backend cuda: the CUDA device ordinal this worker trains on");
+  flags.Define("collectives", "auto",
+               "--backend cuda: the all-reduce, nccl or gloo (host-staged, for several workers "
+               "on one GPU); auto: nccl when built with it");
   flags.Define("connect-timeout", "0",
                "seconds without a coordinator before giving up (0: retry forever)");
   flags.Define("collective-timeout", "300",
@@ -596,6 +599,18 @@ int RunServe(int argc, char** argv) {
   options.threads = *threads;
   options.backend.kind = *backend;
   options.backend.device = *device;
+  const std::string collectives = flags.Get("collectives");
+  if (collectives != "auto" && collectives != "nccl" && collectives != "gloo") {
+    std::fprintf(stderr, "raptr-worker serve: --collectives must be auto, nccl or gloo, got \"%s\"\n",
+                 collectives.c_str());
+    return 2;
+  }
+  if (collectives == "nccl" && (*backend != BackendKind::kCuda || !NcclBuilt())) {
+    std::fprintf(stderr, "raptr-worker serve: --collectives nccl needs --backend cuda and a build "
+                         "with NCCL%s\n", NcclBuilt() ? "" : " (this one has none)");
+    return 2;
+  }
+  options.collectives = collectives;
   options.connect_timeout_seconds = *connect;
   options.collective_timeout_seconds = *collective;
   options.crash_at_step = *crash;

@@ -32,6 +32,10 @@ struct AgentOptions {
   // What this worker trains on (--backend, --device): announced in its Hello, so the coordinator
   // gives it only jobs of that backend; every job's sessions run on it.
   BackendOptions backend;
+  // The data-parallel all-reduce of a CUDA worker: "nccl" (device to device; the default when the
+  // build has NCCL) or "gloo" (staged through host memory: for ranks sharing one GPU, which NCCL
+  // refuses, or a build without NCCL). CPU workers always use Gloo.
+  std::string collectives = "auto";
   // Give up when no connection succeeds for this long (0: retry forever).
   double connect_timeout_seconds = 0;
   double max_backoff_seconds = 10;

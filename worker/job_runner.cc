@@ -14,8 +14,19 @@
 #include "common/status.h"
 #include "worker/job_config.h"
 #include "worker/kv_rendezvous_store.h"
+#if RAPTR_HAVE_NCCL
+#include "worker/collective/nccl_group.h"
+#endif
 
 namespace raptr {
+
+bool NcclBuilt() {
+#if RAPTR_HAVE_NCCL
+  return true;
+#else
+  return false;
+#endif
+}
 namespace {
 double Now() { return MonotonicSeconds(); }
 }  // namespace
@@ -126,18 +137,51 @@ absl::Status JobRunner::RunJob() {
   }
   current_step_ = session->step();
   last_step_.store(session->step() - 1);
-  std::unique_ptr<GlooGroup> group;
+  // Declared after the session, so destroyed first: an NCCL group uses the backend's stream.
+  std::unique_ptr<GradientReducer> group;
   if (world > 1) {
     const auto timeout = std::chrono::milliseconds(
         static_cast<int64_t>(options_.collective_timeout_seconds * 1000));
     CoordinatorStore store(stub_, job_id(), generation(), worker_id_, session_token_, timeout);
     // An abort during the rendezvous cancels its waits (the store outlives this block only).
     SetRendezvous(&store);
-    absl::StatusOr<std::unique_ptr<GlooGroup>> connected =
-        GlooGroup::Connect(store, rank, world, host_, timeout);
+    const bool nccl = config.backend.kind == BackendKind::kCuda && NcclBuilt() &&
+                      options_.collectives != "gloo";
+    absl::Status joined;
+#if RAPTR_HAVE_NCCL
+    if (nccl) {
+      // Created first and registered, so an abort reaches the bootstrap's waits too.
+      absl::StatusOr<NcclGroupOptions> options =
+          NcclGroupOptionsFor(session->backend(), rank, world, timeout);
+      absl::StatusOr<std::unique_ptr<NcclGroup>> created =
+          options.ok() ? NcclGroup::Create(*options)
+                       : absl::StatusOr<std::unique_ptr<NcclGroup>>(options.status());
+      if (created.ok()) {
+        NcclGroup* g = created->get();
+        group = std::move(*created);
+        SetGroup(g);
+        joined = g->Join(store);
+      } else {
+        joined = created.status();
+      }
+    }
+#endif
+    if (!nccl) {
+      // Gloo over host memory (a GPU session stages its gradients through the host).
+      absl::StatusOr<std::unique_ptr<GlooGroup>> connected =
+          GlooGroup::Connect(store, rank, world, host_, timeout);
+      if (connected.ok()) {
+        group = std::move(*connected);
+        SetGroup(group.get());
+      }
+      joined = connected.status();
+    }
     SetRendezvous(nullptr);
-    ASSIGN_OR_RETURN(group, std::move(connected));
-    SetGroup(group.get());
+    if (!joined.ok()) SetGroup(nullptr);
+    RETURN_IF_ERROR(joined);
+    Log(absl::StrCat(job_id(), ": rank ", rank, " of ", world, " all-reduces over ",
+                     nccl ? "NCCL" : "Gloo",
+                     nccl || config.backend.kind == BackendKind::kCpu ? "" : " (host-staged)"));
   }
   // The group outlives every use; Abort() must not reach it once it is gone.
   struct ClearGroup {

@@ -28,6 +28,11 @@
 #include "worker/process_metrics.h"
 
 namespace raptr {
+// True when this binary has the NCCL all-reduce (--collectives nccl).
+bool NcclBuilt();
+}  // namespace raptr
+
+namespace raptr {
 
 using Stream = grpc::ClientReaderWriter<v1::WorkerMessage, v1::CoordinatorMessage>;
 
@@ -130,7 +135,7 @@ class JobRunner {
     return aborted_;
   }
   // The group Abort() tears down; null outside collectives' lifetime.
-  void SetGroup(GlooGroup* group) {
+  void SetGroup(GradientReducer* group) {
     absl::MutexLock lock(&mu_);
     group_ = group;
     if (group_ != nullptr && aborted_) group_->Abort();
@@ -162,7 +167,7 @@ class JobRunner {
   std::deque<v1::CoordinatorMessage> queue_ ABSL_GUARDED_BY(mu_);
   bool aborted_ ABSL_GUARDED_BY(mu_) = false;
   double aborted_at_ ABSL_GUARDED_BY(mu_) = 0;
-  GlooGroup* group_ ABSL_GUARDED_BY(mu_) = nullptr;
+  GradientReducer* group_ ABSL_GUARDED_BY(mu_) = nullptr;  // Gloo or NCCL
   CoordinatorStore* rendezvous_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool finished_locked_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> finished_{false};

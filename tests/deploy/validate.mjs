@@ -433,6 +433,9 @@ function checkDocker(file, helpDir, packagesFile) {
   if (name.includes("cuda")) {
     const runs = final.instrs.filter((i) => i.instr === "RUN" && /apt-get install/.test(i.rest)).map((i) => i.rest).join(" ");
     if (!/\blibcublas-(\$\{CUDA_VERSION\}|\d+-\d+)(\s|$)/.test(runs)) fail(`${name}: runtime stage does not install cuBLAS (libcublas-<cuda version>)`);
+    // raptr-worker links NCCL when the build finds it (cmake/Nccl.cmake): the data-parallel
+    // all-reduce of CUDA workers.
+    if (!/\blibnccl2(\s|$)/.test(runs)) fail(`${name}: runtime stage does not install NCCL (libnccl2)`);
   }
   console.log(`${name}: ${stages.length} stages, ${binary} ${args.join(" ")}`);
 }

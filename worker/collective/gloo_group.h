@@ -41,7 +41,7 @@ class GlooGroup final : public GradientReducer {
   // peer that stopped without closing its sockets (SIGSTOP, a hang) returns ABORTED at once
   // instead of waiting for the timeout, and so do the peers still blocked with this rank. Every
   // later collective fails with ABORTED. Idempotent.
-  void Abort();
+  void Abort() override;
   bool aborted() const { return aborted_.load(); }
 
   int rank() const { return rank_; }

@@ -381,13 +381,18 @@ absl::Status TrainingSession::ReduceGradients(const ActiveLayerSet& active,
   }
   const DeviceSpan<float> grads = model_->grads();
   const bool in_place = reducer->accepts_device_memory() || backend_->host_accessible();
-  if (in_place) backend_->Synchronize();  // the backward pass has written them
+  if (in_place) {
+    // A device reducer (NCCL) is ordered after the backward pass on the backend's stream; a host
+    // one reads memory the backward pass must have finished writing.
+    if (!reducer->accepts_device_memory()) backend_->Synchronize();
+    std::vector<ReduceRange> ranges;
+    for (const ParamRange& r : merged) {
+      ranges.push_back({grads.subspan(r.begin, r.size()).device_data(), r.size()});
+    }
+    return reducer->AllReduceSumRanges(ranges);
+  }
   for (const ParamRange& r : merged) {
     const DeviceSpan<float> slice = grads.subspan(r.begin, r.size());
-    if (in_place) {
-      RETURN_IF_ERROR(reducer->AllReduceSum(slice.device_data(), slice.size()));
-      continue;
-    }
     // A host collective (Gloo) over device gradients: stage each range through the host.
     staged_grads_.resize(slice.size());
     backend_->CopyToHost(staged_grads_.data(), slice.device_data(), slice.bytes());

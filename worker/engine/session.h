@@ -19,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -38,16 +39,34 @@ namespace raptr {
 
 // Sums buffers across the ranks of a data-parallel group. Every rank makes the same calls with
 // the same sizes in the same order.
+// One buffer of an all-reduce: `count` floats at `data`.
+struct ReduceRange {
+  float* data = nullptr;
+  size_t count = 0;
+};
+
 class GradientReducer {
  public:
   virtual ~GradientReducer() = default;
   // Replaces data[0 .. count) on every rank by its sum over all ranks. An error (a lost peer, a
   // timeout) leaves the group unusable.
   virtual absl::Status AllReduceSum(float* data, size_t count) = 0;
+  // AllReduceSum over each range, in order. A reducer may batch them (NCCL: one group call, one
+  // wait); the default makes one call each.
+  virtual absl::Status AllReduceSumRanges(std::span<const ReduceRange> ranges) {
+    for (const ReduceRange& r : ranges) {
+      absl::Status s = AllReduceSum(r.data, r.count);
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
   // True when AllReduceSum takes device addresses of the session's backend (NCCL on the
   // backend's GPU); false (Gloo): host memory, so a session on a GPU stages the gradients through
   // the host.
   virtual bool accepts_device_memory() const { return false; }
+  // Ends the current and every later collective with an error, from any thread (the
+  // coordinator's abort reaching a rank blocked on a lost peer). Default: nothing to interrupt.
+  virtual void Abort() {}
 };
 
 // What one step runs: the coordinator's StepPlan, or PlanPath's for a local run.
