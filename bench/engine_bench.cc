@@ -60,6 +60,8 @@ int Run(int argc, char** argv) {
   Flags flags;
   DefineBenchShapeFlags(flags);
   flags.Define("rounds", "1", "rounds over all path lengths (interleaved timing)");
+  flags.Define("attention", "materialized",
+               "materialized ((B,NH,T,T) kept per block) or flash (recomputed in backward)");
   absl::StatusOr<BenchShape> shape;
   absl::StatusOr<int64_t> rounds_flag;
   absl::Status parsed = flags.Parse(argc, argv, 1);
@@ -76,10 +78,17 @@ int Run(int argc, char** argv) {
   const int B = shape->batch, T = shape->seq;
   const int steps = shape->steps, warmup = shape->warmup;
   const int rounds = static_cast<int>(*rounds_flag);
+  const std::string attention_flag = flags.Get("attention");
+  if (attention_flag != "materialized" && attention_flag != "flash") {
+    std::fprintf(stderr, "engine_bench: --attention must be materialized or flash\n");
+    return 2;
+  }
+  const AttentionKind attention =
+      attention_flag == "flash" ? AttentionKind::kFlash : AttentionKind::kMaterialized;
   const std::vector<int>& lengths = shape->lengths;
 
   CpuBackend<float> backend;
-  Model<float> model(cfg, &backend);
+  Model<float> model(cfg, &backend, attention);
   model.InitWeights(1);
   OptimizerConfig ocfg;
   ocfg.total_steps = 1000000;
@@ -142,15 +151,16 @@ int Run(int argc, char** argv) {
     const double min_time = *std::min_element(times.begin(), times.end());
     lines.push_back([=](double sgemm, double sgemm_model) {
       std::printf(
-          "{\"impl\":\"raptr\",\"kind\":\"%s\",\"layers\":%d,\"d_model\":%d,\"heads\":%d,"
+          "{\"impl\":\"raptr\",\"attention\":\"%s\",\"kind\":\"%s\",\"layers\":%d,\"d_model\":%d,"
+          "\"heads\":%d,"
           "\"d_ff\":%d,\"vocab\":%d,\"batch\":%d,\"seq\":%d,\"active\":%d,\"steps\":%d,"
           "\"step_s_median\":%.5f,\"step_s_min\":%.5f,\"tokens_per_s_median\":%.2f,"
           "\"forward_s\":%.5f,\"backward_s\":%.5f,\"optimizer_s\":%.5f,"
           "\"model_gflops_per_s\":%.2f,\"sgemm_gflops_per_s\":%.2f,"
           "\"sgemm_model_shape_gflops_per_s\":%.2f,\"peak_rss_mb\":%.1f}\n",
-          ModelKindName(cfg.kind).c_str(), cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.d_ff,
-          cfg.vocab_size, B, T, k, timed, med, min_time, B * T / med, fwd, bwd, optim,
-          flops / med / 1e9, sgemm, sgemm_model, PeakRssMb());
+          AttentionKindName(attention), ModelKindName(cfg.kind).c_str(), cfg.num_layers,
+          cfg.d_model, cfg.num_heads, cfg.d_ff, cfg.vocab_size, B, T, k, timed, med, min_time,
+          B * T / med, fwd, bwd, optim, flops / med / 1e9, sgemm, sgemm_model, PeakRssMb());
     });
   }
   // The ceilings, measured after the model ran (a cold start under-reports them): a large square

@@ -965,6 +965,8 @@ absl::Status CheckResources(const v1::JobSpec& spec) {
   }
   RETURN_IF_ERROR(
       CheckEnum("resources.backend", r.backend(), v1::Backend_IsValid, v1::Backend_descriptor()));
+  RETURN_IF_ERROR(CheckEnum("resources.attention", r.attention(), v1::Attention_IsValid,
+                            v1::Attention_descriptor()));
   // Some worker count in [min_workers, max_workers] must divide the batch (>= 1: CheckTraining).
   // Divisors pair up as (d, batch / d), so d up to sqrt(batch) finds them all: trying every
   // worker count took seconds for a prime batch near INT32_MAX.
@@ -1120,6 +1122,7 @@ void ApplyJobSpecDefaults(v1::JobSpec* spec) {
   if (!r->has_max_workers()) r->set_max_workers(r->min_workers());
   if (!r->has_priority()) r->set_priority(0);
   if (r->backend() == v1::BACKEND_UNSPECIFIED) r->set_backend(v1::BACKEND_CPU);
+  if (r->attention() == v1::ATTENTION_UNSPECIFIED) r->set_attention(v1::ATTENTION_AUTO);
 }
 
 absl::Status ValidateJobSpec(const v1::JobSpec& spec) {

@@ -49,7 +49,7 @@ absl::StatusOr<v1::JobSpec> ParseJobSpecYaml(std::string_view yaml);
 //     0.25 each, sampling BERNOULLI, scaling NONE, full_warmup_steps 0;
 //     pld: theta_bar 0.5, gamma 0.001; layerdrop: keep_prob 0.75, scale NONE;
 //     stacking: stages of the RaPTr default's lengths, equal lengths merged, fraction 0.25 each;
-//   resources.min_workers 1, max_workers min_workers, priority 0, backend CPU.
+//   resources.min_workers 1, max_workers min_workers, priority 0, backend CPU, attention AUTO.
 // Required fields have no default and stay unset (ValidateJobSpec reports them): name,
 // model.layers, model.d_model, model.heads, model.vocab_size, data.train_shards,
 // data.val_shards, data.mask_id (BERT), training.steps. A default that depends on a missing

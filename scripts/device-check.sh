@@ -292,6 +292,9 @@ main() {
   }
   run_bench gpt2-124m-B16-T1024-fp32 25 "${GPT2[@]}" --batch 16 --tf32=false --steps 10 --warmup 2
   run_bench gpt2-124m-B16-T1024-tf32 15 "${GPT2[@]}" --batch 16 --tf32=true --steps 10 --warmup 2
+  # Flash attention against the materialized rows above (speed, and gpu_mem_used_mb).
+  run_bench gpt2-124m-B16-T1024-tf32-flash 20 "${GPT2[@]}" --batch 16 --tf32=true --attention flash \
+    --steps 10 --warmup 2
   run_bench gpt2-124m-B64-T1024-tf32 20 "${GPT2[@]}" --batch 64 --tf32=true --steps 5 --warmup 1
   run_bench gpt2-124m-B64-T1024-fp32 35 "${GPT2[@]}" --batch 64 --tf32=false --steps 5 --warmup 1
 

@@ -49,7 +49,7 @@ const std::set<std::string>& HandledFields() {
       "StackingStage.layers", "StackingStage.steps", "StackingStage.fraction",
       // resources: scheduling (min/max workers, priority) and the backend (TrainerConfig.backend)
       "ResourceSpec.min_workers", "ResourceSpec.max_workers", "ResourceSpec.priority",
-      "ResourceSpec.backend"};
+      "ResourceSpec.backend", "ResourceSpec.attention"};
   return *kFields;
 }
 
@@ -142,6 +142,21 @@ absl::StatusOr<TrainerConfig> TrainerConfigFromJobSpec(const v1::JobSpec& spec) 
       return absl::InvalidArgumentError(
           absl::StrCat("resources.backend: unsupported value ", spec.resources().backend()));
   }
+  switch (spec.resources().attention()) {
+    case v1::ATTENTION_UNSPECIFIED:  // omitted (and every spec stored before the field): AUTO
+    case v1::ATTENTION_AUTO:
+      cfg.attention = std::nullopt;
+      break;
+    case v1::ATTENTION_MATERIALIZED:
+      cfg.attention = AttentionKind::kMaterialized;
+      break;
+    case v1::ATTENTION_FLASH:
+      cfg.attention = AttentionKind::kFlash;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("resources.attention: unsupported value ", spec.resources().attention()));
+  }
   RETURN_IF_ERROR(MapModel(spec, &cfg));
   MapDataAndTraining(spec, &cfg);
   ASSIGN_OR_RETURN(cfg.optimizer, OptimizerConfigFromJobSpec(spec));
@@ -154,10 +169,10 @@ absl::StatusOr<TrainerConfig> TrainerConfigForWorker(const v1::JobSpec& spec,
                                                      const BackendOptions& worker) {
   ASSIGN_OR_RETURN(TrainerConfig cfg, TrainerConfigFromJobSpec(spec));
   if (cfg.backend.kind != worker.kind) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "resources.backend: the job runs on ", BackendKindName(cfg.backend.kind),
-        " workers, but this is a ", BackendKindName(worker.kind),
-        " worker (the coordinator places jobs only on workers of their backend)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("resources.backend: the job runs on ", BackendKindName(cfg.backend.kind),
+                     " workers, but this is a ", BackendKindName(worker.kind),
+                     " worker (the coordinator places jobs only on workers of their backend)"));
   }
   cfg.backend = worker;
   return cfg;

@@ -768,6 +768,164 @@ TEST_F(CudaParity, CrossEntropyBeyond2Pow31Elements) {
   gpu_->FreeBytes(d_targets);
 }
 
+// ---- flash attention (issue 11) ----
+// FlashAttentionForward / FlashAttentionBackward (flash_attention.cu) against CpuBackend's flash
+// ops (the same 64-tiles: the FLOPs counted must agree) and against the materialized
+// AttentionForward / AttentionBackward on the CPU, within kFp32Tol (L2-relative, as above); each
+// GPU op twice, bitwise. The backward runs on the CPU forward's out and lse (so it is compared on
+// identical inputs), and once more on the GPU forward's own (the chained path training uses).
+// Shapes: the CPU unit test's table (tests/unit/flash_attention_test.cc: T in {1, 7, 64, 130},
+// B in {1, 3}, NH in {1, 4}), one head size per kernel instantiation and between them (4, 5,
+// 8, 11, 16 on the kHs=16 kernels; 24, 32; 48, 64; 100, 128), and GPT-2's width at T=1024
+// causal and T=2048 bidirectional.
+
+struct FlashShape {
+  int B, T, C, NH;
+  bool causal;
+  std::string Name() const {
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), "B%d T%d C%d NH%d %s", B, T, C, NH,
+                  causal ? "causal" : "bidirectional");
+    return buf;
+  }
+};
+
+void CheckFlashAttention(CudaBackend& gpu, const FlashShape& s, uint64_t seed, double tol) {
+  SCOPED_TRACE(s.Name());
+  const int B = s.B, T = s.T, C = s.C, NH = s.NH;
+  const bool causal = s.causal;
+  const size_t N = static_cast<size_t>(B) * T, rows = static_cast<size_t>(B) * NH * T;
+  const size_t att = rows * T;
+  const std::vector<float> qkv = Uniform(N * 3 * C, seed, 2.f);
+  const std::vector<float> dout = Uniform(N * C, seed + 1);
+  auto expect_close = [&](const std::string& what, const std::vector<float>& out,
+                          const std::vector<float>& ref) {
+    const double err = RelErr(out, ref);
+    Report(what, err);
+    EXPECT_LT(err, tol) << what;
+  };
+  auto expect_bitwise = [&](const std::string& what, const OpResult& a, const OpResult& b) {
+    for (size_t k = 0; k < a.out.size(); ++k) {
+      EXPECT_EQ(0, std::memcmp(a.out[k].data(), b.out[k].data(), a.out[k].size() * sizeof(float)))
+          << what << " out" << k << ": two GPU runs differ (not deterministic)";
+    }
+  };
+
+  OpCase fwd;  // out (overwritten), lse (overwritten), qkv
+  fwd.floats = {Poison(N * C), Poison(rows), qkv};
+  fwd.compare = {0, 1};
+  fwd.run = [=](Backend<float>& be, const DeviceBuffers& b) {
+    be.FlashAttentionForward(b.f[0], b.f[1], b.f[2], B, T, C, NH, causal);
+  };
+  const OpResult cpu_fwd = RunOp(Cpu(), fwd);
+  const OpResult gpu_fwd = RunOp(gpu, fwd);
+  expect_bitwise("FlashAttentionForward", gpu_fwd, RunOp(gpu, fwd));
+  EXPECT_EQ(gpu_fwd.flops, cpu_fwd.flops);
+  EXPECT_EQ(gpu_fwd.flops, FlashAttentionForwardFlops(B, T, C, NH, causal));
+  expect_close("Flash " + s.Name() + " forward out vs CPU flash", gpu_fwd.out[0], cpu_fwd.out[0]);
+  expect_close("Flash " + s.Name() + " forward lse vs CPU flash", gpu_fwd.out[1], cpu_fwd.out[1]);
+
+  OpCase mat_fwd;  // the materialized op on the CPU: out, att
+  mat_fwd.floats = {Poison(N * C), Poison(att), qkv};
+  mat_fwd.compare = {0, 1};
+  mat_fwd.run = [=](Backend<float>& be, const DeviceBuffers& b) {
+    be.AttentionForward(b.f[0], b.f[1], b.f[2], B, T, C, NH, causal);
+  };
+  OpResult mat = RunOp(Cpu(), mat_fwd);
+  expect_close("Flash " + s.Name() + " forward out vs CPU materialized", gpu_fwd.out[0],
+               mat.out[0]);
+
+  // dqkv (overwritten), dout, qkv, out, lse.
+  auto backward = [&](const std::vector<float>& out, const std::vector<float>& lse) {
+    OpCase bwd;
+    bwd.floats = {Poison(N * 3 * C), dout, qkv, out, lse};
+    bwd.compare = {0};
+    bwd.run = [=](Backend<float>& be, const DeviceBuffers& b) {
+      be.FlashAttentionBackward(b.f[0], b.f[1], b.f[2], b.f[3], b.f[4], B, T, C, NH, causal);
+    };
+    return bwd;
+  };
+  const OpCase bwd = backward(cpu_fwd.out[0], cpu_fwd.out[1]);
+  const OpResult cpu_bwd = RunOp(Cpu(), bwd);
+  const OpResult gpu_bwd = RunOp(gpu, bwd);
+  expect_bitwise("FlashAttentionBackward", gpu_bwd, RunOp(gpu, bwd));
+  EXPECT_EQ(gpu_bwd.flops, cpu_bwd.flops);
+  EXPECT_EQ(gpu_bwd.flops, FlashAttentionBackwardFlops(B, T, C, NH, causal));
+  expect_close("Flash " + s.Name() + " backward dqkv vs CPU flash", gpu_bwd.out[0], cpu_bwd.out[0]);
+  const OpResult chained = RunOp(gpu, backward(gpu_fwd.out[0], gpu_fwd.out[1]));
+  expect_close("Flash " + s.Name() + " backward dqkv (GPU forward's out, lse) vs CPU flash",
+               chained.out[0], cpu_bwd.out[0]);
+
+  OpCase mat_bwd;  // dqkv, datt (scratch), dout, qkv, att
+  mat_bwd.floats = {Poison(N * 3 * C), Poison(att), dout, qkv, std::move(mat.out[1])};
+  mat_bwd.compare = {0};
+  mat_bwd.run = [=](Backend<float>& be, const DeviceBuffers& b) {
+    be.AttentionBackward(b.f[0], b.f[1], b.f[2], b.f[3], b.f[4], B, T, C, NH);
+  };
+  const OpResult mat_b = RunOp(Cpu(), mat_bwd);
+  expect_close("Flash " + s.Name() + " backward dqkv vs CPU materialized", gpu_bwd.out[0],
+               mat_b.out[0]);
+}
+
+TEST_F(CudaParity, FlashAttention) {
+  std::vector<FlashShape> shapes;
+  for (int T : {1, 7, 64, 130}) {
+    for (int B : {1, 3}) {
+      for (int NH : {1, 4}) {
+        for (bool causal : {true, false}) shapes.push_back({B, T, NH == 1 ? 12 : 32, NH, causal});
+      }
+    }
+  }
+  // Every head size the parity shapes above use (4, 5, 8, 11; 64 at T=64), and the edges of
+  // each kernel instantiation, past one tile.
+  for (const Shape& p : Shapes()) {
+    for (bool causal : {true, false}) shapes.push_back({p.B, p.T, p.C, p.NH, causal});
+  }
+  for (int hs : {16, 24, 32, 48, 64, 100, 128}) {
+    for (bool causal : {true, false}) shapes.push_back({2, 130, 2 * hs, 2, causal});
+  }
+  uint64_t seed = 1400;
+  for (const FlashShape& s : shapes) {
+    CheckFlashAttention(*gpu_, s, seed, kFp32Tol);
+    seed += 2;
+  }
+}
+
+// GPT-2 124M's width (C=768, NH=12, hs=64) at real sequence lengths: 16 and 32 tiles per row,
+// sums over T=1024 and 2048 keys; the tolerance grows like sqrt(T) as in AttentionLongSequence.
+// The CPU references (flash and materialized, forward and backward) are ~0.2 TFLOP at T=2048.
+TEST_F(CudaParity, FlashAttentionLongSequence) {
+  if (SmallOnly()) GTEST_SKIP() << "RAPTR_CUDA_PARITY_SMALL=1";
+  CheckFlashAttention(*gpu_, {1, 1024, 768, 12, true}, 1500, kFp32Tol * std::sqrt(1024 / 64.0));
+  CheckFlashAttention(*gpu_, {1, 2048, 768, 12, false}, 1502, kFp32Tol * std::sqrt(2048 / 64.0));
+}
+
+// A head larger than the kernels' 128 throws std::runtime_error naming the head size, before any
+// launch: the device stays usable.
+TEST_F(CudaParity, FlashAttentionRejectsLargeHeads) {
+  const int B = 1, T = 8, C = 136, NH = 1;
+  float* qkv = gpu_->Alloc(static_cast<size_t>(B) * T * 3 * C);
+  float* out = gpu_->Alloc(static_cast<size_t>(B) * T * C);
+  float* lse = gpu_->Alloc(static_cast<size_t>(B) * NH * T);
+  float* dqkv = gpu_->Alloc(static_cast<size_t>(B) * T * 3 * C);
+  for (bool backward : {false, true}) {
+    try {
+      if (backward) {
+        gpu_->FlashAttentionBackward(dqkv, out, qkv, out, lse, B, T, C, NH, true);
+      } else {
+        gpu_->FlashAttentionForward(out, lse, qkv, B, T, C, NH, true);
+      }
+      ADD_FAILURE() << "hs=136 accepted";
+    } catch (const std::runtime_error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("head size hs = C/NH = 136"), std::string::npos) << what;
+    }
+  }
+  EXPECT_EQ(gpu_->device_fault(), "");
+  EXPECT_EQ(gpu_->SumSquares(qkv, 16), 0.0);
+  for (float* p : {qkv, out, lse, dqkv}) gpu_->FreeBytes(p);
+}
+
 // ---- whole model ----
 
 ActiveLayerSet RandomActive(int L, uint64_t seed) {

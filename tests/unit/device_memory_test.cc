@@ -117,6 +117,15 @@ class ProtectedCpuBackend final : public Backend<float> {
                          const float* att, int B, int Tn, int C, int NH) override {
     Run(&Cpu::AttentionBackward, dqkv, datt, dout, qkv, att, B, Tn, C, NH);
   }
+  void FlashAttentionForward(float* out, float* lse, const float* qkv, int B, int Tn, int C, int NH,
+                             bool causal) override {
+    Run(&Cpu::FlashAttentionForward, out, lse, qkv, B, Tn, C, NH, causal);
+  }
+  void FlashAttentionBackward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                              const float* lse, int B, int Tn, int C, int NH,
+                              bool causal) override {
+    Run(&Cpu::FlashAttentionBackward, dqkv, dout, qkv, out, lse, B, Tn, C, NH, causal);
+  }
   void GeluForward(float* out, const float* inp, size_t n) override {
     Run(&Cpu::GeluForward, out, inp, n);
   }
@@ -338,11 +347,15 @@ TEST(DeviceMemory, DataParallelRaptrOnUntouchableMemoryMatchesTheCpuBitwise) {
   ExpectSameTrace(device, host);
 }
 
-TEST(DeviceMemory, PlanMatchesWhatARunAllocates) {
+class DeviceMemoryPlan : public ::testing::TestWithParam<AttentionKind> {};
+
+TEST_P(DeviceMemoryPlan, MatchesWhatARunAllocates) {
   // A RaPTr schedule of exact paths whose longest stage runs 3 of 4 blocks: the plan counts 3
   // slots of activations, and a run that reaches that stage allocates exactly the plan.
-  const std::string dir = FreshDir("device_memory_plan");
+  const std::string dir =
+      FreshDir(absl::StrCat("device_memory_plan_", AttentionKindName(GetParam())));
   TrainerConfig cfg = SmallConfig(dir, ModelKind::kGpt);
+  cfg.attention = GetParam();
   cfg.steps = 6;
   cfg.optimizer.total_steps = cfg.steps;
   cfg.schedule.kind = PathScheduleConfig::Kind::kRaptr;
@@ -375,6 +388,53 @@ TEST(DeviceMemory, PlanMatchesWhatARunAllocates) {
   full.schedule = PathScheduleConfig{};
   EXPECT_EQ(PlanMemory(full, 2).max_path, cfg.model.num_layers);
   EXPECT_GT(PlanMemory(full, 2).activation_bytes, plan.activation_bytes);
+}
+
+INSTANTIATE_TEST_SUITE_P(Attention, DeviceMemoryPlan,
+                         ::testing::Values(AttentionKind::kMaterialized, AttentionKind::kFlash),
+                         [](const auto& info) {
+                           return std::string(AttentionKindName(info.param));
+                         });
+
+TEST(DeviceMemory, FlashAttentionHoldsNoTByTMatrixAndTrainsLikeMaterialized) {
+  // At T=16 a block's (B,NH,T,T) probabilities are as large as its qkv; flash keeps (B,NH,T).
+  const std::string dir = FreshDir("device_memory_flash");
+  TrainerConfig cfg = SmallConfig(dir, ModelKind::kGpt);
+  cfg.schedule = PathScheduleConfig{};
+  const MemoryPlan materialized = PlanMemory(cfg);
+  cfg.attention = AttentionKind::kFlash;
+  const MemoryPlan flash = PlanMemory(cfg);
+  const size_t L = cfg.model.num_layers, B = cfg.batch, T = cfg.seq, NH = cfg.model.num_heads;
+  // Per block: att (B,NH,T,T) becomes lse (B,NH,T); and the backward's datt scratch goes.
+  EXPECT_EQ(materialized.activation_bytes - flash.activation_bytes,
+            (L * B * NH * T * (T - 1) + B * NH * T * T) * sizeof(float));
+
+  // The same run both ways. Both are fp32 evaluations of one function, so they differ only by
+  // rounding: the first step's loss (same weights) within 1e-5 relative (the ops agree to ~1e-6,
+  // tests/unit/flash_attention_test.cc), and the 8-step curve within 1e-3 relative, far inside
+  // what any real difference in the math (a wrong mask, a missing rescale) moves it.
+  OneKernelThread one_thread;
+  std::vector<double> losses[2];
+  for (int i = 0; i < 2; ++i) {
+    TrainerConfig c = cfg;
+    c.attention = i == 0 ? AttentionKind::kMaterialized : AttentionKind::kFlash;
+    absl::StatusOr<std::unique_ptr<TrainingSession>> session = TrainingSession::Create(c);
+    ASSERT_TRUE(session.ok()) << session.status();
+    EXPECT_EQ((*session)->model().attention(), c.attention);
+    for (int64_t step = 0; step < c.steps; ++step) {
+      StepInput input;
+      input.step = step;
+      input.active = ActiveLayerSet::Full(c.model.num_layers);
+      absl::StatusOr<StepOutcome> out = (*session)->RunStep(input, nullptr);
+      ASSERT_TRUE(out.ok()) << out.status();
+      losses[i].push_back(out->local_loss);
+    }
+  }
+  EXPECT_NEAR(losses[1][0], losses[0][0], 1e-5 * losses[0][0]);
+  for (size_t s = 0; s < losses[0].size(); ++s) {
+    EXPECT_NEAR(losses[1][s], losses[0][s], 1e-3 * losses[0][s]) << "step " << s;
+  }
+  EXPECT_LT(losses[0].back(), losses[0].front());  // it trains
 }
 
 TEST(DeviceMemory, PreflightRefusesAJobThatCannotHoldItsLongestPath) {

@@ -286,6 +286,26 @@ TEST(JobConfigTest, TheSpecsBackendIsTheTrainersBackend) {
   EXPECT_FALSE(cuda.backend.tf32);
 }
 
+// resources.attention: auto (omitted) resolves by backend; materialized and flash are kept.
+TEST(JobConfigTest, AttentionIsChosenPerJobAndAutoFollowsTheBackend) {
+  const TrainerConfig cpu = MustConvert(kMinimal);
+  EXPECT_FALSE(cpu.attention.has_value());
+  EXPECT_EQ(ResolvedAttention(cpu), AttentionKind::kMaterialized);
+  const TrainerConfig cuda = MustConvert(absl::StrCat(kMinimal, "resources: {backend: cuda}\n"));
+  EXPECT_EQ(ResolvedAttention(cuda), AttentionKind::kFlash);
+  const TrainerConfig flash =
+      MustConvert(absl::StrCat(kMinimal, "resources: {attention: flash}\n"));
+  EXPECT_EQ(ResolvedAttention(flash), AttentionKind::kFlash);
+  const TrainerConfig full =
+      MustConvert(absl::StrCat(kMinimal, "resources: {backend: cuda, attention: materialized}\n"));
+  EXPECT_EQ(ResolvedAttention(full), AttentionKind::kMaterialized);
+  absl::StatusOr<v1::JobSpec> bad =
+      ParseJobSpecYaml(absl::StrCat(kMinimal, "resources: {attention: sparse}\n"));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("resources.attention"), absl::string_view::npos)
+      << bad.status();
+}
+
 absl::StatusOr<TrainerConfig> ForWorker(const std::string& yaml, BackendOptions worker) {
   absl::StatusOr<v1::JobSpec> spec = ParseJobSpecYaml(yaml);
   if (!spec.ok()) return spec.status();

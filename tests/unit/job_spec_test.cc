@@ -192,6 +192,7 @@ TEST(JobSpecTest, FillsDefaults) {
   EXPECT_EQ(spec->resources().max_workers(), 1);
   EXPECT_EQ(spec->resources().priority(), 0);
   EXPECT_EQ(spec->resources().backend(), v1::BACKEND_CPU);
+  EXPECT_EQ(spec->resources().attention(), v1::ATTENTION_AUTO);
 }
 
 TEST(JobSpecTest, ExplicitZerosAreNotDefaulted) {
@@ -276,7 +277,7 @@ TEST(JobSpecTest, UnknownFieldNamesItsPath) {
       "schedule.raptr.stages[1].pathlength: unknown field (did you mean path_length?)"));
   EXPECT_TRUE(IsInvalidArgument(ParseAndValidate(Minimal("resources: {gpus: 2}\n")),
                                 "resources.gpus: unknown field (ResourceSpec has min_workers, "
-                                "max_workers, priority, backend)"));
+                                "max_workers, priority, backend, attention)"));
   EXPECT_TRUE(IsInvalidArgument(ParseAndValidate(Minimal("epochs: 3\n")), "epochs: unknown field"));
   // The YAML position comes with it.
   EXPECT_TRUE(IsInvalidArgument(ParseAndValidate(Minimal("epochs: 3\n")), "(line 13"));

@@ -64,6 +64,33 @@ class BackendOutOfMemory : public std::bad_alloc {
   std::string message_;
 };
 
+// Flash attention's query and key tile (both backends use it: it decides which causal tiles run
+// and so the FLOPs counted).
+inline constexpr int kFlashAttentionTile = 64;
+
+// Score entries (query, key) one (batch, head) of flash attention evaluates over a sequence of
+// Tn: Tn * Tn bidirectional; causal, every entry of the tiles on or below the diagonal (query
+// tile q runs key tiles 0..q), which is between Tn (Tn + 1) / 2 and Tn * Tn.
+inline uint64_t FlashAttentionScores(int Tn, bool causal) {
+  const uint64_t T = static_cast<uint64_t>(Tn);
+  if (!causal) return T * T;
+  const uint64_t tile = kFlashAttentionTile;
+  uint64_t scores = 0;
+  for (uint64_t q0 = 0; q0 < T; q0 += tile) {
+    const uint64_t q1 = q0 + tile < T ? q0 + tile : T;
+    scores += (q1 - q0) * q1;  // rows q0..q1 against keys 0..q1 (the diagonal tile whole)
+  }
+  return scores;
+}
+// The FLOPs FlashAttentionForward / FlashAttentionBackward count (see their comments), with hs
+// the real head size C/NH (padding of hs or T inside a kernel is not counted).
+inline uint64_t FlashAttentionForwardFlops(int B, int Tn, int C, int NH, bool causal) {
+  return 4ull * B * NH * static_cast<uint64_t>(C / NH) * FlashAttentionScores(Tn, causal);
+}
+inline uint64_t FlashAttentionBackwardFlops(int B, int Tn, int C, int NH, bool causal) {
+  return 14ull * B * NH * static_cast<uint64_t>(C / NH) * FlashAttentionScores(Tn, causal);
+}
+
 template <typename T>
 class Backend {
  public:
@@ -141,6 +168,26 @@ class Backend {
   // dqkv (B,T,3C) overwritten; datt (B,NH,T,T) is scratch.
   virtual void AttentionBackward(T* dqkv, T* datt, const T* dout, const T* qkv, const T* att, int B,
                                  int Tn, int C, int NH) = 0;
+
+  // Flash attention: the same attention as above (scores q.k / sqrt(hs), hs = C/NH; causal masks
+  // key j > query i) with no (B,NH,T,T) matrix anywhere, FlashAttention-2 style: queries and
+  // keys in tiles of kFlashAttentionTile, an online softmax over the key tiles. qkv (B,T,3C) as
+  // above; out (B,T,C); lse (B,NH,T) saves each softmax row's log-sum-exp,
+  // log(sum_j exp(q_i.k_j / sqrt(hs))), for the backward. Causal, the key tiles wholly above the
+  // diagonal are skipped; the tiles on it are computed whole and masked.
+  // Counts 4 * hs * FlashAttentionScores(T, causal) FLOPs per (batch, head): QK^T and PV over the
+  // score entries of the tiles that run (FlashAttentionForwardFlops below).
+  virtual void FlashAttentionForward(T* out, T* lse, const T* qkv, int B, int Tn, int C, int NH,
+                                     bool causal) = 0;
+  // dqkv (B,T,3C) overwritten, from dout (B,T,C) and the forward's out (B,T,C) and lse (B,NH,T):
+  // D_i = rowsum(dout_i * out_i), and P recomputed from q, k and lse, tile by tile (no (T,T)
+  // buffer; scratch of O(B*NH*T) at most). Deterministic with no atomics: one pass over key tiles
+  // gives dK and dV (summing over query tiles in order), a second over query tiles gives dQ, so
+  // S and dP are computed twice. Counts 14 * hs * FlashAttentionScores(T, causal) FLOPs per
+  // (batch, head): the dK/dV pass recomputes S and dP and forms dV and dK (8 hs per score), the
+  // dQ pass recomputes S and dP and forms dQ (6 hs); D (2 T hs) is not matmul-class, uncounted.
+  virtual void FlashAttentionBackward(T* dqkv, const T* dout, const T* qkv, const T* out,
+                                      const T* lse, int B, int Tn, int C, int NH, bool causal) = 0;
 
   // GELU, tanh approximation. out may alias nothing; GeluBackward may run in place (dinp==dout).
   virtual void GeluForward(T* out, const T* inp, size_t n) = 0;

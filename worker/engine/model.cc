@@ -16,7 +16,8 @@ struct Model<T>::Slot {
   T* ln1_mean = nullptr;  // (N)
   T* ln1_rstd = nullptr;  // (N)
   T* qkv = nullptr;       // (N,3C)
-  T* att = nullptr;       // (B,NH,T,T)
+  T* att = nullptr;       // (B,NH,T,T), kMaterialized
+  T* lse = nullptr;       // (B,NH,T), kFlash
   T* atty = nullptr;      // (N,C)
   T* resmid = nullptr;    // (N,C) residual after attention
   T* ln2 = nullptr;       // (N,C)
@@ -27,8 +28,8 @@ struct Model<T>::Slot {
 };
 
 template <typename T>
-Model<T>::Model(const ModelConfig& config, Backend<T>* backend)
-    : config_(config), layout_(config), backend_(backend) {
+Model<T>::Model(const ModelConfig& config, Backend<T>* backend, AttentionKind attention)
+    : config_(config), layout_(config), backend_(backend), attention_(attention) {
   params_ = backend_->AllocTensor(layout_.total(), "parameters");
   try {
     grads_ = backend_->AllocTensor(layout_.total(), "gradients");
@@ -47,8 +48,8 @@ Model<T>::~Model() {
 
 template <typename T>
 void Model<T>::FreeSlot(Slot& s) {
-  for (T* p : {s.ln1, s.ln1_mean, s.ln1_rstd, s.qkv, s.att, s.atty, s.resmid, s.ln2, s.ln2_mean,
-               s.ln2_rstd, s.fch, s.fchg}) {
+  for (T* p : {s.ln1, s.ln1_mean, s.ln1_rstd, s.qkv, s.att, s.lse, s.atty, s.resmid, s.ln2,
+               s.ln2_mean, s.ln2_rstd, s.fch, s.fchg}) {
     if (p != nullptr) backend_->FreeBytes(p);  // null: not allocated (a failed allocation)
   }
   s = Slot{};
@@ -112,7 +113,12 @@ void Model<T>::EnsureBuffers(int B, int Tn, int num_slots) {
       s->ln1_mean = backend_->AllocTensor(N, at + "ln1 mean (B,T)");
       s->ln1_rstd = backend_->AllocTensor(N, at + "ln1 rstd (B,T)");
       s->qkv = backend_->AllocTensor(N * 3 * C, at + "qkv (B,T,3C)");
-      s->att = backend_->AllocTensor(static_cast<size_t>(B_) * NH * T_ * T_, at + "att (B,NH,T,T)");
+      if (attention_ == AttentionKind::kFlash) {
+        s->lse = backend_->AllocTensor(static_cast<size_t>(B_) * NH * T_, at + "lse (B,NH,T)");
+      } else {
+        s->att =
+            backend_->AllocTensor(static_cast<size_t>(B_) * NH * T_ * T_, at + "att (B,NH,T,T)");
+      }
       s->atty = backend_->AllocTensor(N * C, at + "attention output (B,T,C)");
       s->resmid = backend_->AllocTensor(N * C, at + "mid-block residual (B,T,C)");
       s->ln2 = backend_->AllocTensor(N * C, at + "ln2 (B,T,C)");
@@ -132,24 +138,31 @@ void Model<T>::EnsureBuffers(int B, int Tn, int num_slots) {
   }
 }
 
+const char* AttentionKindName(AttentionKind kind) {
+  return kind == AttentionKind::kFlash ? "flash" : "materialized";
+}
+
 template <typename T>
 size_t Model<T>::ParameterBytes(const ModelConfig& config) {
   return 2 * ParamLayout(config).total() * sizeof(T);  // params + grads
 }
 
 template <typename T>
-size_t Model<T>::ActivationBytes(const ModelConfig& config, int B, int Tn, int max_path) {
+size_t Model<T>::ActivationBytes(const ModelConfig& config, int B, int Tn, int max_path,
+                                 AttentionKind attention) {
   // Mirrors EnsureBuffers (shared buffers, one Slot per path position, the residual stream) and
   // Backward's scratch, element for element.
   const size_t C = config.d_model, F = config.d_ff, V = config.vocab_size;
   const size_t NH = config.num_heads, N = static_cast<size_t>(B) * Tn;
-  const size_t att = static_cast<size_t>(B) * NH * Tn * Tn;
+  const bool flash = attention == AttentionKind::kFlash;
+  const size_t att = static_cast<size_t>(B) * NH * Tn * (flash ? 1 : Tn);  // att, or lse
   const size_t slots = static_cast<size_t>(std::max(1, max_path));
   const size_t shared = N * C + 2 * N + N * V + N;            // lnf, its mean/rstd, logits, losses
   const size_t tokens = 2 * N * sizeof(int32_t) / sizeof(T);  // inputs, targets
   const size_t per_slot = 4 * N * C + 4 * N + 3 * N * C + att + 2 * N * F;
   const size_t residual = static_cast<size_t>(std::max<size_t>(2, slots + 1)) * N * C;
-  const size_t backward = 3 * N * C + 3 * N * C + N * F + att;  // dres dln datty, dqkv, dfch, datt
+  // dres dln datty, dqkv, dfch, and datt when materialized.
+  const size_t backward = 3 * N * C + 3 * N * C + N * F + (flash ? 0 : att);
   return (shared + tokens + slots * per_slot + residual + backward) * sizeof(T);
 }
 
@@ -245,7 +258,11 @@ absl::StatusOr<double> Model<T>::Forward(const int32_t* inputs, const int32_t* t
                          P + layout_.block(l, kLn1B), N, C);
     be->MatmulForward(a.qkv, a.ln1, P + layout_.block(l, kQkvW), P + layout_.block(l, kQkvB), N, C,
                       3 * C, T(1), false);
-    be->AttentionForward(a.atty, a.att, a.qkv, B, Tn, C, NH, cfg.causal());
+    if (attention_ == AttentionKind::kFlash) {
+      be->FlashAttentionForward(a.atty, a.lse, a.qkv, B, Tn, C, NH, cfg.causal());
+    } else {
+      be->AttentionForward(a.atty, a.att, a.qkv, B, Tn, C, NH, cfg.causal());
+    }
     be->Copy(a.resmid, x, static_cast<size_t>(N) * C);
     be->MatmulForward(a.resmid, a.atty, P + layout_.block(l, kAttnProjW),
                       P + layout_.block(l, kAttnProjB), N, C, C, s, true);
@@ -300,7 +317,7 @@ absl::Status Model<T>::Backward(T grad_scale) {
   if (!datty_) datty_ = be->AllocTensor(NC, "backward scratch: datt_out (B,T,C)");
   if (!dqkv_) dqkv_ = be->AllocTensor(3 * NC, "backward scratch: dqkv (B,T,3C)");
   if (!dfch_) dfch_ = be->AllocTensor(static_cast<size_t>(N) * F, "backward scratch: dfc (B,T,F)");
-  if (!datt_) {
+  if (!datt_ && attention_ == AttentionKind::kMaterialized) {
     datt_ =
         be->AllocTensor(static_cast<size_t>(B) * NH * Tn * Tn, "backward scratch: datt (B,NH,T,T)");
   }
@@ -325,7 +342,11 @@ absl::Status Model<T>::Backward(T grad_scale) {
     // resmid = x + s * proj(attn(qkv(ln1(x)))): dres becomes dx.
     be->MatmulBackward(datty_, G + layout_.block(l, kAttnProjW), G + layout_.block(l, kAttnProjB),
                        dres_, a.atty, P + layout_.block(l, kAttnProjW), N, C, C, s);
-    be->AttentionBackward(dqkv_, datt_, datty_, a.qkv, a.att, B, Tn, C, NH);
+    if (attention_ == AttentionKind::kFlash) {
+      be->FlashAttentionBackward(dqkv_, datty_, a.qkv, a.atty, a.lse, B, Tn, C, NH, cfg.causal());
+    } else {
+      be->AttentionBackward(dqkv_, datt_, datty_, a.qkv, a.att, B, Tn, C, NH);
+    }
     be->MatmulBackward(dln_, G + layout_.block(l, kQkvW), G + layout_.block(l, kQkvB), dqkv_, a.ln1,
                        P + layout_.block(l, kQkvW), N, C, 3 * C, T(1));
     be->LayerNormBackward(dres_, G + layout_.block(l, kLn1W), G + layout_.block(l, kLn1B), dln_,

@@ -22,11 +22,19 @@
 
 namespace raptr {
 
+// How a block's attention runs. kMaterialized keeps the (B,NH,T,T) probabilities of every block
+// on the path for the backward pass (AttentionForward); kFlash keeps only a (B,NH,T) log-sum-exp
+// and recomputes the probabilities in the backward pass (FlashAttentionForward): T times less
+// memory per block, about 40% more attention FLOPs in the backward pass.
+enum class AttentionKind { kMaterialized, kFlash };
+const char* AttentionKindName(AttentionKind kind);  // "materialized" / "flash"
+
 template <typename T>
 class Model {
  public:
   // REQUIRES: config.Validate().ok(); backend outlives the model.
-  Model(const ModelConfig& config, Backend<T>* backend);
+  Model(const ModelConfig& config, Backend<T>* backend,
+        AttentionKind attention = AttentionKind::kMaterialized);
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -34,6 +42,7 @@ class Model {
   const ModelConfig& config() const { return config_; }
   const ParamLayout& layout() const { return layout_; }
   Backend<T>* backend() const { return backend_; }
+  AttentionKind attention() const { return attention_; }
   // The flat parameter and gradient buffers (layout()), as backend memory: read and write them
   // through the backend (backend.h: Download, Upload, WithHostView), never in place.
   DeviceSpan<T> params() const { return DeviceSpan<T>(params_, layout_.total()); }
@@ -43,7 +52,8 @@ class Model {
   // of training paths up to `max_path` blocks at batch (B, Tn) plus evaluation and the backward
   // pass's scratch: what EnsureBuffers and Backward will have allocated at most.
   static size_t ParameterBytes(const ModelConfig& config);
-  static size_t ActivationBytes(const ModelConfig& config, int B, int Tn, int max_path);
+  static size_t ActivationBytes(const ModelConfig& config, int B, int Tn, int max_path,
+                                AttentionKind attention = AttentionKind::kMaterialized);
 
   // GPT-2 initialisation: weights N(0, 0.02), the two residual output projections of each block
   // N(0, 0.02/sqrt(2L)), biases 0, LayerNorm weight 1. A pure function of the seed.
@@ -81,6 +91,7 @@ class Model {
   ModelConfig config_;
   ParamLayout layout_;
   Backend<T>* backend_;
+  AttentionKind attention_;
   T* params_ = nullptr;
   T* grads_ = nullptr;
 

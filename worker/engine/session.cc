@@ -75,8 +75,9 @@ MemoryPlan PlanMemory(const TrainerConfig& config, int world_size) {
   plan.max_path = MaxTrainingPath(config.schedule, config.model.num_layers);
   plan.parameter_bytes = Model<float>::ParameterBytes(config.model);
   plan.optimizer_bytes = plan.parameter_bytes;  // m and v, one float each per parameter
-  plan.activation_bytes =
-      Model<float>::ActivationBytes(config.model, local_batch, config.seq, plan.max_path);
+  plan.attention = ResolvedAttention(config);
+  plan.activation_bytes = Model<float>::ActivationBytes(config.model, local_batch, config.seq,
+                                                        plan.max_path, plan.attention);
   return plan;
 }
 
@@ -84,7 +85,8 @@ std::string MemoryPlan::DebugString() const {
   return absl::StrCat(Gib(static_cast<double>(total())), " = parameters and gradients ",
                       Gib(static_cast<double>(parameter_bytes)), " + AdamW moments ",
                       Gib(static_cast<double>(optimizer_bytes)), " + activations of a ", max_path,
-                      "-block path ", Gib(static_cast<double>(activation_bytes)));
+                      "-block path ", Gib(static_cast<double>(activation_bytes)), " (",
+                      AttentionKindName(attention), " attention)");
 }
 
 nlohmann::json RunFingerprint(const TrainerConfig& c) {
@@ -206,7 +208,8 @@ absl::StatusOr<std::unique_ptr<TrainingSession>> TrainingSession::Create(
         " is free: lower the batch (more micro-batches or workers) or the sequence length"));
   }
   try {
-    session->model_ = std::make_unique<Model<float>>(cfg.model, session->backend_.get());
+    session->model_ =
+        std::make_unique<Model<float>>(cfg.model, session->backend_.get(), ResolvedAttention(cfg));
     session->optimizer_ = std::make_unique<AdamWOptimizer<float>>(
         cfg.optimizer, session->model_->layout(), session->backend_.get());
     session->inputs_.resize(static_cast<size_t>(cfg.batch) * cfg.seq * cfg.micro_batches);

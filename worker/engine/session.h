@@ -216,7 +216,8 @@ class TrainingSession {
 
 // What a session will allocate on its backend, from the config alone (the preflight's numbers).
 struct MemoryPlan {
-  int max_path = 0;             // longest training path of the schedule
+  int max_path = 0;  // longest training path of the schedule
+  AttentionKind attention = AttentionKind::kMaterialized;
   size_t parameter_bytes = 0;   // parameters + gradients
   size_t optimizer_bytes = 0;   // AdamW m + v
   size_t activation_bytes = 0;  // activations of a max_path path, evaluation, backward scratch

@@ -140,6 +140,12 @@ absl::Status ApplyStackingCopies(const std::vector<std::pair<int, int>>& copies,
   return optimizer.RestoreStepCounts(optimizer.shared_steps(), steps);
 }
 
+AttentionKind ResolvedAttention(const TrainerConfig& config) {
+  if (config.attention.has_value()) return *config.attention;
+  return config.backend.kind == BackendKind::kCuda ? AttentionKind::kFlash
+                                                   : AttentionKind::kMaterialized;
+}
+
 absl::Status Train(const TrainerConfig& cfg, const StepCallback& on_step, TrainResult* result,
                    bool keep_params) {
   ASSIGN_OR_RETURN(std::unique_ptr<TrainingSession> session, TrainingSession::Create(cfg));

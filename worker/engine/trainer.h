@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "common/path_schedule.h"
 #include "worker/engine/backend_factory.h"
 #include "worker/engine/config.h"
+#include "worker/engine/model.h"
 #include "worker/engine/optimizer.h"
 
 namespace raptr {
@@ -24,6 +26,9 @@ struct TrainerConfig {
   // The backend the session trains on (CPU by default). Not part of the run fingerprint: a job may
   // resume a CPU checkpoint on a GPU (both are fp32 master weights), within fp32 tolerance.
   BackendOptions backend;
+  // How attention runs (model.h); nullopt: flash on a CUDA backend, materialized on the CPU
+  // (ResolvedAttention). Not in the fingerprint either: both compute the same function.
+  std::optional<AttentionKind> attention;
   ModelConfig model;
   OptimizerConfig optimizer;
   PathScheduleConfig schedule;
@@ -44,6 +49,9 @@ struct TrainerConfig {
   bool resume = true;            // continue from run_dir's latest checkpoint when present
   int log_every = 10;            // progress line cadence on stderr; 0: silent
 };
+
+// config.attention, or its default for config.backend.
+AttentionKind ResolvedAttention(const TrainerConfig& config);
 
 struct StepReport {
   int64_t step = 0;

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <vector>
 
@@ -324,6 +325,198 @@ void CpuBackend<T>::AttentionBackward(T* dqkv, T* datt, const T* dout, const T* 
     Gemm(true, false, Tn, hs, Tn, T(1), dp, Tn, q, 3 * C, T(0), dk, 3 * C);
   }
   this->flops_executed_ += 8ull * B * NH * TT * hs;
+}
+
+// ---- Flash attention ----
+// Queries and keys in tiles of kFlashAttentionTile. Forward, per (batch, head, query tile): the
+// running row max m, row sum l and unnormalised output o of the tile's rows fold in one key tile
+// at a time (m' = max(m, max_j s_ij); o = o exp(m - m') + sum_j exp(s_ij - m') v_j; l likewise),
+// then out = o / l and lse = m + log l. Causal, query tile q stops after key tile q; inside that
+// diagonal tile the masked entries are computed like the others and weighted 0, as on the GPU
+// (the FLOPs count them). The backward recomputes s_ij and p_ij = exp(s_ij - lse_i) entry by
+// entry: a pass over key tiles sums dV_j += p_ij dO_i and dK_j += dS_ij q_i over the query tiles
+// in order, a pass over query tiles sums dQ_i += dS_ij k_j over the key tiles in order, with
+// dS_ij = p_ij (dO_i.v_j - D_i). Every output element is summed by one task in a fixed order.
+namespace {
+
+template <typename T>
+inline T Dot(const T* a, const T* b, int n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int d = 0; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
+// y += a * x over n elements.
+template <typename T>
+inline void Axpy(T a, const T* x, T* y, int n) {
+#pragma omp simd
+  for (int d = 0; d < n; ++d) y[d] += a * x[d];
+}
+
+inline int FlashTiles(int Tn) { return (Tn + kFlashAttentionTile - 1) / kFlashAttentionTile; }
+
+}  // namespace
+
+template <typename T>
+void CpuBackend<T>::FlashAttentionForward(T* out, T* lse, const T* qkv, int B, int Tn, int C,
+                                          int NH, bool causal) {
+  const int hs = C / NH, tile = kFlashAttentionTile, tiles = FlashTiles(Tn);
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hs)));
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  const size_t C3 = 3 * static_cast<size_t>(C);
+#pragma omp parallel
+  {
+    std::vector<T> s(tile), m(tile), l(tile), o(static_cast<size_t>(tile) * hs);
+    // Dynamic: causal tasks differ in cost. A task writes only its own rows, so the schedule
+    // changes no result.
+#pragma omp for schedule(dynamic)
+    for (int task = 0; task < B * NH * tiles; ++task) {
+      const int qt = task % tiles, bh = task / tiles, b = bh / NH, h = bh % NH;
+      const T* base = qkv + static_cast<size_t>(b) * Tn * C3 + static_cast<size_t>(h) * hs;
+      const int i0 = qt * tile, i1 = std::min(Tn, i0 + tile);
+      std::fill(m.begin(), m.end(), neg_inf);
+      std::fill(l.begin(), l.end(), T(0));
+      std::fill(o.begin(), o.end(), T(0));
+      const int kt_end = causal ? qt + 1 : tiles;
+      for (int kt = 0; kt < kt_end; ++kt) {
+        const int j0 = kt * tile, j1 = std::min(Tn, j0 + tile);
+        for (int i = i0; i < i1; ++i) {
+          const int r = i - i0;
+          const T* q = base + i * C3;
+          T mx = m[r];
+          for (int j = j0; j < j1; ++j) {
+            s[j - j0] = Dot(q, base + j * C3 + C, hs) * scale;
+            if (!(causal && j > i)) mx = std::max(mx, s[j - j0]);
+          }
+          // Every tile that runs has an unmasked key for each row (key j0 <= i), so mx is finite.
+          const T alpha = m[r] == neg_inf ? T(0) : cpu::Exp(m[r] - mx);
+          T* orow = o.data() + static_cast<size_t>(r) * hs;
+#pragma omp simd
+          for (int d = 0; d < hs; ++d) orow[d] *= alpha;
+          T sum = 0;
+          for (int j = j0; j < j1; ++j) {
+            const T p = causal && j > i ? T(0) : cpu::Exp(s[j - j0] - mx);
+            sum += p;
+            Axpy(p, base + j * C3 + 2 * C, orow, hs);
+          }
+          l[r] = l[r] * alpha + sum;
+          m[r] = mx;
+        }
+      }
+      for (int i = i0; i < i1; ++i) {
+        const int r = i - i0;
+        const T inv = T(1) / l[r];
+        const T* orow = o.data() + static_cast<size_t>(r) * hs;
+        T* y = out + (static_cast<size_t>(b) * Tn + i) * C + static_cast<size_t>(h) * hs;
+#pragma omp simd
+        for (int d = 0; d < hs; ++d) y[d] = orow[d] * inv;
+        lse[static_cast<size_t>(bh) * Tn + i] =
+            m[r] + static_cast<T>(std::log(static_cast<double>(l[r])));
+      }
+    }
+  }
+  this->flops_executed_ += FlashAttentionForwardFlops(B, Tn, C, NH, causal);
+}
+
+template <typename T>
+void CpuBackend<T>::FlashAttentionBackward(T* dqkv, const T* dout, const T* qkv, const T* out,
+                                           const T* lse, int B, int Tn, int C, int NH,
+                                           bool causal) {
+  const int hs = C / NH, tile = kFlashAttentionTile, tiles = FlashTiles(Tn);
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hs)));
+  const size_t C3 = 3 * static_cast<size_t>(C);
+  // D (B,NH,T) = rowsum(dout * out) per head: the only scratch, O(B*NH*T).
+  std::vector<T> D(static_cast<size_t>(B) * NH * Tn);
+#pragma omp parallel for schedule(static)
+  for (int bt = 0; bt < B * Tn; ++bt) {
+    const int b = bt / Tn, t = bt % Tn;
+    for (int h = 0; h < NH; ++h) {
+      const size_t row = static_cast<size_t>(bt) * C + static_cast<size_t>(h) * hs;
+      D[(static_cast<size_t>(b) * NH + h) * Tn + t] = Dot(dout + row, out + row, hs);
+    }
+  }
+  // Score s_ij, probability p_ij and dS_ij of one entry, recomputed (the same in both passes).
+  auto entry = [&](const T* base, const T* dO, size_t bh, int i, int j, T* p, T* ds) {
+    const T* q = base + i * C3;
+    const T s = Dot(q, base + j * C3 + C, hs) * scale;
+    const T dp = Dot(dO, base + j * C3 + 2 * C, hs);
+    *p = causal && j > i ? T(0) : cpu::Exp(s - lse[bh * Tn + i]);
+    *ds = *p * (dp - D[bh * Tn + i]);
+  };
+
+  // Pass 1: dK, dV per (batch, head, key tile), over the query tiles that see it, in order.
+#pragma omp parallel
+  {
+    std::vector<T> dk(static_cast<size_t>(tile) * hs), dv(static_cast<size_t>(tile) * hs);
+#pragma omp for schedule(dynamic)
+    for (int task = 0; task < B * NH * tiles; ++task) {
+      const int kt = task % tiles, bh = task / tiles, b = bh / NH, h = bh % NH;
+      const size_t off = static_cast<size_t>(b) * Tn * C3 + static_cast<size_t>(h) * hs;
+      const T* base = qkv + off;
+      const int j0 = kt * tile, j1 = std::min(Tn, j0 + tile);
+      std::fill(dk.begin(), dk.end(), T(0));
+      std::fill(dv.begin(), dv.end(), T(0));
+      for (int qt = causal ? kt : 0; qt < tiles; ++qt) {
+        const int i1 = std::min(Tn, (qt + 1) * tile);
+        for (int i = qt * tile; i < i1; ++i) {
+          const T* q = base + i * C3;
+          const T* dO = dout + (static_cast<size_t>(b) * Tn + i) * C + static_cast<size_t>(h) * hs;
+          for (int j = j0; j < j1; ++j) {
+            T p, ds;
+            entry(base, dO, bh, i, j, &p, &ds);
+            Axpy(p, dO, dv.data() + static_cast<size_t>(j - j0) * hs, hs);
+            Axpy(ds, q, dk.data() + static_cast<size_t>(j - j0) * hs, hs);
+          }
+        }
+      }
+      for (int j = j0; j < j1; ++j) {
+        T* dK = dqkv + off + j * C3 + C;
+        T* dV = dK + C;
+        const T* a = dk.data() + static_cast<size_t>(j - j0) * hs;
+        const T* c = dv.data() + static_cast<size_t>(j - j0) * hs;
+#pragma omp simd
+        for (int d = 0; d < hs; ++d) {
+          dK[d] = a[d] * scale;
+          dV[d] = c[d];
+        }
+      }
+    }
+  }
+
+  // Pass 2: dQ per (batch, head, query tile), over the key tiles it sees, in order.
+#pragma omp parallel
+  {
+    std::vector<T> dq(static_cast<size_t>(tile) * hs);
+#pragma omp for schedule(dynamic)
+    for (int task = 0; task < B * NH * tiles; ++task) {
+      const int qt = task % tiles, bh = task / tiles, b = bh / NH, h = bh % NH;
+      const size_t off = static_cast<size_t>(b) * Tn * C3 + static_cast<size_t>(h) * hs;
+      const T* base = qkv + off;
+      const int i0 = qt * tile, i1 = std::min(Tn, i0 + tile);
+      std::fill(dq.begin(), dq.end(), T(0));
+      const int kt_end = causal ? qt + 1 : tiles;
+      for (int kt = 0; kt < kt_end; ++kt) {
+        const int j1 = std::min(Tn, (kt + 1) * tile);
+        for (int i = i0; i < i1; ++i) {
+          const T* dO = dout + (static_cast<size_t>(b) * Tn + i) * C + static_cast<size_t>(h) * hs;
+          T* acc = dq.data() + static_cast<size_t>(i - i0) * hs;
+          for (int j = kt * tile; j < j1; ++j) {
+            T p, ds;
+            entry(base, dO, bh, i, j, &p, &ds);
+            Axpy(ds, base + j * C3 + C, acc, hs);
+          }
+        }
+      }
+      for (int i = i0; i < i1; ++i) {
+        T* dQ = dqkv + off + i * C3;
+        const T* a = dq.data() + static_cast<size_t>(i - i0) * hs;
+#pragma omp simd
+        for (int d = 0; d < hs; ++d) dQ[d] = a[d] * scale;
+      }
+    }
+  }
+  this->flops_executed_ += FlashAttentionBackwardFlops(B, Tn, C, NH, causal);
 }
 
 template <typename T>

@@ -45,6 +45,14 @@ class CpuBackend final : public Backend<T> {
                         bool causal) override;
   void AttentionBackward(T* dqkv, T* datt, const T* dout, const T* qkv, const T* att, int B, int Tn,
                          int C, int NH) override;
+  // Tiled online softmax (cpu_backend.cc); one OpenMP task per (batch, head, query tile) forward
+  // and per (batch, head, key tile) / (batch, head, query tile) in the backward's two passes. Each
+  // output element is summed by one task in a fixed order, so the results are bitwise the same
+  // for any thread count.
+  void FlashAttentionForward(T* out, T* lse, const T* qkv, int B, int Tn, int C, int NH,
+                             bool causal) override;
+  void FlashAttentionBackward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse,
+                              int B, int Tn, int C, int NH, bool causal) override;
   void GeluForward(T* out, const T* inp, size_t n) override;
   void GeluBackward(T* dinp, const T* inp, const T* dout, size_t n) override;
   void CrossEntropyForward(T* logits, T* losses, const int32_t* targets, int N, int V, T grad_scale,

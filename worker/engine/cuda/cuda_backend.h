@@ -1,6 +1,7 @@
 // CudaBackend: the Backend<float> of backend.h on one NVIDIA GPU. Matmuls and attention's two
 // products go to cuBLAS; every other op is a kernel of ours, one .cu file per op family
-// (encoder, layernorm, matmul, attention, gelu, crossentropy, adamw), llm.c / ggml style.
+// (encoder, layernorm, matmul, attention, flash_attention, gelu, crossentropy, adamw), llm.c /
+// ggml style.
 //
 // Every call is enqueued on the backend's own stream and returns at once, except the few that
 // hand a value to the host (CopyToHost, SumSquares, Synchronize) and EncoderBackward, which reads
@@ -98,6 +99,12 @@ class CudaBackend final : public Backend<float> {
                         bool causal) override;
   void AttentionBackward(float* dqkv, float* datt, const float* dout, const float* qkv,
                          const float* att, int B, int Tn, int C, int NH) override;
+  // Our own kernels (flash_attention.cu), deterministic; hs = C/NH up to 128, else they throw
+  // std::runtime_error.
+  void FlashAttentionForward(float* out, float* lse, const float* qkv, int B, int Tn, int C, int NH,
+                             bool causal) override;
+  void FlashAttentionBackward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                              const float* lse, int B, int Tn, int C, int NH, bool causal) override;
   void GeluForward(float* out, const float* inp, size_t n) override;
   void GeluBackward(float* dinp, const float* inp, const float* dout, size_t n) override;
   void CrossEntropyForward(float* logits, float* losses, const int32_t* targets, int N, int V,
