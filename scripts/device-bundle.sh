@@ -56,9 +56,10 @@ say "building raptr_cuda_tests cuda_bench (ninja -j$JOBS)"
 ninja -C "$BUILD" -j"$JOBS" raptr_cuda_tests cuda_bench || die "the CUDA check's targets failed to build"
 BINS=("$BUILD/tests/cuda/raptr_cuda_tests" "$BUILD/bench/cuda/cuda_bench")
 if [[ "$SERVICE" != 0 ]]; then
-  say "building raptr-worker raptr-coordinator (optional)"
-  if ninja -C "$BUILD" -j"$JOBS" raptr-worker raptr-coordinator; then
-    BINS+=("$BUILD/worker/raptr-worker" "$BUILD/coordinator/raptr-coordinator")
+  say "building raptr-worker raptr-coordinator raptrctl (optional: the service step)"
+  if ninja -C "$BUILD" -j"$JOBS" raptr-worker raptr-coordinator raptrctl; then
+    BINS+=("$BUILD/worker/raptr-worker" "$BUILD/coordinator/raptr-coordinator"
+           "$BUILD/cli/raptrctl")
   elif [[ "$SERVICE" == require ]]; then
     die "raptr-worker / raptr-coordinator failed to build (DEVICE_BUNDLE_SERVICE=require)"
   else

@@ -265,6 +265,31 @@ main() {
     esac
   done
 
+  # ---- the service with CUDA workers -------------------------------------------------------
+  # Two `raptr-worker serve --backend cuda --device 0` beside a coordinator on loopback: a 1-worker
+  # job (flash attention) and a 2-worker job on the same GPU (materialized attention, Gloo staged
+  # through the host), each must succeed and learn (scripts/device-service-check.sh).
+  section "service: coordinator + 2 CUDA workers on loopback"
+  if [[ ! -x "$DEV/bin/raptrctl" || ! -x "$DEV/bin/raptr-worker" || ! -x "$DEV/bin/raptr-coordinator" ]]; then
+    record service "2 CUDA workers, 2 jobs" SKIPPED 0 "raptrctl / raptr-worker / raptr-coordinator not in the bundle"
+  elif ((!HAVE_GPU)); then
+    record service "2 CUDA workers, 2 jobs" SKIPPED 0 "no GPU"
+  elif ! fits 40; then
+    record service "2 CUDA workers, 2 jobs" SKIPPED 0 "budget (needs ~40s)"
+  else
+    local t=$SECONDS limit rc
+    limit=$(cap 150)
+    timeout -k 5 "$limit" env LD_LIBRARY_PATH="$RAPTR_LD" bash scripts/device-service-check.sh \
+      "$DEV/bin" "$TMP/service" cuda >"$TMP/service.out" 2>&1
+    rc=$?
+    cat "$TMP/service.out"
+    case $rc in
+      0) record service "2 CUDA workers, 2 jobs" ok $((SECONDS - t)) "$(grep -E '^job' "$TMP/service.out" | tr '\n' ';')" ;;
+      124 | 137) record service "2 CUDA workers, 2 jobs" "TIMED OUT" $((SECONDS - t)) "cut at ${limit}s" ;;
+      *) record service "2 CUDA workers, 2 jobs" FAILED $((SECONDS - t)) "rc=$rc: $(grep -E 'FAIL' "$TMP/service.out" | head -1)" ;;
+    esac
+  fi
+
   # ---- raptr benchmarks --------------------------------------------------------------------
   section "cuda_bench: GPT-2 124M, T=1024, paths of 6, 9 and 12 blocks"
   : >"$OUT/bench.jsonl"

@@ -100,14 +100,24 @@ absl::Status JobRunner::RunJob() {
   ASSIGN_OR_RETURN(TrainerConfig config,
                    TrainerConfigForWorker(assignment_.spec(), options_.backend));
   config.log_every = 0;
-  ASSIGN_OR_RETURN(std::unique_ptr<TrainingSession> session,
-                   TrainingSession::Create(config, rank, world));
+  absl::StatusOr<std::unique_ptr<TrainingSession>> created =
+      TrainingSession::Create(config, rank, world);
+  if (!created.ok()) {
+    // A device that faulted in an earlier job (or while this one started) fails every start:
+    // without this, the worker would take and fail every job it is given.
+    device_fault_ = ProcessDeviceFault();
+    return created.status();
+  }
+  std::unique_ptr<TrainingSession> session = std::move(*created);
   // However RunJob ends (a failed call returns at once), whether the device is still usable is
   // read before the session goes: Run reports a sticky fault and the worker exits.
   struct NoteDeviceFault {
     JobRunner* runner;
     const TrainingSession* session;
-    ~NoteDeviceFault() { runner->device_fault_ = session->DeviceFault(); }
+    ~NoteDeviceFault() {
+      runner->device_fault_ = session->DeviceFault();
+      if (runner->device_fault_.empty()) runner->device_fault_ = ProcessDeviceFault();
+    }
   } note_device_fault{this, session.get()};
   session->CountWorkIn(&work_done_);
   if (assignment_.has_resume_checkpoint()) {
@@ -118,8 +128,10 @@ absl::Status JobRunner::RunJob() {
     absl::Status restored = session->Restore(resume.path());
     if (restored.ok() && session->step() != resume.step()) {
       restored = absl::DataLossError(absl::StrCat("checkpoint ", resume.path(), " holds step ",
-                                                  session->step(), ", the coordinator committed "
-                                                  "it as step ", resume.step()));
+                                                  session->step(),
+                                                  ", the coordinator committed "
+                                                  "it as step ",
+                                                  resume.step()));
     }
     if (restored.ok() && resume.state_digest() != 0) {
       const absl::StatusOr<uint64_t> digest = session->StateDigest();
@@ -140,14 +152,44 @@ absl::Status JobRunner::RunJob() {
   // Declared after the session, so destroyed first: an NCCL group uses the backend's stream.
   std::unique_ptr<GradientReducer> group;
   if (world > 1) {
-    const auto timeout = std::chrono::milliseconds(
-        static_cast<int64_t>(options_.collective_timeout_seconds * 1000));
+    const auto timeout =
+        std::chrono::milliseconds(static_cast<int64_t>(options_.collective_timeout_seconds * 1000));
     CoordinatorStore store(stub_, job_id(), generation(), worker_id_, session_token_, timeout);
     // An abort during the rendezvous cancels its waits (the store outlives this block only).
     SetRendezvous(&store);
-    const bool nccl = config.backend.kind == BackendKind::kCuda && NcclBuilt() &&
-                      options_.collectives != "gloo";
+    // Every rank must use the same collective, whatever each worker's --collectives says: rank 0
+    // decides and publishes its choice in the generation's rendezvous; the others follow it, or
+    // fail at once naming the mismatch (rather than each waiting on the other's keys until the
+    // collective timeout, and the job retrying that forever).
+    bool nccl =
+        config.backend.kind == BackendKind::kCuda && NcclBuilt() && options_.collectives != "gloo";
     absl::Status joined;
+    constexpr char kCollectivesKey[] = "raptr/collectives";
+    try {
+      if (rank == 0) {
+        const std::string choice = nccl ? "nccl" : "gloo";
+        store.set(kCollectivesKey, std::vector<char>(choice.begin(), choice.end()));
+      } else {
+        const std::vector<char> got = store.get(kCollectivesKey);
+        const std::string choice(got.begin(), got.end());
+        if (choice == "nccl" && !nccl &&
+            !(config.backend.kind == BackendKind::kCuda && NcclBuilt())) {
+          joined = absl::FailedPreconditionError(
+              absl::StrCat("rank 0 all-reduces over NCCL, but this worker cannot (",
+                           config.backend.kind != BackendKind::kCuda ? "not a CUDA worker"
+                                                                     : "built without NCCL",
+                           "): give every CUDA worker of a job the same --collectives"));
+        }
+        nccl = choice == "nccl";
+      }
+    } catch (const std::exception& e) {
+      joined = absl::UnavailableError(
+          absl::StrCat("rendezvous: agreeing on the collective with rank 0: ", e.what()));
+    }
+    if (!joined.ok()) {
+      SetRendezvous(nullptr);
+      return joined;
+    }
 #if RAPTR_HAVE_NCCL
     if (nccl) {
       // Created first and registered, so an abort reaches the bootstrap's waits too.
@@ -184,10 +226,18 @@ absl::Status JobRunner::RunJob() {
                      nccl || config.backend.kind == BackendKind::kCpu ? "" : " (host-staged)"));
   }
   // The group outlives every use; Abort() must not reach it once it is gone.
+  // On any end but a release, the group is aborted before it goes: a healthy NCCL communicator
+  // would otherwise be finalized (waiting up to the timeout for peers that are still in a
+  // collective), and Gloo peers blocked on this rank fail at once instead of at their timeout.
   struct ClearGroup {
     JobRunner* runner;
-    ~ClearGroup() { runner->SetGroup(nullptr); }
-  } clear_group{this};
+    GradientReducer* group;
+    bool released = false;
+    ~ClearGroup() {
+      runner->SetGroup(nullptr);
+      if (group != nullptr && !released) group->Abort();
+    }
+  } clear_group{this, group.get()};
   const int L = config.model.num_layers;
   double last_log = Now();
   int64_t steps_since_log = 0;
@@ -270,15 +320,14 @@ absl::Status JobRunner::RunJob() {
       result->set_batches(eval.batches);
       result->set_seconds(eval.seconds);
       if (rank == 0) {
-        Log(absl::StrFormat("%s eval after step %d: rank 0 loss %.4f", job_id(),
-                            request.step() + 1, eval.loss));
+        Log(absl::StrFormat("%s eval after step %d: rank 0 loss %.4f", job_id(), request.step() + 1,
+                            eval.loss));
       }
     } else if (message->has_checkpoint_request()) {
       const v1::CheckpointRequest& request = message->checkpoint_request();
       if (request.step() + 1 != session->step()) {
-        return absl::InternalError(absl::StrCat("checkpoint requested after step ",
-                                                request.step(), " but ", session->step(),
-                                                " steps are done"));
+        return absl::InternalError(absl::StrCat("checkpoint requested after step ", request.step(),
+                                                " but ", session->step(), " steps are done"));
       }
       v1::CheckpointWritten* written = out.mutable_checkpoint_written();
       // Replicas hold the same state: rank 0 writes it, every rank vouches with its digest.
@@ -297,6 +346,7 @@ absl::Status JobRunner::RunJob() {
           "%s done: %d steps; %.2f s working, %.3f s waiting for the coordinator, %.3f s "
           "sending reports",
           job_id(), session->step(), busy, waiting, writing));
+      clear_group.released = true;
       return absl::OkStatus();
     } else {
       t_wait = Now();
@@ -328,8 +378,8 @@ absl::StatusOr<StepInput> JobRunner::ToStepInput(const v1::StepPlan& plan, int L
     const int l = plan.active_layers(i);
     if (l <= previous || l >= L) {
       return absl::InvalidArgumentError(absl::StrCat("step plan ", plan.step(),
-                                                     ": active blocks must be ascending in [0, ",
-                                                     L, "), got ", l, " after ", previous));
+                                                     ": active blocks must be ascending in [0, ", L,
+                                                     "), got ", l, " after ", previous));
     }
     previous = l;
     input.active.set_active(l, true);

@@ -45,15 +45,28 @@ class ProtectedCpuBackend final : public Backend<float> {
   std::string name() const override { return "protected-cpu"; }
   bool host_accessible() const override { return false; }
   std::optional<size_t> AvailableBytes() override {
-    if (!capacity_.has_value()) return std::nullopt;
+    ThrowIfFaulted();
+    if (!capacity_.has_value() || hide_capacity_) return std::nullopt;
     return *capacity_ > requested_ ? *capacity_ - requested_ : 0;
   }
   void set_capacity(std::optional<size_t> capacity) { capacity_ = capacity; }
+  // Keeps the capacity but reports no budget (AvailableBytes nullopt): the preflight passes and
+  // the allocations meet the limit.
+  void hide_capacity() { hide_capacity_ = true; }
+  // After `calls` more kernel calls, every call but FreeBytes throws `reason`, as a CUDA backend
+  // does after a sticky error, and device_fault() says so.
+  void set_fault(const std::string& reason, int calls = 0) {
+    pending_fault_ = reason;
+    calls_to_fault_ = calls;
+    if (calls == 0) fault_ = reason;
+  }
+  std::string device_fault() const override { return fault_; }
   size_t requested_bytes() const { return requested_; }
   size_t peak_requested_bytes() const { return peak_; }
 
   void* AllocBytes(size_t bytes) override {
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    ThrowIfFaulted();
     if (capacity_.has_value() && requested_ + bytes > *capacity_) throw std::bad_alloc();
     const size_t len = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
     void* p = mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -73,10 +86,12 @@ class ProtectedCpuBackend final : public Backend<float> {
     mapped_.erase(it);
   }
   void CopyToDevice(void* dst, const void* host_src, size_t bytes) override {
+    ThrowIfFaulted();
     Open open(this);
     std::memcpy(dst, host_src, bytes);
   }
   void CopyToHost(void* host_dst, const void* src, size_t bytes) override {
+    ThrowIfFaulted();
     Open open(this);
     std::memcpy(host_dst, src, bytes);
   }
@@ -137,6 +152,7 @@ class ProtectedCpuBackend final : public Backend<float> {
     Run(&Cpu::CrossEntropyForward, logits, losses, targets, N, V, grad_scale, compute_grad);
   }
   double SumSquares(const float* x, size_t n) override {
+    ThrowIfFaulted();
     Open open(this);
     return inner_.SumSquares(x, n);
   }
@@ -158,8 +174,14 @@ class ProtectedCpuBackend final : public Backend<float> {
       if (mprotect(p, len, prot) != 0) std::abort();
     }
   }
+  void ThrowIfFaulted() const {
+    if (!fault_.empty()) throw std::runtime_error(fault_);
+  }
   template <typename F, typename... Args>
   void Run(F kernel, Args... args) {
+    if (!pending_fault_.empty() && fault_.empty() && --calls_to_fault_ <= 0)
+      fault_ = pending_fault_;
+    ThrowIfFaulted();
     Open open(this);
     (inner_.*kernel)(args...);
     flops_executed_ = inner_.flops_executed();
@@ -167,6 +189,9 @@ class ProtectedCpuBackend final : public Backend<float> {
 
   Cpu inner_;
   std::optional<size_t> capacity_;
+  bool hide_capacity_ = false;
+  std::string fault_, pending_fault_;
+  int calls_to_fault_ = 0;
   std::map<void*, size_t> mapped_;  // address -> mapped length (whole pages)
   std::map<void*, size_t> sizes_;   // address -> bytes asked for
   size_t requested_ = 0, peak_ = 0;
@@ -455,45 +480,95 @@ TEST(DeviceMemory, PreflightRefusesAJobThatCannotHoldItsLongestPath) {
   EXPECT_TRUE(fits.ok()) << fits.status();
 }
 
-TEST(DeviceMemory, OutOfMemoryInAStepNamesTheTensorAndTheSessionLivesOn) {
-  // Activations are allocated when a path first needs them, so a device can run out inside a
-  // step. The step fails with RESOURCE_EXHAUSTED naming the tensor, nothing leaks, and the same
-  // step runs once memory is there.
+TEST(DeviceMemory, OutOfMemoryNamesTheTensorAndASlotIsWholeOrAbsent) {
+  // Host memory grows as paths first appear: a Model there can run out inside a step. The
+  // allocation names the tensor, a path position's slot is allocated whole or not at all, and
+  // the same forward runs once memory is there, with nothing leaked.
   const std::string dir = FreshDir("device_memory_oom");
   TrainerConfig cfg = SmallConfig(dir, ModelKind::kGpt);
-  cfg.schedule = PathScheduleConfig{};  // full model
+  OneKernelThread one_thread;
+  ProtectedCpuBackend be;
+  Model<float> model(cfg.model, &be);
+  model.InitWeights(1);
+  const size_t params = be.requested_bytes();
+  ASSERT_EQ(params, Model<float>::ParameterBytes(cfg.model));
+  // Room for about two blocks' activations of the four.
+  be.set_capacity(params + Model<float>::ActivationBytes(cfg.model, cfg.batch, cfg.seq, 2));
+  std::vector<int32_t> tokens(static_cast<size_t>(cfg.batch) * cfg.seq, 5);
+  const ActiveLayerSet full = ActiveLayerSet::Full(cfg.model.num_layers);
+  try {
+    (void)model.Forward(tokens.data(), tokens.data(), cfg.batch, cfg.seq, full, true);
+    FAIL() << "the forward fitted";
+  } catch (const BackendOutOfMemory& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("protected-cpu out of memory allocating activations of path position"),
+              std::string::npos)
+        << what;
+    EXPECT_NE(what.find("GiB free"), std::string::npos) << what;
+  }
+  be.set_capacity(std::nullopt);
+  absl::StatusOr<double> loss =
+      model.Forward(tokens.data(), tokens.data(), cfg.batch, cfg.seq, full, true);
+  ASSERT_TRUE(loss.ok()) << loss.status();
+  ASSERT_TRUE(model.Backward(1.0f).ok());
+  EXPECT_EQ(be.requested_bytes(),
+            params + Model<float>::ActivationBytes(cfg.model, cfg.batch, cfg.seq, 4));
+}
+
+TEST(DeviceMemory, ADeviceSessionHoldsItsPlanFromTheStart) {
+  // On a device (memory the host cannot touch) a session allocates its whole plan when it
+  // starts: what the preflight promised is held, and memory that is not there after all (another
+  // process took it) fails the start naming the tensor, not a step at the first long stage.
+  const std::string dir = FreshDir("device_memory_reserve");
+  TrainerConfig cfg = SmallConfig(dir, ModelKind::kGpt);
+  const MemoryPlan plan = PlanMemory(cfg);
+  {
+    auto backend = std::make_unique<ProtectedCpuBackend>();
+    ProtectedCpuBackend* be = backend.get();
+    absl::StatusOr<std::unique_ptr<TrainingSession>> session =
+        TrainingSession::Create(cfg, 0, 1, std::move(backend));
+    ASSERT_TRUE(session.ok()) << session.status();
+    EXPECT_EQ(be->requested_bytes(), plan.total());  // before any step
+  }
+  auto short_of_memory = std::make_unique<ProtectedCpuBackend>(plan.total() - 1);
+  short_of_memory->hide_capacity();  // the preflight sees no budget; the allocations do
+  absl::StatusOr<std::unique_ptr<TrainingSession>> refused =
+      TrainingSession::Create(cfg, 0, 1, std::move(short_of_memory));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_NE(refused.status().message().find("protected-cpu out of memory allocating"),
+            absl::string_view::npos)
+      << refused.status();
+}
+
+TEST(DeviceMemory, AFaultedDeviceFailsEveryCallAndTheSessionStillCloses) {
+  // After a sticky fault every backend call throws (a CUDA context answers each call with the
+  // error). The step fails with a Status, the session reports the fault, later calls fail at once,
+  // and destroying the session (its buffers freed through the faulted backend) does not throw.
+  const std::string dir = FreshDir("device_memory_fault");
+  TrainerConfig cfg = SmallConfig(dir, ModelKind::kGpt);
   OneKernelThread one_thread;
   auto backend = std::make_unique<ProtectedCpuBackend>();
   ProtectedCpuBackend* be = backend.get();
   absl::StatusOr<std::unique_ptr<TrainingSession>> session =
       TrainingSession::Create(cfg, 0, 1, std::move(backend));
   ASSERT_TRUE(session.ok()) << session.status();
-  const size_t before = be->requested_bytes();
-  // Room for the shared activations and two blocks' worth, not for all four.
-  const MemoryPlan one = PlanMemory([&] {
-    TrainerConfig c = cfg;
-    c.schedule.kind = PathScheduleConfig::Kind::kStacking;
-    c.schedule.stages = {{2, cfg.steps}};
-    return c;
-  }());
-  be->set_capacity(before + one.activation_bytes);
   StepInput input;
   input.step = 0;
   input.active = ActiveLayerSet::Full(cfg.model.num_layers);
+  ASSERT_TRUE((*session)->RunStep(input, nullptr).ok());
+  be->set_fault("an illegal memory access was encountered", 10);  // inside the next forward
+  input.step = 1;
   absl::StatusOr<StepOutcome> failed = (*session)->RunStep(input, nullptr);
   ASSERT_FALSE(failed.ok());
-  EXPECT_EQ(failed.status().code(), absl::StatusCode::kResourceExhausted) << failed.status();
-  const std::string message(failed.status().message());
-  EXPECT_NE(message.find("protected-cpu out of memory allocating activations of path position"),
-            std::string::npos)
-      << message;
-  EXPECT_NE(message.find("GiB free"), std::string::npos) << message;
-  EXPECT_EQ((*session)->DeviceFault(), "");  // out of memory is not a device fault
-
-  be->set_capacity(std::nullopt);
-  absl::StatusOr<StepOutcome> retried = (*session)->RunStep(input, nullptr);
-  ASSERT_TRUE(retried.ok()) << retried.status();
-  EXPECT_EQ(be->requested_bytes(), before + PlanMemory(cfg).activation_bytes);
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInternal) << failed.status();
+  EXPECT_NE(failed.status().message().find("an illegal memory access"), absl::string_view::npos);
+  EXPECT_EQ((*session)->DeviceFault(), "an illegal memory access was encountered");
+  EXPECT_EQ((*session)->RunStep(input, nullptr).status().code(),
+            absl::StatusCode::kFailedPrecondition);  // nothing runs on it again
+  EXPECT_EQ((*session)->Save(dir + "/run").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*session)->StateDigest().status().code(), absl::StatusCode::kFailedPrecondition);
+  session->reset();  // frees every buffer through the faulted backend
 }
 
 }  // namespace

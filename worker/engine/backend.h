@@ -136,6 +136,9 @@ class Backend {
   // illegal address, a kernel fault), the reason: nothing may run on it again in this process,
   // so the worker reports the fault and exits for its supervisor to restart it.
   virtual std::string device_fault() const { return ""; }
+  // Whether FlashAttentionForward/Backward run at this head size here (a GPU's shared memory
+  // bounds its tiles). Checked when a session starts, not at the first step.
+  virtual bool SupportsFlashAttention(int head_dim) const { return head_dim > 0; }
 
   // ---- forward / backward kernels ----
   // out (B,T,C) = wte[tokens] + wpe[0..T). tokens (B,T) in [0,V).

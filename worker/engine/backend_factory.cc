@@ -43,6 +43,14 @@ absl::StatusOr<std::vector<CudaDeviceInfo>> ListCudaDevices() {
 #endif
 }
 
+std::string ProcessDeviceFault() {
+#if RAPTR_HAVE_CUDA
+  return CudaBackend::ProcessFault();
+#else
+  return "";
+#endif
+}
+
 absl::StatusOr<std::unique_ptr<Backend<float>>> MakeBackend(const BackendOptions& options) {
   if (options.kind == BackendKind::kCpu) return std::make_unique<CpuBackend<float>>();
 #if RAPTR_HAVE_CUDA

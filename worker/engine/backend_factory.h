@@ -34,6 +34,10 @@ bool CudaBackendBuilt();
 // UNAVAILABLE naming the driver's answer when there is no usable driver or device.
 absl::StatusOr<std::vector<CudaDeviceInfo>> ListCudaDevices();
 
+// The first sticky device fault this process has met ("" if none), whether or not a backend
+// still exists: a worker whose session failed to start checks it too.
+std::string ProcessDeviceFault();
+
 // A backend per `options`. Errors: a CUDA backend in a binary built without one, no such device
 // (naming the devices there are), or the device failing to start (the CUDA error).
 absl::StatusOr<std::unique_ptr<Backend<float>>> MakeBackend(const BackendOptions& options);

@@ -167,6 +167,29 @@ size_t Model<T>::ActivationBytes(const ModelConfig& config, int B, int Tn, int m
 }
 
 template <typename T>
+void Model<T>::EnsureBackwardScratch() {
+  // Each on first use (after a failed allocation, the rest on the next call), for (B_, T_).
+  Backend<T>* be = backend_;
+  const size_t N = static_cast<size_t>(B_) * T_, C = config_.d_model, F = config_.d_ff;
+  const size_t NH = config_.num_heads, NC = N * C;
+  if (!dres_) dres_ = be->AllocTensor(NC, "backward scratch: dresidual (B,T,C)");
+  if (!dln_) dln_ = be->AllocTensor(NC, "backward scratch: dln (B,T,C)");
+  if (!datty_) datty_ = be->AllocTensor(NC, "backward scratch: datt_out (B,T,C)");
+  if (!dqkv_) dqkv_ = be->AllocTensor(3 * NC, "backward scratch: dqkv (B,T,3C)");
+  if (!dfch_) dfch_ = be->AllocTensor(N * F, "backward scratch: dfc (B,T,F)");
+  if (!datt_ && attention_ == AttentionKind::kMaterialized) {
+    datt_ = be->AllocTensor(static_cast<size_t>(B_) * NH * T_ * T_,
+                            "backward scratch: datt (B,NH,T,T)");
+  }
+}
+
+template <typename T>
+void Model<T>::Reserve(int B, int Tn, int max_path) {
+  EnsureBuffers(B, Tn, std::max(1, max_path));
+  EnsureBackwardScratch();
+}
+
+template <typename T>
 void Model<T>::InitWeights(uint64_t seed) {
   std::vector<T> host(layout_.total(), T(0));
   const double residual_std = 0.02 / std::sqrt(2.0 * config_.num_layers);
@@ -310,17 +333,7 @@ absl::Status Model<T>::Backward(T grad_scale) {
   Backend<T>* be = backend_;
   const T* P = params_;
   T* G = grads_;
-  // Each on first use (after a failed allocation, the rest on the next call).
-  const size_t NC = static_cast<size_t>(N) * C;
-  if (!dres_) dres_ = be->AllocTensor(NC, "backward scratch: dresidual (B,T,C)");
-  if (!dln_) dln_ = be->AllocTensor(NC, "backward scratch: dln (B,T,C)");
-  if (!datty_) datty_ = be->AllocTensor(NC, "backward scratch: datt_out (B,T,C)");
-  if (!dqkv_) dqkv_ = be->AllocTensor(3 * NC, "backward scratch: dqkv (B,T,3C)");
-  if (!dfch_) dfch_ = be->AllocTensor(static_cast<size_t>(N) * F, "backward scratch: dfc (B,T,F)");
-  if (!datt_ && attention_ == AttentionKind::kMaterialized) {
-    datt_ =
-        be->AllocTensor(static_cast<size_t>(B) * NH * Tn * Tn, "backward scratch: datt (B,NH,T,T)");
-  }
+  EnsureBackwardScratch();
   // Head (tied to wte): logits_ holds dloss/dlogits from the fused cross-entropy.
   be->MatmulBackward(dln_, G + layout_.wte(), nullptr, logits_, lnf_, P + layout_.wte(), N, C, V,
                      grad_scale);

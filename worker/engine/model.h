@@ -79,6 +79,11 @@ class Model {
   std::vector<T> LogitsToHost() const;
 
   void ZeroGrads();
+  // Allocates now what training paths of up to `max_path` blocks at batch (B, Tn) will need
+  // (ActivationBytes' worth), instead of as the paths first appear: on a device, an allocation
+  // that cannot succeed then fails at the start, not at the first long stage. Throws
+  // BackendOutOfMemory naming the tensor.
+  void Reserve(int B, int Tn, int max_path);
   // Number of positions with a valid target in the last Forward.
   int64_t last_num_targets() const { return last_num_targets_; }
 
@@ -87,6 +92,7 @@ class Model {
   void EnsureBuffers(int B, int Tn, int num_slots);
   void FreeActivations();
   void FreeSlot(Slot& slot);
+  void EnsureBackwardScratch();
 
   ModelConfig config_;
   ParamLayout layout_;

@@ -143,6 +143,22 @@ TrainingSession::TrainingSession(const TrainerConfig& config, int rank, int worl
 
 absl::StatusOr<std::unique_ptr<TrainingSession>> TrainingSession::Create(
     const TrainerConfig& cfg, int rank, int world_size, std::unique_ptr<Backend<float>> backend) {
+  // The same boundary as the other calls (Guard): starting a session runs backend calls too
+  // (the memory query, allocations, the weights' upload), and a CUDA error there must be a
+  // Status, not std::terminate on the worker's job thread.
+  try {
+    return CreateUnguarded(cfg, rank, world_size, std::move(backend));
+  } catch (const BackendOutOfMemory& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("starting the session: ", e.what()));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("starting the session: out of memory");
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("starting the session: ", e.what()));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<TrainingSession>> TrainingSession::CreateUnguarded(
+    const TrainerConfig& cfg, int rank, int world_size, std::unique_ptr<Backend<float>> backend) {
   RETURN_IF_ERROR(cfg.model.Validate());
   RETURN_IF_ERROR(ValidatePathSchedule(cfg.schedule, cfg.model.num_layers));
   if (cfg.batch <= 0 || cfg.seq <= 0 || cfg.micro_batches <= 0 || cfg.steps <= 0) {
@@ -196,9 +212,22 @@ absl::StatusOr<std::unique_ptr<TrainingSession>> TrainingSession::Create(
     ASSIGN_OR_RETURN(backend, MakeBackend(cfg.backend));
   }
   session->backend_ = std::move(backend);
+  // Attention: auto picks flash where the backend runs it at this head size; an explicit flash it
+  // cannot run is the spec's error, now rather than at the first step.
+  TrainerConfig resolved = cfg;
+  resolved.attention = ResolvedAttention(cfg);
+  if (*resolved.attention == AttentionKind::kFlash &&
+      !session->backend_->SupportsFlashAttention(cfg.model.head_dim())) {
+    if (cfg.attention.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "resources.attention: flash does not run on this ", session->backend_->name(),
+          " backend at head size ", cfg.model.head_dim(), " (d_model / heads); use materialized"));
+    }
+    resolved.attention = AttentionKind::kMaterialized;
+  }
   // The preflight: a run that cannot hold its longest path fails now, with the numbers, not at
   // the first long stage hours in (activations grow with the path, model.h).
-  const MemoryPlan plan = PlanMemory(cfg, world_size);
+  const MemoryPlan plan = PlanMemory(resolved, world_size);
   const std::optional<size_t> available = session->backend_->AvailableBytes();
   if (available.has_value() && plan.total() > *available) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -209,15 +238,20 @@ absl::StatusOr<std::unique_ptr<TrainingSession>> TrainingSession::Create(
   }
   try {
     session->model_ =
-        std::make_unique<Model<float>>(cfg.model, session->backend_.get(), ResolvedAttention(cfg));
+        std::make_unique<Model<float>>(cfg.model, session->backend_.get(), *resolved.attention);
     session->optimizer_ = std::make_unique<AdamWOptimizer<float>>(
         cfg.optimizer, session->model_->layout(), session->backend_.get());
+    // On a device every buffer of the plan now: what the preflight promised is then held, and
+    // another process cannot take it before the long stages (host memory grows as paths do).
+    if (!session->backend_->host_accessible()) {
+      session->model_->Reserve(world_size > 0 ? cfg.batch / world_size : cfg.batch, cfg.seq,
+                               plan.max_path);
+    }
     session->inputs_.resize(static_cast<size_t>(cfg.batch) * cfg.seq * cfg.micro_batches);
     session->targets_.resize(session->inputs_.size());
   } catch (const BackendOutOfMemory& e) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("not enough memory for the parameters, gradients and AdamW moments of ",
-                     cfg.model.DebugString(), ": ", e.what()));
+        absl::StrCat("not enough memory for ", plan.DebugString(), ": ", e.what()));
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(
         absl::StrCat("not enough memory for the parameters, gradients and AdamW moments of ",

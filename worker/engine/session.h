@@ -169,6 +169,9 @@ class TrainingSession {
 
  private:
   TrainingSession(const TrainerConfig& config, int rank, int world_size);
+  static absl::StatusOr<std::unique_ptr<TrainingSession>> CreateUnguarded(
+      const TrainerConfig& config, int rank, int world_size,
+      std::unique_ptr<Backend<float>> backend);
 
   // The public calls' bodies; the public calls turn their exceptions into Statuses (Guard).
   absl::Status RestoreUnguarded(const std::string& checkpoint_dir);

@@ -7,6 +7,7 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "worker/engine/cuda/common.cuh"
 #include "worker/engine/cuda/cuda_backend.h"
@@ -68,7 +69,21 @@ std::string StickyFault() {
 
 }  // namespace cuda
 
-std::string CudaBackend::device_fault() const { return cuda::StickyFault(); }
+std::string CudaBackend::ProcessFault() { return cuda::StickyFault(); }
+
+std::string CudaBackend::device_fault() const {
+  // Probe, not only recall: a fault surfaces at whichever call synchronises next, which may be
+  // one that does not go through Check (cuBLAS's status codes, NCCL's event queries). A sticky
+  // error answers every call, this one too.
+  if (stream_ != nullptr) {
+    const cudaError_t e = cudaStreamQuery(stream_);
+    if (e != cudaSuccess && e != cudaErrorNotReady) {
+      (void)cudaGetLastError();
+      cuda::NoteIfSticky(e, "cudaStreamQuery");
+    }
+  }
+  return cuda::StickyFault();
+}
 
 int CudaBackend::DeviceCount() {
   int count = 0;
@@ -113,15 +128,10 @@ std::string CudaBackend::QueryDevice(int device, CudaDeviceInfo* info) {
   info->compute_major = prop.major;
   info->compute_minor = prop.minor;
   info->multiprocessors = prop.multiProcessorCount;
+  // No cudaSetDevice / cudaMemGetInfo here: they would create a context on every device a worker
+  // lists (memory on each, and in EXCLUSIVE_PROCESS mode the other workers locked out). The free
+  // memory is the backend's to ask, on its own device (AvailableBytes).
   info->free_bytes = 0;
-  int previous = 0;
-  if (cudaGetDevice(&previous) == cudaSuccess && cudaSetDevice(device) == cudaSuccess) {
-    size_t free_bytes = 0, total_bytes = 0;
-    if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
-      info->free_bytes = static_cast<int64_t>(free_bytes);
-    }
-    (void)cudaSetDevice(previous);
-  }
   (void)cudaGetLastError();
   return "";
 }
@@ -177,25 +187,41 @@ void* CudaBackend::AllocBytes(size_t bytes) {
     throw std::bad_alloc();
   }
   CUDA_CHECK(e);
-  CUDA_CHECK(cudaMemsetAsync(p, 0, size, stream_));
+  try {
+    CUDA_CHECK(cudaMemsetAsync(p, 0, size, stream_));
+  } catch (...) {
+    (void)cudaFree(p);
+    throw;
+  }
   return p;
 }
 
 void CudaBackend::FreeBytes(void* ptr) {
   if (ptr == nullptr) return;
-  UseDevice();
+  // Never throws: the model's and the optimizer's destructors free through here, also after a
+  // device fault, when every call fails (a throw would be std::terminate before the worker could
+  // report the fault). Errors are only remembered: a sticky one makes device_fault() say so.
+  int current = -1;
+  if (cudaGetDevice(&current) != cudaSuccess || current != options_.device) {
+    (void)cudaSetDevice(options_.device);
+  }
   // Kernels queued on the stream may still read it: wait for them rather than rely on cudaFree
   // synchronising (it need not once a second stream exists).
-  CUDA_CHECK(cudaStreamSynchronize(stream_));
-  CUDA_CHECK(cudaFree(ptr));
+  for (auto [e, call] : {std::pair{cudaStreamSynchronize(stream_), "cudaStreamSynchronize"},
+                         std::pair{cudaFree(ptr), "cudaFree"}}) {
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      cuda::NoteIfSticky(e, call);
+    }
+  }
 }
 
 void* CudaBackend::Staging(int i) {
   if (staging_[i] == nullptr) {
-    CUDA_CHECK(cudaMallocHost(&staging_[i], kStagingBytes));
     cudaEvent_t event = nullptr;
     CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
     staging_done_[i] = event;
+    CUDA_CHECK(cudaMallocHost(&staging_[i], kStagingBytes));  // the event is reused if it throws
   }
   return staging_[i];
 }

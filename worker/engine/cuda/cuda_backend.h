@@ -51,6 +51,9 @@ class CudaBackend final : public Backend<float> {
   static int DeviceCount();
   // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)" for `device`; empty if it cannot be queried.
   static std::string DeviceName(int device = 0);
+  // The first sticky CUDA error seen in this process, by any backend or none (""): it outlives
+  // the backend whose call met it.
+  static std::string ProcessFault();
   // Fills `info` for `device`; returns "" on success, else the driver's reason (never throws).
   static std::string QueryDevice(int device, CudaDeviceInfo* info);
 
@@ -74,9 +77,12 @@ class CudaBackend final : public Backend<float> {
   void Copy(float* dst, const float* src, size_t n) override;
   void Zero(float* x, size_t n) override;
   void Synchronize() override;
+  // hs <= 128 whose tiles fit this device's opt-in shared memory per block (kHs = 128 needs 166
+  // KB: H100/H200 and A100 yes, sm_86/89's 99 KB no).
+  bool SupportsFlashAttention(int head_dim) const override;
   // cudaMemGetInfo's free bytes on this device, less kReservedBytes.
   std::optional<size_t> AvailableBytes() override;
-  // The first sticky CUDA error of this process (see common.cuh), or "".
+  // The first sticky CUDA error of this process (see common.cuh; the stream is probed), or "".
   std::string device_fault() const override;
   // Headroom kept out of AvailableBytes for what the backend allocates on its own (Scratch, the
   // staging events, cuBLAS's workspace).

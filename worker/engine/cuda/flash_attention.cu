@@ -455,6 +455,21 @@ int PaddedHeadSize(const char* op, int B, int Tn, int C, int NH) {
   return hs <= 16 ? 16 : hs <= 32 ? 32 : hs <= 64 ? 64 : 128;
 }
 
+// The most shared memory any of the three kernels takes at padded head size `padded`.
+size_t FlashSharedBytes(int padded) {
+  auto most = [](size_t a, size_t b, size_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); };
+  switch (padded) {
+    case 16:
+      return most(ForwardSmemBytes<16>(), BackwardKVSmemBytes<16>(), BackwardQSmemBytes<16>());
+    case 32:
+      return most(ForwardSmemBytes<32>(), BackwardKVSmemBytes<32>(), BackwardQSmemBytes<32>());
+    case 64:
+      return most(ForwardSmemBytes<64>(), BackwardKVSmemBytes<64>(), BackwardQSmemBytes<64>());
+    default:
+      return most(ForwardSmemBytes<128>(), BackwardKVSmemBytes<128>(), BackwardQSmemBytes<128>());
+  }
+}
+
 template <int kHs>
 void LaunchForward(float* out, float* lse, const float* qkv, int B, int Tn, int C, int NH,
                    float scale, bool causal, cudaStream_t stream) {
@@ -540,6 +555,18 @@ void CudaBackend::FlashAttentionBackward(float* dqkv, const float* dout, const f
     }
   }
   flops_executed_ += FlashAttentionBackwardFlops(B, Tn, C, NH, causal);
+}
+
+bool CudaBackend::SupportsFlashAttention(int head_dim) const {
+  if (head_dim <= 0 || head_dim > 128) return false;
+  const int padded = head_dim <= 16 ? 16 : head_dim <= 32 ? 32 : head_dim <= 64 ? 64 : 128;
+  int optin = 0;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, options_.device) !=
+      cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return static_cast<size_t>(optin) >= FlashSharedBytes(padded);
 }
 
 }  // namespace raptr
