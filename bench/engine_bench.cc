@@ -78,13 +78,13 @@ int Run(int argc, char** argv) {
   const int B = shape->batch, T = shape->seq;
   const int steps = shape->steps, warmup = shape->warmup;
   const int rounds = static_cast<int>(*rounds_flag);
-  const std::string attention_flag = flags.Get("attention");
-  if (attention_flag != "materialized" && attention_flag != "flash") {
-    std::fprintf(stderr, "engine_bench: --attention must be materialized or flash\n");
+  const absl::StatusOr<AttentionKind> parsed_attention = ParseAttentionKind(flags.Get("attention"));
+  if (!parsed_attention.ok()) {
+    std::fprintf(stderr, "engine_bench: --attention: %s\n",
+                 std::string(parsed_attention.status().message()).c_str());
     return 2;
   }
-  const AttentionKind attention =
-      attention_flag == "flash" ? AttentionKind::kFlash : AttentionKind::kMaterialized;
+  const AttentionKind attention = *parsed_attention;
   const std::vector<int>& lengths = shape->lengths;
 
   CpuBackend<float> backend;

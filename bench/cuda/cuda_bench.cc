@@ -143,13 +143,13 @@ int Run(int argc, char** argv) {
 
   CudaBackendOptions options;
   options.allow_tf32 = *tf32;
-  const std::string attention_flag = flags.Get("attention");
-  if (attention_flag != "materialized" && attention_flag != "flash") {
-    std::fprintf(stderr, "cuda_bench: --attention must be materialized or flash\n");
+  const absl::StatusOr<AttentionKind> parsed_attention = ParseAttentionKind(flags.Get("attention"));
+  if (!parsed_attention.ok()) {
+    std::fprintf(stderr, "cuda_bench: --attention: %s\n",
+                 std::string(parsed_attention.status().message()).c_str());
     return 2;
   }
-  const AttentionKind attention =
-      attention_flag == "flash" ? AttentionKind::kFlash : AttentionKind::kMaterialized;
+  const AttentionKind attention = *parsed_attention;
   CudaBackend backend(options);
   const std::string device = CudaBackend::DeviceName(0);
   auto* stream = static_cast<cudaStream_t>(backend.stream());
@@ -220,7 +220,8 @@ int Run(int argc, char** argv) {
     const double llmc_per_token = 6.0 * params + 6.0 * l.k * cfg.d_model * static_cast<double>(T);
     const double llmc_tflops = llmc_per_token * B * T / l.med / 1e12;
     std::printf(
-        "{\"impl\":\"raptr-cuda\",\"device\":\"%s\",\"attention\":\"%s\",\"tf32\":%s,\"kind\":\"%s\",\"layers\":%d,"
+        "{\"impl\":\"raptr-cuda\",\"device\":\"%s\",\"attention\":\"%s\",\"tf32\":%s,\"kind\":\"%"
+        "s\",\"layers\":%d,"
         "\"d_model\":%d,\"heads\":%d,\"d_ff\":%d,\"vocab\":%d,\"batch\":%d,\"seq\":%d,"
         "\"active\":%d,\"steps\":%d,\"step_s_median\":%.6f,\"step_s_min\":%.6f,"
         "\"tokens_per_s_median\":%.1f,\"forward_s\":%.6f,\"backward_s\":%.6f,"
@@ -230,11 +231,12 @@ int Run(int argc, char** argv) {
         "\"params_trained\":%.0f,\"llmc_flops_per_token\":%.0f,\"llmc_tflops_per_s\":%.3f,"
         "\"mfu_bf16_peak\":%.4f,\"mfu_tf32_peak\":%.4f,\"peak_bf16_tflops\":%.1f,"
         "\"peak_tf32_tflops\":%.1f}\n",
-        device.c_str(), AttentionKindName(attention), *tf32 ? "true" : "false", ModelKindName(cfg.kind).c_str(), cfg.num_layers,
-        cfg.d_model, cfg.num_heads, cfg.d_ff, cfg.vocab_size, B, T, l.k, steps, l.med, l.min,
-        B * T / l.med, l.fwd, l.bwd, l.optim, flops / l.med / 1e9, sgemm_fp32, sgemm_tf32,
-        model_fp32, model_tf32, l.loss, l.mem_mb, params, llmc_per_token, llmc_tflops,
-        llmc_tflops / peak_bf16, llmc_tflops / peak_tf32, peak_bf16, peak_tf32);
+        device.c_str(), AttentionKindName(attention), *tf32 ? "true" : "false",
+        ModelKindName(cfg.kind).c_str(), cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.d_ff,
+        cfg.vocab_size, B, T, l.k, steps, l.med, l.min, B * T / l.med, l.fwd, l.bwd, l.optim,
+        flops / l.med / 1e9, sgemm_fp32, sgemm_tf32, model_fp32, model_tf32, l.loss, l.mem_mb,
+        params, llmc_per_token, llmc_tflops, llmc_tflops / peak_bf16, llmc_tflops / peak_tf32,
+        peak_bf16, peak_tf32);
   }
   std::fflush(stdout);
   return 0;

@@ -216,15 +216,6 @@ TEST(ProtectedCpuBackend, TouchingABufferFromTheHostFaults) {
   be.FreeBytes(x);
 }
 
-ActiveLayerSet ToActive(const PathPlan& plan) {
-  ActiveLayerSet s = ActiveLayerSet::Of(static_cast<int>(plan.active.size()), {});
-  for (size_t l = 0; l < plan.active.size(); ++l) {
-    s.set_active(static_cast<int>(l), plan.active[l]);
-    s.set_scale(static_cast<int>(l), plan.scale[l]);
-  }
-  return s;
-}
-
 // One OpenMP thread for the kernels while it lives, on the calling thread. mprotect from the
 // calling thread while OpenMP's workers spin between regions costs TLB shootdowns on every call
 // (a 9-step run took 13 s instead of 0.4 s on 2 busy cores); the runs compared bitwise use the
@@ -262,7 +253,7 @@ RunTrace RunOn(MakeBackend make_backend, const TrainerConfig& cfg, const std::st
       input.copies = StackingCopiesAtStep(cfg.schedule, cfg.model.num_layers, step);
       const PathPlan plan = PlanPath(cfg.schedule, cfg.model.num_layers, cfg.seed, step);
       input.stage = plan.stage;
-      input.active = ToActive(plan);
+      input.active = ToActiveSet(plan);
       absl::StatusOr<StepOutcome> out = session.RunStep(input, reducer);
       ASSERT_TRUE(out.ok()) << out.status();
       trace.losses.push_back(out->local_loss);
@@ -402,7 +393,7 @@ TEST_P(DeviceMemoryPlan, MatchesWhatARunAllocates) {
     StepInput input;
     input.step = step;
     const PathPlan p = PlanPath(cfg.schedule, cfg.model.num_layers, cfg.seed, step);
-    input.active = ToActive(p);
+    input.active = ToActiveSet(p);
     ASSERT_TRUE((*session)->RunStep(input, nullptr).ok());
   }
   ASSERT_TRUE((*session)->Evaluate(1, ActiveLayerSet::Full(cfg.model.num_layers)).ok());

@@ -142,6 +142,13 @@ const char* AttentionKindName(AttentionKind kind) {
   return kind == AttentionKind::kFlash ? "flash" : "materialized";
 }
 
+absl::StatusOr<AttentionKind> ParseAttentionKind(const std::string& name) {
+  if (name == "materialized") return AttentionKind::kMaterialized;
+  if (name == "flash") return AttentionKind::kFlash;
+  return absl::InvalidArgumentError(
+      absl::StrCat("attention \"", name, "\" is not one of materialized, flash"));
+}
+
 template <typename T>
 size_t Model<T>::ParameterBytes(const ModelConfig& config) {
   return 2 * ParamLayout(config).total() * sizeof(T);  // params + grads

@@ -28,6 +28,8 @@ namespace raptr {
 // memory per block, about 40% more attention FLOPs in the backward pass.
 enum class AttentionKind { kMaterialized, kFlash };
 const char* AttentionKindName(AttentionKind kind);  // "materialized" / "flash"
+// The inverse of AttentionKindName; INVALID_ARGUMENT naming the value otherwise.
+absl::StatusOr<AttentionKind> ParseAttentionKind(const std::string& name);
 
 template <typename T>
 class Model {

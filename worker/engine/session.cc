@@ -244,8 +244,7 @@ absl::StatusOr<std::unique_ptr<TrainingSession>> TrainingSession::CreateUnguarde
     // On a device every buffer of the plan now: what the preflight promised is then held, and
     // another process cannot take it before the long stages (host memory grows as paths do).
     if (!session->backend_->host_accessible()) {
-      session->model_->Reserve(world_size > 0 ? cfg.batch / world_size : cfg.batch, cfg.seq,
-                               plan.max_path);
+      session->model_->Reserve(session->local_batch_, cfg.seq, plan.max_path);
     }
     session->inputs_.resize(static_cast<size_t>(cfg.batch) * cfg.seq * cfg.micro_batches);
     session->targets_.resize(session->inputs_.size());

@@ -29,6 +29,8 @@ double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+}  // namespace
+
 ActiveLayerSet ToActiveSet(const PathPlan& plan) {
   const int L = static_cast<int>(plan.active.size());
   ActiveLayerSet s = ActiveLayerSet::Of(L, {});
@@ -38,6 +40,8 @@ ActiveLayerSet ToActiveSet(const PathPlan& plan) {
   }
   return s;
 }
+
+namespace {
 
 // The model as it stands at `step`, for evaluation: every block, except under stacking, whose
 // model is its first k_s blocks (the rest are not trained yet; the paper's point is that stacking

@@ -50,6 +50,9 @@ struct TrainerConfig {
   int log_every = 10;            // progress line cadence on stderr; 0: silent
 };
 
+// A PathPlan's blocks and scales as the ActiveLayerSet a step runs.
+ActiveLayerSet ToActiveSet(const PathPlan& plan);
+
 // config.attention, or its default for config.backend.
 AttentionKind ResolvedAttention(const TrainerConfig& config);
 
