@@ -26,6 +26,7 @@
 #include "cli/progress.h"
 #include "common/flags.h"
 #include "common/job_spec.h"
+#include "common/security.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
 #include "grpcpp/grpcpp.h"
@@ -50,10 +51,13 @@ struct Invocation {
   std::chrono::milliseconds timeout{10000};
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::JobService::Stub> stub;
+  bool tls = false;
+  std::string token;  // --token-file or $RAPTR_TOKEN; sent as `authorization: Bearer`
 
   std::unique_ptr<grpc::ClientContext> NewContext() const {
     auto context = std::make_unique<grpc::ClientContext>();
     context->set_deadline(std::chrono::system_clock::now() + timeout);
+    if (!token.empty()) context->AddMetadata("authorization", "Bearer " + token);
     return context;
   }
 };
@@ -72,6 +76,23 @@ int Setup(const std::string& command, const std::string& usage, int argc, char**
   const char* env = std::getenv("RAPTR_COORDINATOR");
   inv->flags.Define("coordinator", env != nullptr && *env != '\0' ? env : kDefaultCoordinator,
                     "HOST:PORT of raptr-coordinator ($RAPTR_COORDINATOR)");
+  auto env_or = [](const char* name) {
+    const char* value = std::getenv(name);
+    return std::string(value != nullptr ? value : "");
+  };
+  inv->flags.Define("tls-ca", env_or("RAPTR_TLS_CA"),
+                    "PEM CA the coordinator's certificate must chain to; turns TLS on "
+                    "($RAPTR_TLS_CA)");
+  inv->flags.Define("tls-cert", env_or("RAPTR_TLS_CERT"),
+                    "a client certificate (spiffe://raptr/<role>/<name>) for mutual TLS "
+                    "($RAPTR_TLS_CERT)");
+  inv->flags.Define("tls-key", env_or("RAPTR_TLS_KEY"), "the key of --tls-cert ($RAPTR_TLS_KEY)");
+  inv->flags.Define("tls-server-name", "",
+                    "the name the coordinator's certificate must carry, when not the "
+                    "--coordinator host");
+  inv->flags.Define("token-file", env_or("RAPTR_TOKEN_FILE"),
+                    "file holding this client's token ($RAPTR_TOKEN_FILE; or the token itself in "
+                    "$RAPTR_TOKEN)");
   inv->flags.Define("output", "table", "table or json");
   inv->flags.Define("timeout", "10", "deadline of each RPC, seconds");
   inv->flags.Define("help", "false", "print this help");
@@ -108,8 +129,32 @@ int Setup(const std::string& command, const std::string& usage, int argc, char**
     return UsageError(command, usage, inv->flags, "--timeout must be a number of seconds > 0");
   }
   inv->timeout = std::chrono::milliseconds(static_cast<int64_t>(*timeout * 1000));
-  inv->channel =
-      grpc::CreateChannel(inv->flags.Get("coordinator"), grpc::InsecureChannelCredentials());
+  ClientTlsOptions tls;
+  tls.ca_file = inv->flags.Get("tls-ca");
+  tls.cert_file = inv->flags.Get("tls-cert");
+  tls.key_file = inv->flags.Get("tls-key");
+  tls.server_name = inv->flags.Get("tls-server-name");
+  grpc::ChannelArguments channel_args;
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      MakeChannelCredentials(tls, &channel_args);
+  if (!credentials.ok()) {
+    return UsageError(command, usage, inv->flags, std::string(credentials.status().message()));
+  }
+  inv->tls = tls.enabled();
+  if (const std::string path = inv->flags.Get("token-file"); !path.empty()) {
+    absl::StatusOr<std::string> token = ReadTokenFile(path, "--token-file");
+    if (!token.ok()) return UsageError(command, usage, inv->flags, std::string(token.status().message()));
+    inv->token = *std::move(token);
+  } else if (const char* token = std::getenv("RAPTR_TOKEN"); token != nullptr) {
+    inv->token = token;
+  }
+  const std::string coordinator = inv->flags.Get("coordinator");
+  if (!inv->token.empty() && !inv->tls && !IsLoopbackAddress(coordinator)) {
+    return UsageError(command, usage, inv->flags,
+                      absl::StrCat("refusing to send a token in plaintext to ", coordinator,
+                                   "; give the coordinator's CA with --tls-ca"));
+  }
+  inv->channel = grpc::CreateCustomChannel(coordinator, *credentials, channel_args);
   inv->stub = v1::JobService::NewStub(inv->channel);
   return -1;
 }
@@ -145,9 +190,19 @@ int RpcError(const Invocation& inv, const std::string& what, const grpc::Status&
                             inv.channel->GetState(/*try_to_connect=*/false) != GRPC_CHANNEL_READY);
   const std::string name = CodeName(status.error_code());
   if (unreachable) {
-    std::fprintf(stderr, "raptrctl: coordinator %s unreachable (%s: %s)\n",
-                 inv.flags.Get("coordinator").c_str(), name.c_str(),
-                 status.error_message().c_str());
+    // A TLS failure reaches the client as UNAVAILABLE too; say what to check.
+    const std::string& message = status.error_message();
+    const bool handshake = message.find("ssl") != std::string::npos ||
+                           message.find("SSL") != std::string::npos ||
+                           message.find("handshake") != std::string::npos ||
+                           message.find("Socket closed") != std::string::npos;
+    std::fprintf(stderr, "raptrctl: coordinator %s unreachable (%s: %s)%s\n",
+                 inv.flags.Get("coordinator").c_str(), name.c_str(), message.c_str(),
+                 !inv.tls ? (handshake ? "; does it serve TLS? then give its CA with --tls-ca" : "")
+                          : (handshake ? "; the TLS handshake failed: check --tls-ca, "
+                                         "--tls-server-name and the client certificate's CA and "
+                                         "dates"
+                                       : ""));
     return kExitUnreachable;
   }
   std::fprintf(stderr, "raptrctl: %s failed: %s: %s\n", what.c_str(), name.c_str(),
@@ -183,6 +238,7 @@ int PrintJson(const google::protobuf::Message& message) {
 void PrintJobTable(const v1::Job& job) {
   std::printf("id:          %s\n", job.id().c_str());
   std::printf("name:        %s\n", job.spec().name().c_str());
+  std::printf("owner:       %s\n", job.owner().empty() ? "-" : job.owner().c_str());
   std::printf("state:       %s\n", StateName(job.state()).c_str());
   if (!job.message().empty()) std::printf("message:     %s\n", job.message().c_str());
   std::printf("step:        %lld / %lld\n", static_cast<long long>(job.progress().step()),
@@ -444,12 +500,13 @@ int RunList(int argc, char** argv, int first) {
     request.set_page_token(page.next_page_token());
   } while (!request.page_token().empty());
   if (inv.json) return PrintJson(all);
-  std::printf("%-12s %-24s %-10s %-11s %-15s %s\n", "ID", "NAME", "METHOD", "STATE", "STEP",
-              "CREATED");
+  std::printf("%-12s %-24s %-12s %-10s %-11s %-15s %s\n", "ID", "NAME", "OWNER", "METHOD",
+              "STATE", "STEP", "CREATED");
   for (const v1::Job& job : all.jobs()) {
     std::printf(
-        "%-12s %-24s %-10s %-11s %-15s %s\n", job.id().c_str(), job.spec().name().c_str(),
-        MethodName(job.spec()).c_str(), StateName(job.state()).c_str(),
+        "%-12s %-24s %-12s %-10s %-11s %-15s %s\n", job.id().c_str(), job.spec().name().c_str(),
+        job.owner().empty() ? "-" : job.owner().c_str(), MethodName(job.spec()).c_str(),
+        StateName(job.state()).c_str(),
         absl::StrFormat("%d/%d", job.progress().step(), job.spec().training().steps()).c_str(),
         TimeText(job.create_time()).c_str());
   }
@@ -497,6 +554,7 @@ int RunWatch(int argc, char** argv, int first) {
   // The stream lasts as long as the job, so it has no deadline (--timeout does not apply); the
   // call is not wait-for-ready, so an unreachable coordinator still fails at once.
   grpc::ClientContext context;
+  if (!inv.token.empty()) context.AddMetadata("authorization", "Bearer " + inv.token);
   std::unique_ptr<grpc::ClientReader<v1::JobEvent>> reader = inv.stub->WatchJob(&context, request);
   // The live line only where a person watches: pipes and CI logs keep one line per event.
   std::optional<LiveProgress> live;

@@ -7,6 +7,7 @@
 #include "absl/strings/str_join.h"
 #include "cli/data_command.h"
 #include "cli/job_commands.h"
+#include "cli/token_command.h"
 
 namespace raptr::cli {
 namespace {
@@ -28,6 +29,7 @@ const std::vector<Command>& Commands() {
       {{"cancel"}, "cancel a job", RunCancel},
       {{"watch"}, "print a job's events until it ends", RunWatch},
       {{"plot"}, "plot jobs' loss against step and FLOPs into an SVG file", RunPlot},
+      {{"token", "new"}, "make a client or worker token and its --auth-tokens line", RunTokenNew},
   };
   return kCommands;
 }

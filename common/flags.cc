@@ -2,6 +2,7 @@
 #include "common/flags.h"
 
 #include <cstdint>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -11,7 +12,18 @@ namespace raptr {
 
 void Flags::Define(const std::string& name, const std::string& default_value,
                    const std::string& help) {
-  flags_[name] = Entry{default_value, default_value, help};
+  Entry entry;
+  entry.value = default_value;
+  entry.default_value = default_value;
+  entry.help = help;
+  flags_[name] = std::move(entry);
+}
+
+void Flags::DefineRepeated(const std::string& name, const std::string& help) {
+  Entry entry;
+  entry.help = help;
+  entry.repeated = true;
+  flags_[name] = std::move(entry);
 }
 
 absl::Status Flags::Parse(int argc, char** argv, int first) {
@@ -47,6 +59,7 @@ absl::Status Flags::Parse(int argc, char** argv, int first) {
       }
     }
     it->second.value = value;
+    if (it->second.repeated) it->second.values.push_back(value);
     set_.insert(name);
   }
   return absl::OkStatus();
@@ -55,6 +68,11 @@ absl::Status Flags::Parse(int argc, char** argv, int first) {
 std::string Flags::Get(const std::string& name) const {
   auto it = flags_.find(name);
   return it == flags_.end() ? "" : it->second.value;
+}
+
+std::vector<std::string> Flags::GetAll(const std::string& name) const {
+  auto it = flags_.find(name);
+  return it == flags_.end() ? std::vector<std::string>{} : it->second.values;
 }
 
 absl::StatusOr<int64_t> Flags::GetInt(const std::string& name) const {
@@ -96,6 +114,10 @@ absl::StatusOr<bool> Flags::GetBool(const std::string& name) const {
 std::string Flags::Usage() const {
   std::string out;
   for (const auto& [name, e] : flags_) {
+    if (e.repeated) {
+      absl::StrAppend(&out, absl::StrFormat("  --%-22s %s (repeatable)\n", name, e.help));
+      continue;
+    }
     absl::StrAppend(&out, absl::StrFormat("  --%-22s %s (default: %s)\n", name, e.help,
                                           e.default_value.empty() ? "\"\"" : e.default_value));
   }

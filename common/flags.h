@@ -19,6 +19,9 @@ class Flags {
  public:
   // Declares a flag with a default and a one-line help text; call before Parse.
   void Define(const std::string& name, const std::string& default_value, const std::string& help);
+  // Declares a flag that may be given any number of times (--data-root=A --data-root=B); its
+  // values, in order, come from GetAll. Get returns the last one ("" when none).
+  void DefineRepeated(const std::string& name, const std::string& help);
 
   // Parses argv[first..argc). Positional arguments are collected in order.
   absl::Status Parse(int argc, char** argv, int first);
@@ -29,6 +32,7 @@ class Flags {
   absl::StatusOr<int> GetInt32(const std::string& name) const;
   absl::StatusOr<double> GetDouble(const std::string& name) const;
   absl::StatusOr<bool> GetBool(const std::string& name) const;
+  std::vector<std::string> GetAll(const std::string& name) const;
   bool IsSet(const std::string& name) const { return set_.count(name) > 0; }
   const std::vector<std::string>& positional() const { return positional_; }
 
@@ -40,6 +44,8 @@ class Flags {
     std::string value;
     std::string default_value;
     std::string help;
+    bool repeated = false;
+    std::vector<std::string> values;  // every value given, for repeated flags
   };
   std::map<std::string, Entry> flags_;
   std::set<std::string> set_;

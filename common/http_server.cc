@@ -92,16 +92,32 @@ void MethodNotAllowed(const httplib::Request&, httplib::Response& response) {
   response.set_content("only GET and HEAD are served\n", "text/plain");
 }
 
+// Whether `request` carries `Authorization: Bearer <token>` (any request, when `token` is empty).
+// Constant time in the token's content, so timing reveals nothing of it.
+bool Authorized(const httplib::Request& request, const std::string& token) {
+  if (token.empty()) return true;
+  const std::string presented = request.get_header_value("Authorization");
+  const std::string expected = "Bearer " + token;
+  if (presented.size() != expected.size()) return false;
+  unsigned char difference = 0;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    difference |= static_cast<unsigned char>(presented[i] ^ expected[i]);
+  }
+  return difference == 0;
+}
+
 }  // namespace
 
 HttpServer::HttpServer() = default;
 
 HttpServer::~HttpServer() { Stop(); }
 
-void HttpServer::Handle(const std::string& path, const std::string& content_type, Handler handler) {
+void HttpServer::Handle(const std::string& path, const std::string& content_type, Handler handler,
+                        std::string bearer_token) {
   Route& route = routes_[path];
   route.content_type = content_type;
   route.handler = std::move(handler);
+  route.bearer_token = std::move(bearer_token);
 }
 
 absl::StatusOr<int> HttpServer::Start(const std::string& address) {
@@ -139,6 +155,11 @@ absl::StatusOr<int> HttpServer::Start(const std::string& address) {
     if (route == routes_.end()) {
       response.status = 404;
       response.set_content("not found\n", "text/plain");
+    } else if ((request.method == "GET" || request.method == "HEAD") &&
+               !Authorized(request, route->second.bearer_token)) {
+      response.status = 401;
+      response.set_header("WWW-Authenticate", "Bearer");
+      response.set_content("this endpoint needs Authorization: Bearer <token>\n", "text/plain");
     } else if (request.method == "GET" || request.method == "HEAD") {
       {
         absl::MutexLock lock(&route->second.mu);

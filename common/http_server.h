@@ -52,7 +52,10 @@ class HttpServer {
   ~HttpServer();
 
   // Serves `path` (exact match) with `handler` and content type `content_type`. Before Start.
-  void Handle(const std::string& path, const std::string& content_type, Handler handler);
+  // A non-empty `bearer_token`: requests without `Authorization: Bearer <it>` get 401 (compared
+  // in constant time; the token is never logged or echoed).
+  void Handle(const std::string& path, const std::string& content_type, Handler handler,
+              std::string bearer_token = "");
 
   // Binds HOST:PORT and starts serving; returns the bound port (port 0 picks a free one). HOST is
   // a name, an IPv4 address, or an IPv6 address in brackets ("[::1]:9401"; "[::]" also accepts
@@ -72,6 +75,7 @@ class HttpServer {
   struct Route {
     std::string content_type;
     Handler handler;
+    std::string bearer_token;
     absl::Mutex mu;  // held while `handler` runs
   };
 

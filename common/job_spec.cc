@@ -577,6 +577,13 @@ absl::Status Invalid(const Parts&... parts) {
 constexpr int64_t kMaxLayers = 1024;
 constexpr int64_t kMaxWidth = 65536;
 constexpr int64_t kMaxSeq = 1 << 20;
+// List limits, so one spec cannot make a worker open (or the coordinator check and plan) an
+// unbounded number of things: far above real jobs (a corpus is a few hundred shards; the
+// paper's schedules have 4 to 6 stages), and each list alone can still fill the 64 KiB spec.
+constexpr int kMaxShards = 4096;
+constexpr int kMaxStages = 1024;
+// Linux's PATH_MAX: open(2) refuses longer paths anyway.
+constexpr size_t kMaxPathBytes = 4096;
 
 absl::Status Required(bool present, absl::string_view path) {
   if (!present) return Invalid(path, " is required");
@@ -672,8 +679,18 @@ absl::Status CheckModel(const v1::JobSpec& spec) {
 absl::Status CheckShards(const google::protobuf::RepeatedPtrField<std::string>& shards,
                          absl::string_view path) {
   if (shards.empty()) return Invalid(path, " is required (at least one shard)");
+  if (shards.size() > kMaxShards) {
+    return Invalid(path, " has ", shards.size(), " shards, more than the ", kMaxShards, " allowed");
+  }
   for (int i = 0; i < shards.size(); ++i) {
-    if (shards.Get(i).empty()) return Invalid(path, "[", i, "] is empty");
+    const std::string& shard = shards.Get(i);
+    if (shard.empty()) return Invalid(path, "[", i, "] is empty");
+    if (shard.size() > kMaxPathBytes) {
+      return Invalid(path, "[", i, "] is ", shard.size(), " bytes long, more than the ",
+                     kMaxPathBytes, " a path may have");
+    }
+    // open(2) would stop at the NUL and open another file than the one named (and checked).
+    if (shard.find('\0') != std::string::npos) return Invalid(path, "[", i, "] holds a NUL byte");
   }
   return absl::OkStatus();
 }
@@ -840,6 +857,13 @@ absl::Status CheckDurations(const google::protobuf::RepeatedPtrField<Stage>& sta
   return absl::OkStatus();
 }
 
+absl::Status CheckStageCount(int stages, absl::string_view path) {
+  if (stages > kMaxStages) {
+    return Invalid(path, " has ", stages, " stages, more than the ", kMaxStages, " allowed");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckRaptr(const v1::JobSpec& spec) {
   const v1::RaptrSchedule& r = spec.schedule().raptr();
   const int32_t num_layers = spec.model().layers();
@@ -869,6 +893,7 @@ absl::Status CheckRaptr(const v1::JobSpec& spec) {
                    ") must be < training.steps (", steps, ")");
   }
   if (r.stages_size() == 0) return Invalid("schedule.raptr.stages is required (at least one)");
+  RETURN_IF_ERROR(CheckStageCount(r.stages_size(), "schedule.raptr.stages"));
   const int32_t min_length = std::max<int32_t>(1, r.fixed_layers_size());
   for (int i = 0; i < r.stages_size(); ++i) {
     const std::string path = absl::StrCat("schedule.raptr.stages[", i, "].path_length");
@@ -898,6 +923,7 @@ absl::Status CheckStacking(const v1::JobSpec& spec) {
   const int32_t num_layers = spec.model().layers();
   const int64_t steps = spec.training().steps();
   if (s.stages_size() == 0) return Invalid("schedule.stacking.stages is required (at least one)");
+  RETURN_IF_ERROR(CheckStageCount(s.stages_size(), "schedule.stacking.stages"));
   for (int i = 0; i < s.stages_size(); ++i) {
     const std::string path = absl::StrCat("schedule.stacking.stages[", i, "].layers");
     RETURN_IF_ERROR(Required(s.stages(i).has_layers(), path));
@@ -1152,6 +1178,20 @@ std::string MethodName(const v1::JobSpec& spec) {
     default:
       return "raptr";
   }
+}
+
+int64_t JobParameterCount(const v1::JobSpec& spec) {
+  const v1::ModelSpec& m = spec.model();
+  const int64_t L = m.layers(), C = m.d_model(), F = m.d_ff(), V = m.vocab_size(), P = m.max_seq();
+  // Per block: ln_1 and ln_2 (2C each), qkv (3C x C + 3C), attention projection (C x C + C), MLP
+  // fc (F x C + F) and projection (C x F + C).
+  const int64_t per_block = 4 * C * C + 2 * F * C + 9 * C + F;
+  return V * C + P * C + L * per_block + 2 * C;  // wte, wpe, the blocks, ln_f
+}
+
+int64_t JobMinimumMemoryBytes(const v1::JobSpec& spec) {
+  // fp32 parameters, gradients and AdamW's m and v.
+  return 16 * JobParameterCount(spec);
 }
 
 std::vector<int64_t> RaptrStageSteps(const v1::JobSpec& spec) {

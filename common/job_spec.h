@@ -69,6 +69,19 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec);
 // order, enums as lower-case names, floating-point values in their shortest exact form.
 std::string JobSpecToYaml(const v1::JobSpec& spec);
 
+// Parameters of the spec's model as the engine lays them out (worker/engine/param_layout.h):
+// token and position embeddings, per block two LayerNorms, the attention's qkv and output
+// projections and the two MLP matrices (all with biases), and the final LayerNorm; the output
+// head is tied to the token embedding, for GPT and BERT alike. REQUIRES:
+// ValidateJobSpec(spec).ok() (the count then stays below 2^46).
+int64_t JobParameterCount(const v1::JobSpec& spec);
+
+// The least memory one rank of the job needs on its device: fp32 parameters, gradients and
+// AdamW's two moments, 16 bytes per parameter (every rank holds them all; activations come on top
+// and depend on the batch and the path). The coordinator does not place a job on a worker that
+// reports less. REQUIRES: ValidateJobSpec(spec).ok().
+int64_t JobMinimumMemoryBytes(const v1::JobSpec& spec);
+
 // The schedule kind's name as the CLI and the metrics' `method` label show it: full, pld,
 // layerdrop, stacking or raptr (an unset kind is the default, raptr).
 std::string MethodName(const v1::JobSpec& spec);

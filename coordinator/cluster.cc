@@ -14,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/log.h"
+#include "common/security.h"
 #include "coordinator/cluster_util.h"
 #include "coordinator/placement.h"
 
@@ -80,7 +81,10 @@ absl::StatusOr<int64_t> Cluster::Connect(const v1::Hello& hello, std::shared_ptr
   const int64_t id = next_session_++;
   Worker& worker = sessions_[id];
   worker.session = id;
-  worker.token = tokens_();
+  // From OpenSSL's CSPRNG: a session token is the only credential of the unary rendezvous calls
+  // besides the caller's worker identity, so no output of a seeded generator may predict another.
+  absl::StatusOr<uint64_t> token = RandomU64();
+  worker.token = token.ok() ? *token : tokens_();
   worker.hello = hello;
   worker.link = std::move(link);
   worker.last_seen = now;

@@ -97,10 +97,15 @@ void Cluster::Schedule() {
   std::stable_sort(jobs.begin(), jobs.end(), [](const v1::Job& a, const v1::Job& b) {
     return a.spec().resources().priority() > b.spec().resources().priority();
   });
-  std::map<v1::Backend, std::vector<int64_t>> idle;  // by worker_id order (the map's order)
-  for (const auto& [worker_id, session] : session_of_worker_) {
+  WorkerPool pool;
+  for (const auto& [worker_id, session] : session_of_worker_) {  // by worker_id order
     const Worker& worker = sessions_.at(session);
-    if (Placeable(worker, now)) idle[EffectiveBackend(worker.hello.backend())].push_back(session);
+    const v1::Backend backend = EffectiveBackend(worker.hello.backend());
+    if (Placeable(worker, now)) pool.free[backend].push_back(session);
+  }
+  for (const auto& [session, worker] : sessions_) {
+    pool.connected[EffectiveBackend(worker.hello.backend())].push_back(session);
+    pool.memory_bytes[session] = ReportedMemoryBytes(worker.hello);
   }
   std::vector<WaitingJob> waiting_jobs;
   std::map<std::string, const v1::Job*> by_id;
@@ -115,62 +120,17 @@ void Cluster::Schedule() {
       }
     }
     waiting_jobs.push_back({job.id(), EffectiveBackend(r.backend()), min_workers,
-                            r.max_workers(), job.spec().training().batch()});
+                            r.max_workers(), job.spec().training().batch(),
+                            JobMinimumMemoryBytes(job.spec())});
     by_id[job.id()] = &job;
   }
-  std::map<v1::Backend, int> connected, free;
-  for (const auto& [session, worker] : sessions_) {
-    ++connected[EffectiveBackend(worker.hello.backend())];
+  // Placement is strict FIFO per backend (the first job of a backend that cannot start holds
+  // back the ones behind it), and says why each job left waiting waits.
+  PlacementPass pass = Place(waiting_jobs, pool);
+  for (Placement& placement : pass.placements) {
+    StartGroup(*by_id.at(placement.job_id), std::move(placement.workers));
   }
-  for (const auto& [backend, sessions] : idle) free[backend] = static_cast<int>(sessions.size());
-  std::set<std::string> placed;
-  for (Placement& placement : PlaceJobs(waiting_jobs, std::move(idle))) {
-    const v1::Job& job = *by_id.at(placement.job_id);
-    free[EffectiveBackend(job.spec().resources().backend())] -=
-        static_cast<int>(placement.workers.size());
-    placed.insert(placement.job_id);
-    StartGroup(job, std::move(placement.workers));
-  }
-  // The jobs left waiting, and why. Placement is strict FIFO per backend: the first job of a
-  // backend that could not start holds back the ones behind it.
-  std::map<v1::Backend, std::string> blocked_by;
-  for (const WaitingJob& job : waiting_jobs) {
-    if (placed.count(job.id) != 0) continue;
-    const std::string backend = BackendName(job.backend);
-    std::string reason;
-    if (auto blocker = blocked_by.find(job.backend); blocker != blocked_by.end()) {
-      reason = absl::StrCat("waiting behind ", blocker->second, ", the first ", backend,
-                            " job in priority and submission order");
-    } else {
-      blocked_by[job.backend] = job.id;
-      const int total = connected[job.backend];
-      const int available = free[job.backend];
-      if (total == 0) {
-        std::string others;
-        int other_workers = 0;
-        for (const auto& [other, count] : connected) {
-          if (other == job.backend || count == 0) continue;
-          absl::StrAppend(&others, others.empty() ? "" : ", ", count, " ", BackendName(other),
-                          count == 1 ? " worker" : " workers");
-          other_workers += count;
-        }
-        reason = absl::StrCat(
-            "no ", backend, " workers are connected (it needs ", job.min_workers, "; ",
-            other_workers == 0 ? "no workers at all"
-                               : absl::StrCat(others, other_workers == 1 ? " is" : " are"),
-            ")");
-      } else if (available < job.min_workers) {
-        reason = absl::StrFormat("needs %d free %s worker%s; %d of the %d connected %s free",
-                                 job.min_workers, backend, job.min_workers == 1 ? "" : "s",
-                                 available, total, available == 1 ? "is" : "are");
-      } else {
-        reason = absl::StrFormat(
-            "no world size in [%d, %d] that %d free %s workers allow divides its batch of %d",
-            job.min_workers, job.max_workers, available, backend, job.batch);
-      }
-    }
-    reasons[job.id] = std::move(reason);
-  }
+  reasons.merge(pass.wait_reasons);
   for (const auto& [job_id, reason] : reasons) {
     auto old = wait_reasons_.find(job_id);
     if (old == wait_reasons_.end() || old->second != reason) {

@@ -14,6 +14,7 @@
 #include "absl/time/time.h"
 #include "common/failpoint.h"
 #include "common/log.h"
+#include "common/security.h"
 #include "coordinator/checkpoint_retention.h"
 #include "coordinator/cluster_util.h"
 
@@ -242,6 +243,17 @@ absl::Status Cluster::OnCheckpointWritten(int64_t session, const v1::CheckpointW
     return absl::OkStatus();
   }
   run.watchdog->RankProgressed(rank, Now());
+  const std::string requested_dir = absl::StrCat(options_.checkpoint_root, "/", run.job.id(),
+                                                 "/generation-", run.generation);
+  if (rank == 0 && !PathIsWithin(written.path(), requested_dir)) {
+    // Every later generation would resume from (and the retention would delete under) the
+    // committed path: it must be where the coordinator asked, not wherever rank 0 says.
+    FailGroup(run.job.id(),
+              absl::StrCat("rank 0 reported checkpoint path \"", written.path(),
+                           "\", outside the requested ", requested_dir),
+              /*retryable=*/true);
+    return absl::OkStatus();
+  }
   if (rank == 0) agg.path = written.path();
   if (agg.digest.has_value() && *agg.digest != written.state_digest()) agg.diverged = true;
   agg.digest = written.state_digest();

@@ -6,6 +6,7 @@
 #include <thread>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "coordinator/job_service.h"
 
@@ -72,6 +73,20 @@ class StreamLink final : public WorkerLink {
 
 }  // namespace
 
+grpc::Status ControlServiceImpl::AuthorizeWorker(const grpc::ServerContext& context,
+                                                 const std::string& worker_id) const {
+  if (authorizer_ == nullptr) return grpc::Status::OK;
+  absl::StatusOr<Principal> caller = authorizer_->AuthorizeWorker(context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  if (!caller->AuthorizesWorkerId(worker_id)) {
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        absl::StrCat(caller->Describe(), " may not act as worker \"", worker_id,
+                                     "\"; its ids are ", caller->name,
+                                     caller->pool ? "..." : " and " + caller->name + "/..."));
+  }
+  return grpc::Status::OK;
+}
+
 grpc::Status ControlServiceImpl::Connect(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::CoordinatorMessage, v1::WorkerMessage>* stream) {
@@ -79,6 +94,9 @@ grpc::Status ControlServiceImpl::Connect(
   if (!stream->Read(&first)) return grpc::Status(grpc::CANCELLED, "no Hello before the end");
   if (!first.has_hello()) {
     return grpc::Status(grpc::INVALID_ARGUMENT, "the first message must be a Hello");
+  }
+  if (grpc::Status allowed = AuthorizeWorker(*context, first.hello().worker_id()); !allowed.ok()) {
+    return allowed;
   }
   auto link = std::make_shared<StreamLink>(context);
   absl::StatusOr<int64_t> session = cluster_->Connect(first.hello(), link);
@@ -97,15 +115,21 @@ grpc::Status ControlServiceImpl::Connect(
   return ToGrpcStatus(link->status());
 }
 
-grpc::Status ControlServiceImpl::KvSet(grpc::ServerContext* /*context*/,
+grpc::Status ControlServiceImpl::KvSet(grpc::ServerContext* context,
                                        const v1::KvSetRequest* request,
                                        v1::KvSetResponse* /*response*/) {
+  if (grpc::Status allowed = AuthorizeWorker(*context, request->worker_id()); !allowed.ok()) {
+    return allowed;
+  }
   return ToGrpcStatus(cluster_->KvSet(*request));
 }
 
 grpc::Status ControlServiceImpl::KvGet(grpc::ServerContext* context,
                                        const v1::KvGetRequest* request,
                                        v1::KvGetResponse* response) {
+  if (grpc::Status allowed = AuthorizeWorker(*context, request->worker_id()); !allowed.ok()) {
+    return allowed;
+  }
   absl::StatusOr<std::string> value = cluster_->KvGet(*request, context->deadline());
   if (!value.ok()) return ToGrpcStatus(value.status());
   response->set_value(std::move(*value));

@@ -1,6 +1,9 @@
 // ControlServiceImpl: the gRPC ControlService (worker sessions and rendezvous) over a Cluster.
 #pragma once
 
+#include <string>
+
+#include "coordinator/auth.h"
 #include "coordinator/cluster.h"
 #include "grpcpp/grpcpp.h"
 #include "raptr/v1/control.grpc.pb.h"
@@ -14,7 +17,10 @@ namespace raptr {
 class ControlServiceImpl final : public v1::ControlService::Service {
  public:
   // REQUIRES: `cluster` outlives the service.
-  explicit ControlServiceImpl(Cluster* cluster) : cluster_(cluster) {}
+  // `authorizer` (optional; auth.h): every call needs a worker credential that authorizes the
+  // worker id it acts as (Hello.worker_id, the rendezvous requests' worker_id).
+  explicit ControlServiceImpl(Cluster* cluster, const Authorizer* authorizer = nullptr)
+      : cluster_(cluster), authorizer_(authorizer) {}
 
   grpc::Status Connect(
       grpc::ServerContext* context,
@@ -25,7 +31,12 @@ class ControlServiceImpl final : public v1::ControlService::Service {
                      v1::KvGetResponse* response) override;
 
  private:
+  // OK when the caller may act as worker `worker_id`.
+  grpc::Status AuthorizeWorker(const grpc::ServerContext& context,
+                               const std::string& worker_id) const;
+
   Cluster* const cluster_;
+  const Authorizer* const authorizer_;
 };
 
 }  // namespace raptr

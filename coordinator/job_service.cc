@@ -77,9 +77,24 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* /*context*/,
+absl::StatusOr<Principal> JobServiceImpl::Authorize(const grpc::ServerContextBase& context,
+                                                    Role least) {
+  if (authorizer_ == nullptr) return Principal{Principal::Via::kAnonymous, "", Role::kAdmin};
+  return authorizer_->AuthorizeClient(context, least);
+}
+
+grpc::ServerWriteReactor<v1::JobEvent>* JobServiceImpl::WatchJob(
+    grpc::CallbackServerContext* context, const v1::WatchJobRequest* request) {
+  absl::StatusOr<Principal> caller = Authorize(*context, Role::kReader);
+  if (!caller.ok()) return watch_hub_.Refuse(ToGrpcStatus(caller.status()));
+  return watch_hub_.Watch(context, request);
+}
+
+grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* context,
                                        const v1::SubmitJobRequest* request,
                                        v1::SubmitJobResponse* response) {
+  absl::StatusOr<Principal> caller = Authorize(*context, Role::kSubmitter);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   if (request->request_id().size() > kMaxRequestIdLength) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         absl::StrCat("request_id must be at most ", kMaxRequestIdLength,
@@ -92,24 +107,37 @@ grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* /*context*/,
                         absl::StrCat("spec is ", bytes, " bytes encoded; at most ", kMaxSpecBytes,
                                      " are accepted"));
   }
+  // Validated here as well as in the store, so the confinement below (a filesystem lookup per
+  // path) only ever sees a spec within the shard and path caps.
+  v1::JobSpec spec = request->spec();
+  ApplyJobSpecDefaults(&spec);
+  if (absl::Status valid = ValidateJobSpec(spec); !valid.ok()) return ToGrpcStatus(valid);
+  if (data_roots_ != nullptr) {
+    // Before anything is stored: a path outside the roots is the client's error, naming the field.
+    if (absl::Status confined = ConfineJobSpec(spec, *data_roots_); !confined.ok()) {
+      return ToGrpcStatus(confined);
+    }
+  }
   if (request->validate_only()) {
-    v1::JobSpec spec = request->spec();
-    ApplyJobSpecDefaults(&spec);
-    if (absl::Status valid = ValidateJobSpec(spec); !valid.ok()) return ToGrpcStatus(valid);
     v1::Job* job = response->mutable_job();
     *job->mutable_spec() = std::move(spec);
     job->set_state(v1::JOB_STATE_PENDING);
+    job->set_owner(caller->owner());
     return grpc::Status::OK;
   }
-  absl::StatusOr<v1::Job> job = store_->CreateJob(request->spec(), request->request_id());
+  absl::StatusOr<v1::Job> job =
+      store_->CreateJob(request->spec(), request->request_id(), caller->owner());
   if (!job.ok()) return ToGrpcStatus(job.status());
   if (listener_ != nullptr) listener_->JobSubmitted(job->id());
   *response->mutable_job() = *std::move(job);
   return grpc::Status::OK;
 }
 
-grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* /*context*/,
+grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* context,
                                     const v1::GetJobRequest* request, v1::Job* response) {
+  if (absl::StatusOr<Principal> caller = Authorize(*context, Role::kReader); !caller.ok()) {
+    return ToGrpcStatus(caller.status());
+  }
   if (grpc::Status valid = CheckJobId(request->job_id()); !valid.ok()) return valid;
   absl::StatusOr<v1::Job> job = store_->GetJob(request->job_id());
   if (!job.ok()) return ToGrpcStatus(job.status());
@@ -117,9 +145,12 @@ grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* /*context*/,
   return grpc::Status::OK;
 }
 
-grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* /*context*/,
+grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* context,
                                       const v1::ListJobsRequest* request,
                                       v1::ListJobsResponse* response) {
+  if (absl::StatusOr<Principal> caller = Authorize(*context, Role::kReader); !caller.ok()) {
+    return ToGrpcStatus(caller.status());
+  }
   const int page_size = request->page_size() == 0 ? kDefaultPageSize : request->page_size();
   if (page_size < 0 || page_size > kMaxPageSize) {
     return grpc::Status(
@@ -170,9 +201,24 @@ grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* /*context*/,
   return grpc::Status::OK;
 }
 
-grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* /*context*/,
+grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* context,
                                        const v1::CancelJobRequest* request, v1::Job* response) {
+  absl::StatusOr<Principal> caller = Authorize(*context, Role::kSubmitter);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   if (grpc::Status valid = CheckJobId(request->job_id()); !valid.ok()) return valid;
+  if (caller->role != Role::kAdmin) {
+    // Owners are immutable, so checking before the state change cannot race with it.
+    absl::StatusOr<v1::Job> target = store_->GetJob(request->job_id());
+    if (!target.ok()) return ToGrpcStatus(target.status());
+    if (target->owner() != caller->owner()) {
+      return grpc::Status(
+          grpc::StatusCode::PERMISSION_DENIED,
+          absl::StrCat(caller->Describe(), " may not cancel ", target->id(), ", which ",
+                       target->owner().empty() ? std::string("has no owner")
+                                               : absl::StrCat("belongs to ", target->owner()),
+                       "; that needs role admin"));
+    }
+  }
   const std::string reason =
       request->reason().empty() ? std::string("cancelled by request") : request->reason();
   absl::StatusOr<v1::Job> job =
@@ -189,9 +235,12 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* /*context*/,
   return grpc::Status::OK;
 }
 
-grpc::Status JobServiceImpl::ListJobSteps(grpc::ServerContext* /*context*/,
+grpc::Status JobServiceImpl::ListJobSteps(grpc::ServerContext* context,
                                           const v1::ListJobStepsRequest* request,
                                           v1::ListJobStepsResponse* response) {
+  if (absl::StatusOr<Principal> caller = Authorize(*context, Role::kReader); !caller.ok()) {
+    return ToGrpcStatus(caller.status());
+  }
   if (grpc::Status valid = CheckJobId(request->job_id()); !valid.ok()) return valid;
   constexpr int kDefaultPage = 1000, kMaxPage = 10000;
   if (request->from_step() < 0 || request->page_size() < 0) {

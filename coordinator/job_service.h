@@ -5,6 +5,8 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "common/data_roots.h"
+#include "coordinator/auth.h"
 #include "coordinator/job_watch.h"
 #include "coordinator/store/job_store.h"
 #include "grpcpp/grpcpp.h"
@@ -50,9 +52,13 @@ class JobServiceImpl final : public v1::JobService::WithCallbackMethod_WatchJob<
   grpc::Status CancelJob(grpc::ServerContext* context, const v1::CancelJobRequest* request,
                          v1::Job* response) override;
   grpc::ServerWriteReactor<v1::JobEvent>* WatchJob(grpc::CallbackServerContext* context,
-                                                  const v1::WatchJobRequest* request) override {
-    return watch_hub_.Watch(context, request);
-  }
+                                                  const v1::WatchJobRequest* request) override;
+  // Every call is first authenticated and authorized by `authorizer` (auth.h); none: every caller
+  // may do everything. REQUIRES: set before the server starts; outlives this service.
+  void set_authorizer(Authorizer* authorizer) { authorizer_ = authorizer; }
+  // Submitted specs' data paths must resolve inside `roots` (common/data_roots.h); none: any.
+  // REQUIRES: set before the server starts; outlives this service.
+  void set_data_roots(const DataRoots* roots) { data_roots_ = roots; }
   // WatchJob streams open now.
   int open_watch_streams() const { return watch_hub_.open_streams(); }
   // Ends every open WatchJob stream with `status` once it has sent what it has read; streams
@@ -63,8 +69,13 @@ class JobServiceImpl final : public v1::JobService::WithCallbackMethod_WatchJob<
 
  private:
   JobStore* const store_;
+  // The caller, when it may act with role `least`; an error status otherwise.
+  absl::StatusOr<Principal> Authorize(const grpc::ServerContextBase& context, Role least);
+
   JobLifecycleListener* const listener_;
   JobWatchHub watch_hub_;
+  Authorizer* authorizer_ = nullptr;
+  const DataRoots* data_roots_ = nullptr;
 };
 
 }  // namespace raptr

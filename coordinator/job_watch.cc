@@ -261,6 +261,18 @@ int JobWatchHub::open_streams() const {
   return static_cast<int>(streams_.size());
 }
 
+grpc::ServerWriteReactor<v1::JobEvent>* JobWatchHub::Refuse(grpc::Status status) {
+  auto stream = std::make_shared<Stream>(JobWatch("", 0));
+  auto* reactor = new Reactor(stream);
+  {
+    absl::MutexLock lock(&stream->mu);
+    stream->reactor = reactor;
+    stream->end = std::move(status);
+  }
+  stream->Pump();
+  return reactor;
+}
+
 grpc::ServerWriteReactor<v1::JobEvent>* JobWatchHub::Watch(grpc::CallbackServerContext* /*context*/,
                                                            const v1::WatchJobRequest* request) {
   auto stream = std::make_shared<Stream>(JobWatch(request->job_id(), request->step_every()));

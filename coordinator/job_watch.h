@@ -95,6 +95,9 @@ class JobWatchHub {
   grpc::ServerWriteReactor<v1::JobEvent>* Watch(grpc::CallbackServerContext* context,
                                                 const v1::WatchJobRequest* request);
 
+  // A reactor that ends at once with `status` (a caller refused before its stream starts).
+  grpc::ServerWriteReactor<v1::JobEvent>* Refuse(grpc::Status status);
+
   // Streams open now (for tests and metrics).
   int open_streams() const;
 

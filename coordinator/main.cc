@@ -1,4 +1,5 @@
 // raptr-coordinator: serves JobService (and gRPC health) over the job store until SIGINT/SIGTERM.
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -7,14 +8,18 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "common/flags.h"
 #include "common/http_server.h"
+#include "common/data_roots.h"
 #include "common/log.h"
+#include "common/security.h"
 #include "common/metrics.h"
+#include "coordinator/auth.h"
 #include "coordinator/cluster.h"
 #include "coordinator/control_service.h"
 #include "coordinator/job_service.h"
@@ -22,6 +27,8 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/impl/server_builder_option.h"
+#include "grpcpp/impl/server_builder_plugin.h"
 #include "grpcpp/resource_quota.h"
 
 namespace raptr {
@@ -30,12 +37,25 @@ namespace {
 constexpr char kUsage[] =
     "usage: raptr-coordinator [flags]\n\n"
     "Serves raptr.v1.JobService (clients), raptr.v1.ControlService (workers),\n"
-    "grpc.health.v1.Health and server reflection until SIGINT or SIGTERM. Jobs that were\n"
-    "running when it last stopped resume from their latest committed checkpoint as workers\n"
-    "connect.\n\nflags:\n";
+    "grpc.health.v1.Health (and, with --reflection, server reflection) until SIGINT or\n"
+    "SIGTERM. Jobs that were running when it last stopped resume from their latest committed\n"
+    "checkpoint as workers connect. docs/SECURITY.md: TLS, tokens, certificates.\n\nflags:\n";
 // In-flight calls (a WatchJob stream, say) get this long to finish at shutdown before they are
 // cancelled.
 constexpr int kShutdownGraceSeconds = 5;
+
+// Takes server reflection out of a builder. Linking gRPC's reflection plugin registers it with
+// every ServerBuilder at static initialization, so "off" means removing it from the plugins the
+// builder will run, not merely not initializing it.
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments* /*args*/) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    std::erase_if(*plugins, [](const std::unique_ptr<grpc::ServerBuilderPlugin>& plugin) {
+      return plugin->name() == "proto_server_reflection";
+    });
+  }
+};
 
 // Creates the directory the store file lives in.
 absl::Status EnsureParentDirectory(const std::string& path) {
@@ -80,6 +100,27 @@ int Main(int argc, char** argv) {
   flags.Define("metrics-worker-retention", "600",
                "seconds a departed worker's metrics stay (raptr_worker_connected 0) before they "
                "are removed");
+  flags.Define("tls-cert", "",
+               "PEM certificate chain this coordinator serves gRPC with (TLS on); needs --tls-key");
+  flags.Define("tls-key", "", "PEM private key of --tls-cert");
+  flags.Define("tls-client-ca", "",
+               "PEM CA bundle client and worker certificates must chain to; certificates are then "
+               "requested, verified, and name their callers (spiffe://<trust-domain>/<role>/<name>)");
+  flags.Define("require-client-cert", "false",
+               "refuse any TLS handshake without a client certificate (JobService too); needs "
+               "--tls-client-ca");
+  flags.Define("auth-tokens", "",
+               "the token file: lines `<name> <role> sha256:<hex>` (roles reader, submitter, "
+               "admin, worker); with it or --tls-client-ca every call must authenticate");
+  flags.Define("trust-domain", "raptr", "the SPIFFE trust domain of certificate identities");
+  flags.Define("client-rate", "20",
+               "JobService requests per second each client may make (bursts of 10x); 0: no limit");
+  flags.Define("reflection", "false", "serve gRPC server reflection (grpcurl, grpc_cli)");
+  flags.Define("metrics-token-file", "",
+               "file holding a bearer token /metrics requires (/healthz stays open for probes)");
+  flags.DefineRepeated("data-root",
+                       "a directory every data path of a submitted job must resolve inside "
+                       "(symlinks resolved); none given: no confinement");
   flags.Define("help", "false", "print this help");
   if (absl::Status parsed = flags.Parse(argc, argv, 1); !parsed.ok()) {
     std::fprintf(stderr, "raptr-coordinator: %s\n\n%s%s", std::string(parsed.message()).c_str(),
@@ -160,6 +201,73 @@ int Main(int argc, char** argv) {
   options.metrics_finished_jobs = *finished_jobs;
   options.metrics_worker_retention_seconds = *worker_retention;
 
+  // Transport and callers. A coordinator that can be reached from elsewhere without TLS or
+  // authentication lets anyone cancel jobs or pose as a worker: said at start, every time.
+  ServerTlsOptions tls;
+  tls.cert_file = flags.Get("tls-cert");
+  tls.key_file = flags.Get("tls-key");
+  tls.client_ca_file = flags.Get("tls-client-ca");
+  tls.require_client_cert = flags.Get("require-client-cert") == "true";
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeServerCredentials(tls);
+  if (!credentials.ok()) {
+    std::fprintf(stderr, "raptr-coordinator: %s\n", std::string(credentials.status().message()).c_str());
+    return 2;
+  }
+  AuthOptions auth;
+  auth.client_certificates = !tls.client_ca_file.empty();
+  auth.trust_domain = flags.Get("trust-domain");
+  if (const std::string tokens_path = flags.Get("auth-tokens"); !tokens_path.empty()) {
+    absl::StatusOr<TokenTable> tokens = TokenTable::Load(tokens_path);
+    if (!tokens.ok()) {
+      std::fprintf(stderr, "raptr-coordinator: --auth-tokens: %s\n",
+                   std::string(tokens.status().message()).c_str());
+      return 2;
+    }
+    if (!tls.enabled() && !IsLoopbackAddress(listen)) {
+      std::fprintf(stderr,
+                   "raptr-coordinator: --auth-tokens without TLS on %s would take tokens in "
+                   "plaintext from the network; add --tls-cert/--tls-key or listen on loopback\n",
+                   listen.c_str());
+      return 2;
+    }
+    auth.tokens = *std::move(tokens);
+  }
+  absl::StatusOr<double> client_rate = flags.GetDouble("client-rate");
+  if (!client_rate.ok() || !(*client_rate >= 0)) {
+    std::fprintf(stderr, "raptr-coordinator: --client-rate must be a number >= 0\n");
+    return 2;
+  }
+  auth.requests_per_second = *client_rate;
+  auth.burst = std::max(1.0, 10 * *client_rate);
+  std::string metrics_token;
+  if (const std::string path = flags.Get("metrics-token-file"); !path.empty()) {
+    absl::StatusOr<std::string> token = ReadTokenFile(path, "--metrics-token-file");
+    if (!token.ok()) {
+      std::fprintf(stderr, "raptr-coordinator: %s\n", std::string(token.status().message()).c_str());
+      return 2;
+    }
+    metrics_token = *std::move(token);
+  }
+  absl::StatusOr<DataRoots> data_roots = DataRoots::Create(flags.GetAll("data-root"));
+  if (!data_roots.ok()) {
+    std::fprintf(stderr, "raptr-coordinator: %s\n", std::string(data_roots.status().message()).c_str());
+    return 2;
+  }
+  Authorizer authorizer(auth);
+  if (!tls.enabled() && !IsLoopbackAddress(listen)) {
+    Log(std::string("warning: ") + absl::StrCat("serving plaintext gRPC on ", listen,
+                            ": traffic (specs, rendezvous addresses) can be read and changed on "
+                            "the way; add --tls-cert/--tls-key (docs/SECURITY.md)"));
+  }
+  if (!authorizer.enabled()) {
+    Log(std::string("warning: ") + "no --auth-tokens and no --tls-client-ca: every caller may submit, cancel and "
+               "act as a worker (docs/SECURITY.md)");
+  }
+  if (data_roots->unconfined()) {
+    Log(std::string("warning: ") + "no --data-root: jobs may name any file the workers can read as their data");
+  }
+
   const std::string store_path = flags.Get("store");
   absl::StatusOr<std::unique_ptr<JobStore>> store = absl::InternalError("not opened");
   if (absl::Status dir = EnsureParentDirectory(store_path); !dir.ok()) {
@@ -193,7 +301,8 @@ int Main(int argc, char** argv) {
                           [&cluster, &registry] {
                             cluster.RefreshMetrics();
                             return registry.Render();
-                          });
+                          },
+                          metrics_token);
     metrics_server.Handle("/healthz", "text/plain", [] { return std::string("ok\n"); });
     absl::StatusOr<int> metrics_port = metrics_server.Start(metrics_address);
     if (!metrics_port.ok()) {
@@ -205,12 +314,15 @@ int Main(int argc, char** argv) {
                 metrics_address.substr(0, metrics_address.rfind(':')).c_str(), *metrics_port);
   }
   JobServiceImpl job_service(store->get(), &cluster);
-  ControlServiceImpl control_service(&cluster);
+  job_service.set_authorizer(&authorizer);
+  job_service.set_data_roots(&*data_roots);
+  ControlServiceImpl control_service(&cluster, &authorizer);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  if (flags.Get("reflection") != "true") builder.SetOption(std::make_unique<WithoutReflection>());
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, *credentials, &port);
   builder.RegisterService(&job_service);
   builder.RegisterService(&control_service);
   // Workers' sessions are long-lived streams; keepalive pings find dead peers behind NATs and
@@ -236,6 +348,10 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "raptr-coordinator: cannot listen on %s\n", listen.c_str());
     return 1;
   }
+  Log(absl::StrCat("serving gRPC with ", tls.enabled() ? "TLS" : "no TLS",
+                   tls.require_client_cert ? " (client certificates required)" : "",
+                   authorizer.enabled() ? ", authenticated callers only" : ", no authentication",
+                   flags.Get("reflection") == "true" ? ", reflection on" : ""));
   std::printf("raptr-coordinator listening on %s:%d\n", listen.substr(0, colon).c_str(), port);
   std::fflush(stdout);
 

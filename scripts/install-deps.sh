@@ -13,6 +13,7 @@ PACKAGES=(
   python3 python3-torch python3-numpy
   libtcmalloc-minimal4
   libcpp-httplib-dev  # the HTTP endpoints (/metrics, /healthz)
+  libssl-dev openssl  # token hashing and randomness; the CA and certificates the TLS tests make
   clang-14 libclang-rt-14-dev  # sanitizer builds (ASan, UBSan, TSan), -Wthread-safety, libFuzzer
   prometheus  # promtool and the server the monitoring tests scrape with
 )

@@ -11,6 +11,12 @@
 # --metrics-port 0 gives every process a free port (logged). Each worker gets nproc/N kernel
 # threads (at least 1). The job store (DIR/coordinator.db) and checkpoints (DIR/checkpoints)
 # survive a stop; a later start resumes any job that was running.
+#
+# The cluster is secured as a real one is (docs/SECURITY.md): a first start makes its own CA,
+# the coordinator's certificate, one worker certificate per worker (spiffe://raptr/worker/local-I)
+# and an admin token under DIR/pki; gRPC is mutual TLS, every call authenticated, job data
+# confined to data/. start prints the exports raptrctl needs: RAPTR_COORDINATOR, RAPTR_TLS_CA and
+# RAPTR_TOKEN_FILE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${RAPTR_BUILD:-build}
@@ -40,11 +46,22 @@ case "$COMMAND" in
     for bin in "$BUILD/coordinator/raptr-coordinator" "$BUILD/worker/raptr-worker"; do
       [[ -x "$bin" ]] || { echo "local-cluster: $bin not built (run scripts/build.sh)" >&2; exit 1; }
     done
-    mkdir -p "$DIR/logs"
+    mkdir -p "$DIR/logs" data
+    PKI=$DIR/pki
+    if [[ ! -f "$PKI/ca.crt" ]]; then
+      scripts/make-certs.sh ca "$PKI"
+      scripts/make-certs.sh server "$PKI" coordinator localhost 127.0.0.1
+      "$BUILD/cli/raptrctl" token new --name admin --role admin --out "$PKI/admin.token" > "$PKI/tokens"
+    fi
+    for i in $(seq 0 $((WORKERS - 1))); do
+      [[ -f "$PKI/local-$i.crt" ]] || scripts/make-certs.sh client "$PKI" "local-$i" "spiffe://raptr/worker/local-$i"
+    done
     : > "$PIDS"
     ADDR=127.0.0.1:$PORT
     setsid "$BUILD/coordinator/raptr-coordinator" --listen "$ADDR" --store "$DIR/coordinator.db" \
       --checkpoint-dir "$DIR/checkpoints" --metrics-listen "127.0.0.1:$METRICS_PORT" \
+      --tls-cert "$PKI/coordinator.crt" --tls-key "$PKI/coordinator.key" --tls-client-ca "$PKI/ca.crt" \
+      --auth-tokens "$PKI/tokens" --data-root data \
       > "$DIR/logs/coordinator.out" \
       2> "$DIR/logs/coordinator.log" < /dev/null &
     echo "$! coordinator" >> "$PIDS"
@@ -61,13 +78,14 @@ case "$COMMAND" in
     (( THREADS >= 1 )) || THREADS=1
     for i in $(seq 0 $((WORKERS - 1))); do
       OMP_NUM_THREADS=$THREADS setsid "$BUILD/worker/raptr-worker" serve --coordinator "$ADDR" \
-        --id "local-$i" --threads "$THREADS" \
+        --id "local-$i" --threads "$THREADS" --data-root data \
+        --tls-ca "$PKI/ca.crt" --tls-cert "$PKI/local-$i.crt" --tls-key "$PKI/local-$i.key" \
         --metrics-listen "127.0.0.1:$(( METRICS_PORT == 0 ? 0 : METRICS_PORT + 1 + i ))" \
         > /dev/null 2> "$DIR/logs/worker-$i.log" < /dev/null &
       echo "$! worker-$i" >> "$PIDS"
     done
     echo "local cluster: coordinator $ADDR, $WORKERS CPU workers x $THREADS threads; logs in $DIR/logs" >&2
-    echo "export RAPTR_COORDINATOR=$ADDR"
+    echo "export RAPTR_COORDINATOR=$ADDR RAPTR_TLS_CA=$(cd "$PKI" && pwd)/ca.crt RAPTR_TOKEN_FILE=$(cd "$PKI" && pwd)/admin.token"
     ;;
   stop)
     [[ -f "$PIDS" ]] || { echo "local-cluster: nothing running in $DIR" >&2; exit 0; }
@@ -92,7 +110,7 @@ case "$COMMAND" in
     fi
     ;;
   *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The sanitizer builds and their tests: clang 14, the whole project instrumented.
 #   scripts/sanitize.sh asan   ASan + UBSan (build-asan): unit tests and the coordinator,
-#                              service, fault and monitoring integration tests
+#                              service, security, fault and monitoring integration tests
 #   scripts/sanitize.sh tsan   TSan (build-tsan): the same tests
 # Both builds also check the Abseil lock annotations (-Wthread-safety, an error with -Werror).
 # Any sanitizer report aborts the process that made it (-fno-sanitize-recover, halt_on_error),
@@ -57,5 +57,5 @@ fi
 export RAPTR_TEST_TIME_SCALE=${RAPTR_TEST_TIME_SCALE:-$([[ "$KIND" == tsan ]] && echo 4 || echo 2)}
 cd "$BUILD_DIR"
 ctest --output-on-failure -j"$(nproc)" \
-  -R '^(coordinator_end_to_end|service_end_to_end|fault_end_to_end|monitoring_end_to_end|[A-Z][A-Za-z]*\.[A-Za-z]*)$' \
+  -R '^(coordinator_end_to_end|service_end_to_end|security_end_to_end|fault_end_to_end|monitoring_end_to_end|[A-Z][A-Za-z]*\.[A-Za-z]*)$' \
   -E '^CudaParity\.' "$@"

@@ -36,6 +36,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/security/credentials.h"
 #include "raptr/v1/control.grpc.pb.h"
 #include "raptr/v1/control.pb.h"
 #include "worker/engine/backend_factory.h"
@@ -81,8 +82,19 @@ class Agent {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-    channel_ =
-        grpc::CreateCustomChannel(options.coordinator, grpc::InsecureChannelCredentials(), args);
+    // RunServe checked the credentials' files and flags; a failure here is a file that changed
+    // since, and leaves a channel that fails every call with the reason.
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+        MakeChannelCredentials(options.tls, &args);
+    std::shared_ptr<grpc::ChannelCredentials> channel_credentials =
+        credentials.ok() ? *credentials : grpc::InsecureChannelCredentials();
+    if (!credentials.ok()) Log(absl::StrCat("TLS: ", credentials.status().message()));
+    if (!options.join_token.empty()) {
+      // Call credentials travel only over TLS (gRPC refuses them on a plaintext channel).
+      channel_credentials = grpc::CompositeChannelCredentials(
+          channel_credentials, grpc::AccessTokenCredentials(options.join_token));
+    }
+    channel_ = grpc::CreateCustomChannel(options.coordinator, channel_credentials, args);
     stub_ = v1::ControlService::NewStub(channel_);
   }
 
@@ -107,7 +119,12 @@ class Agent {
       if (options_.connect_timeout_seconds > 0 &&
           Now() - last_contact > options_.connect_timeout_seconds) {
         Log(absl::StrCat("no coordinator at ", options_.coordinator, " for ",
-                         options_.connect_timeout_seconds, " s; giving up"));
+                         options_.connect_timeout_seconds, " s; giving up",
+                         options_.tls.enabled()
+                             ? " (a TLS handshake that fails, e.g. a certificate of another CA or "
+                               "out of its dates, or a wrong --tls-ca, looks the same: see the "
+                               "coordinator's log)"
+                             : ""));
         return 1;
       }
       if (!announced_wait) {
@@ -189,8 +206,12 @@ class Agent {
         !message.has_welcome()) {
       const grpc::Status status = connection.stream->Finish();
       Forget();
+      // A refused credential does not mend itself by retrying: exit so the operator (or the
+      // pod's restart backoff) sees it.
       if (status.error_code() == grpc::INVALID_ARGUMENT ||
-          status.error_code() == grpc::FAILED_PRECONDITION) {
+          status.error_code() == grpc::FAILED_PRECONDITION ||
+          status.error_code() == grpc::UNAUTHENTICATED ||
+          status.error_code() == grpc::PERMISSION_DENIED) {
         Log(absl::StrCat("the coordinator refused this worker: ", status.error_message()));
         return SessionEnd::kRejected;
       }
@@ -459,6 +480,9 @@ int RunAgent(const AgentOptions& options) {
                      : absl::StrCat(name, "-", getpid());
   }
   SetLogName(absl::StrCat("raptr-worker[", worker_id, "]"));
+  Log(options.data_roots.unconfined()
+          ? std::string("job data paths are not confined (no --data-root)")
+          : absl::StrCat("job data paths must resolve inside ", options.data_roots.DebugString()));
   std::optional<CudaDeviceInfo> device;
   if (cuda) {
     absl::StatusOr<CudaDeviceInfo> found = FindCudaDevice(options.backend.device);
@@ -488,7 +512,8 @@ int RunAgent(const AgentOptions& options) {
                           [&registry, &process_metrics] {
                             process_metrics.Refresh();
                             return registry.Render();
-                          });
+                          },
+                          options.metrics_token);
     metrics_server.Handle("/healthz", "text/plain", [] { return std::string("ok\n"); });
     absl::StatusOr<int> port = metrics_server.Start(options.metrics_listen);
     if (!port.ok()) {
@@ -554,6 +579,26 @@ int RunServe(int argc, char** argv) {
   flags.Define("hang-at-step", "-1",
                "testing: in a job's first generation, hang before this 0-based step, ignoring "
                "aborts while heartbeats go on (-1: never)");
+  flags.DefineRepeated("data-root",
+                       "a directory job data paths must resolve inside before this worker opens "
+                       "them (symlinks resolved); none given: no confinement");
+  auto env_or = [](const char* name) {
+    const char* value = std::getenv(name);
+    return std::string(value != nullptr ? value : "");
+  };
+  flags.Define("tls-ca", env_or("RAPTR_TLS_CA"),
+               "PEM CA the coordinator's certificate must chain to; turns TLS on ($RAPTR_TLS_CA)");
+  flags.Define("tls-cert", env_or("RAPTR_TLS_CERT"),
+               "this worker's PEM certificate, its identity (spiffe://raptr/worker/<name>) "
+               "($RAPTR_TLS_CERT)");
+  flags.Define("tls-key", env_or("RAPTR_TLS_KEY"), "the key of --tls-cert ($RAPTR_TLS_KEY)");
+  flags.Define("tls-server-name", "",
+               "the name the coordinator's certificate must carry, when not the --coordinator host");
+  flags.Define("join-token-file", env_or("RAPTR_JOIN_TOKEN_FILE"),
+               "file holding a join token of role worker, instead of a certificate; needs TLS "
+               "($RAPTR_JOIN_TOKEN_FILE)");
+  flags.Define("metrics-token-file", "",
+               "file holding a bearer token /metrics requires (/healthz stays open)");
   flags.Define("help", "false", "print this help");
   if (absl::Status parsed = flags.Parse(argc, argv, 2); !parsed.ok()) {
     std::fprintf(stderr, "raptr-worker serve: %s\n\n%s%s", std::string(parsed.message()).c_str(),
@@ -570,6 +615,50 @@ int RunServe(int argc, char** argv) {
   options.host = flags.Get("host");
   options.exit_after_job = flags.Get("exit-after-job") == "true";
   options.metrics_listen = flags.Get("metrics-listen");
+  // Canonicalized here, once: a root that is missing or not a directory stops the worker before
+  // it announces itself, rather than failing every job it is given.
+  absl::StatusOr<DataRoots> data_roots = DataRoots::Create(flags.GetAll("data-root"));
+  if (!data_roots.ok()) {
+    std::fprintf(stderr, "raptr-worker serve: %s\n",
+                 std::string(data_roots.status().message()).c_str());
+    return 2;
+  }
+  options.data_roots = *std::move(data_roots);
+  options.tls.ca_file = flags.Get("tls-ca");
+  options.tls.cert_file = flags.Get("tls-cert");
+  options.tls.key_file = flags.Get("tls-key");
+  options.tls.server_name = flags.Get("tls-server-name");
+  {
+    grpc::ChannelArguments probe;
+    if (absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> checked =
+            MakeChannelCredentials(options.tls, &probe);
+        !checked.ok()) {
+      std::fprintf(stderr, "raptr-worker serve: %s\n", std::string(checked.status().message()).c_str());
+      return 2;
+    }
+  }
+  if (const std::string path = flags.Get("join-token-file"); !path.empty()) {
+    if (!options.tls.enabled()) {
+      std::fprintf(stderr,
+                   "raptr-worker serve: --join-token-file needs TLS (--tls-ca): a token must not "
+                   "cross the network in plaintext\n");
+      return 2;
+    }
+    absl::StatusOr<std::string> token = ReadTokenFile(path, "--join-token-file");
+    if (!token.ok()) {
+      std::fprintf(stderr, "raptr-worker serve: %s\n", std::string(token.status().message()).c_str());
+      return 2;
+    }
+    options.join_token = *std::move(token);
+  }
+  if (const std::string path = flags.Get("metrics-token-file"); !path.empty()) {
+    absl::StatusOr<std::string> token = ReadTokenFile(path, "--metrics-token-file");
+    if (!token.ok()) {
+      std::fprintf(stderr, "raptr-worker serve: %s\n", std::string(token.status().message()).c_str());
+      return 2;
+    }
+    options.metrics_token = *std::move(token);
+  }
   absl::StatusOr<int> threads = flags.GetInt32("threads");
   absl::StatusOr<BackendKind> backend = ParseBackendKind(flags.Get("backend"));
   absl::StatusOr<int> device = flags.GetInt32("device");

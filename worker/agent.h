@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "common/data_roots.h"
+#include "common/security.h"
 #include "worker/engine/backend_factory.h"
 
 namespace raptr {
@@ -57,8 +59,19 @@ struct AgentOptions {
   int64_t hang_at_step = -1;
   // The process's command line, for the restart after a stuck job (empty: exit instead).
   std::vector<std::string> argv;
+  // TLS to the coordinator (--tls-ca, --tls-cert, --tls-key, --tls-server-name): the worker's
+  // certificate is its identity (spiffe://<domain>/worker/<name>); none: plaintext.
+  ClientTlsOptions tls;
+  // A join token of role worker (--join-token-file), sent on every call; needs TLS.
+  std::string join_token;
+  // Directories every data path of a job (its shards) must resolve inside before this worker
+  // opens it (--data-root, repeatable; symlinks resolved), canonicalized once at startup (so a
+  // root later replaced by a symlink does not widen it); default: no confinement.
+  DataRoots data_roots;
   // HOST:PORT of the Prometheus /metrics endpoint; port 0 picks a free one; empty: none.
   std::string metrics_listen = "127.0.0.1:9402";
+  // A bearer token /metrics requires (--metrics-token-file); empty: none.
+  std::string metrics_token;
 };
 
 // Runs until SIGINT/SIGTERM, a Shutdown from the coordinator, a connection timeout or a device

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -124,6 +125,18 @@ void MapDataAndTraining(const v1::JobSpec& spec, TrainerConfig* cfg) {
   cfg->checkpoint_every = t.checkpoint_every();
 }
 
+// `paths`, each resolved inside `roots` under its field name `field`[i].
+absl::StatusOr<std::vector<std::string>> ResolveAll(const DataRoots& roots,
+                                                    const std::vector<std::string>& paths,
+                                                    const std::string& field) {
+  std::vector<std::string> resolved;
+  for (size_t i = 0; i < paths.size(); ++i) {
+    ASSIGN_OR_RETURN(std::string path, roots.Resolve(paths[i], absl::StrCat(field, "[", i, "]")));
+    resolved.push_back(std::move(path));
+  }
+  return resolved;
+}
+
 }  // namespace
 
 absl::StatusOr<TrainerConfig> TrainerConfigFromJobSpec(const v1::JobSpec& spec) {
@@ -176,6 +189,17 @@ absl::StatusOr<TrainerConfig> TrainerConfigForWorker(const v1::JobSpec& spec,
   }
   cfg.backend = worker;
   return cfg;
+}
+
+absl::Status ConfineTrainerData(const DataRoots& roots, TrainerConfig* cfg) {
+  // The field names are the spec's: MapDataAndTraining copies the shard lists 1:1.
+  ASSIGN_OR_RETURN(std::vector<std::string> train,
+                   ResolveAll(roots, cfg->train_shards, "data.train_shards"));
+  ASSIGN_OR_RETURN(std::vector<std::string> val,
+                   ResolveAll(roots, cfg->val_shards, "data.val_shards"));
+  cfg->train_shards = std::move(train);
+  cfg->val_shards = std::move(val);
+  return absl::OkStatus();
 }
 
 }  // namespace raptr

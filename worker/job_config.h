@@ -18,7 +18,9 @@
 // field carried by a proto parsed from the wire) is UNIMPLEMENTED naming it, never ignored.
 #pragma once
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/data_roots.h"
 #include "raptr/v1/job.pb.h"
 #include "worker/engine/trainer.h"
 
@@ -36,5 +38,12 @@ absl::StatusOr<TrainerConfig> TrainerConfigFromJobSpec(const v1::JobSpec& spec);
 // FAILED_PRECONDITION naming both: the coordinator places jobs only on workers of their backend.
 absl::StatusOr<TrainerConfig> TrainerConfigForWorker(const v1::JobSpec& spec,
                                                      const BackendOptions& worker);
+
+// Checks every data path of `cfg` (train and val shards) against this worker's `roots`
+// (--data-root) and replaces each with its resolved form, so the engine opens the very file that
+// was checked, not one a symlink leads to later. A path outside is INVALID_ARGUMENT naming its
+// spec field ("data.train_shards[3]: ..."), and `cfg` is left unchanged. Call it before
+// anything opens the data (TrainingSession::Create).
+absl::Status ConfineTrainerData(const DataRoots& roots, TrainerConfig* cfg);
 
 }  // namespace raptr

@@ -105,6 +105,13 @@ ALTER TABLE checkpoints ADD COLUMN rejected_ms INTEGER;
 UPDATE schema_version SET version = 3;
 )sql";
 
+// Version 3 -> 4: who submitted each job (the authenticated principal's name; '' when the
+// coordinator ran without authentication, as every job of an older store did).
+constexpr char kMigrateV3ToV4[] = R"sql(
+ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+UPDATE schema_version SET version = 4;
+)sql";
+
 // Indexes that change nothing a reader sees, only how fast it finds it: created at every open
 // when absent, without a schema version bump, so a store stays readable by the builds before
 // them (SQLite maintains every index of the file whichever build writes it).
@@ -300,12 +307,12 @@ std::string StateName(v1::JobState state) {
 // The columns LoadJob and the list queries read, in JobFromRow's order.
 constexpr char kJobColumns[] =
     "id, spec, state, error, generation, world_size, created_ms, updated_ms, started_ms, "
-    "finished_ms";
+    "finished_ms, owner";
 
 // kJobColumns with the name in place of the spec (JobFilter::with_spec false).
 constexpr char kJobColumnsWithoutSpec[] =
     "id, name, state, error, generation, world_size, created_ms, updated_ms, started_ms, "
-    "finished_ms";
+    "finished_ms, owner";
 
 // `with_spec` false: the row has the name (kJobColumnsWithoutSpec), which becomes spec.name.
 absl::StatusOr<v1::Job> JobFromRow(const Statement& row, const std::string& path,
@@ -326,6 +333,7 @@ absl::StatusOr<v1::Job> JobFromRow(const Statement& row, const std::string& path
   *job.mutable_update_time() = TimeUtil::MillisecondsToTimestamp(row.Int(7));
   if (!row.IsNull(8)) *job.mutable_start_time() = TimeUtil::MillisecondsToTimestamp(row.Int(8));
   if (!row.IsNull(9)) *job.mutable_end_time() = TimeUtil::MillisecondsToTimestamp(row.Int(9));
+  job.set_owner(row.Text(10));
   return job;
 }
 
@@ -377,6 +385,7 @@ absl::Status EnsureSchema(sqlite3* db, const std::string& path) {
     RETURN_IF_ERROR(Exec(db, kSchemaV1, path));
     RETURN_IF_ERROR(Exec(db, kMigrateV1ToV2, path));
     RETURN_IF_ERROR(Exec(db, kMigrateV2ToV3, path));
+    RETURN_IF_ERROR(Exec(db, kMigrateV3ToV4, path));
     RETURN_IF_ERROR(Exec(db, kIndexes, path));
     return txn->Commit();
   }
@@ -407,6 +416,7 @@ absl::Status EnsureSchema(sqlite3* db, const std::string& path) {
   RETURN_IF_ERROR(tables.Reset());
   if (v < 2) RETURN_IF_ERROR(Exec(db, kMigrateV1ToV2, path));
   if (v < 3) RETURN_IF_ERROR(Exec(db, kMigrateV2ToV3, path));
+  if (v < 4) RETURN_IF_ERROR(Exec(db, kMigrateV3ToV4, path));
   RETURN_IF_ERROR(Exec(db, kIndexes, path));
   return txn->Commit();
 }
@@ -450,7 +460,8 @@ JobStore::JobStore(std::string path, sqlite3* db) : path_(std::move(path)), db_(
 JobStore::~JobStore() { sqlite3_close(db_); }
 
 absl::StatusOr<v1::Job> JobStore::CreateJob(const v1::JobSpec& spec,
-                                            const std::string& request_id) {
+                                            const std::string& request_id,
+                                            const std::string& owner) {
   v1::JobSpec filled = spec;
   ApplyJobSpecDefaults(&filled);
   RETURN_IF_ERROR(ValidateJobSpec(filled));
@@ -471,6 +482,11 @@ absl::StatusOr<v1::Job> JobStore::CreateJob(const v1::JobSpec& spec,
     ASSIGN_OR_RETURN(bool found, find.Step());
     if (found) {
       ASSIGN_OR_RETURN(v1::Job existing, LoadJob(find.Text(0)));
+      if (existing.owner() != owner) {
+        // Request ids are per owner in effect; another owner's job is neither returned nor named.
+        return absl::AlreadyExistsError(absl::StrCat(
+            "request_id \"", request_id, "\" was used by another owner; choose another"));
+      }
       if (!google::protobuf::util::MessageDifferencer::Equals(existing.spec(), filled)) {
         return absl::AlreadyExistsError(absl::StrCat("request_id \"", request_id,
                                                      "\" already created job ", existing.id(),
@@ -483,8 +499,8 @@ absl::StatusOr<v1::Job> JobStore::CreateJob(const v1::JobSpec& spec,
   ASSIGN_OR_RETURN(Statement insert,
                    Statement::Prepare(db_,
                                       "INSERT INTO jobs (id, name, spec, spec_yaml, state, "
-                                      "priority, created_ms, updated_ms, request_id) "
-                                      "VALUES ('', ?, ?, ?, ?, ?, ?, ?, ?)",
+                                      "priority, created_ms, updated_ms, request_id, owner) "
+                                      "VALUES ('', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                       path_));
   insert.BindText(1, filled.name());
   insert.BindBlob(2, blob);
@@ -498,6 +514,7 @@ absl::StatusOr<v1::Job> JobStore::CreateJob(const v1::JobSpec& spec,
   } else {
     insert.BindText(8, request_id);
   }
+  insert.BindText(9, owner);
   RETURN_IF_ERROR(insert.Run());
   const int64_t seq = sqlite3_last_insert_rowid(db_);
   const std::string id = absl::StrFormat("job-%06d", seq);

@@ -107,13 +107,16 @@ class JobStore {
 
   // The schema version this build writes and reads.
   // 1: jobs, step summaries, checkpoints, workers. 2: + job_events.
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
 
   // Fills the spec's defaults, validates it (ValidateJobSpec) and stores a new PENDING job.
   // INVALID_ARGUMENT naming the field when the spec is invalid; nothing is written then.
   // A non-empty `request_id` makes the call idempotent: when a job was created with the same
   // request_id, that job is returned and nothing is written; ALREADY_EXISTS if its spec differs.
-  absl::StatusOr<v1::Job> CreateJob(const v1::JobSpec& spec, const std::string& request_id);
+  // `owner`: the submitting principal's name, recorded on the job ("" without authentication).
+  // A request_id another owner used is ALREADY_EXISTS, naming neither that owner nor its job.
+  absl::StatusOr<v1::Job> CreateJob(const v1::JobSpec& spec, const std::string& request_id,
+                                    const std::string& owner = "");
 
   // The job with that id. NOT_FOUND naming the id.
   absl::StatusOr<v1::Job> GetJob(const std::string& id);

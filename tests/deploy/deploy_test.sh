@@ -5,11 +5,17 @@
 #       ServiceMonitor/PodMonitor against @kubernetes-models/prometheus-operator);
 #   (c) the container args only use flags the binaries' --help lists, and ports, probes,
 #       Services, monitors, ConfigMap references and volumes agree with the listen args;
+#   (t) TLS and auth: the coordinator's and workers' certificate, key, CA, token and --data-root
+#       flags, each file on a read-only mount of the right Secret key (validate.mjs TLS_FILES), no
+#       --reflection, no gRPC probe on the TLS port, monitors sending the metrics token, and the
+#       NetworkPolicies admitting exactly the intended peers to 50051, 9401, 9402 and the Gloo
+#       ports; deploy/k8s/make-secrets.sh's Secrets for the overlay's namespace are then checked
+#       against the pods (keys, chains, host names, SPIFFE ids, key pairs, token file syntax);
 #   (d) the Dockerfiles: FROM ... AS build, RUN scripts/install-deps.sh and scripts/build.sh (what
 #       CI runs), non-root USER, ENTRYPOINT/CMD flags in --help, EXPOSE = listen ports, and the
 #       runtime stage installs every Debian package behind the binary's ldd.
 # Usage: tests/deploy/deploy_test.sh [BUILD_DIR]   (default: build/ of this repository)
-# Needs kubectl (for kustomize), node and npm (installs tests/deploy/node_modules once).
+# Needs kubectl (for kustomize), node, npm (installs tests/deploy/node_modules once), openssl >= 3.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -20,7 +26,7 @@ trap 'rm -rf "$TMP"' EXIT
 failed=0
 fail() { echo "FAIL $*"; failed=1; }
 
-for tool in "$KUBECTL" node npm; do
+for tool in "$KUBECTL" node npm openssl; do
   command -v "$tool" >/dev/null || { echo "FAIL: $tool not found"; exit 1; }
 done
 if [[ ! -d "$HERE/node_modules/kubernetes-models" || ! -d "$HERE/node_modules/@kubernetes-models/prometheus-operator" ]]; then
@@ -66,7 +72,17 @@ for overlay_dir in "$ROOT"/deploy/k8s/overlays/*/; do
     fail "$overlay: kubectl kustomize failed: $(cat "$TMP/$overlay.err")"
     continue
   fi
-  node "$HERE/validate.mjs" k8s "$overlay" "$TMP/$overlay.yaml" "$TMP" || failed=1
+  ns=$(sed -n 's/^namespace: *//p' "$overlay_dir/kustomization.yaml")
+  if ! KUBECTL=$KUBECTL "$ROOT/deploy/k8s/make-secrets.sh" "${ns:-default}" "$TMP/pki-$overlay" \
+      >"$TMP/$overlay.secrets.yaml" 2>"$TMP/$overlay.pki.err"; then
+    fail "$overlay: deploy/k8s/make-secrets.sh ${ns:-default} failed: $(cat "$TMP/$overlay.pki.err")"
+    continue
+  fi
+  # raptrctl's token hashes to the coordinator's token line as deploy/README.md computes it.
+  pki=$TMP/pki-$overlay
+  grep -qx "admin admin sha256:$(printf %s "$(cat "$pki/admin.token")" | sha256sum | cut -d' ' -f1)" "$pki/tokens" \
+    || fail "$overlay: make-secrets.sh: tokens has no line for admin.token's sha256"
+  node "$HERE/validate.mjs" k8s "$overlay" "$TMP/$overlay.yaml" "$TMP" "$TMP/$overlay.secrets.yaml" || failed=1
 done
 [[ -f $TMP/cpu-dev.yaml && -f $TMP/gpu-prod.yaml ]] || fail "overlays cpu-dev and gpu-prod must exist"
 grep -q 'kind: ServiceMonitor' "$TMP/gpu-prod.yaml" || fail "gpu-prod: no ServiceMonitor (components/monitoring)"

@@ -21,12 +21,12 @@ fail() { echo "FAIL: $*" >&2; [[ -f "$WORK/coord.err" ]] && cat "$WORK/coord.err
 
 # Starts the coordinator on a free port of the store and sets ADDR once it serves.
 start_coordinator() {
-  "$COORD" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --store "$WORK/store/c.db" \
+  "$COORD" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --store "$WORK/store/c.db" "$@" \
     > "$WORK/coord.out" 2> "$WORK/coord.err" &
   COORD_PID=$!
   for _ in $(seq 1 100); do
     if grep -q "listening on" "$WORK/coord.out" 2>/dev/null; then
-      ADDR=$(sed -n 's/^raptr-coordinator listening on //p' "$WORK/coord.out")
+      ADDR=$(sed -n 's/^raptr-coordinator listening on \([^ ]*\).*/\1/p' "$WORK/coord.out")
       return 0
     fi
     kill -0 "$COORD_PID" 2>/dev/null || fail "coordinator exited at start"
@@ -35,10 +35,11 @@ start_coordinator() {
   fail "coordinator did not report its port"
 }
 
-start_coordinator
+start_coordinator --reflection
 export RAPTR_COORDINATOR=$ADDR
 
-# Server reflection lists raptr's services (grpcurl / grpc_cli rely on it).
+# Server reflection (--reflection; off by default, security_test.sh) lists raptr's services
+# (grpcurl / grpc_cli rely on it).
 "$BUILD/tests/reflection_probe" "$ADDR" > "$WORK/services.txt" || fail "reflection probe"
 for service in raptr.v1.JobService raptr.v1.ControlService grpc.health.v1.Health; do
   grep -qx "$service" "$WORK/services.txt" || fail "reflection lacks $service: $(cat "$WORK/services.txt")"
@@ -55,7 +56,7 @@ grep -q '"state": "JOB_STATE_PENDING"' "$WORK/get.json" || fail "json get: $(cat
 grep -q '"name": "gpt-raptr"' "$WORK/get.json" || fail "json get has no name"
 
 "$CTL" list > "$WORK/list.txt" || fail "list"
-grep -Eq "^$JOB +gpt-raptr +raptr +PENDING +0/" "$WORK/list.txt" || fail "list: $(cat "$WORK/list.txt")"
+grep -Eq "^$JOB +gpt-raptr +- +raptr +PENDING +0/" "$WORK/list.txt" || fail "list: $(cat "$WORK/list.txt")"
 # A listing's specs (ListJobs' BASIC view) hold the name, steps and schedule kind only; --full
 # asks for the whole specs.
 "$CTL" list --output json > "$WORK/list.json" || fail "list --output json"

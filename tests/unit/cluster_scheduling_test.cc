@@ -184,5 +184,26 @@ TEST_F(ClusterSchedulingTest, ACpuJobWaitsOnAGpuClusterAndQueuesBehindItsBackend
   EXPECT_EQ(StateOf(second), v1::JOB_STATE_PENDING);
 }
 
+// A worker that reports less memory than a job's weights, gradients and AdamW moments is not
+// given it (the worker would only fail its preflight); the wait reason names both sizes.
+TEST_F(ClusterSchedulingTest, AJobWaitsForAWorkerWithTheMemoryItsModelNeeds) {
+  v1::Hello small = CpuHello("cpu-small");
+  small.set_memory_bytes(512 << 10);  // less than the tiny model's 977920 bytes
+  Connect(small);
+  const std::string job = Submit("tiny", v1::BACKEND_CPU);
+  EXPECT_EQ(StateOf(job), v1::JOB_STATE_PENDING);
+  EXPECT_EQ(Assigned("cpu-small"), Jobs{});
+  const std::string reason = cluster_->WaitReason(job);
+  EXPECT_NE(reason.find(absl::StrCat(JobMinimumMemoryBytes(testing::TinyJobSpec()), " bytes")),
+            std::string::npos)
+      << reason;
+  EXPECT_NE(reason.find("524288 bytes"), std::string::npos) << reason;
+  // A worker big enough arrives: the job starts there.
+  Connect(CpuHello("cpu-big"));
+  EXPECT_EQ(Assigned("cpu-big"), Jobs{job});
+  EXPECT_EQ(StateOf(job), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(Assigned("cpu-small"), Jobs{});
+}
+
 }  // namespace
 }  // namespace raptr

@@ -1,5 +1,6 @@
 // The coordinator's decisions as plain classes, tested without a server: placement of waiting
 // jobs on free workers, the progress watchdog's deadlines, and rank votes.
+#include <cstdint>
 #include <optional>
 #include <vector>
 
@@ -45,6 +46,107 @@ TEST(Placement, SeveralJobsShareTheFreeWorkersInOrder) {
   EXPECT_EQ(placed[0].workers, (std::vector<int64_t>{1, 2}));
   EXPECT_EQ(placed[1].workers, (std::vector<int64_t>{3, 4}));
   EXPECT_TRUE(PlaceJobs({Job("a", 1, 1, 8)}, {}).empty());
+}
+
+WaitingJob BigJob(const char* id, int min, int64_t memory, v1::Backend backend = v1::BACKEND_CPU) {
+  WaitingJob job = Job(id, min, min, 8, backend);
+  job.min_memory_bytes = memory;
+  return job;
+}
+
+constexpr int64_t kGiB = int64_t{1} << 30;
+
+TEST(Placement, ReportedMemoryIsTheDevicesForCudaAndTheHostsForCpu) {
+  v1::Hello cpu;
+  cpu.set_backend(v1::BACKEND_CPU);
+  cpu.set_memory_bytes(64 * kGiB);
+  EXPECT_EQ(ReportedMemoryBytes(cpu), 64 * kGiB);
+  cpu.set_backend(v1::BACKEND_UNSPECIFIED);  // a CPU worker
+  EXPECT_EQ(ReportedMemoryBytes(cpu), 64 * kGiB);
+  v1::Hello cuda = cpu;
+  cuda.set_backend(v1::BACKEND_CUDA);
+  EXPECT_EQ(ReportedMemoryBytes(cuda), 0);  // no device named: not judged
+  cuda.add_devices()->set_memory_bytes(80 * kGiB);
+  cuda.add_devices()->set_memory_bytes(40 * kGiB);
+  EXPECT_EQ(ReportedMemoryBytes(cuda), 40 * kGiB);  // the host's 64 GiB do not count
+}
+
+// Three free CPU workers of 1, 8 and 2 GiB (sessions 1, 2, 3) and one busy of 16 GiB (4).
+WorkerPool MixedPool() {
+  WorkerPool pool;
+  pool.free[v1::BACKEND_CPU] = {1, 2, 3};
+  pool.connected[v1::BACKEND_CPU] = {1, 2, 3, 4};
+  pool.memory_bytes = {{1, 1 * kGiB}, {2, 8 * kGiB}, {3, 2 * kGiB}, {4, 16 * kGiB}};
+  return pool;
+}
+
+TEST(Placement, AJobGoesOnlyToWorkersReportingItsMemory) {
+  const PlacementPass pass = Place({BigJob("a", 2, 2 * kGiB), BigJob("b", 1, 0)}, MixedPool());
+  ASSERT_EQ(pass.placements.size(), 2u);
+  EXPECT_EQ(pass.placements[0].workers, (std::vector<int64_t>{2, 3}));  // 1 GiB is too small
+  EXPECT_EQ(pass.placements[1].workers, (std::vector<int64_t>{1}));     // no requirement
+  EXPECT_TRUE(pass.wait_reasons.empty());
+  // A worker that reported no memory is not judged (older workers).
+  WorkerPool unreported = MixedPool();
+  unreported.memory_bytes.clear();
+  EXPECT_EQ(Place({BigJob("a", 2, 100 * kGiB)}, unreported).placements.size(), 1u);
+}
+
+TEST(Placement, FreeWorkersTooSmallHoldTheQueueNamingBothSizes) {
+  // Only the busy 16 GiB worker could hold 12 GiB: the job waits for it, first in line.
+  const PlacementPass pass =
+      Place({BigJob("big", 1, 12 * kGiB), BigJob("small", 1, 0)}, MixedPool());
+  EXPECT_TRUE(pass.placements.empty());
+  EXPECT_EQ(pass.wait_reasons.at("big"),
+            "needs 1 free cpu worker with at least 12.00 GiB (12884901888 bytes) for its "
+            "weights, gradients and AdamW moments; 0 of the 3 free report that much, the others "
+            "at most 8.00 GiB (8589934592 bytes)");
+  EXPECT_EQ(pass.wait_reasons.at("small"),
+            "waiting behind big, the first cpu job in priority and submission order");
+}
+
+TEST(Placement, AJobNoConnectedWorkerCanHoldWaitsWithoutHoldingTheQueue) {
+  const PlacementPass pass =
+      Place({BigJob("huge", 2, 10 * kGiB), BigJob("small", 1, 0)}, MixedPool());
+  ASSERT_EQ(pass.placements.size(), 1u);  // one oversized submission does not stall the backend
+  EXPECT_EQ(pass.placements[0].job_id, "small");
+  EXPECT_EQ(pass.wait_reasons.at("huge"),
+            "needs 2 cpu workers with at least 10.00 GiB (10737418240 bytes) for its weights, "
+            "gradients and AdamW moments; 1 of the 4 connected reports that much, the others at "
+            "most 8.00 GiB (8589934592 bytes) (it waits for larger workers without holding back "
+            "the jobs behind it)");
+  EXPECT_EQ(pass.wait_reasons.count("small"), 0u);
+  // CUDA jobs are judged by their workers' device memory, in their own queue.
+  WorkerPool gpus;
+  gpus.free[v1::BACKEND_CUDA] = {7};
+  gpus.connected[v1::BACKEND_CUDA] = {7};
+  gpus.memory_bytes = {{7, 512 << 20}};
+  EXPECT_EQ(Place({BigJob("g", 1, kGiB, v1::BACKEND_CUDA)}, gpus).wait_reasons.at("g"),
+            "needs 1 cuda worker with at least 1.00 GiB (1073741824 bytes) for its weights, "
+            "gradients and AdamW moments; 0 of the 1 connected report that much, the others at "
+            "most 512.00 MiB (536870912 bytes) (it waits for larger workers without holding back "
+            "the jobs behind it)");
+}
+
+TEST(Placement, EveryOtherWaitIsExplainedAsTheClusterAlwaysDid) {
+  WorkerPool pool;
+  pool.free[v1::BACKEND_CPU] = {1};
+  pool.connected[v1::BACKEND_CPU] = {1, 2, 3};
+  pool.connected[v1::BACKEND_CUDA] = {};
+  PlacementPass pass = Place(
+      {Job("gpu", 1, 1, 8, v1::BACKEND_CUDA), Job("two", 2, 2, 8), Job("next", 1, 1, 8)}, pool);
+  EXPECT_TRUE(pass.placements.empty());
+  EXPECT_EQ(pass.wait_reasons.at("gpu"),
+            "no cuda workers are connected (it needs 1; 3 cpu workers are)");
+  EXPECT_EQ(pass.wait_reasons.at("two"), "needs 2 free cpu workers; 1 of the 3 connected is free");
+  EXPECT_EQ(pass.wait_reasons.at("next"),
+            "waiting behind two, the first cpu job in priority and submission order");
+  pool.free[v1::BACKEND_CPU] = {1, 2, 3};
+  pass = Place({Job("odd", 3, 3, 8)}, pool);
+  EXPECT_EQ(pass.wait_reasons.at("odd"),
+            "no world size in [3, 3] that 3 free cpu workers allow divides its batch of 8");
+  EXPECT_EQ(Place({Job("x", 1, 1, 1)}, WorkerPool()).wait_reasons.at("x"),
+            "no cpu workers are connected (it needs 1; no workers at all)");
 }
 
 ProgressWatchdogOptions Options() {

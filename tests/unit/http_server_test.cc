@@ -211,6 +211,35 @@ TEST(HttpServer, ServesRoutesOverLoopback) {
   EXPECT_EQ(Fetch(*port, "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n"), "");
 }
 
+TEST(HttpServer, BearerTokenGuardsOnlyItsRoute) {
+  HttpServer server;
+  server.Handle("/metrics", "text/plain", [] { return std::string("secret metrics\n"); },
+                "s3cret-token");
+  server.Handle("/healthz", "text/plain", [] { return std::string("ok\n"); });
+  absl::StatusOr<int> port = server.Start("127.0.0.1:0");
+  ASSERT_TRUE(port.ok()) << port.status();
+  const std::string none = Fetch(*port, "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(none.rfind("HTTP/1.1 401", 0), 0u) << none;
+  EXPECT_NE(none.find("WWW-Authenticate: Bearer"), std::string::npos) << none;
+  EXPECT_EQ(none.find("secret metrics"), std::string::npos);
+  EXPECT_EQ(none.find("s3cret-token"), std::string::npos);
+  // (Trailing whitespace is not part of a header value, per RFC 9110, so it is not tried here.)
+  for (const char* wrong : {"Bearer s3cret-tokeN", "Bearer s3cret-toke", "s3cret-token",
+                            "Basic s3cret-token", "Bearer "}) {
+    const std::string reply = Fetch(*port, std::string("GET /metrics HTTP/1.1\r\nAuthorization: ") +
+                                               wrong + "\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(reply.rfind("HTTP/1.1 401", 0), 0u) << wrong << ": " << reply;
+  }
+  const std::string good = Fetch(*port,
+                                 "GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret-token\r\n"
+                                 "Connection: close\r\n\r\n");
+  EXPECT_EQ(good.rfind("HTTP/1.1 200 OK", 0), 0u) << good;
+  EXPECT_EQ(BodyOf(good), "secret metrics\n");
+  // The probe's path needs nothing.
+  const std::string health = Fetch(*port, "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(health.rfind("HTTP/1.1 200 OK", 0), 0u) << health;
+}
+
 TEST(HttpServer, ServesOverIpv6) {
   if (!HasIpv6Loopback()) GTEST_SKIP() << "this machine has no ::1";
   HttpServer loopback;

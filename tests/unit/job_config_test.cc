@@ -12,9 +12,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "common/data_roots.h"
 #include "common/job_spec.h"
 #include "common/path_schedule.h"
+#include "tests/unit/job_fixtures.h"
 #include "tests/unit/test_files.h"
+#include "worker/engine/model.h"
+#include "worker/engine/param_layout.h"
 
 namespace raptr {
 namespace {
@@ -385,6 +389,80 @@ TEST(JobConfigTest, UnknownFieldsAreUnimplementedNamingTheirMessage) {
   ASSERT_FALSE(cfg.ok());
   EXPECT_EQ(cfg.status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_NE(cfg.status().message().find("optimizer"), std::string::npos) << cfg.status();
+}
+
+// The coordinator sizes a job's memory from its spec alone (no engine there): its parameter
+// count must be the engine's, for GPT and BERT, tied head, any d_ff and max_seq.
+TEST(JobConfigTest, TheSpecsParameterCountIsTheEngines) {
+  const char* const models[] = {
+      "{layers: 12, d_model: 128, heads: 4, vocab_size: 8192}",
+      "{kind: bert, layers: 3, d_model: 48, heads: 6, d_ff: 100, vocab_size: 300, max_seq: 40}",
+      "{layers: 1, d_model: 1, heads: 1, vocab_size: 1}",
+      "{kind: gpt, layers: 7, d_model: 96, heads: 3, d_ff: 17, vocab_size: 50257, max_seq: 1024}",
+  };
+  for (const char* model : models) {
+    SCOPED_TRACE(model);
+    const std::string yaml = absl::StrCat(
+        "name: n\nmodel: ", model, "\ndata: {train_shards: [t.bin], val_shards: [v.bin]",
+        std::string(model).find("bert") != std::string::npos ? ", mask_id: 0" : "",
+        "}\ntraining: {batch: 2, seq: 1, steps: 10}\n");
+    absl::StatusOr<v1::JobSpec> spec = ParseJobSpecYaml(yaml);
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    const TrainerConfig cfg = MustConvert(yaml);
+    EXPECT_EQ(JobParameterCount(*spec), static_cast<int64_t>(ParamLayout(cfg.model).total()));
+    EXPECT_EQ(JobMinimumMemoryBytes(*spec),
+              static_cast<int64_t>(Model<float>::ParameterBytes(cfg.model)) * 2);
+  }
+}
+
+// The worker's own check before it opens a job's data (worker --data-root).
+class ConfineTrainerDataTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::canonical(testing::FreshTestDir("raptr_confine_trainer_data"));
+    std::filesystem::create_directories(dir_ / "data");
+    std::filesystem::create_symlink("/etc/passwd", dir_ / "data" / "passwd.bin");
+    absl::StatusOr<DataRoots> roots = DataRoots::Create({(dir_ / "data").string()});
+    ASSERT_TRUE(roots.ok()) << roots.status();
+    roots_ = *roots;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::filesystem::path dir_;
+  DataRoots roots_;
+};
+
+TEST_F(ConfineTrainerDataTest, ReplacesEveryShardWithItsResolvedPath) {
+  TrainerConfig cfg = MustConvert(kMinimal);
+  const std::string data = (dir_ / "data").string();
+  cfg.train_shards = {data + "/a.bin", data + "/sub/../b.bin"};
+  cfg.val_shards = {data + "/./v.bin"};
+  ASSERT_TRUE(ConfineTrainerData(roots_, &cfg).ok());
+  EXPECT_EQ(cfg.train_shards, (std::vector<std::string>{data + "/a.bin", data + "/b.bin"}));
+  EXPECT_EQ(cfg.val_shards, std::vector<std::string>{data + "/v.bin"});
+  // Unconfined: untouched.
+  cfg.train_shards = {"../x.bin"};
+  ASSERT_TRUE(ConfineTrainerData(DataRoots(), &cfg).ok());
+  EXPECT_EQ(cfg.train_shards, std::vector<std::string>{"../x.bin"});
+}
+
+TEST_F(ConfineTrainerDataTest, APathOutsideFailsNamingItsSpecFieldAndChangesNothing) {
+  TrainerConfig cfg = MustConvert(kMinimal);
+  const std::string data = (dir_ / "data").string();
+  const std::vector<std::string> train = {data + "/a.bin"};
+  const std::vector<std::string> val = {data + "/v.bin", data + "/passwd.bin"};
+  cfg.train_shards = train;
+  cfg.val_shards = val;
+  const absl::Status status = ConfineTrainerData(roots_, &cfg);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message().rfind("data.val_shards[1]: \"", 0), 0u) << status;
+  EXPECT_NE(status.message().find("resolves to /etc/passwd, outside the data roots"),
+            std::string::npos)
+      << status;
+  EXPECT_EQ(cfg.train_shards, train);
+  EXPECT_EQ(cfg.val_shards, val);
+  cfg.train_shards = {data + "/../../etc/shadow"};
+  EXPECT_EQ(ConfineTrainerData(roots_, &cfg).message().rfind("data.train_shards[0]: ", 0), 0u);
 }
 
 }  // namespace

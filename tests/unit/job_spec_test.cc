@@ -654,5 +654,77 @@ TEST(JobSpecTest, ModelSizesAreBounded) {
       "model.d_ff must be in [1, 262144]"));
 }
 
+// List limits: a spec cannot make a worker open, or the coordinator check and plan, an unbounded
+// number of shards or stages (the 64 KiB cap on an encoded spec is JobService's; these hold for
+// every entry point).
+TEST(JobSpecTest, ShardCountsAreBounded) {
+  absl::StatusOr<v1::JobSpec> spec = ParseJobSpecYaml(Minimal());
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  for (int i = 1; i < 4096; ++i) spec->mutable_data()->add_train_shards(absl::StrCat(i, ".bin"));
+  EXPECT_TRUE(ValidateJobSpec(*spec).ok());  // 4096: the cap itself
+  spec->mutable_data()->add_train_shards("one-too-many.bin");
+  EXPECT_TRUE(IsInvalidArgument(ValidateJobSpec(*spec),
+                                "data.train_shards has 4097 shards, more than the 4096 allowed"));
+  spec = ParseJobSpecYaml(Minimal());
+  ASSERT_TRUE(spec.ok());
+  for (int i = 1; i <= 4096; ++i) spec->mutable_data()->add_val_shards(absl::StrCat(i, ".bin"));
+  EXPECT_TRUE(IsInvalidArgument(ValidateJobSpec(*spec),
+                                "data.val_shards has 4097 shards, more than the 4096 allowed"));
+}
+
+TEST(JobSpecTest, ShardPathsAreBoundedAndHoldNoNul) {
+  absl::StatusOr<v1::JobSpec> spec = ParseJobSpecYaml(Minimal());
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  spec->mutable_data()->add_val_shards(std::string(4096, 'a'));
+  EXPECT_TRUE(ValidateJobSpec(*spec).ok());
+  spec->mutable_data()->set_val_shards(1, std::string(4097, 'a'));
+  EXPECT_TRUE(IsInvalidArgument(ValidateJobSpec(*spec),
+                                "data.val_shards[1] is 4097 bytes long, more than the 4096"));
+  // open(2) would stop at the NUL: the file opened would not be the one named (and confined).
+  EXPECT_TRUE(IsInvalidArgument(
+      ParseAndValidate(absl::StrReplaceAll(Minimal(), {{"[train.bin]", R"(["ok.bin", "a\0b"])"}})),
+      "data.train_shards[1] holds a NUL byte"));
+}
+
+TEST(JobSpecTest, StageCountsAreBounded) {
+  // RaPTr stages are otherwise bounded only by the steps: 1024 one-step stages are fine...
+  std::string stages;
+  for (int i = 0; i < 1024; ++i) absl::StrAppend(&stages, "{path_length: 12, steps: 1}, ");
+  const std::string raptr = absl::StrCat("schedule: {raptr: {stages: [", stages, "]}}\n");
+  EXPECT_TRUE(WithReplaced(Minimal(raptr), "steps: 600", "steps: 2000").ok());
+  // ...one more is refused before any is looked at.
+  const std::string too_many =
+      absl::StrCat("schedule: {raptr: {stages: [", stages, "{path_length: 12, steps: 1}]}}\n");
+  EXPECT_TRUE(
+      IsInvalidArgument(WithReplaced(Minimal(too_many), "steps: 600", "steps: 2000"),
+                        "schedule.raptr.stages has 1025 stages, more than the 1024 allowed"));
+  // Stacking stages grow strictly up to model.layers (<= 1024), and the count is checked first.
+  std::string stacking;
+  for (int i = 0; i < 1025; ++i) absl::StrAppend(&stacking, "{layers: 12, steps: 1}, ");
+  EXPECT_TRUE(IsInvalidArgument(
+      ParseAndValidate(Minimal(absl::StrCat("schedule: {stacking: {stages: [", stacking, "]}}\n"))),
+      "schedule.stacking.stages has 1025 stages, more than the 1024 allowed"));
+}
+
+TEST(JobSpecTest, MinimumMemoryIsSixteenBytesPerParameter) {
+  absl::StatusOr<v1::JobSpec> spec = ParseJobSpecYaml(Minimal());
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  // L=12, C=128, F=512, V=8192, P=64: embeddings, 12 blocks, ln_f (the engine's count is checked
+  // against ParamLayout in job_config_test.cc).
+  const int64_t per_block = 4 * 128 * 128 + 2 * 512 * 128 + 9 * 128 + 512;
+  EXPECT_EQ(JobParameterCount(*spec), 8192 * 128 + 64 * 128 + 12 * per_block + 2 * 128);
+  EXPECT_EQ(JobMinimumMemoryBytes(*spec), 16 * JobParameterCount(*spec));
+  // The largest model the limits allow still fits an int64 many times over.
+  spec->mutable_model()->set_layers(1024);
+  spec->mutable_model()->set_d_model(65536);
+  spec->mutable_model()->set_heads(1);
+  spec->mutable_model()->set_d_ff(262144);
+  spec->mutable_model()->set_vocab_size(65536);
+  spec->mutable_model()->set_max_seq(1 << 20);
+  ASSERT_TRUE(ValidateJobSpec(*spec).ok());
+  EXPECT_GT(JobMinimumMemoryBytes(*spec), int64_t{1} << 49);
+  EXPECT_LT(JobMinimumMemoryBytes(*spec), int64_t{1} << 51);
+}
+
 }  // namespace
 }  // namespace raptr

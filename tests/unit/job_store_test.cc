@@ -697,6 +697,31 @@ TEST_F(JobStoreTest, NewStoreHasTheCurrentSchemaVersion) {
   EXPECT_EQ(CountRows("job_events"), 0);
 }
 
+// Jobs keep their submitter; a request id is idempotent for its owner only, and another owner's
+// reuse of it neither returns nor names the first owner's job.
+TEST_F(JobStoreTest, RecordsOwnersAndScopesRequestIds) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  absl::StatusOr<v1::Job> alice = store->CreateJob(ValidSpec("a"), "req-1", "alice");
+  ASSERT_TRUE(alice.ok()) << alice.status();
+  EXPECT_EQ(alice->owner(), "alice");
+  EXPECT_EQ(store->GetJob(alice->id())->owner(), "alice");
+  absl::StatusOr<v1::Job> again = store->CreateJob(ValidSpec("a"), "req-1", "alice");
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->id(), alice->id());
+  absl::StatusOr<v1::Job> bob = store->CreateJob(ValidSpec("a"), "req-1", "bob");
+  ASSERT_FALSE(bob.ok());
+  EXPECT_EQ(bob.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(bob.status().message().find(alice->id()), std::string_view::npos);
+  EXPECT_EQ(bob.status().message().find("alice"), std::string_view::npos);
+  JobFilter all;
+  absl::StatusOr<std::vector<v1::Job>> listed = store->ListJobs(all);
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].owner(), "alice");
+  EXPECT_EQ(store->CreateJob(ValidSpec("b"), "")->owner(), "");
+}
+
 // A store written by a build before the event log (schema version 1: no job_events table) opens,
 // keeps its jobs and progress, and logs events from then on.
 TEST_F(JobStoreTest, MigratesVersion1Store) {
@@ -710,16 +735,18 @@ TEST_F(JobStoreTest, MigratesVersion1Store) {
     ASSERT_TRUE(store->RecordStepSummaries(id, {Step(0, 5.0), Step(1, 4.0)}).ok());
     ASSERT_TRUE(store->CommitCheckpoint(id, 2, "/runs/old/step_2", 0).ok());
   }
-  // What version 1 looked like: the same tables without job_events (its index goes with it)
-  // and without version 3's checkpoint columns.
+  // What version 1 looked like: the same tables without job_events (its index goes with it),
+  // without version 3's checkpoint columns and without version 4's owner.
   Sql("DROP TABLE job_events; ALTER TABLE checkpoints DROP COLUMN state_digest; "
-      "ALTER TABLE checkpoints DROP COLUMN rejected_ms; UPDATE schema_version SET version = 1");
+      "ALTER TABLE checkpoints DROP COLUMN rejected_ms; ALTER TABLE jobs DROP COLUMN owner; "
+      "UPDATE schema_version SET version = 1");
   ASSERT_EQ(SchemaVersion(), 1);
 
   auto store = OpenOrDie();
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(SchemaVersion(), JobStore::kSchemaVersion);
   EXPECT_EQ(CountRows("schema_version"), 1);
+  EXPECT_EQ(store->GetJob(id)->owner(), "");  // jobs from before authentication have no owner
   // An old checkpoint has no digest: it is resumed from without the check.
   absl::StatusOr<std::optional<CheckpointRecord>> old_checkpoint = store->LatestCheckpoint(id);
   ASSERT_TRUE(old_checkpoint.ok() && old_checkpoint->has_value());

@@ -203,8 +203,12 @@ absl::StatusOr<std::unique_ptr<TrainingSession>> TrainingSession::CreateUnguarde
   for (const TokenDataset* ds : {&session->train_, &session->val_}) {
     for (uint16_t t : ds->tokens()) {
       if (t >= cfg.model.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "data holds token id ", t, " but model.vocab_size is ", cfg.model.vocab_size));
+        // The id itself is not named: errors reach every client, and a spec with a small
+        // vocab_size would otherwise read the data out a token at a time.
+        return absl::InvalidArgumentError(
+            absl::StrCat(ds == &session->train_ ? "the train" : "the val",
+                         " shards hold a token id >= model.vocab_size (", cfg.model.vocab_size,
+                         "): they were tokenized with a larger vocabulary"));
       }
     }
   }

@@ -107,9 +107,10 @@ absl::Status CheckFileHeader(const SafetensorsFile& file, const ModelConfig& exp
         absl::StrCat("checkpoint file ", file.path(), ": metadata lacks 'format_version'"));
   }
   if (version->second != absl::StrCat(kCheckpointFormatVersion)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("checkpoint file ", file.path(), ": format_version ", version->second,
-                     " is not the supported ", kCheckpointFormatVersion));
+    // The value is not echoed: metadata strings are free text (ParseSafetensors' comment).
+    return absl::FailedPreconditionError(absl::StrCat("checkpoint file ", file.path(),
+                                                      ": format_version is not the supported ",
+                                                      kCheckpointFormatVersion));
   }
   auto config = meta.find("config");
   if (config == meta.end()) {
@@ -135,24 +136,25 @@ absl::StatusOr<TrainState> ParseTrainState(const SafetensorsFile& file) {
     }
     return it->second;
   };
-  auto malformed = [&](const char* key, const std::string& value) {
+  // The value is not echoed: metadata strings are free text (ParseSafetensors' comment).
+  auto malformed = [&](const char* key) {
     return absl::DataLossError(absl::StrCat("checkpoint file ", file.path(), ": metadata '", key,
-                                            "' has malformed value '", value, "'"));
+                                            "' is not a number of its type"));
   };
   TrainState s;
   std::string v;
   ASSIGN_OR_RETURN(v, field("step"));
-  if (!absl::SimpleAtoi(v, &s.step) || s.step < 0) return malformed("step", v);
+  if (!absl::SimpleAtoi(v, &s.step) || s.step < 0) return malformed("step");
   ASSIGN_OR_RETURN(v, field("seed"));
-  if (!absl::SimpleAtoi(v, &s.seed)) return malformed("seed", v);
+  if (!absl::SimpleAtoi(v, &s.seed)) return malformed("seed");
   ASSIGN_OR_RETURN(v, field("tokens_seen"));
-  if (!absl::SimpleAtoi(v, &s.tokens_seen)) return malformed("tokens_seen", v);
+  if (!absl::SimpleAtoi(v, &s.tokens_seen)) return malformed("tokens_seen");
   ASSIGN_OR_RETURN(v, field("flops_spent"));
-  if (!absl::SimpleAtod(v, &s.flops_spent)) return malformed("flops_spent", v);
+  if (!absl::SimpleAtod(v, &s.flops_spent)) return malformed("flops_spent");
   ASSIGN_OR_RETURN(v, field("flops_full"));
-  if (!absl::SimpleAtod(v, &s.flops_full)) return malformed("flops_full", v);
+  if (!absl::SimpleAtod(v, &s.flops_full)) return malformed("flops_full");
   ASSIGN_OR_RETURN(v, field("rng_state"));
-  if (!absl::SimpleAtoi(v, &s.rng_state)) return malformed("rng_state", v);
+  if (!absl::SimpleAtoi(v, &s.rng_state)) return malformed("rng_state");
   ASSIGN_OR_RETURN(s.extra_json, field("extra_json"));
   return s;
 }
@@ -236,7 +238,8 @@ std::string CheckpointPath(const std::string& run_dir, int64_t step) {
 absl::StatusOr<ModelConfig> ModelConfigFromJson(const std::string& text) {
   const Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat("model config is not a JSON object: ", text));
+    // Not echoed: the text may come from a file (a checkpoint's metadata).
+    return absl::InvalidArgumentError("model config is not a JSON object");
   }
   ModelConfig c;
   std::pair<const char*, int*> ints[] = {

@@ -118,9 +118,11 @@ class CheckedDomBuilder {
     stack_.pop_back();
     return true;
   }
-  bool parse_error(std::size_t /*position*/, const std::string& /*last_token*/,
-                   const nlohmann::detail::exception& ex) {
-    error_ = ex.what();
+  // nlohmann's message quotes the text it choked on ("last read: '...'"): bytes of a file that
+  // may be no safetensors file at all. Only the offset is kept (see ParseSafetensors).
+  bool parse_error(std::size_t position, const std::string& /*last_token*/,
+                   const nlohmann::detail::exception& /*ex*/) {
+    error_ = absl::StrCat("not valid JSON (syntax error at byte ", position, " of the header)");
     return false;
   }
 
@@ -245,6 +247,10 @@ const SafetensorsFile::Entry* SafetensorsFile::Find(const std::string& name) con
 
 absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string path, std::vector<uint64_t> storage,
                                                  size_t size) {
+  // Until the header has parsed as a JSON object, the bytes may be any file's (a path that is
+  // no checkpoint): errors name sizes and limits, never a value read (the length field, the
+  // text). After that, the header's structure (tensor names, dtypes, shapes, offsets) is named:
+  // it is what a wrong checkpoint is told apart by, and only a safetensors file has one.
   auto bad = [&](const std::string& msg) {
     return absl::DataLossError(absl::StrCat("invalid safetensors file ", path, ": ", msg));
   };
@@ -256,12 +262,11 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string path, std::vector<u
   uint64_t header_len;
   std::memcpy(&header_len, bytes, sizeof(header_len));
   if (header_len > kMaxHeaderBytes) {
-    return bad(absl::StrCat("header length ", header_len, " exceeds the ", kMaxHeaderBytes,
-                            "-byte limit"));
+    return bad(
+        absl::StrCat("the header length field exceeds the ", kMaxHeaderBytes, "-byte limit"));
   }
   if (header_len > size - 8) {
-    return bad(absl::StrCat("header length ", header_len, " exceeds the ", size - 8,
-                            " bytes after the length field"));
+    return bad(absl::StrCat("the header length field exceeds the ", size - 8, " bytes after it"));
   }
   const char* header_begin = reinterpret_cast<const char*>(bytes + 8);
   CheckedDomBuilder builder;

@@ -49,25 +49,27 @@ absl::StatusOr<std::vector<uint16_t>> ReadShard(const std::string& path) {
     return absl::DataLossError(absl::StrCat("shard ", path, ": short header: expected ",
                                             kShardHeaderBytes, " bytes, found ", *got));
   }
+  // From here on the messages say what is wrong but never echo a value read from the file: job
+  // errors reach every client (Job.message), and a path that is not a shard at all (a key, a
+  // password file) would otherwise leak its bytes.
+  const auto corrupt = [&path](const std::string& what) {
+    return absl::DataLossError(absl::StrCat("shard ", path, ": ", what));
+  };
   if (header[0] != kShardMagic) {
-    return absl::DataLossError(
-        absl::StrCat("shard ", path, ": bad magic: expected ", kShardMagic, ", found ", header[0]));
+    return corrupt(absl::StrCat("not an llm.c token shard (it does not start with the magic ",
+                                kShardMagic, ")"));
   }
   if (header[1] != kShardVersion) {
-    return absl::DataLossError(absl::StrCat("shard ", path, ": unsupported version: expected ",
-                                            kShardVersion, ", found ", header[1]));
+    return corrupt(
+        absl::StrCat("unsupported header version (this build reads version ", kShardVersion, ")"));
   }
   const int64_t count = header[2];
-  if (count < 0) {
-    return absl::DataLossError(
-        absl::StrCat("shard ", path, ": negative token count ", count, " in header"));
-  }
+  if (count < 0) return corrupt("the header's token count is negative");
   const int64_t expected_size = kShardHeaderBytes + count * static_cast<int64_t>(sizeof(uint16_t));
   if (file_size != expected_size) {
-    return absl::DataLossError(
-        absl::StrCat("shard ", path, ": header says ", count, " tokens, so expected ",
-                     expected_size, " bytes, found ", file_size,
-                     file_size < expected_size ? " (truncated)" : " (trailing data)"));
+    return corrupt(absl::StrCat("its ", file_size,
+                                " bytes do not hold the token count its header gives (truncated, "
+                                "or trailing data)"));
   }
   std::vector<uint16_t> tokens(static_cast<size_t>(count));
   const size_t want = tokens.size() * sizeof(uint16_t);
@@ -75,8 +77,8 @@ absl::StatusOr<std::vector<uint16_t>> ReadShard(const std::string& path) {
   if (!got.ok()) return got.status();
   if (*got != want) {
     // The file shrank between fstat and read.
-    return absl::DataLossError(absl::StrCat("shard ", path, ": expected ", count,
-                                            " tokens, read only ", *got / sizeof(uint16_t)));
+    return corrupt(
+        absl::StrCat("the file shrank to ", kShardHeaderBytes + *got, " bytes while being read"));
   }
   return tokens;
 }

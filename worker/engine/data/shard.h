@@ -21,9 +21,10 @@ inline constexpr int64_t kShardHeaderBytes = kShardHeaderInts * sizeof(int32_t);
 // Fails if the token count does not fit the header's int32.
 absl::Status WriteShard(const std::string& path, const std::vector<uint16_t>& tokens);
 
-// Reads a whole shard. NOT_FOUND for a missing file; DATA_LOSS (naming the path, the expected
-// and the found value) for a short header, a wrong magic or version, or a size that does not
-// match the header's token count.
+// Reads a whole shard. NOT_FOUND for a missing file; DATA_LOSS (naming the path, what is wrong
+// and the expected value) for a short header, a wrong magic or version, or a size that does not
+// match the header's token count. No message echoes a value read from the file (a job's errors
+// reach every client): only the file's size and the format's constants.
 absl::StatusOr<std::vector<uint16_t>> ReadShard(const std::string& path);
 
 }  // namespace raptr

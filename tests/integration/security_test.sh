@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Security end to end, with real processes on loopback (issue 13, docs/SECURITY.md):
+# - a CA, a server certificate and worker/client certificates made with openssl; the whole job
+#   path (submit, 2 workers over mutual TLS, the rendezvous, Gloo, watch to SUCCEEDED) with one
+#   worker authenticated by its certificate and one by a join token;
+# - refused: a plaintext client, no token, a wrong token, a reader submitting, a submitter
+#   cancelling another owner's job (an admin may), a worker credential on JobService, a client
+#   token on ControlService, a worker certificate of another CA, an expired one, a certificate
+#   acting as another worker id, a data path outside --data-root, /metrics without its token;
+# - jobs record their owner (raptrctl list shows it); no token appears in anything the cluster
+#   wrote (logs, the store, metrics, raptrctl's output);
+# - on a second, plaintext loopback coordinator: reflection is off by default, and a client over
+#   its request rate is refused with RESOURCE_EXHAUSTED.
+# Usage: security_test.sh BUILD_DIR
+set -euo pipefail
+BUILD=$(cd "$1" && pwd)
+HERE=$(cd "$(dirname "$0")" && pwd)
+SRC=$(cd "$HERE/../.." && pwd)
+WORK=$(mktemp -d)
+CKPT=$WORK/ckpt
+source "$HERE/service_lib.sh"
+source "$HERE/small_corpus.sh"
+trap 'stop_all; rm -rf "$WORK"' EXIT
+command -v openssl > /dev/null || fail "openssl is not installed (scripts/install-deps.sh)"
+
+# Data under the data root, as a job must have it.
+small_corpus "$CTL" "$WORK" || fail "corpus"
+[[ -f $WORK/data/train.bin ]] || fail "the corpus has no train.bin"
+
+# Certificates: ours, and another CA's.
+CERTS=$WORK/certs
+MK=$SRC/scripts/make-certs.sh
+"$MK" ca "$CERTS"
+"$MK" server "$CERTS" coordinator localhost 127.0.0.1
+"$MK" client "$CERTS" w1 spiffe://raptr/worker/w1
+"$MK" expired "$CERTS" old spiffe://raptr/worker/old
+"$MK" ca "$WORK/other"
+"$MK" client "$WORK/other" w3 spiffe://raptr/worker/w3
+"$MK" client "$CERTS" ops spiffe://raptr/admin/ops
+
+# Tokens: the file holds hashes only; the secrets are in files of their own.
+TOK=$WORK/tokens
+mkdir -p "$TOK"
+for who in alice:submitter bob:submitter viewer:reader root:admin w2:worker; do
+  "$CTL" token new --name "${who%%:*}" --role "${who##*:}" --out "$TOK/${who%%:*}" >> "$TOK/auth" \
+    || fail "token new $who"
+done
+grep -q "^alice submitter sha256:[0-9a-f]\{64\}$" "$TOK/auth" || fail "token file line: $(cat "$TOK/auth")"
+[[ $(stat -c %a "$TOK/alice") == 600 ]] || fail "the token file is not mode 0600"
+"$CTL" token new --name alice --role submitter --out "$TOK/alice" > /dev/null 2>&1 \
+  && fail "token new overwrote an existing file"
+printf 'metrics-secret-%s\n' "$RANDOM$RANDOM" > "$TOK/metrics"
+
+start_coordinator 127.0.0.1:0 --tls-cert "$CERTS/coordinator.crt" --tls-key "$CERTS/coordinator.key" \
+  --tls-client-ca "$CERTS/ca.crt" --auth-tokens "$TOK/auth" --data-root "$WORK/data" \
+  --metrics-token-file "$TOK/metrics"
+grep -q "serving gRPC with TLS, authenticated callers only" "$WORK/coord.log" \
+  || fail "the coordinator does not say it serves TLS with authentication"
+export RAPTR_TLS_CA=$CERTS/ca.crt
+as() { local who=$1; shift; RAPTR_TOKEN_FILE=$TOK/$who "$CTL" "$@"; }
+
+# expect_refused CODE WHAT COMMAND...: the command fails and its stderr names CODE.
+expect_refused() {
+  local code=$1 what=$2
+  shift 2
+  if "$@" > "$WORK/out.txt" 2> "$WORK/err.txt"; then fail "$what was accepted: $(cat "$WORK/out.txt")"; fi
+  grep -q "$code" "$WORK/err.txt" || fail "$what: expected $code, got: $(cat "$WORK/err.txt")"
+  cat "$WORK/err.txt" >> "$WORK/client-errors.txt"
+}
+
+# Client refusals.
+expect_refused "unreachable" "a plaintext client" env -u RAPTR_TLS_CA "$CTL" list
+grep -q "does it serve TLS" "$WORK/err.txt" || fail "no TLS hint: $(cat "$WORK/err.txt")"
+expect_refused UNAUTHENTICATED "no credentials" "$CTL" list
+printf 'raptr_not-a-real-token\n' > "$WORK/wrong"
+expect_refused UNAUTHENTICATED "a wrong token" env RAPTR_TOKEN_FILE="$WORK/wrong" "$CTL" list
+expect_refused PERMISSION_DENIED "a reader submitting" as viewer submit -f "$(spec sec 60 2 2)"
+expect_refused PERMISSION_DENIED "a worker token on JobService" as w2 list
+expect_refused "data.train_shards\[0\]" "a shard outside the data root" \
+  as alice submit -f <(sed "s#train_shards: \[[^]]*\]#train_shards: [/etc/passwd]#" "$(spec esc 10 1 1)")
+grep -q "INVALID_ARGUMENT" "$WORK/err.txt" || fail "outside the data root: not INVALID_ARGUMENT"
+ln -s /etc "$WORK/data/etc"
+expect_refused "outside the data roots" "a symlink out of the data root" \
+  as alice submit -f <(sed "s#train_shards: \[[^]]*\]#train_shards: [$WORK/data/etc/passwd]#" "$(spec esc 10 1 1)")
+[[ $(as viewer list --output json | grep -c '"id"' || true) == 0 ]] || fail "a refused submit stored a job"
+
+# Worker refusals: a client token, another CA, an expired certificate, someone else's id.
+start_worker wc --tls-ca "$CERTS/ca.crt" --join-token-file "$TOK/alice" --connect-timeout 5
+wait "$LAST_WORKER" && fail "a worker with a client token stayed" || true
+grep -q "PERMISSION_DENIED\|is a client credential" "$WORK/wc.log" || fail "client-token worker: $(tail -3 "$WORK/wc.log")"
+start_worker w3 --tls-ca "$CERTS/ca.crt" --tls-cert "$WORK/other/w3.crt" --tls-key "$WORK/other/w3.key" \
+  --connect-timeout 3
+wait "$LAST_WORKER" && fail "a worker certificate of another CA was let in" || true
+grep -q "giving up" "$WORK/w3.log" || fail "other-CA worker: $(tail -3 "$WORK/w3.log")"
+start_worker old --tls-ca "$CERTS/ca.crt" --tls-cert "$CERTS/old.crt" --tls-key "$CERTS/old.key" \
+  --connect-timeout 3
+wait "$LAST_WORKER" && fail "an expired worker certificate was let in" || true
+start_worker w9 --tls-ca "$CERTS/ca.crt" --tls-cert "$CERTS/w1.crt" --tls-key "$CERTS/w1.key" \
+  --connect-timeout 5
+wait "$LAST_WORKER" && fail "w1's certificate acted as w9" || true
+grep -q "may not act as worker \"w9\"" "$WORK/w9.log" || fail "w9: $(tail -3 "$WORK/w9.log")"
+RAPTR_TLS_CA= start_worker wp --connect-timeout 3
+wait "$LAST_WORKER" && fail "a plaintext worker was let in" || true
+! grep -q "connected to" "$WORK/w3.log" "$WORK/old.log" "$WORK/wp.log" || fail "a refused worker connected"
+
+# The whole job path over mutual TLS: w1 by certificate, w2 by join token.
+start_worker w1 --tls-ca "$CERTS/ca.crt" --tls-cert "$CERTS/w1.crt" --tls-key "$CERTS/w1.key" \
+  --data-root "$WORK/data"
+start_worker w2 --tls-ca "$CERTS/ca.crt" --join-token-file "$TOK/w2" --data-root "$WORK/data"
+JOB=$(as alice submit -f "$(spec sec 60 2 2)") || fail "alice's submit"
+as viewer watch "$JOB" > "$WORK/watch.txt" 2>&1 || fail "watch: $(tail -5 "$WORK/watch.txt")"
+STATE=$(as viewer get "$JOB" --output json | tr -d '\n ' | sed -n 's/.*"state":"JOB_STATE_\([A-Z]*\)".*/\1/p')
+[[ $STATE == SUCCEEDED ]] || fail "the job ended $STATE"
+grep -q "rank 1 of 2" "$WORK/w2.log" "$WORK/w1.log" || fail "the job did not run on 2 ranks"
+as viewer list > "$WORK/list.txt"
+grep -q "OWNER" "$WORK/list.txt" && grep -q "$JOB .* alice " "$WORK/list.txt" \
+  || fail "list does not show alice as the owner: $(cat "$WORK/list.txt")"
+
+# Ownership: bob may not cancel alice's job; an admin (token or certificate) may.
+JOB2=$(as alice submit -f "$(spec long 100000 9 9 9)") || fail "second submit"
+expect_refused PERMISSION_DENIED "bob cancelling alice's job" as bob cancel "$JOB2"
+grep -q "belongs to alice" "$WORK/err.txt" || fail "the refusal does not say whose job: $(cat "$WORK/err.txt")"
+as alice cancel "$JOB2" > /dev/null || fail "alice cancelling her own job"
+JOB3=$(as bob submit -f "$(spec long 100000 9 9 9)") || fail "bob's submit"
+RAPTR_TLS_CERT=$CERTS/ops.crt RAPTR_TLS_KEY=$CERTS/ops.key "$CTL" cancel "$JOB3" > /dev/null \
+  || fail "an admin certificate cancelling bob's job"
+as root get "$JOB3" | grep -q "state: *CANCELLED" || fail "the admin's cancel did not take"
+
+# /metrics needs its token; /healthz does not.
+MPORT=$(sed -n 's/^raptr-coordinator metrics on [^:]*:\([0-9]*\)$/\1/p' "$WORK/coord.out")
+[[ -n $MPORT ]] || fail "no metrics port"
+[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$MPORT/metrics") == 401 ]] \
+  || fail "/metrics without a token was served"
+curl -sf -H "Authorization: Bearer $(cat "$TOK/metrics")" "http://127.0.0.1:$MPORT/metrics" \
+  > "$WORK/metrics.txt" || fail "/metrics with its token"
+grep -q "^raptr_" "$WORK/metrics.txt" || fail "/metrics served no raptr metrics"
+curl -sf "http://127.0.0.1:$MPORT/healthz" > /dev/null || fail "/healthz needs no token"
+
+# No secret appears in anything the cluster wrote or printed.
+stop_all
+WORKER_PIDS=()
+COORD_PID=
+for secret_file in "$TOK"/alice "$TOK"/bob "$TOK"/viewer "$TOK"/root "$TOK"/w2 "$TOK"/metrics "$WORK/wrong"; do
+  secret=$(cat "$secret_file")
+  if grep -rqF -- "$secret" "$WORK"/*.log "$WORK"/*.out "$WORK"/*.txt "$WORK/store" "$CKPT" 2>/dev/null; then
+    fail "a token of $(basename "$secret_file") appears in: $(grep -rlF -- "$secret" "$WORK"/*.log "$WORK"/*.out "$WORK"/*.txt "$WORK/store" "$CKPT" 2>/dev/null)"
+  fi
+done
+
+# A plaintext loopback coordinator: no reflection unless asked; a client over its rate is refused.
+rm -rf "$WORK/store"
+start_coordinator 127.0.0.1:0 --auth-tokens "$TOK/auth" --client-rate 1
+if "$BUILD/tests/reflection_probe" "$ADDR" > "$WORK/reflection.txt" 2>&1; then
+  fail "reflection is on by default: $(cat "$WORK/reflection.txt")"
+fi
+unset RAPTR_TLS_CA
+refused=0
+for _ in $(seq 1 25); do
+  if ! as viewer list > /dev/null 2> "$WORK/err.txt"; then
+    grep -q RESOURCE_EXHAUSTED "$WORK/err.txt" || fail "over the rate: $(cat "$WORK/err.txt")"
+    refused=$((refused + 1))
+  fi
+done
+(( refused > 0 )) || fail "25 requests at once against --client-rate 1 (bursts of 10) were all served"
+echo "security_test: OK (job $JOB over mTLS; $refused of 25 requests over the rate refused)"
