@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/log.h"
 #include "common/status.h"
 
 namespace raptr {
@@ -93,15 +94,22 @@ absl::StatusOr<std::string> DataRoots::Resolve(const std::string& path,
   if (absolute.is_relative()) absolute = fs::current_path(ec) / absolute;
   absl::StatusOr<fs::path> resolved = absl::InvalidArgumentError(ec.message());
   if (!ec) resolved = ResolveSymlinks(absolute, 0);
+  // The caller's error names the field and the path it gave, never what the path led to (a link's
+  // target, whether a file exists, why it cannot be read): any reader of the job sees it, and it
+  // would map this machine's files. The details go to this process's log.
   if (!resolved.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, ": \"", path, "\" cannot be resolved: ", resolved.status().message()));
+    Log(absl::StrCat(field, ": \"", path, "\" cannot be resolved: ", resolved.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat(field, ": \"", path,
+                                                   "\" cannot be resolved inside the data roots (",
+                                                   absl::StrJoin(roots_, ", "), ")"));
   }
   for (const std::string& root : roots_) {
     if (IsInside(*resolved, root)) return resolved->string();
   }
-  return absl::InvalidArgumentError(absl::StrCat(field, ": \"", path, "\" resolves to ",
-                                                 resolved->string(), ", outside the data roots (",
+  Log(absl::StrCat(field, ": \"", path, "\" resolves to ", resolved->string(),
+                   ", outside the data roots"));
+  return absl::InvalidArgumentError(absl::StrCat(field, ": \"", path,
+                                                 "\" is outside the data roots (",
                                                  absl::StrJoin(roots_, ", "), ")"));
 }
 

@@ -41,8 +41,8 @@ class DataRoots {
 
   // The resolved `path` when it lies inside a root (component-wise: /data2 is not inside
   // /data). A relative path resolves against the process's working directory. Otherwise
-  // INVALID_ARGUMENT: "<field>: \"<path>\" resolves to <resolved>, outside the data roots
-  // (<roots>)". Unconfined: `path` unchanged. An empty path, or one holding a NUL byte (which
+  // INVALID_ARGUMENT: "<field>: \"<path>\" is outside the data roots (<roots>)", never naming
+  // what the path resolved to (that goes to the log). Unconfined: `path` unchanged. An empty path, or one holding a NUL byte (which
   // open(2) would cut short: the file opened would not be the one checked), is refused either
   // way.
   absl::StatusOr<std::string> Resolve(const std::string& path, absl::string_view field) const;

@@ -1,6 +1,8 @@
 // Principals, tokens, SPIFFE identities and TLS credentials (see security.h).
 #include "common/security.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -9,7 +11,6 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
-#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -162,15 +163,16 @@ absl::StatusOr<TokenTable> TokenTable::Parse(absl::string_view text, absl::strin
                                                      " (want `<name> <role> sha256:<hex>`)"));
     };
     if (fields.size() != 3) return error(absl::StrCat(fields.size(), " fields"));
+    // No field's value is echoed: a token pasted into the wrong column must not reach a log.
     if (!ValidName(fields[0])) return error("the name is empty, too long or has odd characters");
     absl::StatusOr<Role> role = ParseRole(fields[1]);
-    if (!role.ok()) return error(role.status().message());
+    if (!role.ok()) return error("the second field is not a role (reader, submitter, admin, worker)");
     absl::string_view digest = fields[2];
     if (!absl::ConsumePrefix(&digest, kHashPrefix) || digest.size() != 64 || !IsLowerHex(digest)) {
       return error("the third field is not sha256: and 64 lowercase hex digits");
     }
     if (!names.insert(std::string(fields[0])).second) {
-      return error(absl::StrCat("name \"", fields[0], "\" appears twice"));
+      return error("this name appears on an earlier line too");
     }
     if (!hashes.insert(std::string(fields[2])).second) {
       return error("this hash appears twice (two names for one token)");
@@ -230,12 +232,16 @@ absl::StatusOr<Principal> PrincipalFromSpiffeId(absl::string_view uri,
 std::optional<Principal> PrincipalFromAuthContext(const grpc::AuthContext& context,
                                                   absl::string_view trust_domain) {
   if (!context.IsPeerAuthenticated()) return std::nullopt;
+  std::optional<Principal> found;
   for (const grpc::string_ref& uri : context.FindPropertyValues(GRPC_PEER_URI_PROPERTY_NAME)) {
     absl::StatusOr<Principal> principal =
         PrincipalFromSpiffeId(absl::string_view(uri.data(), uri.size()), trust_domain);
-    if (principal.ok()) return *principal;
+    if (!principal.ok()) continue;
+    // Two identities in one certificate: which one it means is not for the order to decide.
+    if (found.has_value()) return std::nullopt;
+    found = *std::move(principal);
   }
-  return std::nullopt;
+  return found;
 }
 
 absl::StatusOr<std::string> ReadSecretFile(const std::string& path, absl::string_view flag) {
@@ -243,9 +249,10 @@ absl::StatusOr<std::string> ReadSecretFile(const std::string& path, absl::string
   if (!in) {
     return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read ", path));
   }
-  std::ostringstream out;
-  out << in.rdbuf();
-  std::string text = out.str();
+  // At most one byte past the cap is read: a flag naming /dev/zero must not fill the memory.
+  std::string text(kMaxSecretFileBytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
   if (text.size() > kMaxSecretFileBytes) {
     return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " is over 1 MiB"));
   }
@@ -345,17 +352,52 @@ bool PathIsWithin(const std::string& path, const std::string& dir) {
   return true;
 }
 
+absl::Status CheckNoSymlinksBelow(const std::string& root, const std::string& path) {
+  const std::filesystem::path r = std::filesystem::path(root).lexically_normal();
+  const std::filesystem::path p = std::filesystem::path(path).lexically_normal();
+  size_t root_parts = 0;
+  for (const auto& part : r) {
+    if (!part.empty()) ++root_parts;
+  }
+  std::filesystem::path prefix;
+  size_t parts = 0;
+  for (const auto& part : p) {
+    if (part.empty()) continue;
+    prefix /= part;
+    if (++parts <= root_parts) continue;
+    std::error_code error;
+    const std::filesystem::file_status status = std::filesystem::symlink_status(prefix, error);
+    if (error || !std::filesystem::exists(status)) return absl::OkStatus();  // not there (yet)
+    if (std::filesystem::is_symlink(status)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(prefix.string(), " is a symbolic link; nothing below ", r.string(),
+                       " may be one"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 bool IsLoopbackAddress(absl::string_view host_port) {
+  // One address only (gRPC also takes lists: "ipv4:127.0.0.1:1,10.0.0.5:2"), and the host must be
+  // a loopback literal or exactly "localhost": a name like "127.0.0.1.example.com" is not.
+  if (host_port.find(',') != absl::string_view::npos) return false;
   absl::string_view host = host_port;
   absl::ConsumePrefix(&host, "dns:///");
   absl::ConsumePrefix(&host, "ipv4:");
   absl::ConsumePrefix(&host, "ipv6:");
   if (absl::ConsumePrefix(&host, "[")) {
-    host = host.substr(0, host.find(']'));
+    const size_t end = host.find(']');
+    if (end == absl::string_view::npos) return false;
+    host = host.substr(0, end);
   } else if (std::count(host.begin(), host.end(), ':') == 1) {
     host = host.substr(0, host.find(':'));
   }
-  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+  if (host == "localhost") return true;
+  const std::string text(host);
+  in_addr v4{};
+  if (inet_pton(AF_INET, text.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  return inet_pton(AF_INET6, text.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
 }
 
 }  // namespace raptr

@@ -86,8 +86,9 @@ class TokenTable {
 // The principal a certificate's SPIFFE id names, or INVALID_ARGUMENT saying why it names none.
 absl::StatusOr<Principal> PrincipalFromSpiffeId(absl::string_view uri,
                                                 absl::string_view trust_domain);
-// The principal of a TLS peer's verified certificate (its URI SANs), if it carries one for
-// `trust_domain`; nullopt when the peer sent no certificate or none of its URIs is ours.
+// The principal of a TLS peer's verified certificate (its URI SANs), if it carries exactly one
+// identity of `trust_domain`; nullopt when the peer sent no certificate, none of its URIs is
+// ours, or two are.
 std::optional<Principal> PrincipalFromAuthContext(const grpc::AuthContext& context,
                                                   absl::string_view trust_domain);
 
@@ -123,8 +124,14 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials
 // ("a/./b", "a/b/../b"): component-wise, so /data2 is not inside /data. No filesystem access.
 bool PathIsWithin(const std::string& path, const std::string& dir);
 
-// Whether HOST:PORT names a loopback address (127.x, ::1, localhost): plaintext with tokens is
-// refused elsewhere.
+// OK when no component of `path` below `root` (the root itself is trusted) is a symbolic link,
+// as far as the path exists here; FAILED_PRECONDITION naming the link otherwise. For paths a
+// worker reports into a directory workers can write (checkpoints): a link there would make the
+// coordinator read, or delete, outside it. REQUIRES: PathIsWithin(path, root).
+absl::Status CheckNoSymlinksBelow(const std::string& root, const std::string& path);
+
+// Whether HOST:PORT names one loopback address (a 127.0.0.0/8 or ::1 literal, or exactly
+// "localhost"); names and address lists are not. Plaintext with tokens is refused elsewhere.
 bool IsLoopbackAddress(absl::string_view host_port);
 
 }  // namespace raptr

@@ -9,6 +9,7 @@
 #include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/log.h"
 
 namespace raptr {
 namespace {
@@ -17,6 +18,8 @@ namespace {
 // of the last few minutes.
 constexpr double kBucketIdleSeconds = 300;
 constexpr size_t kBucketSweepSize = 4096;
+constexpr double kSweepSeconds = 10;
+constexpr size_t kMaxBuckets = 65536;
 
 double SteadySeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
@@ -92,6 +95,17 @@ absl::StatusOr<Principal> Authorizer::Authenticate(const grpc::ServerContextBase
 
 absl::StatusOr<Principal> Authorizer::AuthorizeClient(const grpc::ServerContextBase& context,
                                                       Role least) {
+  absl::StatusOr<Principal> principal = Decide(context, least);
+  if (!principal.ok()) return Refused(context, principal.status());
+  const std::string key = principal->via == Principal::Via::kAnonymous
+                              ? absl::StrCat("peer ", PeerHost(context.peer()))
+                              : principal->Describe();
+  if (absl::Status admitted = Admit(key); !admitted.ok()) return admitted;
+  return principal;
+}
+
+absl::StatusOr<Principal> Authorizer::Decide(const grpc::ServerContextBase& context,
+                                             Role least) const {
   absl::StatusOr<Principal> principal = Authenticate(context);
   if (!principal.ok()) return principal.status();
   if (principal->via == Principal::Via::kAnonymous) {
@@ -100,32 +114,60 @@ absl::StatusOr<Principal> Authorizer::AuthorizeClient(const grpc::ServerContextB
     return absl::PermissionDeniedError(absl::StrCat(
         principal->Describe(), " is a worker credential; JobService takes client credentials"));
   } else if (ClientRank(principal->role) < ClientRank(least)) {
-    return absl::PermissionDeniedError(absl::StrCat(principal->Describe(), " may not do this; it needs role ",
-                                                    RoleName(least), " or above"));
+    return absl::PermissionDeniedError(absl::StrCat(
+        principal->Describe(), " may not do this; it needs role ", RoleName(least), " or above"));
   }
-  const std::string key = principal->via == Principal::Via::kAnonymous
-                              ? absl::StrCat("peer ", PeerHost(context.peer()))
-                              : principal->Describe();
-  if (absl::Status admitted = Admit(key); !admitted.ok()) return admitted;
   return principal;
 }
 
-absl::StatusOr<Principal> Authorizer::AuthorizeWorker(const grpc::ServerContextBase& context) const {
+absl::Status Authorizer::Refused(const grpc::ServerContextBase& context, absl::Status refusal) {
+  // A refused call counts against its peer host's rate too, so guessing tokens is as slow as
+  // any other flood; past the rate the answer is RESOURCE_EXHAUSTED, whatever was presented.
+  const std::string host = PeerHost(context.peer());
+  if (absl::Status admitted = Admit(absl::StrCat("refused from ", host)); !admitted.ok()) {
+    return admitted;
+  }
+  // Logged for the operator (at most one line a second; the principal, never a token).
+  const double now = SteadySeconds();
+  bool log = false;
+  int64_t suppressed = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    if (now - last_refusal_log_ >= 1) {
+      log = true;
+      suppressed = suppressed_refusals_;
+      suppressed_refusals_ = 0;
+      last_refusal_log_ = now;
+    } else {
+      ++suppressed_refusals_;
+    }
+  }
+  if (log) {
+    Log(absl::StrCat("refused a call from ", host, ": ", StatusCodeToString(refusal.code()), ": ",
+                     refusal.message(),
+                     suppressed > 0 ? absl::StrCat(" (and ", suppressed, " more since the last line)")
+                                    : ""));
+  }
+  return refusal;
+}
+
+absl::StatusOr<Principal> Authorizer::AuthorizeWorker(const grpc::ServerContextBase& context) {
   absl::StatusOr<Principal> principal = Authenticate(context);
   if (absl::IsUnauthenticated(principal.status()) &&
       absl::StartsWith(principal.status().message(), "no credentials")) {
-    return absl::UnauthenticatedError(
-        "no credentials: a worker needs a certificate (raptr-worker serve --tls-cert/--tls-key) or "
-        "a join token (--join-token-file)");
+    return Refused(context, absl::UnauthenticatedError(
+                                "no credentials: a worker needs a certificate (raptr-worker serve "
+                                "--tls-cert/--tls-key) or a join token (--join-token-file)"));
   }
-  if (!principal.ok()) return principal.status();
+  if (!principal.ok()) return Refused(context, principal.status());
   if (principal->via == Principal::Via::kAnonymous) {
     principal->role = Role::kWorker;
     return principal;
   }
   if (principal->role != Role::kWorker) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        principal->Describe(), " is a client credential; ControlService takes worker credentials"));
+    return Refused(context, absl::PermissionDeniedError(absl::StrCat(
+                                principal->Describe(),
+                                " is a client credential; ControlService takes worker credentials")));
   }
   return principal;
 }
@@ -134,11 +176,15 @@ absl::Status Authorizer::Admit(const std::string& key) {
   if (!(options_.requests_per_second > 0)) return absl::OkStatus();
   const double now = SteadySeconds();
   absl::MutexLock lock(&mu_);
-  if (buckets_.size() > kBucketSweepSize) {
+  // Bounded: a sweep of idle buckets at most every kSweepSeconds once there are many, and past a
+  // hard cap (callers that vary their address without end) every bucket starts over full.
+  if (buckets_.size() > kBucketSweepSize && now - last_sweep_ >= kSweepSeconds) {
+    last_sweep_ = now;
     for (auto it = buckets_.begin(); it != buckets_.end();) {
       it = now - it->second.updated > kBucketIdleSeconds ? buckets_.erase(it) : std::next(it);
     }
   }
+  if (buckets_.size() >= kMaxBuckets) buckets_.clear();
   auto [it, fresh] = buckets_.try_emplace(key, Bucket{options_.burst, now});
   Bucket& bucket = it->second;
   if (!fresh) {

@@ -10,8 +10,9 @@
 // - JobService: reader < submitter < admin; a worker credential is PERMISSION_DENIED there.
 // - ControlService: worker credentials only; a client's is PERMISSION_DENIED.
 // - Missing or unknown credentials: UNAUTHENTICATED. Messages name the principal, never a token.
-// - Each client principal (or, when anonymous, each peer address) gets a token bucket of
-//   requests; past it, RESOURCE_EXHAUSTED.
+// - Each client principal (or, when anonymous, each peer host) gets a token bucket of requests;
+//   refused calls count against their peer host's; past it, RESOURCE_EXHAUSTED. Refusals are
+//   logged, at most a line a second.
 //
 // Thread safety: thread-safe.
 #pragma once
@@ -46,10 +47,16 @@ class Authorizer {
   // A JobService caller with at least role `least` (reader < submitter < admin), within its rate.
   absl::StatusOr<Principal> AuthorizeClient(const grpc::ServerContextBase& context, Role least);
   // A ControlService caller with a worker credential.
-  absl::StatusOr<Principal> AuthorizeWorker(const grpc::ServerContextBase& context) const;
+  absl::StatusOr<Principal> AuthorizeWorker(const grpc::ServerContextBase& context);
 
  private:
   absl::StatusOr<Principal> Authenticate(const grpc::ServerContextBase& context) const;
+  // The client principal when it may act with role `least`, or the refusal.
+  absl::StatusOr<Principal> Decide(const grpc::ServerContextBase& context, Role least) const;
+  // Counts a refused call against its peer host's rate and logs it (rate-limited); returns the
+  // refusal, or RESOURCE_EXHAUSTED past the rate.
+  absl::Status Refused(const grpc::ServerContextBase& context, absl::Status refusal);
+  // One request of `key` against its token bucket.
   absl::Status Admit(const std::string& key);
 
   const AuthOptions options_;
@@ -59,6 +66,9 @@ class Authorizer {
   };
   absl::Mutex mu_;
   std::map<std::string, Bucket> buckets_ ABSL_GUARDED_BY(mu_);
+  double last_sweep_ ABSL_GUARDED_BY(mu_) = 0;
+  double last_refusal_log_ ABSL_GUARDED_BY(mu_) = -1e9;
+  int64_t suppressed_refusals_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace raptr

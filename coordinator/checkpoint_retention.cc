@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/security.h"
 
 namespace raptr {
 namespace {
@@ -50,6 +51,14 @@ RetentionResult RemoveUnreferencedCheckpoints(const std::string& job_dir,
     if (!Inside(dir, path)) {
       result.errors.push_back(
           absl::StrCat(path.string(), " is outside ", dir.string(), "; not removed"));
+      return;
+    }
+    // remove_all follows links in the path's directories (not the last component): a link a
+    // worker planted below the job's directory must not lead the coordinator's delete elsewhere.
+    if (absl::Status links = CheckNoSymlinksBelow(dir.parent_path().string(),
+                                                  path.parent_path().string());
+        !links.ok()) {
+      result.errors.push_back(absl::StrCat(path.string(), ": ", links.message(), "; not removed"));
       return;
     }
     std::error_code error;

@@ -78,13 +78,14 @@ absl::StatusOr<int64_t> Cluster::Connect(const v1::Hello& hello, std::shared_ptr
                                                    "(the old one was silent for %.1f s)",
                                                    silent));
   }
-  const int64_t id = next_session_++;
-  Worker& worker = sessions_[id];
-  worker.session = id;
   // From OpenSSL's CSPRNG: a session token is the only credential of the unary rendezvous calls
   // besides the caller's worker identity, so no output of a seeded generator may predict another.
   absl::StatusOr<uint64_t> token = RandomU64();
-  worker.token = token.ok() ? *token : tokens_();
+  if (!token.ok()) return absl::UnavailableError(absl::StrCat("no session: ", token.status().message()));
+  const int64_t id = next_session_++;
+  Worker& worker = sessions_[id];
+  worker.session = id;
+  worker.token = *token;
   worker.hello = hello;
   worker.link = std::move(link);
   worker.last_seen = now;

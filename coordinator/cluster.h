@@ -335,7 +335,6 @@ class Cluster final : public JobLifecycleListener {
   double last_flush_ ABSL_GUARDED_BY(mu_) = 0;
   double last_reconcile_ ABSL_GUARDED_BY(mu_) = 0;
   double last_tick_ ABSL_GUARDED_BY(mu_) = 0;
-  std::mt19937_64 tokens_ ABSL_GUARDED_BY(mu_){std::random_device{}()};
   bool schedule_needed_ ABSL_GUARDED_BY(mu_) = false;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   int64_t plans_sent_ ABSL_GUARDED_BY(mu_) = 0;

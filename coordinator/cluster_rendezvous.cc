@@ -47,7 +47,17 @@ absl::Status Cluster::KvSet(const v1::KvSetRequest& request) {
         absl::StrCat("worker \"", request.worker_id(), "\" is not in generation ",
                      request.generation(), " of job \"", request.job_id(), "\""));
   }
-  kv_[{request.job_id(), request.generation()}].values[request.key()] = request.value();
+  // Write-once per generation: every key a group uses (each rank's Gloo address, the NCCL id,
+  // the collectives choice) is written once by its owner, so a second, different value is a
+  // member trying to redirect another's connections. The same value again is a retried call.
+  auto& values = kv_[{request.job_id(), request.generation()}].values;
+  auto [it, inserted] = values.try_emplace(request.key(), request.value());
+  if (!inserted && it->second != request.value()) {
+    return absl::AlreadyExistsError(absl::StrCat("key \"", request.key(),
+                                                 "\" is already set in generation ",
+                                                 request.generation(), " of job \"",
+                                                 request.job_id(), "\"; keys are written once"));
+  }
   return absl::OkStatus();
 }
 

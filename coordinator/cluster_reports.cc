@@ -245,14 +245,21 @@ absl::Status Cluster::OnCheckpointWritten(int64_t session, const v1::CheckpointW
   run.watchdog->RankProgressed(rank, Now());
   const std::string requested_dir = absl::StrCat(options_.checkpoint_root, "/", run.job.id(),
                                                  "/generation-", run.generation);
-  if (rank == 0 && !PathIsWithin(written.path(), requested_dir)) {
+  if (rank == 0) {
     // Every later generation would resume from (and the retention would delete under) the
-    // committed path: it must be where the coordinator asked, not wherever rank 0 says.
-    FailGroup(run.job.id(),
-              absl::StrCat("rank 0 reported checkpoint path \"", written.path(),
-                           "\", outside the requested ", requested_dir),
-              /*retryable=*/true);
-    return absl::OkStatus();
+    // committed path: it must be where the coordinator asked, not wherever rank 0 says, and no
+    // link a worker planted below the checkpoint root may lead elsewhere.
+    absl::Status inside =
+        PathIsWithin(written.path(), requested_dir)
+            ? CheckNoSymlinksBelow(options_.checkpoint_root, written.path())
+            : absl::InvalidArgumentError(absl::StrCat("outside the requested ", requested_dir));
+    if (!inside.ok()) {
+      FailGroup(run.job.id(),
+                absl::StrCat("rank 0 reported checkpoint path \"", written.path(), "\", ",
+                             inside.message()),
+                /*retryable=*/true);
+      return absl::OkStatus();
+    }
   }
   if (rank == 0) agg.path = written.path();
   if (agg.digest.has_value() && *agg.digest != written.state_digest()) agg.diverged = true;

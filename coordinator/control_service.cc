@@ -90,6 +90,13 @@ grpc::Status ControlServiceImpl::AuthorizeWorker(const grpc::ServerContext& cont
 grpc::Status ControlServiceImpl::Connect(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::CoordinatorMessage, v1::WorkerMessage>* stream) {
+  // Authenticated before anything is read: a stream holds a server thread while it waits for its
+  // Hello, so streams of callers without credentials must not wait at all.
+  if (authorizer_ != nullptr) {
+    if (absl::StatusOr<Principal> caller = authorizer_->AuthorizeWorker(*context); !caller.ok()) {
+      return ToGrpcStatus(caller.status());
+    }
+  }
   v1::WorkerMessage first;
   if (!stream->Read(&first)) return grpc::Status(grpc::CANCELLED, "no Hello before the end");
   if (!first.has_hello()) {

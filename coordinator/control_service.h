@@ -19,7 +19,7 @@ class ControlServiceImpl final : public v1::ControlService::Service {
   // REQUIRES: `cluster` outlives the service.
   // `authorizer` (optional; auth.h): every call needs a worker credential that authorizes the
   // worker id it acts as (Hello.worker_id, the rendezvous requests' worker_id).
-  explicit ControlServiceImpl(Cluster* cluster, const Authorizer* authorizer = nullptr)
+  explicit ControlServiceImpl(Cluster* cluster, Authorizer* authorizer = nullptr)
       : cluster_(cluster), authorizer_(authorizer) {}
 
   grpc::Status Connect(
@@ -36,7 +36,7 @@ class ControlServiceImpl final : public v1::ControlService::Service {
                                const std::string& worker_id) const;
 
   Cluster* const cluster_;
-  const Authorizer* const authorizer_;
+  Authorizer* const authorizer_;
 };
 
 }  // namespace raptr

@@ -219,8 +219,13 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* context,
                        "; that needs role admin"));
     }
   }
+  // Who cancelled is recorded with the job (its message and event log): an audit trail, and the
+  // answer to "why did my job stop" when someone else stopped it.
   const std::string reason =
-      request->reason().empty() ? std::string("cancelled by request") : request->reason();
+      caller->via == Principal::Via::kAnonymous
+          ? (request->reason().empty() ? std::string("cancelled by request") : request->reason())
+          : absl::StrCat("cancelled by ", caller->Describe(),
+                         request->reason().empty() ? "" : ": ", request->reason());
   absl::StatusOr<v1::Job> job =
       store_->UpdateJobState(request->job_id(), v1::JOB_STATE_CANCELLED, reason);
   if (!job.ok() && absl::IsFailedPrecondition(job.status())) {

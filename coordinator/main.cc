@@ -207,7 +207,15 @@ int Main(int argc, char** argv) {
   tls.cert_file = flags.Get("tls-cert");
   tls.key_file = flags.Get("tls-key");
   tls.client_ca_file = flags.Get("tls-client-ca");
-  tls.require_client_cert = flags.Get("require-client-cert") == "true";
+  absl::StatusOr<bool> require_client_cert = flags.GetBool("require-client-cert");
+  absl::StatusOr<bool> reflection = flags.GetBool("reflection");
+  for (const absl::Status& parsed : {require_client_cert.status(), reflection.status()}) {
+    if (!parsed.ok()) {
+      std::fprintf(stderr, "raptr-coordinator: %s\n", std::string(parsed.message()).c_str());
+      return 2;
+    }
+  }
+  tls.require_client_cert = *require_client_cert;
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
       MakeServerCredentials(tls);
   if (!credentials.ok()) {
@@ -263,6 +271,12 @@ int Main(int argc, char** argv) {
   if (!authorizer.enabled()) {
     Log(std::string("warning: ") + "no --auth-tokens and no --tls-client-ca: every caller may submit, cancel and "
                "act as a worker (docs/SECURITY.md)");
+  }
+  if (const std::string metrics = flags.Get("metrics-listen");
+      !metrics.empty() && metrics_token.empty() && !IsLoopbackAddress(metrics)) {
+    Log(std::string("warning: /metrics on ") + metrics +
+        " needs no token (--metrics-token-file): anyone who reaches it reads every job and "
+        "worker name");
   }
   if (data_roots->unconfined()) {
     Log(std::string("warning: ") + "no --data-root: jobs may name any file the workers can read as their data");
@@ -320,7 +334,7 @@ int Main(int argc, char** argv) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  if (flags.Get("reflection") != "true") builder.SetOption(std::make_unique<WithoutReflection>());
+  if (!*reflection) builder.SetOption(std::make_unique<WithoutReflection>());
   int port = 0;
   builder.AddListeningPort(listen, *credentials, &port);
   builder.RegisterService(&job_service);
@@ -351,7 +365,7 @@ int Main(int argc, char** argv) {
   Log(absl::StrCat("serving gRPC with ", tls.enabled() ? "TLS" : "no TLS",
                    tls.require_client_cert ? " (client certificates required)" : "",
                    authorizer.enabled() ? ", authenticated callers only" : ", no authentication",
-                   flags.Get("reflection") == "true" ? ", reflection on" : ""));
+                   *reflection ? ", reflection on" : ""));
   std::printf("raptr-coordinator listening on %s:%d\n", listen.substr(0, colon).c_str(), port);
   std::fflush(stdout);
 

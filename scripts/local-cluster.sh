@@ -43,15 +43,22 @@ case "$COMMAND" in
   start)
     [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || { echo "local-cluster: --workers must be >= 1" >&2; exit 2; }
     if alive; then echo "local-cluster: already running (see $PIDS); stop it first" >&2; exit 1; fi
-    for bin in "$BUILD/coordinator/raptr-coordinator" "$BUILD/worker/raptr-worker"; do
+    for bin in "$BUILD/coordinator/raptr-coordinator" "$BUILD/worker/raptr-worker" "$BUILD/cli/raptrctl"; do
       [[ -x "$bin" ]] || { echo "local-cluster: $bin not built (run scripts/build.sh)" >&2; exit 1; }
     done
     mkdir -p "$DIR/logs" data
     PKI=$DIR/pki
-    if [[ ! -f "$PKI/ca.crt" ]]; then
-      scripts/make-certs.sh ca "$PKI"
-      scripts/make-certs.sh server "$PKI" coordinator localhost 127.0.0.1
-      "$BUILD/cli/raptrctl" token new --name admin --role admin --out "$PKI/admin.token" > "$PKI/tokens"
+    if [[ ! -f "$PKI/tokens" ]]; then
+      # Made whole in a scratch directory, then moved into place: an interrupted first start
+      # leaves no half PKI that later starts would take as complete.
+      rm -rf "$PKI.new"
+      scripts/make-certs.sh ca "$PKI.new"
+      scripts/make-certs.sh server "$PKI.new" coordinator localhost 127.0.0.1
+      "$BUILD/cli/raptrctl" token new --name admin --role admin --out "$PKI.new/admin.token" \
+        > "$PKI.new/tokens.tmp"
+      mv "$PKI.new/tokens.tmp" "$PKI.new/tokens"
+      rm -rf "$PKI"
+      mv "$PKI.new" "$PKI"
     fi
     for i in $(seq 0 $((WORKERS - 1))); do
       [[ -f "$PKI/local-$i.crt" ]] || scripts/make-certs.sh client "$PKI" "local-$i" "spiffe://raptr/worker/local-$i"

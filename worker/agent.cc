@@ -82,18 +82,9 @@ class Agent {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-    // RunServe checked the credentials' files and flags; a failure here is a file that changed
-    // since, and leaves a channel that fails every call with the reason.
-    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
-        MakeChannelCredentials(options.tls, &args);
+    if (!options.tls.server_name.empty()) args.SetSslTargetNameOverride(options.tls.server_name);
     std::shared_ptr<grpc::ChannelCredentials> channel_credentials =
-        credentials.ok() ? *credentials : grpc::InsecureChannelCredentials();
-    if (!credentials.ok()) Log(absl::StrCat("TLS: ", credentials.status().message()));
-    if (!options.join_token.empty()) {
-      // Call credentials travel only over TLS (gRPC refuses them on a plaintext channel).
-      channel_credentials = grpc::CompositeChannelCredentials(
-          channel_credentials, grpc::AccessTokenCredentials(options.join_token));
-    }
+        options.credentials != nullptr ? options.credentials : grpc::InsecureChannelCredentials();
     channel_ = grpc::CreateCustomChannel(options.coordinator, channel_credentials, args);
     stub_ = v1::ControlService::NewStub(channel_);
   }
@@ -480,9 +471,6 @@ int RunAgent(const AgentOptions& options) {
                      : absl::StrCat(name, "-", getpid());
   }
   SetLogName(absl::StrCat("raptr-worker[", worker_id, "]"));
-  Log(options.data_roots.unconfined()
-          ? std::string("job data paths are not confined (no --data-root)")
-          : absl::StrCat("job data paths must resolve inside ", options.data_roots.DebugString()));
   std::optional<CudaDeviceInfo> device;
   if (cuda) {
     absl::StatusOr<CudaDeviceInfo> found = FindCudaDevice(options.backend.device);
@@ -494,6 +482,10 @@ int RunAgent(const AgentOptions& options) {
     device = *found;
     Log(absl::StrCat("training on CUDA device ", device->index, ": ", DescribeDevice(*device)));
   }
+  // After the device check: a worker that cannot serve says one line, why.
+  Log(options.data_roots.unconfined()
+          ? std::string("job data paths are not confined (no --data-root)")
+          : absl::StrCat("job data paths must resolve inside ", options.data_roots.DebugString()));
   if (options.threads > 0) omp_set_num_threads(options.threads);
   const std::string host = options.host.empty() ? DefaultHost(options.coordinator) : options.host;
 
@@ -629,13 +621,15 @@ int RunServe(int argc, char** argv) {
   options.tls.key_file = flags.Get("tls-key");
   options.tls.server_name = flags.Get("tls-server-name");
   {
-    grpc::ChannelArguments probe;
-    if (absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> checked =
-            MakeChannelCredentials(options.tls, &probe);
-        !checked.ok()) {
-      std::fprintf(stderr, "raptr-worker serve: %s\n", std::string(checked.status().message()).c_str());
+    grpc::ChannelArguments unused;  // the Agent applies --tls-server-name to its own arguments
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+        MakeChannelCredentials(options.tls, &unused);
+    if (!credentials.ok()) {
+      std::fprintf(stderr, "raptr-worker serve: %s\n",
+                   std::string(credentials.status().message()).c_str());
       return 2;
     }
+    options.credentials = *std::move(credentials);
   }
   if (const std::string path = flags.Get("join-token-file"); !path.empty()) {
     if (!options.tls.enabled()) {
@@ -650,6 +644,9 @@ int RunServe(int argc, char** argv) {
       return 2;
     }
     options.join_token = *std::move(token);
+    // Call credentials travel only over TLS (gRPC refuses them on a plaintext channel).
+    options.credentials = grpc::CompositeChannelCredentials(
+        options.credentials, grpc::AccessTokenCredentials(options.join_token));
   }
   if (const std::string path = flags.Get("metrics-token-file"); !path.empty()) {
     absl::StatusOr<std::string> token = ReadTokenFile(path, "--metrics-token-file");

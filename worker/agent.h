@@ -3,11 +3,13 @@
 // step plans with the engine, reporting every step, evaluation and checkpoint back.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "common/data_roots.h"
 #include "common/security.h"
+#include "grpcpp/security/credentials.h"
 #include "worker/engine/backend_factory.h"
 
 namespace raptr {
@@ -62,6 +64,9 @@ struct AgentOptions {
   // TLS to the coordinator (--tls-ca, --tls-cert, --tls-key, --tls-server-name): the worker's
   // certificate is its identity (spiffe://<domain>/worker/<name>); none: plaintext.
   ClientTlsOptions tls;
+  // The credentials built from `tls` (and the join token) once, at start (RunServe); a file that
+  // changes later cannot turn them into anything else. Null: plaintext (only without `tls`).
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
   // A join token of role worker (--join-token-file), sent on every call; needs TLS.
   std::string join_token;
   // Directories every data path of a job (its shards) must resolve inside before this worker

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/failpoint.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "worker/job_config.h"
@@ -337,7 +338,9 @@ absl::Status JobRunner::RunJob() {
       // Replicas hold the same state: rank 0 writes it, every rank vouches with its digest.
       if (rank == 0) {
         ASSIGN_OR_RETURN(std::string path, session->Save(request.path()));
-        written->set_path(path);
+        // Failpoint job.checkpoint-path-outside: rank 0 reports a path outside the requested
+        // directory, as a compromised worker would (the coordinator must not commit it).
+        written->set_path(FailpointHit("job.checkpoint-path-outside") ? "/etc" : path);
       }
       written->set_job_id(job_id());
       written->set_generation(generation());

@@ -469,6 +469,17 @@ absl::StatusOr<v1::Job> JobStore::CreateJob(const v1::JobSpec& spec,
     return absl::InvalidArgumentError(
         absl::StrCat("request_id must be at most 128 characters, got ", request_id.size()));
   }
+  for (char c : request_id) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return absl::InvalidArgumentError("request_id must not hold control characters");
+    }
+  }
+  // Request ids are per owner: the stored key is "<owner>\x1f<request_id>" (the bare id for the
+  // unowned jobs of a coordinator without authentication, as before owners existed), so one
+  // owner can neither claim nor probe another's ids. Ids hold no control character, so no two
+  // owners' keys collide.
+  const std::string request_key =
+      request_id.empty() || owner.empty() ? request_id : absl::StrCat(owner, "\x1f", request_id);
   std::string blob;
   if (!filled.SerializeToString(&blob)) {
     return absl::InternalError(absl::StrCat("job ", filled.name(), ": spec does not serialize"));
@@ -478,7 +489,7 @@ absl::StatusOr<v1::Job> JobStore::CreateJob(const v1::JobSpec& spec,
   if (!request_id.empty()) {
     ASSIGN_OR_RETURN(Statement find,
                      Statement::Prepare(db_, "SELECT id FROM jobs WHERE request_id = ?", path_));
-    find.BindText(1, request_id);
+    find.BindText(1, request_key);
     ASSIGN_OR_RETURN(bool found, find.Step());
     if (found) {
       ASSIGN_OR_RETURN(v1::Job existing, LoadJob(find.Text(0)));
@@ -512,7 +523,7 @@ absl::StatusOr<v1::Job> JobStore::CreateJob(const v1::JobSpec& spec,
   if (request_id.empty()) {
     insert.BindNull(8);
   } else {
-    insert.BindText(8, request_id);
+    insert.BindText(8, request_key);
   }
   insert.BindText(9, owner);
   RETURN_IF_ERROR(insert.Run());

@@ -114,7 +114,8 @@ class JobStore {
   // A non-empty `request_id` makes the call idempotent: when a job was created with the same
   // request_id, that job is returned and nothing is written; ALREADY_EXISTS if its spec differs.
   // `owner`: the submitting principal's name, recorded on the job ("" without authentication).
-  // A request_id another owner used is ALREADY_EXISTS, naming neither that owner nor its job.
+  // Request ids are per owner: another owner's use of the same id neither finds nor blocks it.
+  // INVALID_ARGUMENT: a request_id over 128 bytes or with control characters.
   absl::StatusOr<v1::Job> CreateJob(const v1::JobSpec& spec, const std::string& request_id,
                                     const std::string& owner = "");
 

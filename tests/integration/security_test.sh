@@ -82,26 +82,36 @@ grep -q "INVALID_ARGUMENT" "$WORK/err.txt" || fail "outside the data root: not I
 ln -s /etc "$WORK/data/etc"
 expect_refused "outside the data roots" "a symlink out of the data root" \
   as alice submit -f <(sed "s#train_shards: \[[^]]*\]#train_shards: [$WORK/data/etc/passwd]#" "$(spec esc 10 1 1)")
-[[ $(as viewer list --output json | grep -c '"id"' || true) == 0 ]] || fail "a refused submit stored a job"
+as viewer list --output json > "$WORK/list.json" || fail "list after the refused submits"
+! grep -q '"id"' "$WORK/list.json" || fail "a refused submit stored a job: $(cat "$WORK/list.json")"
 
-# Worker refusals: a client token, another CA, an expired certificate, someone else's id.
-start_worker wc --tls-ca "$CERTS/ca.crt" --join-token-file "$TOK/alice" --connect-timeout 5
-wait "$LAST_WORKER" && fail "a worker with a client token stayed" || true
-grep -q "PERMISSION_DENIED\|is a client credential" "$WORK/wc.log" || fail "client-token worker: $(tail -3 "$WORK/wc.log")"
-start_worker w3 --tls-ca "$CERTS/ca.crt" --tls-cert "$WORK/other/w3.crt" --tls-key "$WORK/other/w3.key" \
-  --connect-timeout 3
-wait "$LAST_WORKER" && fail "a worker certificate of another CA was let in" || true
-grep -q "giving up" "$WORK/w3.log" || fail "other-CA worker: $(tail -3 "$WORK/w3.log")"
-start_worker old --tls-ca "$CERTS/ca.crt" --tls-cert "$CERTS/old.crt" --tls-key "$CERTS/old.key" \
-  --connect-timeout 3
-wait "$LAST_WORKER" && fail "an expired worker certificate was let in" || true
-start_worker w9 --tls-ca "$CERTS/ca.crt" --tls-cert "$CERTS/w1.crt" --tls-key "$CERTS/w1.key" \
-  --connect-timeout 5
-wait "$LAST_WORKER" && fail "w1's certificate acted as w9" || true
-grep -q "may not act as worker \"w9\"" "$WORK/w9.log" || fail "w9: $(tail -3 "$WORK/w9.log")"
-RAPTR_TLS_CA= start_worker wp --connect-timeout 3
-wait "$LAST_WORKER" && fail "a plaintext worker was let in" || true
-! grep -q "connected to" "$WORK/w3.log" "$WORK/old.log" "$WORK/wp.log" || fail "a refused worker connected"
+# Worker refusals: a client token, another CA, an expired certificate, someone else's id, no TLS.
+# refused_worker ID REASON_REGEX LOG [flags...]: the worker must exit non-zero within 20 s (a
+# worker let in would stay), and LOG (its own, or the coordinator's) must say why.
+refused_worker() {
+  local id=$1 reason=$2 log=$3
+  shift 3
+  start_worker "$id" --connect-timeout 3 "$@"
+  local pid=$LAST_WORKER
+  for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fail "worker $id was let in (still running)"; fi
+  if wait "$pid"; then fail "worker $id exited 0"; fi
+  grep -q "$reason" "$log" || fail "worker $id: no '$reason' in $log: $(tail -3 "$log")"
+  ! grep -q "connected to" "$WORK/$id.log" || fail "worker $id connected"
+}
+refused_worker wc "is a client credential" "$WORK/wc.log" --tls-ca "$CERTS/ca.crt" --join-token-file "$TOK/alice"
+refused_worker w3 "certificate verify failed" "$WORK/coord.log" --tls-ca "$CERTS/ca.crt" \
+  --tls-cert "$WORK/other/w3.crt" --tls-key "$WORK/other/w3.key"
+grep -c "certificate verify failed" "$WORK/coord.log" > "$WORK/verify-count"
+refused_worker old "certificate verify failed" "$WORK/coord.log" --tls-ca "$CERTS/ca.crt" \
+  --tls-cert "$CERTS/old.crt" --tls-key "$CERTS/old.key"
+(( $(grep -c "certificate verify failed" "$WORK/coord.log") > $(cat "$WORK/verify-count") )) \
+  || fail "the expired certificate was not refused at the handshake"
+VERIFY=$(openssl verify -CAfile "$CERTS/ca.crt" "$CERTS/old.crt" 2>&1 || true)
+[[ $VERIFY == *"certificate has expired"* ]] || fail "the test's expired certificate is not expired: $VERIFY"
+refused_worker w9 "may not act as worker \"w9\"" "$WORK/w9.log" --tls-ca "$CERTS/ca.crt" \
+  --tls-cert "$CERTS/w1.crt" --tls-key "$CERTS/w1.key"
+RAPTR_TLS_CA= refused_worker wp "wrong version number" "$WORK/coord.log"
 
 # The whole job path over mutual TLS: w1 by certificate, w2 by join token.
 start_worker w1 --tls-ca "$CERTS/ca.crt" --tls-cert "$CERTS/w1.crt" --tls-key "$CERTS/w1.key" \
@@ -115,6 +125,28 @@ grep -q "rank 1 of 2" "$WORK/w2.log" "$WORK/w1.log" || fail "the job did not run
 as viewer list > "$WORK/list.txt"
 grep -q "OWNER" "$WORK/list.txt" && grep -q "$JOB .* alice " "$WORK/list.txt" \
   || fail "list does not show alice as the owner: $(cat "$WORK/list.txt")"
+
+# A rank 0 that reports its checkpoint outside the requested directory (failpoint: as a
+# compromised worker would) fails its group before anything is committed; the job recovers
+# (the failpoint fires once). Its id, w1/evil, is one w1's certificate authorizes.
+kill -TERM "${WORKER_PIDS[@]}" 2>/dev/null || true
+wait "${WORKER_PIDS[@]}" 2>/dev/null || true
+WORKER_PIDS=()
+mkdir -p "$WORK/w1"  # the log of worker w1/evil
+RAPTR_FAILPOINTS=job.checkpoint-path-outside start_worker w1/evil --tls-ca "$CERTS/ca.crt" \
+  --tls-cert "$CERTS/w1.crt" --tls-key "$CERTS/w1.key" --data-root "$WORK/data"
+JOBC=$(as alice submit -f "$(spec ckpt 60 1 1)") || fail "checkpoint job submit"
+timeout 120 "$CTL" watch "$JOBC" --token-file "$TOK/viewer" > /dev/null 2>&1 || true
+as viewer get "$JOBC" | grep -q "state: *SUCCEEDED" || fail "the checkpoint job: $(as viewer get "$JOBC")"
+grep -q "rank 0 reported checkpoint path \"/etc\", outside the requested" "$WORK/coord.log" \
+  || fail "the outside checkpoint path was not refused: $(grep "$JOBC" "$WORK/coord.log" | tail -5)"
+/usr/bin/python3 - "$WORK/store/c.db" "$CKPT" <<'PY' || fail "a checkpoint outside the checkpoint root was committed"
+import sqlite3, sys
+paths = [row[0] for row in sqlite3.connect(sys.argv[1]).execute("SELECT path FROM checkpoints")]
+assert paths, "no checkpoint was committed at all"
+outside = [p for p in paths if not p.startswith(sys.argv[2] + "/")]
+assert not outside, f"committed outside {sys.argv[2]}: {outside}"
+PY
 
 # Ownership: bob may not cancel alice's job; an admin (token or certificate) may.
 JOB2=$(as alice submit -f "$(spec long 100000 9 9 9)") || fail "second submit"

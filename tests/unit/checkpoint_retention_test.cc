@@ -126,6 +126,21 @@ TEST_F(RetentionFilesTest, PathsOutsideTheJobDirectoryAreNeverRemoved) {
   EXPECT_TRUE(fs::exists(job_dir_));
 }
 
+// A worker can write the checkpoint directories: a generation directory it replaced with a link
+// must not lead the coordinator's delete outside the job's directory.
+TEST_F(RetentionFilesTest, ALinkBelowTheJobDirectoryIsNotFollowed) {
+  const std::string precious = Make((root_ / "precious/step_00000025").string());
+  fs::create_directories(job_dir_);
+  fs::create_directory_symlink(root_ / "precious", fs::path(job_dir_) / "generation-1");
+  CheckpointRecord linked;
+  linked.step = 25;
+  linked.path = job_dir_ + "/generation-1/step_00000025";
+  RetentionResult result = RemoveUnreferencedCheckpoints(job_dir_, {linked}, {}, 2);
+  ASSERT_FALSE(result.errors.empty());
+  EXPECT_NE(result.errors[0].find("is a symbolic link"), std::string::npos) << result.errors[0];
+  EXPECT_TRUE(fs::exists(precious + "/model.safetensors"));
+}
+
 TEST_F(RetentionFilesTest, MissingDirectoriesAreNotErrors) {
   RetentionResult result =
       RemoveUnreferencedCheckpoints(job_dir_, {Record(job_dir_, 1, 25)}, {}, 2);

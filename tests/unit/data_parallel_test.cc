@@ -369,6 +369,29 @@ TEST(DataParallel, RejectsABatchThatDoesNotSplit) {
   EXPECT_NE(session.status().message().find("does not split over 3"), std::string::npos);
 }
 
+// A rank whose connection does not come from the address it published is refused before any
+// collective: rank 1 publishes 127.0.0.2 (Linux routes all of 127/8 to lo) but its outgoing
+// connections leave from 127.0.0.1, as a third party's would.
+TEST(DataParallel, APeerConnectingFromAnotherAddressIsRefused) {
+  gloo::rendezvous::HashStore store;
+  absl::Status statuses[2];
+  std::thread peer([&] {
+    statuses[1] = GlooGroup::Connect(store, 1, 2, "127.0.0.2", std::chrono::seconds(10)).status();
+  });
+  statuses[0] = GlooGroup::Connect(store, 0, 2, "127.0.0.1", std::chrono::seconds(10)).status();
+  peer.join();
+  int refused = 0;
+  for (const absl::Status& status : statuses) {
+    if (status.code() == absl::StatusCode::kPermissionDenied) {
+      ++refused;
+      EXPECT_NE(status.message().find("comes from 127.0.0.1, not from 127.0.0.2 (127.0.0.2)"),
+                std::string_view::npos)
+          << status;
+    }
+  }
+  EXPECT_GE(refused, 1) << statuses[0] << " / " << statuses[1];
+}
+
 TEST(DataParallel, LostPeerFailsTheCollectiveInsteadOfHanging) {
   gloo::rendezvous::HashStore store;
   std::atomic<bool> both_connected{false};

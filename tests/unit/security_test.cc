@@ -1,9 +1,13 @@
 // common/security: the token file, SPIFFE identities, worker-id authorization.
 #include "common/security.h"
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <set>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace raptr {
@@ -49,9 +53,9 @@ TEST(SecurityTest, TokenTableErrorsNameTheLineNotTheHash) {
     std::string expect;
   } cases[] = {
       {"alice submitter\n", "tokens:1: 2 fields"},
-      {"\nalice boss " + hash, "tokens:2: unknown role \"boss\""},
+      {"\nalice raptr_pasted-token " + hash, "tokens:2: the second field is not a role"},
       {"alice reader sha1:abc", "tokens:1: the third field"},
-      {"alice reader " + hash + "\nalice admin " + HashToken("y"), "tokens:2: name \"alice\""},
+      {"alice reader " + hash + "\nalice admin " + HashToken("y"), "tokens:2: this name appears"},
       {"alice reader " + hash + "\nbob admin " + hash, "tokens:2: this hash appears twice"},
       {"a|b reader " + hash, "tokens:1: the name"},
   };
@@ -62,6 +66,7 @@ TEST(SecurityTest, TokenTableErrorsNameTheLineNotTheHash) {
     EXPECT_NE(table.status().message().find(c.expect), std::string_view::npos)
         << table.status().message();
     EXPECT_EQ(table.status().message().find(hash.substr(7)), std::string_view::npos);
+    EXPECT_EQ(table.status().message().find("raptr_pasted-token"), std::string_view::npos);
   }
 }
 
@@ -115,12 +120,36 @@ TEST(SecurityTest, PathIsWithinIsComponentWise) {
   EXPECT_FALSE(PathIsWithin("/ck/job-1", "/ck/job-1/generation-2"));
 }
 
+TEST(SecurityTest, NoSymlinksBelowTheRoot) {
+  const std::filesystem::path root =
+      std::filesystem::temp_directory_path() / absl::StrCat("raptr_symlinks_", getpid());
+  std::filesystem::remove_all(root);
+  std::filesystem::create_directories(root / "job-1" / "generation-1");
+  std::filesystem::create_directories(root / "elsewhere");
+  const std::string inside = (root / "job-1" / "generation-1" / "step_10").string();
+  EXPECT_TRUE(CheckNoSymlinksBelow(root.string(), inside).ok());
+  EXPECT_TRUE(CheckNoSymlinksBelow(root.string(), (root / "job-1" / "not-yet" / "x").string()).ok());
+  std::filesystem::create_directory_symlink(root / "elsewhere", root / "job-1" / "generation-2");
+  absl::Status linked =
+      CheckNoSymlinksBelow(root.string(), (root / "job-1" / "generation-2" / "step_10").string());
+  EXPECT_EQ(linked.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(linked.message().find("generation-2 is a symbolic link"), std::string_view::npos)
+      << linked;
+  // The root itself may be a link (an operator's choice): only what is below it is checked.
+  std::filesystem::create_directory_symlink(root, root.string() + "-link");
+  EXPECT_TRUE(CheckNoSymlinksBelow(root.string() + "-link", root.string() + "-link/job-1/generation-1").ok());
+  std::filesystem::remove(root.string() + "-link");
+  std::filesystem::remove_all(root);
+}
+
 TEST(SecurityTest, LoopbackAddresses) {
   for (const char* yes : {"127.0.0.1:50051", "localhost:1", "[::1]:5", "127.1.2.3:9",
                           "dns:///localhost:50051"}) {
     EXPECT_TRUE(IsLoopbackAddress(yes)) << yes;
   }
-  for (const char* no : {"0.0.0.0:50051", "10.0.0.1:1", "coordinator:50051", "[::]:5", ":50051"}) {
+  for (const char* no : {"0.0.0.0:50051", "10.0.0.1:1", "coordinator:50051", "[::]:5", ":50051",
+                         "127.0.0.1.attacker.example:50051", "ipv4:127.0.0.1:1,10.0.0.5:50051",
+                         "localhost.example:1", "[::1:5"}) {
     EXPECT_FALSE(IsLoopbackAddress(no)) << no;
   }
 }

@@ -1,17 +1,26 @@
 // Gloo collectives for data-parallel CPU training (see gloo_group.h).
 #include "worker/collective/gloo_group.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
+#include <cstring>
 #include <exception>
 #include <mutex>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "gloo/allreduce.h"
 #include "gloo/math.h"
 #include "gloo/rendezvous/context.h"
 #include "gloo/rendezvous/store.h"
+#include "gloo/transport/tcp/address.h"
 #include "gloo/transport/tcp/device.h"
 #include "gloo/transport/tcp/pair.h"
 
@@ -22,6 +31,84 @@ GlooGroup::GlooGroup(std::shared_ptr<gloo::Context> context, int rank, int size,
     : context_(std::move(context)), rank_(rank), size_(size), timeout_(timeout) {}
 
 GlooGroup::~GlooGroup() = default;
+
+namespace {
+
+// The IP of a socket address, as text; IPv4-mapped IPv6 addresses as their IPv4 form, so the two
+// spellings of one peer compare equal.
+std::string IpOf(const sockaddr_storage& address) {
+  char text[INET6_ADDRSTRLEN] = {0};
+  if (address.ss_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(address).sin_addr, text, sizeof(text));
+    return text;
+  }
+  if (address.ss_family == AF_INET6) {
+    const in6_addr& ip = reinterpret_cast<const sockaddr_in6&>(address).sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(&ip)) {
+      inet_ntop(AF_INET, &ip.s6_addr[12], text, sizeof(text));
+    } else {
+      inet_ntop(AF_INET6, &ip, text, sizeof(text));
+    }
+    return text;
+  }
+  return absl::StrCat("(address family ", address.ss_family, ")");
+}
+
+// The IPs `host` (a name or an address) resolves to.
+std::vector<std::string> IpsOf(const std::string& host) {
+  std::vector<std::string> ips;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0) return ips;
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    sockaddr_storage address{};
+    std::memcpy(&address, a->ai_addr, a->ai_addrlen);
+    ips.push_back(IpOf(address));
+  }
+  freeaddrinfo(found);
+  return ips;
+}
+
+std::string HostKey(int rank) { return absl::StrCat("raptr/gloo-host/", rank); }
+
+// Gloo's TCP transport accepts a pair's connection from any address that presents the right
+// (guessable) sequence number, and then takes the peer's address from the accepted socket. So
+// each rank also publishes its host in the store (written only by authenticated members of the
+// group, through the coordinator's rendezvous), and every pair's socket must come from an IP of
+// the host its rank published: a connection from elsewhere is someone else's, and the group
+// fails before any gradient crosses it. The socket is a protected member of tcp::Pair, reached
+// as PairAccess does below.
+struct PeerAccess : gloo::transport::tcp::Pair {
+  static std::string RemoteIp(gloo::transport::tcp::Pair* pair) {
+    std::lock_guard<std::mutex> lock(pair->*(&PeerAccess::m_));
+    const int fd = pair->*(&PeerAccess::fd_);
+    if (fd < 0) return "";
+    return IpOf(gloo::transport::tcp::Address::fromPeerName(fd).getSockaddr());
+  }
+};
+
+}  // namespace
+
+absl::Status GlooGroup::CheckPeerAddresses(gloo::rendezvous::Store& store) {
+  for (int peer = 0; peer < size_; ++peer) {
+    if (peer == rank_) continue;
+    const std::vector<char> published = store.get(HostKey(peer));
+    const std::string host(published.begin(), published.end());
+    auto* pair = dynamic_cast<gloo::transport::tcp::Pair*>(context_->getPair(peer).get());
+    if (pair == nullptr) return absl::InternalError("Gloo's pair is not a TCP pair");
+    const std::string actual = PeerAccess::RemoteIp(pair);
+    const std::vector<std::string> allowed = IpsOf(host);
+    if (actual.empty() || std::find(allowed.begin(), allowed.end(), actual) == allowed.end()) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "the connection of rank ", peer, " comes from ", actual.empty() ? "nowhere" : actual,
+          ", not from ", host, " (", absl::StrJoin(allowed, ", "), "), the host rank ", peer,
+          " published in the rendezvous; refusing the group"));
+    }
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<GlooGroup>> GlooGroup::Connect(gloo::rendezvous::Store& store,
                                                               int rank, int size,
@@ -36,8 +123,14 @@ absl::StatusOr<std::unique_ptr<GlooGroup>> GlooGroup::Connect(gloo::rendezvous::
     std::shared_ptr<gloo::transport::Device> device = gloo::transport::tcp::CreateDevice(attr);
     auto context = std::make_shared<gloo::rendezvous::Context>(rank, size);
     context->setTimeout(timeout);
+    store.set(HostKey(rank), std::vector<char>(host.begin(), host.end()));
     context->connectFullMesh(store, device);
-    return std::unique_ptr<GlooGroup>(new GlooGroup(std::move(context), rank, size, timeout));
+    std::unique_ptr<GlooGroup> group(new GlooGroup(std::move(context), rank, size, timeout));
+    if (absl::Status checked = group->CheckPeerAddresses(store); !checked.ok()) {
+      return absl::Status(checked.code(), absl::StrCat("Gloo rendezvous of rank ", rank, " of ",
+                                                       size, ": ", checked.message()));
+    }
+    return group;
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat("Gloo rendezvous of rank ", rank, " of ", size,
                                                " at ", host, " failed: ", e.what()));

@@ -26,7 +26,9 @@ class GlooGroup final : public GradientReducer {
   // Joins the group as `rank` of `size`: every member publishes its TCP address in `store` and
   // connects to every other member (a full mesh). `host` is the address peers reach this process
   // at. `timeout` bounds the rendezvous and every later collective; a lost peer fails a
-  // collective at once (its connection resets). UNAVAILABLE with Gloo's reason on failure.
+  // collective at once (its connection resets). UNAVAILABLE with Gloo's reason on failure;
+  // PERMISSION_DENIED when a peer's connection does not come from an IP of the host that peer
+  // published in `store` (a connection someone else made; docs/SECURITY.md).
   static absl::StatusOr<std::unique_ptr<GlooGroup>> Connect(gloo::rendezvous::Store& store,
                                                             int rank, int size,
                                                             const std::string& host,
@@ -50,6 +52,8 @@ class GlooGroup final : public GradientReducer {
   int64_t bytes_reduced() const { return bytes_reduced_; }
 
  private:
+  // Each pair's socket must come from the IP its rank published (see Connect).
+  absl::Status CheckPeerAddresses(gloo::rendezvous::Store& store);
   GlooGroup(std::shared_ptr<gloo::Context> context, int rank, int size,
             std::chrono::milliseconds timeout);
   absl::Status AbortedError(size_t count) const;
