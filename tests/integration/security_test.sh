@@ -168,6 +168,24 @@ curl -sf -H "Authorization: Bearer $(cat "$TOK/metrics")" "http://127.0.0.1:$MPO
 grep -q "^raptr_" "$WORK/metrics.txt" || fail "/metrics served no raptr metrics"
 curl -sf "http://127.0.0.1:$MPORT/healthz" > /dev/null || fail "/healthz needs no token"
 
+# A worker's /metrics takes its token too.
+mkdir -p "$WORK/w1"
+start_worker w1/metrics --tls-ca "$CERTS/ca.crt" --tls-cert "$CERTS/w1.crt" --tls-key "$CERTS/w1.key" \
+  --metrics-token-file "$TOK/metrics"
+wait_log "$WORK/w1/metrics.log" "metrics on " 10
+WPORT=$(sed -n 's/.*metrics on [^:]*:\([0-9]*\)$/\1/p' "$WORK/w1/metrics.log" | head -1)
+[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$WPORT/metrics") == 401 ]] \
+  || fail "a worker's /metrics without a token was served"
+curl -sf -H "Authorization: Bearer $(cat "$TOK/metrics")" "http://127.0.0.1:$WPORT/metrics" \
+  | grep -q "^raptr_" || fail "a worker's /metrics with its token"
+
+# Certificates in the wrong service: a worker certificate on JobService, a client (admin)
+# certificate on ControlService.
+expect_refused PERMISSION_DENIED "a worker certificate on JobService" \
+  env RAPTR_TLS_CERT="$CERTS/w1.crt" RAPTR_TLS_KEY="$CERTS/w1.key" "$CTL" list
+refused_worker ops "is a client credential" "$WORK/ops.log" --tls-ca "$CERTS/ca.crt" \
+  --tls-cert "$CERTS/ops.crt" --tls-key "$CERTS/ops.key"
+
 # No secret appears in anything the cluster wrote or printed.
 stop_all
 WORKER_PIDS=()
@@ -178,6 +196,26 @@ for secret_file in "$TOK"/alice "$TOK"/bob "$TOK"/viewer "$TOK"/root "$TOK"/w2 "
     fail "a token of $(basename "$secret_file") appears in: $(grep -rlF -- "$secret" "$WORK"/*.log "$WORK"/*.out "$WORK"/*.txt "$WORK/store" "$CKPT" 2>/dev/null)"
   fi
 done
+
+# Refused configurations: tokens in plaintext off loopback, on either side.
+if "$COORD" --listen 0.0.0.0:0 --metrics-listen "" --store "$WORK/store2/c.db" \
+    --auth-tokens "$TOK/auth" > /dev/null 2> "$WORK/plain.err"; then
+  fail "the coordinator took --auth-tokens without TLS on 0.0.0.0"
+fi
+grep -q "would take tokens in plaintext" "$WORK/plain.err" || fail "plaintext tokens: $(cat "$WORK/plain.err")"
+RC=0
+env -u RAPTR_TLS_CA RAPTR_TOKEN=x "$CTL" list --coordinator 192.0.2.1:50051 > /dev/null 2> "$WORK/err.txt" || RC=$?
+[[ $RC == 2 ]] && grep -q "refusing to send a token in plaintext" "$WORK/err.txt" \
+  || fail "raptrctl sent a token in plaintext ($RC): $(cat "$WORK/err.txt")"
+
+# --require-client-cert: a token alone no longer passes the handshake; a certificate does.
+rm -rf "$WORK/store"
+start_coordinator 127.0.0.1:0 --tls-cert "$CERTS/coordinator.crt" --tls-key "$CERTS/coordinator.key" \
+  --tls-client-ca "$CERTS/ca.crt" --require-client-cert --auth-tokens "$TOK/auth"
+expect_refused unreachable "a client without a certificate under --require-client-cert" as alice list
+RAPTR_TLS_CERT=$CERTS/ops.crt RAPTR_TLS_KEY=$CERTS/ops.key "$CTL" list > /dev/null \
+  || fail "an admin certificate under --require-client-cert"
+kill -TERM "$COORD_PID"; wait "$COORD_PID" 2>/dev/null || true; COORD_PID=
 
 # A plaintext loopback coordinator: no reflection unless asked; a client over its rate is refused.
 rm -rf "$WORK/store"
