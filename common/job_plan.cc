@@ -111,7 +111,15 @@ absl::StatusOr<PathScheduleConfig> PathScheduleFromJobSpec(const v1::JobSpec& sp
     case v1::ScheduleSpec::kPld:
       out.kind = PathScheduleConfig::Kind::kPld;
       out.pld_theta_bar = s.pld().theta_bar();
-      out.pld_gamma = s.pld().gamma();
+      out.pld_indexing = s.pld().indexing() == v1::PLD_INDEXING_DEEPSPEED ? PldIndexing::kDeepSpeed
+                                                                         : PldIndexing::kPaper;
+      if (s.pld().has_mean_keep()) {
+        ASSIGN_OR_RETURN(out.pld_gamma, PldGammaForMeanKeep(out, spec.model().layers(),
+                                                            spec.training().steps(),
+                                                            s.pld().mean_keep()));
+      } else {
+        out.pld_gamma = s.pld().gamma();
+      }
       break;
     case v1::ScheduleSpec::kLayerdrop: {
       out.kind = PathScheduleConfig::Kind::kLayerDrop;
@@ -119,6 +127,8 @@ absl::StatusOr<PathScheduleConfig> PathScheduleFromJobSpec(const v1::JobSpec& sp
       ASSIGN_OR_RETURN(PathScaling scale,
                        ToScaling("schedule.layerdrop.scale", s.layerdrop().scale()));
       out.layerdrop_scale = scale == PathScaling::kInverseKeepProb;
+      out.fixed_layers.assign(s.layerdrop().fixed_layers().begin(),
+                              s.layerdrop().fixed_layers().end());
       break;
     }
     case v1::ScheduleSpec::kStacking:

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "common/path_schedule.h"
 #include "common/status.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
@@ -958,6 +959,26 @@ absl::Status CheckSchedule(const v1::JobSpec& spec) {
     case v1::ScheduleSpec::kPld:
       RETURN_IF_ERROR(Required(s.pld().has_theta_bar(), "schedule.pld.theta_bar"));
       RETURN_IF_ERROR(InRange("schedule.pld.theta_bar", s.pld().theta_bar(), 0, false, 1, true));
+      if (s.pld().has_gamma() && s.pld().has_mean_keep()) {
+        return Invalid("schedule.pld.gamma and schedule.pld.mean_keep are both set; give one");
+      }
+      RETURN_IF_ERROR(CheckEnum("schedule.pld.indexing", s.pld().indexing(), v1::PldIndexing_IsValid,
+                                v1::PldIndexing_descriptor()));
+      if (s.pld().has_mean_keep()) {
+        RETURN_IF_ERROR(
+            InRange("schedule.pld.mean_keep", s.pld().mean_keep(), 0, false, 1, true));
+        // Reachable for this job's length and theta_bar: the gamma solves now, not at the start.
+        if (spec.model().layers() < 1 || spec.training().steps() < 1) return absl::OkStatus();
+        PathScheduleConfig pld;
+        pld.kind = PathScheduleConfig::Kind::kPld;
+        pld.pld_theta_bar = s.pld().theta_bar();
+        pld.pld_indexing = s.pld().indexing() == v1::PLD_INDEXING_DEEPSPEED
+                               ? PldIndexing::kDeepSpeed
+                               : PldIndexing::kPaper;
+        return PldGammaForMeanKeep(pld, spec.model().layers(), spec.training().steps(),
+                                   s.pld().mean_keep())
+            .status();
+      }
       RETURN_IF_ERROR(Required(s.pld().has_gamma(), "schedule.pld.gamma"));
       RETURN_IF_ERROR(CheckFinite("schedule.pld.gamma", s.pld().gamma()));
       if (!(s.pld().gamma() >= 0)) {
@@ -968,6 +989,19 @@ absl::Status CheckSchedule(const v1::JobSpec& spec) {
       RETURN_IF_ERROR(Required(s.layerdrop().has_keep_prob(), "schedule.layerdrop.keep_prob"));
       RETURN_IF_ERROR(
           InRange("schedule.layerdrop.keep_prob", s.layerdrop().keep_prob(), 0, false, 1, true));
+      for (int i = 0; i < s.layerdrop().fixed_layers_size(); ++i) {
+        const int32_t layer = s.layerdrop().fixed_layers(i);
+        if (layer < 0 || layer >= spec.model().layers()) {
+          return Invalid("schedule.layerdrop.fixed_layers[", i, "] (", layer,
+                         ") must be in [0, model.layers = ", spec.model().layers(), ")");
+        }
+        for (int j = 0; j < i; ++j) {
+          if (s.layerdrop().fixed_layers(j) == layer) {
+            return Invalid("schedule.layerdrop.fixed_layers[", i, "] (", layer,
+                           ") is listed twice");
+          }
+        }
+      }
       return CheckEnum("schedule.layerdrop.scale", s.layerdrop().scale(), v1::OutputScaling_IsValid,
                        v1::OutputScaling_descriptor());
     case v1::ScheduleSpec::kStacking:
@@ -1130,7 +1164,10 @@ void ApplyJobSpecDefaults(v1::JobSpec* spec) {
       break;
     case v1::ScheduleSpec::kPld:
       if (!s->pld().has_theta_bar()) s->mutable_pld()->set_theta_bar(0.5);
-      if (!s->pld().has_gamma()) s->mutable_pld()->set_gamma(0.001);
+      if (!s->pld().has_gamma() && !s->pld().has_mean_keep()) s->mutable_pld()->set_gamma(0.001);
+      if (s->pld().indexing() == v1::PLD_INDEXING_UNSPECIFIED) {
+        s->mutable_pld()->set_indexing(v1::PLD_INDEXING_PAPER);
+      }
       break;
     case v1::ScheduleSpec::kLayerdrop:
       if (!s->layerdrop().has_keep_prob()) s->mutable_layerdrop()->set_keep_prob(0.75);

@@ -125,15 +125,33 @@ absl::Status ParseStages(const std::string& text, std::vector<RaptrStage>* out) 
   return absl::OkStatus();
 }
 
+// Fixed layers in range and distinct.
+static absl::Status CheckFixedLayers(const std::vector<int>& fixed_layers, int L) {
+  std::vector<bool> seen(L, false);
+  for (int l : fixed_layers) {
+    if (l < 0 || l >= L) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("schedule.fixed_layers: layer ", l, " is out of range [0, ", L, ")"));
+    }
+    if (seen[l]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("schedule.fixed_layers: layer ", l, " is listed twice"));
+    }
+    seen[l] = true;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidatePathSchedule(const PathScheduleConfig& c, int L) {
   if (c.full_warmup_steps < 0) {
     return absl::InvalidArgumentError("schedule.full_warmup_steps must be >= 0");
   }
   if (c.kind == Kind::kFull) return absl::OkStatus();
   const char* kind = PathScheduleKindName(c.kind);
-  if (c.kind != Kind::kRaptr && !c.fixed_layers.empty()) {
+  if (c.kind != Kind::kRaptr && c.kind != Kind::kLayerDrop && !c.fixed_layers.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "schedule.fixed_layers: only the raptr schedule has fixed layers, not ", kind));
+        "schedule.fixed_layers: only the raptr and layerdrop schedules have fixed layers, not ",
+        kind));
   }
   if ((c.kind == Kind::kPld || c.kind == Kind::kStacking) && c.full_warmup_steps != 0) {
     return absl::InvalidArgumentError(absl::StrCat("schedule.full_warmup_steps must be 0 for the ",
@@ -159,7 +177,7 @@ absl::Status ValidatePathSchedule(const PathScheduleConfig& c, int L) {
         return absl::InvalidArgumentError(
             absl::StrCat("schedule.keep_prob must be in (0, 1], got ", c.keep_prob));
       }
-      return absl::OkStatus();
+      return CheckFixedLayers(c.fixed_layers, L);
     case Kind::kStacking: {
       if (c.stages.empty()) return absl::InvalidArgumentError("schedule.stages: no stage given");
       for (size_t i = 0; i < c.stages.size(); ++i) {
@@ -181,18 +199,7 @@ absl::Status ValidatePathSchedule(const PathScheduleConfig& c, int L) {
     case Kind::kRaptr:
       break;
   }
-  std::vector<bool> seen(L, false);
-  for (int l : c.fixed_layers) {
-    if (l < 0 || l >= L) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("schedule.fixed_layers: layer ", l, " is out of range [0, ", L, ")"));
-    }
-    if (seen[l]) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("schedule.fixed_layers: layer ", l, " is listed twice"));
-    }
-    seen[l] = true;
-  }
+  if (absl::Status fixed = CheckFixedLayers(c.fixed_layers, L); !fixed.ok()) return fixed;
   if (c.stages.empty()) return absl::InvalidArgumentError("schedule.stages: no stage given");
   const int fixed = static_cast<int>(c.fixed_layers.size());
   for (size_t i = 0; i < c.stages.size(); ++i) {
@@ -216,13 +223,18 @@ PathPlan PlanPath(const PathScheduleConfig& c, int L, uint64_t seed, int64_t ste
   if (c.kind == Kind::kPld || c.kind == Kind::kLayerDrop) {
     const bool pld = c.kind == Kind::kPld;
     plan.keep_prob = pld ? PldTheta(c, step) : c.keep_prob;
+    std::vector<bool> fixed(L, false);
+    for (int l : c.fixed_layers) fixed[l] = true;  // LayerDrop's (PLD has none)
     for (int l = 0; l < L; ++l) {
+      if (fixed[l]) continue;  // on, scale 1
       const double p = pld ? PldKeepProbability(c, L, step, l) : c.keep_prob;
       // One independent uniform per (step, block). p > 0 (theta_bar, keep_prob > 0): 1/p is finite.
       const uint64_t bits =
           HashCounters(seed, pld ? kPldDomain : kLayerDropDomain, step, static_cast<uint64_t>(l));
       plan.active[l] = ToUnitDouble(bits) < p;
-      if (plan.active[l] && (pld || c.layerdrop_scale)) {
+      if (plan.active[l] && pld) {
+        plan.scale[l] = static_cast<float>(PldScale(c, L, step, l));
+      } else if (plan.active[l] && c.layerdrop_scale) {
         plan.scale[l] = static_cast<float>(1.0 / p);
       }
     }
@@ -269,13 +281,46 @@ PathPlan PlanPath(const PathScheduleConfig& c, int L, uint64_t seed, int64_t ste
 }
 
 double PldTheta(const PathScheduleConfig& c, int64_t step) {
-  return (1.0 - c.pld_theta_bar) * std::exp(-c.pld_gamma * static_cast<double>(step)) +
+  // DeepSpeed updates theta from the step counter before the step increments it, starting from
+  // 1: step t trains with theta(t - 1).
+  const int64_t t = c.pld_indexing == PldIndexing::kDeepSpeed ? step - 1 : step;
+  if (t <= 0) return 1.0;
+  return (1.0 - c.pld_theta_bar) * std::exp(-c.pld_gamma * static_cast<double>(t)) +
          c.pld_theta_bar;
 }
 
 double PldKeepProbability(const PathScheduleConfig& c, int L, int64_t step, int layer) {
-  const double i = layer + 1;  // 1-based, as in Zhang & He
+  // 1-based in Zhang & He; DeepSpeed draws block l before decrementing its running p.
+  const double i = c.pld_indexing == PldIndexing::kDeepSpeed ? layer : layer + 1;
   return 1.0 - i * (1.0 - PldTheta(c, step)) / L;
+}
+
+double PldScale(const PathScheduleConfig& c, int L, int64_t step, int layer) {
+  return 1.0 / (1.0 - (layer + 1) * (1.0 - PldTheta(c, step)) / L);
+}
+
+absl::StatusOr<double> PldGammaForMeanKeep(PathScheduleConfig c, int L, int64_t total_steps,
+                                           double mean_keep) {
+  c.kind = Kind::kPld;
+  auto share = [&](double gamma) {
+    c.pld_gamma = gamma;
+    return LayerDropKeepProbMatchingRaptr(c, L, total_steps);
+  };
+  // The share falls monotonically from 1 (gamma 0) towards its value at an immediate decay.
+  constexpr double kFastest = 50;  // exp(-50) = 2e-22: theta is theta_bar from step 1 on
+  const double lowest = share(kFastest);
+  if (!(mean_keep > lowest && mean_keep <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "schedule.pld.mean_keep must be in (", lowest, ", 1] for theta_bar ", c.pld_theta_bar,
+        " over ", total_steps, " steps (the least PLD reaches), got ", mean_keep));
+  }
+  if (mean_keep == 1) return 0.0;
+  double lo = 0, hi = kFastest;
+  for (int i = 0; i < 200 && hi - lo > 1e-12 * hi; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (share(mid) > mean_keep ? lo : hi) = mid;
+  }
+  return 0.5 * (lo + hi);
 }
 
 double LayerDropKeepProbMatchingRaptr(const PathScheduleConfig& c, int L, int64_t total_steps) {
@@ -294,9 +339,11 @@ double LayerDropKeepProbMatchingRaptr(const PathScheduleConfig& c, int L, int64_
         left -= n;
       }
       break;
-    case Kind::kLayerDrop:
-      blocks += static_cast<double>(left) * L * c.keep_prob;
+    case Kind::kLayerDrop: {
+      const double fixed = static_cast<double>(c.fixed_layers.size());
+      blocks += static_cast<double>(left) * (fixed + (L - fixed) * c.keep_prob);
       break;
+    }
     case Kind::kPld:
       for (int64_t t = warm; t < total_steps; ++t) {
         for (int l = 0; l < L; ++l) blocks += PldKeepProbability(c, L, t, l);

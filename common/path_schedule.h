@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace raptr {
 
@@ -23,6 +24,19 @@ enum class PathSampling {
 enum class PathScaling {
   kNone,             // kept blocks unscaled (default)
   kInverseKeepProb,  // kept non-fixed blocks scaled by 1/q_s while training
+};
+
+// Which per-block keep probability PLD uses (Zhang & He 2020, and DeepSpeed's implementation of
+// it, which differ by one index).
+enum class PldIndexing {
+  // The paper's formula, unbiased: 0-based block l is kept with p_l = 1 - (l+1)(1-theta(t))/L and
+  // scaled by 1/p_l; step t uses theta(t). The default: each kept block's scale is the inverse of
+  // its own keep probability, so a block's expected output is its full output.
+  kPaper,
+  // DeepSpeed's code (modelingpreln_layerdrop.py): block l is kept with 1 - l(1-theta)/L (block 0
+  // always) but scaled by 1/(1 - (l+1)(1-theta)/L), and step t uses theta(t-1) (theta = 1 at
+  // steps 0 and 1): it keeps (1-theta) more blocks a step in expectation and over-scales each.
+  kDeepSpeed,
 };
 
 struct RaptrStage {
@@ -41,7 +55,8 @@ struct PathScheduleConfig {
   // kRaptr: stages in order; steps after the last stay in it. kStacking: path_length is k_s, the
   // number of (bottom) blocks trained in stage s, non-decreasing. Unused by the other kinds.
   std::vector<RaptrStage> stages;
-  std::vector<int> fixed_layers;                     // kRaptr only. I: always on (default {0, L-1})
+  // kRaptr (default {0, L-1}) and kLayerDrop (default none): blocks always on, never scaled.
+  std::vector<int> fixed_layers;
   PathSampling sampling = PathSampling::kBernoulli;  // kRaptr only
   PathScaling scaling = PathScaling::kNone;          // kRaptr only
   // Full-model steps before stage 1 (kRaptr) or before dropping starts (kLayerDrop). kPld and
@@ -51,10 +66,13 @@ struct PathScheduleConfig {
   // kPld: theta(t) = (1 - pld_theta_bar) * exp(-pld_gamma * t) + pld_theta_bar, t = step.
   double pld_theta_bar = 0.5;  // in (0, 1]
   double pld_gamma = 0.001;    // >= 0
-  // kLayerDrop: the constant keep probability of every block, in (0, 1], and whether kept
-  // blocks' outputs are scaled by 1 / keep_prob while training (stochastic-depth style).
+  PldIndexing pld_indexing = PldIndexing::kPaper;
+  // kLayerDrop: the constant keep probability of every block not fixed, in (0, 1], and whether
+  // kept blocks' outputs are scaled by 1 / keep_prob while training (stochastic-depth style).
+  // Unscaled by default, as Fan et al.'s LayerDrop and the job spec's default: every entry point
+  // (job specs, `raptr-worker train`) runs the same LayerDrop unless told otherwise.
   double keep_prob = 0.75;
-  bool layerdrop_scale = true;
+  bool layerdrop_scale = false;
 };
 
 struct PathPlan {
@@ -102,13 +120,24 @@ absl::Status ValidatePathSchedule(const PathScheduleConfig& config, int num_laye
 //   kStacking: exactly the first k_s blocks of the current stage, scale 1.
 PathPlan PlanPath(const PathScheduleConfig& config, int num_layers, uint64_t seed, int64_t step);
 
-// PLD's global keep probability theta(t) = (1 - theta_bar) * exp(-gamma * t) + theta_bar, t = step.
+// PLD's global keep probability at `step`: theta(t) = (1 - theta_bar) * exp(-gamma * t) +
+// theta_bar with t = step (kPaper) or t = step - 1, and 1 at step 0 (kDeepSpeed).
 double PldTheta(const PathScheduleConfig& config, int64_t step);
-// PLD's keep probability of 0-based block `layer` at `step`: with i = layer + 1 (1-based, as in
-// Zhang & He), p_i = 1 - i * (1 - theta(step)) / L. Block 0 keeps most often; the top block keeps
-// with probability theta(step).
+// PLD's keep probability of 0-based block `layer` at `step`: kPaper: with i = layer + 1 (1-based,
+// as in Zhang & He), p_i = 1 - i * (1 - theta) / L (block 0 keeps most often; the top block keeps
+// with probability theta). kDeepSpeed: 1 - layer * (1 - theta) / L (block 0 always).
 double PldKeepProbability(const PathScheduleConfig& config, int num_layers, int64_t step,
                           int layer);
+// The factor a kept block's output is scaled by: 1 / (1 - (layer + 1) * (1 - theta) / L) for
+// both indexings (for kPaper, the inverse of its keep probability).
+double PldScale(const PathScheduleConfig& config, int num_layers, int64_t step, int layer);
+// The gamma with which PLD's expected share of active blocks over steps [0, total_steps) is
+// `mean_keep` (its blocks' FLOPs then match a schedule with that share: RaPTr's default 6-8-10-12
+// has 0.75), theta_bar and indexing as in `config`. INVALID_ARGUMENT naming
+// schedule.pld.mean_keep when no gamma reaches it (above 1, or below what theta_bar allows even
+// at once: the share at an immediate decay).
+absl::StatusOr<double> PldGammaForMeanKeep(PathScheduleConfig config, int num_layers,
+                                           int64_t total_steps, double mean_keep);
 
 // The constant LayerDrop keep probability that trains, in expectation, as many blocks over
 // steps [0, total_steps) as the schedule `raptr` does, so both spend the same FLOPs on average (a

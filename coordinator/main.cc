@@ -72,6 +72,14 @@ absl::Status EnsureParentDirectory(const std::string& path) {
 
 int Main(int argc, char** argv) {
   SetLogName("raptr-coordinator");
+  // Block the stop signals in every thread (gRPC's threads inherit this mask) so that only
+  // sigwait below receives them. First of all: building TLS credentials starts gRPC's threads,
+  // and one started before the mask would take a SIGTERM with the default action (exit 143).
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   Flags flags;
   flags.Define("listen", "127.0.0.1:50051", "HOST:PORT to serve on; port 0 picks a free port");
   flags.Define("store", "runs/coordinator.db", "the SQLite job store (created when absent)");
@@ -294,13 +302,6 @@ int Main(int argc, char** argv) {
     return 1;
   }
 
-  // Block the stop signals in every thread (gRPC's threads inherit this mask) so that only
-  // sigwait below receives them.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   Cluster cluster(store->get(), options);
   if (absl::Status recovered = cluster.RecoverJobsFromStore(); !recovered.ok()) {

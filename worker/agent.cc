@@ -531,6 +531,16 @@ int RunAgent(const AgentOptions& options) {
 namespace raptr {
 
 int RunServe(int argc, char** argv) {
+  // The stop signals are blocked before any thread exists: building TLS credentials starts
+  // gRPC's threads and finding a CUDA device the driver's, and a thread started unmasked would
+  // take a SIGTERM with the default action (exit 143) instead of RunAgent's sigwait.
+  {
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  }
   constexpr char kUsage[] =
       "usage: raptr-worker serve [flags]\n\n"
       "Connects to raptr-coordinator (retrying with backoff) and trains the jobs it assigns,\n"

@@ -46,7 +46,8 @@ const std::set<std::string>& HandledFields() {
       "RaptrSchedule.no_fixed_layers", "RaptrSchedule.sampling", "RaptrSchedule.scaling",
       "RaptrSchedule.full_warmup_steps", "RaptrStage.path_length", "RaptrStage.steps",
       "RaptrStage.fraction", "PldSchedule.theta_bar", "PldSchedule.gamma",
-      "LayerDropSchedule.keep_prob", "LayerDropSchedule.scale", "StackingSchedule.stages",
+      "PldSchedule.mean_keep", "PldSchedule.indexing", "LayerDropSchedule.keep_prob",
+      "LayerDropSchedule.scale", "LayerDropSchedule.fixed_layers", "StackingSchedule.stages",
       "StackingStage.layers", "StackingStage.steps", "StackingStage.fraction",
       // resources: scheduling (min/max workers, priority) and the backend (TrainerConfig.backend)
       "ResourceSpec.min_workers", "ResourceSpec.max_workers", "ResourceSpec.priority",

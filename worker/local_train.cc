@@ -220,10 +220,17 @@ absl::Status LocalTrain(int argc, char** argv) {
                "depth:steps,... (default: L/2,3L/4,L equal)");
   flags.Define("pld-theta-bar", "0.5", "pld: the keep probability theta(t) decays to this");
   flags.Define("pld-gamma", "0.001", "pld: decay rate of theta(t) per step");
+  flags.Define("pld-mean-keep", "",
+               "pld: instead of --pld-gamma, the gamma whose mean share of active blocks over "
+               "the run is this (0.75: the default RaPTr schedule's FLOPs)");
+  flags.Define("pld-indexing", "paper",
+               "pld: paper (keep and scale 1-(l+1)(1-theta)/L) or deepspeed (DeepSpeed's code: "
+               "keep 1-l(1-theta)/L, theta of the step before)");
   flags.Define("keep-prob", "0.75", "layerdrop: constant keep probability of every block");
-  flags.Define("layerdrop-scale", "true", "layerdrop: scale kept blocks by 1/keep-prob");
+  flags.Define("layerdrop-scale", "false",
+               "layerdrop: scale kept blocks by 1/keep-prob (default off, as in job specs)");
   flags.Define("fixed-layers", "first,last",
-               "always-on layers: list of indices/first/last, or none");
+               "always-on layers: list of indices/first/last, or none (layerdrop: default none)");
   flags.Define("sampling", "bernoulli", "bernoulli or exact");
   flags.Define("scaling", "none", "none or inverse_keep_prob");
   flags.Define("skipped", "zero_grad", "optimizer on skipped layers: zero_grad or frozen");
@@ -302,6 +309,8 @@ absl::Status LocalTrain(int argc, char** argv) {
   // A baseline's flag given with another schedule would be silently ignored: refuse it.
   for (const auto& [flag, owner] : {std::pair<const char*, const char*>{"pld-theta-bar", "pld"},
                                     {"pld-gamma", "pld"},
+                                    {"pld-mean-keep", "pld"},
+                                    {"pld-indexing", "pld"},
                                     {"keep-prob", "layerdrop"},
                                     {"layerdrop-scale", "layerdrop"}}) {
     if (flags.IsSet(flag) && schedule != owner) {
@@ -355,7 +364,7 @@ absl::Status LocalTrain(int argc, char** argv) {
     RETURN_IF_ERROR(ParsePathScheduleKind(schedule, &s.kind));
     // Flags of the other schedules would be silently ignored: refuse them instead.
     for (const char* f : {"fixed-layers", "sampling", "scaling"}) {
-      if (flags.IsSet(f)) {
+      if (flags.IsSet(f) && !(schedule == "layerdrop" && std::string(f) == "fixed-layers")) {
         return absl::InvalidArgumentError(
             absl::StrCat("--", f, " applies to --schedule raptr, not ", schedule));
       }
@@ -364,6 +373,25 @@ absl::Status LocalTrain(int argc, char** argv) {
     ASSIGN_OR_RETURN(s.pld_gamma, flags.GetDouble("pld-gamma"));
     ASSIGN_OR_RETURN(s.keep_prob, flags.GetDouble("keep-prob"));
     ASSIGN_OR_RETURN(s.layerdrop_scale, flags.GetBool("layerdrop-scale"));
+    if (s.kind == PathScheduleConfig::Kind::kLayerDrop && flags.IsSet("fixed-layers")) {
+      RETURN_IF_ERROR(ParseFixedLayers(flags.Get("fixed-layers"), L, &s.fixed_layers));
+      std::sort(s.fixed_layers.begin(), s.fixed_layers.end());
+      s.fixed_layers.erase(std::unique(s.fixed_layers.begin(), s.fixed_layers.end()),
+                           s.fixed_layers.end());
+    }
+    const std::string indexing = flags.Get("pld-indexing");
+    if (indexing != "paper" && indexing != "deepspeed") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--pld-indexing '", indexing, "' is not paper or deepspeed"));
+    }
+    s.pld_indexing = indexing == "deepspeed" ? PldIndexing::kDeepSpeed : PldIndexing::kPaper;
+    if (flags.IsSet("pld-mean-keep")) {
+      if (flags.IsSet("pld-gamma")) {
+        return absl::InvalidArgumentError("give --pld-gamma or --pld-mean-keep, not both");
+      }
+      ASSIGN_OR_RETURN(const double mean_keep, flags.GetDouble("pld-mean-keep"));
+      ASSIGN_OR_RETURN(s.pld_gamma, PldGammaForMeanKeep(s, L, cfg.steps, mean_keep));
+    }
     if (s.kind == PathScheduleConfig::Kind::kStacking) {
       if (flags.Get("stages").empty()) {
         if (cfg.steps < 3) {

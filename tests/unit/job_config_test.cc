@@ -257,10 +257,44 @@ TEST(JobConfigTest, LayerDropMapsItsParameters) {
   EXPECT_EQ(cfg.schedule.keep_prob, 0.6);
   EXPECT_TRUE(cfg.schedule.layerdrop_scale);
 
-  // The spec's default scale is NONE (PathScheduleConfig's own default is to scale).
+  // The spec's default scale is NONE, as PathScheduleConfig's and `raptr-worker train`'s.
   const TrainerConfig def = MustConvert(absl::StrCat(kMinimal, "schedule: {layerdrop: {}}\n"));
   EXPECT_EQ(def.schedule.keep_prob, 0.75);
   EXPECT_FALSE(def.schedule.layerdrop_scale);
+  EXPECT_EQ(def.schedule.layerdrop_scale, PathScheduleConfig{}.layerdrop_scale);
+  EXPECT_TRUE(def.schedule.fixed_layers.empty());
+
+  // With RaPTr's fixed layers.
+  const TrainerConfig fixed = MustConvert(
+      absl::StrCat(kMinimal, "schedule: {layerdrop: {keep_prob: 0.7, fixed_layers: [0, 11]}}\n"));
+  EXPECT_EQ(fixed.schedule.fixed_layers, (std::vector<int>{0, 11}));
+  absl::StatusOr<TrainerConfig> out_of_range =
+      Convert(absl::StrCat(kMinimal, "schedule: {layerdrop: {fixed_layers: [12]}}\n"));
+  ASSERT_FALSE(out_of_range.ok());
+  EXPECT_NE(out_of_range.status().message().find("schedule.layerdrop.fixed_layers[0] (12)"),
+            std::string_view::npos)
+      << out_of_range.status();
+}
+
+// PLD matched to FLOPs: mean_keep solves the gamma for the job's length; DeepSpeed's indexing on
+// request; a target PLD cannot reach, or both knobs, are errors naming the field.
+TEST(JobConfigTest, PldMeanKeepAndIndexing) {
+  const TrainerConfig matched =
+      MustConvert(absl::StrCat(kMinimal, "schedule: {pld: {mean_keep: 0.75}}\n"));
+  EXPECT_EQ(matched.schedule.pld_indexing, PldIndexing::kPaper);
+  EXPECT_NEAR(LayerDropKeepProbMatchingRaptr(matched.schedule, 12, matched.steps), 0.75, 1e-9);
+  const TrainerConfig deepspeed = MustConvert(
+      absl::StrCat(kMinimal, "schedule: {pld: {gamma: 0.01, indexing: deepspeed}}\n"));
+  EXPECT_EQ(deepspeed.schedule.pld_indexing, PldIndexing::kDeepSpeed);
+  EXPECT_EQ(deepspeed.schedule.pld_gamma, 0.01);
+  for (const char* bad : {"schedule: {pld: {mean_keep: 0.5}}\n",
+                          "schedule: {pld: {mean_keep: 0.8, gamma: 0.01}}\n"}) {
+    absl::StatusOr<TrainerConfig> refused = Convert(absl::StrCat(kMinimal, bad));
+    ASSERT_FALSE(refused.ok()) << bad;
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(refused.status().message().find("schedule.pld."), std::string_view::npos)
+        << refused.status();
+  }
 }
 
 TEST(JobConfigTest, StackingMapsItsStages) {

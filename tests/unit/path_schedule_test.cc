@@ -543,6 +543,76 @@ TEST(PathSchedulePld, KeptBlocksScaledByInverseKeepProbability) {
   }
 }
 
+// DeepSpeed's indexing (modelingpreln_layerdrop.py), written out independently: p starts at 1,
+// each layer draws with the current p, then p -= (1 - theta)/L, and the layer is scaled by
+// 1/(the decremented p); theta is DeepSpeed's state, updated from the step before.
+TEST(PathSchedulePld, DeepSpeedIndexingKeepsBeforeItDecrements) {
+  PathScheduleConfig c = Pld(0.5, 0.01);
+  c.pld_indexing = PldIndexing::kDeepSpeed;
+  const int L = 12;
+  for (int64_t step : {0, 1, 2, 100, 1000}) {
+    const double theta = step <= 1 ? 1.0 : (1 - 0.5) * std::exp(-0.01 * (step - 1)) + 0.5;
+    EXPECT_DOUBLE_EQ(PldTheta(c, step), theta) << step;
+    double p = 1.0;
+    const double decrement = (1 - theta) / L;
+    for (int l = 0; l < L; ++l) {
+      EXPECT_NEAR(PldKeepProbability(c, L, step, l), p, 1e-15) << step << " " << l;
+      p -= decrement;
+      EXPECT_NEAR(PldScale(c, L, step, l), 1 / p, 1e-12) << step << " " << l;
+    }
+  }
+  // Block 0 is always kept, and kept blocks carry DeepSpeed's scale.
+  for (int64_t step = 0; step < 2000; ++step) {
+    const PathPlan plan = PlanPath(c, L, kSeed, step);
+    ASSERT_TRUE(plan.active[0]);
+    for (int l = 0; l < L; ++l) {
+      if (plan.active[l]) {
+        ASSERT_EQ(plan.scale[l], static_cast<float>(PldScale(c, L, step, l)));
+      }
+    }
+  }
+  // It keeps (1 - theta) more blocks a step than the paper's indexing: 9.25 against 8.75 of 12
+  // at theta = 0.5.
+  PathScheduleConfig paper = Pld(0.5, 50);
+  PathScheduleConfig deepspeed = paper;
+  deepspeed.pld_indexing = PldIndexing::kDeepSpeed;
+  double kept_paper = 0, kept_deepspeed = 0;
+  for (int l = 0; l < L; ++l) {
+    kept_paper += PldKeepProbability(paper, L, 1000, l);
+    kept_deepspeed += PldKeepProbability(deepspeed, L, 1000, l);
+  }
+  EXPECT_NEAR(kept_paper, 8.75, 1e-12);
+  EXPECT_NEAR(kept_deepspeed, 9.25, 1e-12);
+  CheckPldMarginalsAt(c, L, 300, 20000);
+}
+
+// PLD matched to a FLOPs budget: the gamma whose mean share of active blocks over the job is the
+// target, for both indexings and several lengths; impossible targets are named.
+TEST(PathSchedulePld, GammaForMeanKeepMatchesTheShare) {
+  const int L = 12;
+  for (PldIndexing indexing : {PldIndexing::kPaper, PldIndexing::kDeepSpeed}) {
+    for (int64_t steps : {1500, 3000}) {
+      PathScheduleConfig c = Pld();
+      c.pld_indexing = indexing;
+      // DeepSpeed's indexing keeps at least 9.25 of 12 blocks at theta_bar 0.5: 0.75 is beyond it.
+      const double target = indexing == PldIndexing::kPaper ? 0.75 : 0.8;
+      absl::StatusOr<double> gamma = PldGammaForMeanKeep(c, L, steps, target);
+      ASSERT_TRUE(gamma.ok()) << gamma.status();
+      c.pld_gamma = *gamma;
+      EXPECT_NEAR(LayerDropKeepProbMatchingRaptr(c, L, steps), target, 1e-9);
+      if (indexing == PldIndexing::kPaper && steps == 1500) {
+        // The review's estimate for 1500 steps (study.md: about 0.0087).
+        EXPECT_NEAR(*gamma, 0.0087, 0.0005);
+      }
+    }
+  }
+  EXPECT_EQ(*PldGammaForMeanKeep(Pld(), L, 1000, 1.0), 0.0);
+  // theta_bar 0.5 keeps 13/24 = 0.54 of the blocks at the least: 0.5 is out of reach.
+  absl::StatusOr<double> unreachable = PldGammaForMeanKeep(Pld(), L, 1000, 0.5);
+  EXPECT_EQ(unreachable.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(unreachable.status().message().find("schedule.pld.mean_keep"), std::string::npos);
+}
+
 TEST(PathSchedulePld, PureInSeedAndStepAndIndependentOfRaptrDraws) {
   const PathScheduleConfig c = Pld(0.5, 0.01);
   std::vector<std::vector<bool>> paths;
@@ -624,6 +694,40 @@ TEST(PathScheduleLayerDrop, ScalingOption) {
     ASSERT_EQ(plan.num_active(), 12);
     ASSERT_EQ(plan.scale, std::vector<float>(12, 1.0f));
   }
+}
+
+// Fixed layers are always on and never scaled; the others keep with keep_prob. The matching keep
+// probability counts them: with I = {0, 11} and q = 0.7, 2 + 10 * 0.7 = 9 blocks a step, the
+// default RaPTr schedule's 9 of 12.
+TEST(PathScheduleLayerDrop, FixedLayersAreAlwaysOnAndUnscaled) {
+  PathScheduleConfig c = LayerDrop(0.7, /*scale=*/true);
+  c.fixed_layers = {0, 11};
+  const int L = 12;
+  const int64_t n = 20000;
+  std::vector<int64_t> count(L, 0);
+  for (int64_t step = 0; step < n; ++step) {
+    const PathPlan plan = PlanPath(c, L, kSeed, step);
+    ASSERT_TRUE(plan.active[0] && plan.active[11]) << "step " << step;
+    ASSERT_EQ(plan.scale[0], 1.0f);
+    ASSERT_EQ(plan.scale[11], 1.0f);
+    for (int l = 1; l < 11; ++l) {
+      count[l] += plan.active[l];
+      ASSERT_EQ(plan.scale[l], plan.active[l] ? static_cast<float>(1 / 0.7) : 1.0f);
+    }
+  }
+  const double se = std::sqrt(0.7 * 0.3 / n);
+  for (int l = 1; l < 11; ++l) {
+    EXPECT_LT(std::abs(static_cast<double>(count[l]) / n - 0.7), 5 * se) << "layer " << l;
+  }
+  EXPECT_NEAR(LayerDropKeepProbMatchingRaptr(c, L, 1000), 9.0 / 12, 1e-12);
+  EXPECT_NEAR(LayerDropKeepProbMatchingRaptr(DefaultRaptrSchedule(12, 1000), L, 1000), 9.0 / 12,
+              1e-12);
+}
+
+// One default in every entry point: unscaled, as Fan et al.'s LayerDrop and the job spec's.
+TEST(PathScheduleLayerDrop, UnscaledByDefault) {
+  PathScheduleConfig c;
+  EXPECT_FALSE(c.layerdrop_scale);
 }
 
 TEST(PathScheduleLayerDrop, FullWarmupComesFirst) {
@@ -808,8 +912,12 @@ TEST(PathScheduleValidate, LayerDropFields) {
   c.stages = {{6, 10}};
   ExpectInvalid(c, 12, "schedule.stages");
   c = LayerDrop(0.5);
-  c.fixed_layers = {0, 11};
-  ExpectInvalid(c, 12, "schedule.fixed_layers");
+  c.fixed_layers = {0, 11};  // LayerDrop with RaPTr's fixed layers
+  EXPECT_TRUE(ValidatePathSchedule(c, 12).ok());
+  c.fixed_layers = {0, 12};
+  ExpectInvalid(c, 12, "schedule.fixed_layers: layer 12 is out of range");
+  c.fixed_layers = {3, 3};
+  ExpectInvalid(c, 12, "schedule.fixed_layers: layer 3 is listed twice");
 }
 
 TEST(PathScheduleValidate, StackingFields) {
