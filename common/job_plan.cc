@@ -73,6 +73,12 @@ absl::StatusOr<OptimizerConfig> OptimizerConfigFromJobSpec(const v1::JobSpec& sp
     case v1::SKIPPED_LAYER_POLICY_FROZEN:
       out.skipped = SkippedLayerPolicy::kFrozen;
       break;
+    case v1::SKIPPED_LAYER_POLICY_ZERO_GRAD_NO_DECAY:
+      out.skipped = SkippedLayerPolicy::kZeroGradNoDecay;
+      break;
+    case v1::SKIPPED_LAYER_POLICY_MOMENTS_ONLY:
+      out.skipped = SkippedLayerPolicy::kMomentsOnly;
+      break;
     default:
       return BadEnum("optimizer.skipped", o.skipped());
   }

@@ -27,11 +27,30 @@ absl::Status ParseSkippedLayerPolicy(const std::string& text, SkippedLayerPolicy
     *out = SkippedLayerPolicy::kZeroGrad;
   } else if (text == "frozen") {
     *out = SkippedLayerPolicy::kFrozen;
+  } else if (text == "zero_grad_no_decay") {
+    *out = SkippedLayerPolicy::kZeroGradNoDecay;
+  } else if (text == "moments_only") {
+    *out = SkippedLayerPolicy::kMomentsOnly;
   } else {
     return absl::InvalidArgumentError(
-        absl::StrCat("skipped-layer policy '", text, "' is not one of zero_grad, frozen"));
+        absl::StrCat("skipped-layer policy '", text,
+                     "' is not one of zero_grad, frozen, zero_grad_no_decay, moments_only"));
   }
   return absl::OkStatus();
+}
+
+const char* SkippedLayerPolicyName(SkippedLayerPolicy policy) {
+  switch (policy) {
+    case SkippedLayerPolicy::kZeroGrad:
+      return "zero_grad";
+    case SkippedLayerPolicy::kFrozen:
+      return "frozen";
+    case SkippedLayerPolicy::kZeroGradNoDecay:
+      return "zero_grad_no_decay";
+    case SkippedLayerPolicy::kMomentsOnly:
+      return "moments_only";
+  }
+  return "?";
 }
 
 double LearningRate(const OptimizerConfig& c, int64_t step) {

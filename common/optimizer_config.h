@@ -15,10 +15,15 @@ enum class LrDecay { kCosine, kLinear, kConstant };
 enum class SkippedLayerPolicy {
   kZeroGrad,  // AdamW sees a zero gradient: moments decay, weight decay applies
   kFrozen,    // parameters and moments untouched
+  // The variants that separate why zero_grad costs what it does (issue 14's study):
+  kZeroGradNoDecay,  // as kZeroGrad, but no weight decay on a step the block is skipped
+  kMomentsOnly,      // the moments see the zero gradient and decay; the parameters stay
 };
 
 absl::Status ParseLrDecay(const std::string& text, LrDecay* out);
 absl::Status ParseSkippedLayerPolicy(const std::string& text, SkippedLayerPolicy* out);
+// "zero_grad", "frozen", "zero_grad_no_decay", "moments_only": ParseSkippedLayerPolicy's names.
+const char* SkippedLayerPolicyName(SkippedLayerPolicy policy);
 
 struct OptimizerConfig {
   double lr = 6e-4;            // peak learning rate

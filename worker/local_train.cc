@@ -233,7 +233,9 @@ absl::Status LocalTrain(int argc, char** argv) {
                "always-on layers: list of indices/first/last, or none (layerdrop: default none)");
   flags.Define("sampling", "bernoulli", "bernoulli or exact");
   flags.Define("scaling", "none", "none or inverse_keep_prob");
-  flags.Define("skipped", "zero_grad", "optimizer on skipped layers: zero_grad or frozen");
+  flags.Define("skipped", "zero_grad",
+               "optimizer on skipped layers: zero_grad, frozen, zero_grad_no_decay or "
+               "moments_only");
   flags.Define("full-warmup", "0", "full-model steps before the first RaPTr stage");
   flags.Define("eval-every", "100", "evaluate the full model every N steps (0: at the end)");
   flags.Define("eval-batches", "8", "validation batches per evaluation");

@@ -276,6 +276,19 @@ TEST(JobConfigTest, LayerDropMapsItsParameters) {
       << out_of_range.status();
 }
 
+// Constant-rate RaPTr (the clean control for LayerDrop with the same fixed layers): one stage
+// over the whole job; every step keeps the non-fixed blocks with (9 - 2) / 10.
+TEST(JobConfigTest, ConstantRateRaptrIsOneStage) {
+  const TrainerConfig cfg = MustConvert(
+      absl::StrCat(kMinimal, "schedule: {raptr: {stages: [{path_length: 9, fraction: 1}]}}\n"));
+  ASSERT_EQ(Stages(cfg.schedule), (std::vector<std::pair<int, int64_t>>{{9, cfg.steps}}));
+  EXPECT_EQ(cfg.schedule.fixed_layers, (std::vector<int>{0, 11}));
+  for (int64_t step : {int64_t{0}, cfg.steps / 2, cfg.steps - 1}) {
+    EXPECT_DOUBLE_EQ(PlanPath(cfg.schedule, 12, 7, step).keep_prob, 0.7) << step;
+  }
+  EXPECT_NEAR(LayerDropKeepProbMatchingRaptr(cfg.schedule, 12, cfg.steps), 0.75, 1e-12);
+}
+
 // PLD matched to FLOPs: mean_keep solves the gamma for the job's length; DeepSpeed's indexing on
 // request; a target PLD cannot reach, or both knobs, are errors naming the field.
 TEST(JobConfigTest, PldMeanKeepAndIndexing) {

@@ -315,6 +315,46 @@ TEST(OptimizerSkippedLayers, ZeroGradDecaysMomentsAndAppliesWeightDecay) {
   EXPECT_NE(Host(f.model->params())[w], f.params0[w]);
 }
 
+// zero_grad_no_decay: the skipped block's step is zero_grad's without the decay term; the
+// active blocks' steps are zero_grad's exactly.
+TEST(OptimizerSkippedLayers, ZeroGradNoDecaySkipsOnlyTheDecay) {
+  OptimizerFixture z(SkippedLayerPolicy::kZeroGrad);
+  OptimizerFixture n(SkippedLayerPolicy::kZeroGradNoDecay);
+  const ActiveLayerSet skip1 = ActiveLayerSet::Of(3, {0, 2});
+  z.opt->Step(z.model->params(), z.model->grads(), skip1, 0);
+  n.opt->Step(n.model->params(), n.model->grads(), skip1, 0);
+  const size_t total = z.model->layout().total();
+  const ParamRange r = z.Skipped();
+  const size_t w = z.model->layout().block(1, kFcW);  // a decayed matrix of the skipped block
+  for (size_t i = 0; i < total; ++i) {
+    ASSERT_EQ(Host(n.opt->m())[i], Host(z.opt->m())[i]) << i;
+    ASSERT_EQ(Host(n.opt->v())[i], Host(z.opt->v())[i]) << i;
+    if (i < r.begin || i >= r.end) {
+      ASSERT_EQ(Host(n.model->params())[i], Host(z.model->params())[i]) << i;
+    }
+  }
+  // Both moved it by the moments; only zero_grad also decayed it: p_z = p_n - lr * wd * p0.
+  const float lr = 1e-2f, wd = 0.1f;
+  EXPECT_NE(Host(n.model->params())[w], n.params0[w]);
+  EXPECT_NEAR(Host(z.model->params())[w], Host(n.model->params())[w] - lr * wd * z.params0[w],
+              1e-7f * std::abs(z.params0[w]) + 1e-9f);
+}
+
+// moments_only: the skipped block's moments decay as under zero_grad, its parameters stay.
+TEST(OptimizerSkippedLayers, MomentsOnlyDecaysTheMomentsAndMovesNothing) {
+  OptimizerFixture f(SkippedLayerPolicy::kMomentsOnly);
+  f.opt->Step(f.model->params(), f.model->grads(), ActiveLayerSet::Of(3, {0, 2}), 0);
+  const ParamRange r = f.Skipped();
+  for (size_t i = r.begin; i < r.end; ++i) {
+    ASSERT_EQ(Host(f.model->params())[i], f.params0[i]) << i;
+    ASSERT_FLOAT_EQ(Host(f.opt->m())[i], 0.9f * f.m0[i]);
+    ASSERT_FLOAT_EQ(Host(f.opt->v())[i], 0.95f * f.v0[i]);
+  }
+  const ParamRange a = f.model->layout().LayerRange(0);
+  EXPECT_NE(Host(f.model->params())[a.begin + 20], f.params0[a.begin + 20]);
+  EXPECT_EQ(f.opt->layer_steps(), (std::vector<int64_t>{1, 1, 1}));  // counted as zero_grad
+}
+
 TEST(OptimizerSkippedLayers, FrozenBlocksCountTheirOwnUpdates) {
   // Bias correction follows each block's own update count (PyTorch's per-parameter step): a
   // block first trained at global step 4 gets a first-step-sized update, not a shrunken one.

@@ -76,11 +76,18 @@ OptimizerStepInfo AdamWOptimizer<T>::Step(DeviceSpan<T> param_span, DeviceSpan<T
     if (!frozen || active.active(static_cast<int>(l))) ++layer_steps_[l];
   }
   for (const ParamTensor& t : layout_.tensors()) {
-    if (frozen && t.layer >= 0 && !active.active(t.layer)) continue;  // untouched, grads zero
+    const bool skipped = t.layer >= 0 && !active.active(t.layer);
+    if (frozen && skipped) continue;  // untouched, grads zero
+    // A skipped block's gradient is zero. zero_grad_no_decay drops its weight decay that step;
+    // moments_only also its step: a learning rate of 0 moves no parameter (p - 0 * x = p for
+    // the finite update x), while the moments decay and the step counts as zero_grad's does.
+    const bool no_decay = skipped && (config_.skipped == SkippedLayerPolicy::kZeroGradNoDecay ||
+                                      config_.skipped == SkippedLayerPolicy::kMomentsOnly);
+    const bool no_move = skipped && config_.skipped == SkippedLayerPolicy::kMomentsOnly;
     backend_->AdamW(params + t.offset, grads + t.offset, m_ + t.offset, v_ + t.offset, t.numel,
-                    static_cast<float>(info.lr), static_cast<float>(config_.beta1),
+                    no_move ? 0.0f : static_cast<float>(info.lr), static_cast<float>(config_.beta1),
                     static_cast<float>(config_.beta2), static_cast<float>(config_.eps),
-                    t.decay ? static_cast<float>(config_.weight_decay) : 0.0f,
+                    t.decay && !no_decay ? static_cast<float>(config_.weight_decay) : 0.0f,
                     t.layer >= 0 ? layer_steps_[t.layer] : shared_steps_,
                     static_cast<float>(info.clip_scale));
   }

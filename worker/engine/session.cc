@@ -102,7 +102,7 @@ nlohmann::json RunFingerprint(const TrainerConfig& c) {
                     {"eps", o.eps},
                     {"weight_decay", o.weight_decay},
                     {"grad_clip", o.grad_clip},
-                    {"skipped", o.skipped == SkippedLayerPolicy::kFrozen ? "frozen" : "zero_grad"}};
+                    {"skipped", SkippedLayerPolicyName(o.skipped)}};
   const PathScheduleConfig& p = c.schedule;
   nlohmann::json stages = nlohmann::json::array();
   for (const RaptrStage& st : p.stages) stages.push_back({st.path_length, st.steps});
