@@ -1,6 +1,8 @@
 // raptr-worker debug-step: one forward/backward from safetensors weights on a given batch and
 // active-layer set; writes the loss, logits and every gradient (HF names) for comparison with
 // other implementations (tests/parity/run_parity.py does this against PyTorch).
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -160,8 +162,14 @@ absl::Status DebugStep(int argc, char** argv) {
     return absl::InvalidArgumentError("the batch has no scored position (every target is -1)");
   }
   RETURN_IF_ERROR(model.Backward(1.0f / static_cast<float>(model.last_num_targets())));
-  if (loss != loss2) {
-    return absl::InternalError("forward is not deterministic: two passes gave different losses");
+  // The same pass twice gives the same bits. BERT's training pass runs its head on the masked
+  // rows only (Model::Forward), a smaller product whose float rounding may differ from the
+  // evaluation pass's in the last bits: held to a few float roundings instead.
+  const double tolerance =
+      cfg.kind == ModelKind::kBert ? 1e-5 * std::max(1.0, std::abs(loss)) : 0.0;
+  if (!(std::abs(loss - loss2) <= tolerance)) {
+    return absl::InternalError(absl::StrCat(
+        "forward is not deterministic: two passes gave different losses (", loss, ", ", loss2, ")"));
   }
 
   std::vector<OwnedTensor> grads =

@@ -130,6 +130,38 @@ TEST(ModelGradCheck, BertRandomPathsScaled) {
   for (uint64_t seed = 10; seed <= 12; ++seed) CheckModelGradients(ModelKind::kBert, true, seed);
 }
 
+// BERT's head runs on the masked positions only: the executed FLOPs are the model's with
+// head_rows = the targets, less than a GPT head's over every position; gradients stay exact
+// (the gradchecks above), and evaluation still returns every position's logits.
+TEST(ModelSkippedLayers, BertHeadRunsOnTheMaskedPositionsOnly) {
+  const ModelConfig cfg = TinyConfig(ModelKind::kBert);
+  CpuBackend<double> backend;
+  Model<double> model(cfg, &backend);
+  RandomizeParams(model, 43);
+  const int B = 2, T = 5;
+  Batch batch = RandomBatch(cfg, B, T, 43);
+  int64_t targets = 0;
+  for (int32_t t : batch.targets) targets += t >= 0;
+  ASSERT_GT(targets, 0);
+  ASSERT_LT(targets, B * T);  // some positions unmasked, so the head's saving shows
+  const ActiveLayerSet active = ActiveLayerSet::Of(cfg.num_layers, {0, 2});
+  backend.ResetFlops();
+  ASSERT_TRUE(model.Forward(batch.inputs.data(), batch.targets.data(), B, T, active, true).ok());
+  ASSERT_TRUE(model.Backward(1.0).ok());
+  EXPECT_EQ(model.last_head_rows(), targets);
+  EXPECT_EQ(backend.flops_executed(), TrainingFlops(cfg, B, T, 2, targets));
+  EXPECT_LT(TrainingFlops(cfg, B, T, 2, targets), TrainingFlops(cfg, B, T, 2));
+  // Evaluation: the whole (B,T,V) logits, the same loss.
+  absl::StatusOr<double> train_loss =
+      model.Forward(batch.inputs.data(), batch.targets.data(), B, T, active, true);
+  absl::StatusOr<double> eval_loss =
+      model.Forward(batch.inputs.data(), batch.targets.data(), B, T, active, false);
+  ASSERT_TRUE(train_loss.ok() && eval_loss.ok());
+  EXPECT_NEAR(*train_loss, *eval_loss, 1e-12 * std::abs(*eval_loss));
+  EXPECT_EQ(model.last_head_rows(), B * T);
+  EXPECT_EQ(model.LogitsToHost().size(), static_cast<size_t>(B) * T * cfg.vocab_size);
+}
+
 TEST(ModelSkippedLayers, ZeroComputeCountedAndMatchesFlopsModel) {
   const ModelConfig cfg = TinyConfig(ModelKind::kGpt);
   CpuBackend<double> backend;

@@ -11,18 +11,20 @@ uint64_t BlockForwardFlops(const ModelConfig& cfg, int B, int T) {
   return matmuls + attention;
 }
 
-uint64_t HeadForwardFlops(const ModelConfig& cfg, int B, int T) {
-  return 2ull * B * T * static_cast<uint64_t>(cfg.d_model) * cfg.vocab_size;
+uint64_t HeadForwardFlops(const ModelConfig& cfg, int64_t rows) {
+  return 2ull * static_cast<uint64_t>(rows) * cfg.d_model * cfg.vocab_size;
 }
 
 uint64_t ForwardFlops(const ModelConfig& cfg, int B, int T, int num_active) {
-  return num_active * BlockForwardFlops(cfg, B, T) + HeadForwardFlops(cfg, B, T);
+  return num_active * BlockForwardFlops(cfg, B, T) +
+         HeadForwardFlops(cfg, static_cast<int64_t>(B) * T);
 }
 
-uint64_t TrainingFlops(const ModelConfig& cfg, int B, int T, int num_active) {
+uint64_t TrainingFlops(const ModelConfig& cfg, int B, int T, int num_active, int64_t head_rows) {
   // Backward does two products per forward product (input and weight gradients; for
   // attention dP, dV, dQ, dK against QK^T and PV).
-  return 3 * ForwardFlops(cfg, B, T, num_active);
+  const int64_t rows = head_rows < 0 ? static_cast<int64_t>(B) * T : head_rows;
+  return 3 * (num_active * BlockForwardFlops(cfg, B, T) + HeadForwardFlops(cfg, rows));
 }
 
 }  // namespace raptr

@@ -275,7 +275,26 @@ absl::StatusOr<double> Model<T>::Forward(const int32_t* inputs, const int32_t* t
   Backend<T>* be = backend_;
   const T* P = params_;
   be->CopyToDevice(inputs_, inputs, sizeof(int32_t) * N);
-  be->CopyToDevice(targets_, targets, sizeof(int32_t) * N);
+  // BERT trains its head on the masked positions only (about 15%): the final LayerNorm's rows
+  // with a target are gathered before the head, so the logits, the cross-entropy and their
+  // gradients cover M = num_targets rows, not B*T. Evaluation keeps the whole (B,T,V) logits
+  // (LogitsToHost). GPT scores (nearly) every position: no gather.
+  const bool gather = training && cfg.kind == ModelKind::kBert;
+  head_rows_.clear();
+  if (gather) {
+    std::vector<int32_t> compact;
+    compact.reserve(static_cast<size_t>(num_targets));
+    for (int i = 0; i < N; ++i) {
+      if (targets[i] >= 0) {
+        head_rows_.push_back(i);
+        compact.push_back(targets[i]);
+      }
+    }
+    be->CopyToDevice(targets_, compact.data(), sizeof(int32_t) * compact.size());
+  } else {
+    be->CopyToDevice(targets_, targets, sizeof(int32_t) * N);
+  }
+  const int head_n = gather ? static_cast<int>(head_rows_.size()) : N;
 
   be->EncoderForward(residual_[0], inputs_, P + layout_.wte(), P + layout_.wpe(), B, Tn, C);
   for (int k = 0; k < K; ++k) {
@@ -308,13 +327,26 @@ absl::StatusOr<double> Model<T>::Forward(const int32_t* inputs, const int32_t* t
   const T* final_residual = training ? residual_[K] : residual_[K % 2];
   be->LayerNormForward(lnf_, lnf_mean_, lnf_rstd_, final_residual, P + layout_.lnf_w(),
                        P + layout_.lnf_b(), N, C);
-  be->MatmulForward(logits_, lnf_, P + layout_.wte(), nullptr, N, C, V, T(1), false);
-  // Training fuses the gradient of the summed loss into the logits buffer; Backward's
-  // grad_scale normalises it.
-  be->CrossEntropyForward(logits_, losses_, targets_, N, V, T(1), training);
-  be->CopyToHost(host_losses_.data(), losses_, sizeof(T) * N);
+  if (gather) {
+    // In place: row head_rows_[i] >= i moves to row i, so no source is overwritten before it is
+    // read. The LayerNorm's backward reads its input and statistics, not lnf_, so nothing else
+    // needs the rows left behind.
+    for (int i = 0; i < head_n; ++i) {
+      if (head_rows_[i] != i) {
+        be->Copy(lnf_ + static_cast<size_t>(i) * C, lnf_ + static_cast<size_t>(head_rows_[i]) * C,
+                 C);
+      }
+    }
+  }
   double total = 0;
-  for (int i = 0; i < N; ++i) total += static_cast<double>(host_losses_[i]);
+  if (head_n > 0) {
+    be->MatmulForward(logits_, lnf_, P + layout_.wte(), nullptr, head_n, C, V, T(1), false);
+    // Training fuses the gradient of the summed loss into the logits buffer; Backward's
+    // grad_scale normalises it.
+    be->CrossEntropyForward(logits_, losses_, targets_, head_n, V, T(1), training);
+    be->CopyToHost(host_losses_.data(), losses_, sizeof(T) * head_n);
+    for (int i = 0; i < head_n; ++i) total += static_cast<double>(host_losses_[i]);
+  }
 
   have_forward_ = training;
   last_B_ = B;
@@ -323,6 +355,8 @@ absl::StatusOr<double> Model<T>::Forward(const int32_t* inputs, const int32_t* t
   last_scales_.clear();
   for (int l : path) last_scales_.push_back(static_cast<T>(active.scale(l)));
   last_num_targets_ = num_targets;
+  last_head_rows_ = head_n;
+  last_gathered_ = gather;
   return num_targets > 0 ? total / static_cast<double>(num_targets) : 0.0;
 }
 
@@ -341,9 +375,31 @@ absl::Status Model<T>::Backward(T grad_scale) {
   const T* P = params_;
   T* G = grads_;
   EnsureBackwardScratch();
-  // Head (tied to wte): logits_ holds dloss/dlogits from the fused cross-entropy.
-  be->MatmulBackward(dln_, G + layout_.wte(), nullptr, logits_, lnf_, P + layout_.wte(), N, C, V,
-                     grad_scale);
+  // Head (tied to wte): logits_ holds dloss/dlogits from the fused cross-entropy, over the
+  // head's rows (all N, or BERT's M masked ones, compacted at the top of lnf_).
+  const int M = last_head_rows_;
+  if (M > 0) {
+    be->MatmulBackward(dln_, G + layout_.wte(), nullptr, logits_, lnf_, P + layout_.wte(), M, C, V,
+                       grad_scale);
+  }
+  if (last_gathered_) {
+    // Scatter back in place, last row first (row i goes to head_rows_[i] >= i, above every row
+    // still to move), then zero the positions without a target: they get no gradient.
+    for (int i = M - 1; i >= 0; --i) {
+      if (head_rows_[i] != i) {
+        be->Copy(dln_ + static_cast<size_t>(head_rows_[i]) * C, dln_ + static_cast<size_t>(i) * C,
+                 C);
+      }
+    }
+    int next = 0;  // the first row not yet known to hold a target's gradient
+    for (int i = 0; i <= M; ++i) {
+      const int end = i < M ? head_rows_[i] : N;
+      if (end > next) be->Zero(dln_ + static_cast<size_t>(next) * C, static_cast<size_t>(end - next) * C);
+      next = end + 1;
+    }
+  } else if (M == 0) {
+    be->Zero(dln_, static_cast<size_t>(N) * C);
+  }
   be->Zero(dres_, static_cast<size_t>(N) * C);
   be->LayerNormBackward(dres_, G + layout_.lnf_w(), G + layout_.lnf_b(), dln_, residual_[K],
                         P + layout_.lnf_w(), lnf_mean_, lnf_rstd_, N, C);

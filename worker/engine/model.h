@@ -88,6 +88,9 @@ class Model {
   void Reserve(int B, int Tn, int max_path);
   // Number of positions with a valid target in the last Forward.
   int64_t last_num_targets() const { return last_num_targets_; }
+  // Rows the output head ran over in the last Forward: B*T, except a BERT training Forward's,
+  // which runs the head on its masked positions only (last_num_targets()).
+  int last_head_rows() const { return last_head_rows_; }
 
  private:
   struct Slot;  // activations of one block on the path
@@ -129,6 +132,11 @@ class Model {
   std::vector<int> last_path_;
   std::vector<T> last_scales_;
   int64_t last_num_targets_ = 0;
+  // The head's rows in the last training Forward: N, or BERT's masked positions (head_rows_,
+  // ascending), gathered to the top of lnf_ (last_gathered_).
+  int last_head_rows_ = 0;
+  bool last_gathered_ = false;
+  std::vector<int> head_rows_;
 };
 
 extern template class Model<float>;

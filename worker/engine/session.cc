@@ -498,6 +498,7 @@ absl::StatusOr<StepOutcome> TrainingSession::RunStepUnguarded(const StepInput& i
     }
   }
   double loss_sum = 0;
+  int64_t head_rows_sum = 0;  // the head's rows over the micro-batches (BERT: the masked ones)
   for (int micro = 0; micro < cfg.micro_batches && out.global_targets > 0; ++micro) {
     const int32_t* in = inputs_.data() + static_cast<size_t>(micro) * B * T + row0;
     const int32_t* tg = targets_.data() + static_cast<size_t>(micro) * B * T + row0;
@@ -510,6 +511,7 @@ absl::StatusOr<StepOutcome> TrainingSession::RunStepUnguarded(const StepInput& i
     out.times.backward += Now() - f1;
     out.times.forward += f1 - f0;
     loss_sum += loss * static_cast<double>(model_->last_num_targets());
+    head_rows_sum += model_->last_head_rows();
     CountWork();
   }
   if (reducer != nullptr) {
@@ -531,10 +533,14 @@ absl::StatusOr<StepOutcome> TrainingSession::RunStepUnguarded(const StepInput& i
   out.grad_norm = info.grad_norm;
   const int path_length = input.active.NumActive();
   out.local_tokens = static_cast<int64_t>(b) * T * cfg.micro_batches;
-  out.local_flops =
-      static_cast<double>(TrainingFlops(cfg.model, b, T, path_length)) * cfg.micro_batches;
-  out.local_flops_full =
-      static_cast<double>(TrainingFlops(cfg.model, b, T, cfg.model.num_layers)) * cfg.micro_batches;
+  // Blocks count per micro-batch, the head over the rows it ran on; the full model's baseline
+  // runs the same head rows (a BERT full-training step would mask the same positions).
+  const double head = static_cast<double>(TrainingFlops(cfg.model, b, T, 0, head_rows_sum));
+  const double blocks = static_cast<double>(TrainingFlops(cfg.model, b, T, path_length, 0));
+  const double blocks_full =
+      static_cast<double>(TrainingFlops(cfg.model, b, T, cfg.model.num_layers, 0));
+  out.local_flops = blocks * cfg.micro_batches + head;
+  out.local_flops_full = blocks_full * cfg.micro_batches + head;
   state_.step = input.step + 1;
   // The checkpoint's counters are the whole job's (every rank's), as a single process would
   // count them, so a checkpoint does not depend on the world size that wrote it.
