@@ -944,6 +944,7 @@ struct StepResult {
   double loss = 0;
   std::vector<float> logits, grads;
   uint64_t flops = 0;
+  int head_rows = 0;  // BERT: the masked positions the head ran on
 };
 
 StepResult TrainStep(Backend<float>& be, const ModelConfig& cfg, const std::vector<float>& params,
@@ -956,6 +957,7 @@ StepResult TrainStep(Backend<float>& be, const ModelConfig& cfg, const std::vect
   auto loss = model.Forward(inputs.data(), targets.data(), B, T, active, true);
   EXPECT_TRUE(loss.ok()) << loss.status();
   r.loss = loss.ok() ? *loss : std::nan("");
+  r.head_rows = model.last_head_rows();
   r.logits = model.LogitsToHost();
   EXPECT_TRUE(model.Backward(1.f).ok());
   r.grads.resize(model.layout().total());
@@ -1002,7 +1004,8 @@ void CheckModel(CudaBackend& gpu, const ModelConfig& cfg, int B, int T, uint64_t
   Report(tag + " logits", logits_err);
   EXPECT_LT(logits_err, kFp32Tol);
   EXPECT_EQ(out.flops, ref.flops);
-  EXPECT_EQ(out.flops, TrainingFlops(cfg, B, T, active.NumActive()));
+  EXPECT_EQ(out.head_rows, ref.head_rows);
+  EXPECT_EQ(out.flops, TrainingFlops(cfg, B, T, active.NumActive(), out.head_rows));
   EXPECT_EQ(out.loss, again.loss) << "not deterministic";
   EXPECT_EQ(0, std::memcmp(out.grads.data(), again.grads.data(), out.grads.size() * sizeof(float)))
       << "gradients differ between two GPU runs";
