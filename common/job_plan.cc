@@ -117,8 +117,16 @@ absl::StatusOr<PathScheduleConfig> PathScheduleFromJobSpec(const v1::JobSpec& sp
     case v1::ScheduleSpec::kPld:
       out.kind = PathScheduleConfig::Kind::kPld;
       out.pld_theta_bar = s.pld().theta_bar();
-      out.pld_indexing = s.pld().indexing() == v1::PLD_INDEXING_DEEPSPEED ? PldIndexing::kDeepSpeed
-                                                                         : PldIndexing::kPaper;
+      switch (s.pld().indexing()) {
+        case v1::PLD_INDEXING_PAPER:
+          out.pld_indexing = PldIndexing::kPaper;
+          break;
+        case v1::PLD_INDEXING_DEEPSPEED:
+          out.pld_indexing = PldIndexing::kDeepSpeed;
+          break;
+        default:
+          return BadEnum("schedule.pld.indexing", s.pld().indexing());
+      }
       if (s.pld().has_mean_keep()) {
         ASSIGN_OR_RETURN(out.pld_gamma, PldGammaForMeanKeep(out, spec.model().layers(),
                                                             spec.training().steps(),

@@ -299,28 +299,69 @@ double PldScale(const PathScheduleConfig& c, int L, int64_t step, int layer) {
   return 1.0 / (1.0 - (layer + 1) * (1.0 - PldTheta(c, step)) / L);
 }
 
+namespace {
+
+// sum_{t<n} exp(-gamma t), in closed form (n when gamma is 0).
+double DecaySum(double gamma, int64_t n) {
+  if (n <= 0) return 0;
+  if (gamma == 0) return static_cast<double>(n);
+  return std::expm1(-gamma * static_cast<double>(n)) / std::expm1(-gamma);
+}
+
+// The per-block share of PLD's keep probabilities summed over steps [0, T): the mean over
+// blocks of p_l is 1 - (1 - theta_t) * k / (2L), with k = L + 1 (paper) or L - 1 (DeepSpeed),
+// and 1 - theta_t = (1 - theta_bar)(1 - e^{-gamma u}) with u = t (paper) or t - 1 (DeepSpeed,
+// where steps 0 and 1 keep everything). So the sum of (1 - theta) over the run is
+// (1 - theta_bar) * (n - DecaySum(gamma, n)) with n = T (paper) or T - 1 (DeepSpeed).
+struct PldShareTerms {
+  double k_over_2l;
+  int64_t n;
+};
+PldShareTerms ShareTerms(const PathScheduleConfig& c, int L, int64_t T) {
+  const bool deepspeed = c.pld_indexing == PldIndexing::kDeepSpeed;
+  return {static_cast<double>(deepspeed ? L - 1 : L + 1) / (2.0 * L),
+          deepspeed ? std::max<int64_t>(T - 1, 0) : T};
+}
+
+}  // namespace
+
+double PldMeanShare(const PathScheduleConfig& c, int L, int64_t T) {
+  if (T <= 0) return 1.0;
+  const PldShareTerms terms = ShareTerms(c, L, T);
+  const double drops = static_cast<double>(terms.n) - DecaySum(c.pld_gamma, terms.n);
+  return 1.0 - terms.k_over_2l * (1.0 - c.pld_theta_bar) * drops / static_cast<double>(T);
+}
+
 absl::StatusOr<double> PldGammaForMeanKeep(PathScheduleConfig c, int L, int64_t total_steps,
                                            double mean_keep) {
   c.kind = Kind::kPld;
-  auto share = [&](double gamma) {
-    c.pld_gamma = gamma;
-    return LayerDropKeepProbMatchingRaptr(c, L, total_steps);
-  };
-  // The share falls monotonically from 1 (gamma 0) towards its value at an immediate decay.
-  constexpr double kFastest = 50;  // exp(-50) = 2e-22: theta is theta_bar from step 1 on
-  const double lowest = share(kFastest);
-  if (!(mean_keep > lowest && mean_keep <= 1)) {
+  if (mean_keep == 1) return 0.0;  // gamma 0: theta stays 1, every block every step
+  // The share falls monotonically from 1 (gamma 0) to its limit at an immediate decay, where
+  // the decay sum is its first term alone (1).
+  const PldShareTerms terms = ShareTerms(c, L, total_steps);
+  const double lowest =
+      1.0 - terms.k_over_2l * (1.0 - c.pld_theta_bar) *
+                static_cast<double>(std::max<int64_t>(terms.n - 1, 0)) /
+                static_cast<double>(std::max<int64_t>(total_steps, 1));
+  if (!(mean_keep > lowest && mean_keep < 1)) {
+    if (lowest >= 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "schedule.pld.mean_keep: over ", total_steps, " steps PLD keeps every block whatever "
+          "its gamma; only 1 is possible, got ", mean_keep));
+    }
     return absl::InvalidArgumentError(absl::StrCat(
         "schedule.pld.mean_keep must be in (", lowest, ", 1] for theta_bar ", c.pld_theta_bar,
         " over ", total_steps, " steps (the least PLD reaches), got ", mean_keep));
   }
-  if (mean_keep == 1) return 0.0;
-  double lo = 0, hi = kFastest;
-  for (int i = 0; i < 200 && hi - lo > 1e-12 * hi; ++i) {
+  // Bisection in log(gamma) over [1e-15, 1e3] on the closed form: O(1) an evaluation.
+  double lo = std::log(1e-15), hi = std::log(1e3);
+  for (int i = 0; i < 200; ++i) {
     const double mid = 0.5 * (lo + hi);
-    (share(mid) > mean_keep ? lo : hi) = mid;
+    c.pld_gamma = std::exp(mid);
+    (PldMeanShare(c, L, total_steps) > mean_keep ? lo : hi) = mid;
+    if (hi - lo < 1e-13) break;
   }
-  return 0.5 * (lo + hi);
+  return std::exp(0.5 * (lo + hi));
 }
 
 double LayerDropKeepProbMatchingRaptr(const PathScheduleConfig& c, int L, int64_t total_steps) {
@@ -345,6 +386,7 @@ double LayerDropKeepProbMatchingRaptr(const PathScheduleConfig& c, int L, int64_
       break;
     }
     case Kind::kPld:
+      if (warm == 0) return PldMeanShare(c, L, total_steps);
       for (int64_t t = warm; t < total_steps; ++t) {
         for (int l = 0; l < L; ++l) blocks += PldKeepProbability(c, L, t, l);
       }

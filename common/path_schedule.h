@@ -131,6 +131,9 @@ double PldKeepProbability(const PathScheduleConfig& config, int num_layers, int6
 // The factor a kept block's output is scaled by: 1 / (1 - (layer + 1) * (1 - theta) / L) for
 // both indexings (for kPaper, the inverse of its keep probability).
 double PldScale(const PathScheduleConfig& config, int num_layers, int64_t step, int layer);
+// PLD's expected share of active blocks over steps [0, T) (no warmup), in closed form: what
+// LayerDropKeepProbMatchingRaptr computes for a PLD config, O(1) instead of O(T L).
+double PldMeanShare(const PathScheduleConfig& config, int num_layers, int64_t total_steps);
 // The gamma with which PLD's expected share of active blocks over steps [0, total_steps) is
 // `mean_keep` (its blocks' FLOPs then match a schedule with that share: RaPTr's default 6-8-10-12
 // has 0.75), theta_bar and indexing as in `config`. INVALID_ARGUMENT naming

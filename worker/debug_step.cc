@@ -162,6 +162,14 @@ absl::Status DebugStep(int argc, char** argv) {
     return absl::InvalidArgumentError("the batch has no scored position (every target is -1)");
   }
   RETURN_IF_ERROR(model.Backward(1.0f / static_cast<float>(model.last_num_targets())));
+  // The training pass once more, with the gradients of the first kept: the same bits.
+  std::vector<float> first_grads = Download<float>(backend, model.grads());
+  model.ZeroGrads();
+  ASSIGN_OR_RETURN(double loss3, model.Forward(inputs.data(), targets.data(), B, T, active, true));
+  RETURN_IF_ERROR(model.Backward(1.0f / static_cast<float>(model.last_num_targets())));
+  if (loss3 != loss2 || Download<float>(backend, model.grads()) != first_grads) {
+    return absl::InternalError("training is not deterministic: two passes gave different results");
+  }
   // The same pass twice gives the same bits. BERT's training pass runs its head on the masked
   // rows only (Model::Forward), a smaller product whose float rounding may differ from the
   // evaluation pass's in the last bits: held to a few float roundings instead.

@@ -607,10 +607,40 @@ TEST(PathSchedulePld, GammaForMeanKeepMatchesTheShare) {
     }
   }
   EXPECT_EQ(*PldGammaForMeanKeep(Pld(), L, 1000, 1.0), 0.0);
-  // theta_bar 0.5 keeps 13/24 = 0.54 of the blocks at the least: 0.5 is out of reach.
+  // theta_bar 0.5 keeps 1 - (13/24) * 0.5 = 0.73 of the blocks at the least: 0.5 is out of reach.
   absl::StatusOr<double> unreachable = PldGammaForMeanKeep(Pld(), L, 1000, 0.5);
   EXPECT_EQ(unreachable.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(unreachable.status().message().find("schedule.pld.mean_keep"), std::string::npos);
+}
+
+// The closed form of PLD's share equals the sum of its keep probabilities, step by step, block by
+// block; it answers for a billion steps at once, and a one-step run can only keep everything.
+TEST(PathSchedulePld, MeanShareClosedFormMatchesTheSum) {
+  const int L = 12;
+  for (PldIndexing indexing : {PldIndexing::kPaper, PldIndexing::kDeepSpeed}) {
+    for (double gamma : {0.0, 1e-4, 0.003, 0.5}) {
+      for (int64_t T : {1, 2, 3, 700}) {
+        PathScheduleConfig c = Pld(0.3, gamma);
+        c.pld_indexing = indexing;
+        double blocks = 0;
+        for (int64_t t = 0; t < T; ++t) {
+          for (int l = 0; l < L; ++l) blocks += PldKeepProbability(c, L, t, l);
+        }
+        EXPECT_NEAR(PldMeanShare(c, L, T), blocks / (L * static_cast<double>(T)), 1e-12)
+            << "gamma " << gamma << " T " << T;
+      }
+    }
+  }
+  absl::StatusOr<double> huge = PldGammaForMeanKeep(Pld(), L, int64_t{1} << 30, 0.75);
+  ASSERT_TRUE(huge.ok()) << huge.status();
+  PathScheduleConfig c = Pld(0.5, *huge);
+  EXPECT_NEAR(PldMeanShare(c, L, int64_t{1} << 30), 0.75, 1e-9);
+  EXPECT_EQ(*PldGammaForMeanKeep(Pld(), L, 1, 1.0), 0.0);
+  absl::StatusOr<double> one_step = PldGammaForMeanKeep(Pld(), L, 1, 0.9);
+  ASSERT_FALSE(one_step.ok());
+  EXPECT_NE(one_step.status().message().find("keeps every block whatever its gamma"),
+            std::string_view::npos)
+      << one_step.status();
 }
 
 TEST(PathSchedulePld, PureInSeedAndStepAndIndependentOfRaptrDraws) {

@@ -2,6 +2,7 @@
 // AdamW does to skipped blocks under `zero_grad` and `frozen`.
 #include "worker/engine/trainer.h"
 
+#include <cstring>
 #include <cmath>
 #include <filesystem>
 #include <string>
@@ -350,8 +351,18 @@ TEST(OptimizerSkippedLayers, MomentsOnlyDecaysTheMomentsAndMovesNothing) {
     ASSERT_FLOAT_EQ(Host(f.opt->m())[i], 0.9f * f.m0[i]);
     ASSERT_FLOAT_EQ(Host(f.opt->v())[i], 0.95f * f.v0[i]);
   }
-  const ParamRange a = f.model->layout().LayerRange(0);
-  EXPECT_NE(Host(f.model->params())[a.begin + 20], f.params0[a.begin + 20]);
+  // Bit for bit (memcmp: -0 stays -0), and every other parameter and moment as zero_grad's.
+  EXPECT_EQ(0, std::memcmp(Host(f.model->params()) + r.begin, f.params0.data() + r.begin,
+                           r.size() * sizeof(float)));
+  OptimizerFixture z(SkippedLayerPolicy::kZeroGrad);
+  z.opt->Step(z.model->params(), z.model->grads(), ActiveLayerSet::Of(3, {0, 2}), 0);
+  const size_t n = f.model->layout().total();
+  EXPECT_EQ(0, std::memcmp(Host(f.opt->m()), Host(z.opt->m()), n * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(Host(f.opt->v()), Host(z.opt->v()), n * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(Host(f.model->params()), Host(z.model->params()),
+                           r.begin * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(Host(f.model->params()) + r.end, Host(z.model->params()) + r.end,
+                           (n - r.end) * sizeof(float)));
   EXPECT_EQ(f.opt->layer_steps(), (std::vector<int64_t>{1, 1, 1}));  // counted as zero_grad
 }
 

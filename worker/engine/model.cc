@@ -290,7 +290,9 @@ absl::StatusOr<double> Model<T>::Forward(const int32_t* inputs, const int32_t* t
         compact.push_back(targets[i]);
       }
     }
-    be->CopyToDevice(targets_, compact.data(), sizeof(int32_t) * compact.size());
+    if (!compact.empty()) {
+      be->CopyToDevice(targets_, compact.data(), sizeof(int32_t) * compact.size());
+    }
   } else {
     be->CopyToDevice(targets_, targets, sizeof(int32_t) * N);
   }

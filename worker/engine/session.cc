@@ -118,6 +118,8 @@ nlohmann::json RunFingerprint(const TrainerConfig& c) {
   if (p.kind == PathScheduleConfig::Kind::kPld) {
     j["schedule"]["pld_theta_bar"] = p.pld_theta_bar;
     j["schedule"]["pld_gamma"] = p.pld_gamma;
+    // Only when not the default, so earlier PLD checkpoints keep their fingerprint.
+    if (p.pld_indexing == PldIndexing::kDeepSpeed) j["schedule"]["pld_indexing"] = "deepspeed";
   }
   if (p.kind == PathScheduleConfig::Kind::kLayerDrop) {
     j["schedule"]["keep_prob"] = p.keep_prob;
@@ -545,8 +547,16 @@ absl::StatusOr<StepOutcome> TrainingSession::RunStepUnguarded(const StepInput& i
   // The checkpoint's counters are the whole job's (every rank's), as a single process would
   // count them, so a checkpoint does not depend on the world size that wrote it.
   state_.tokens_seen += out.local_tokens * world_size_;
-  state_.flops_spent += out.local_flops * world_size_;
-  state_.flops_full += out.local_flops_full * world_size_;
+  // Job-wide from global counts: ranks' head rows differ under BERT masking, so a rank's own
+  // FLOPs times the world size would make the counters depend on the rank and the world size.
+  const int64_t global_head_rows = cfg.model.kind == ModelKind::kBert
+                                       ? out.global_targets
+                                       : static_cast<int64_t>(B) * T * cfg.micro_batches;
+  const double global_head =
+      static_cast<double>(TrainingFlops(cfg.model, B, T, 0, global_head_rows));
+  const double global_scale = static_cast<double>(world_size_) * cfg.micro_batches;
+  state_.flops_spent += blocks * global_scale + global_head;
+  state_.flops_full += blocks_full * global_scale + global_head;
   out.times.total = Now() - t0;
   return out;
 }

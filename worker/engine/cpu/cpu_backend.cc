@@ -613,7 +613,8 @@ void CpuBackend<T>::AdamW(T* params, T* grads, T* m, T* v, size_t n, float lr, f
     const T vi = b2 * v[i] + (T(1) - b2) * g * g;
     m[i] = mi;
     v[i] = vi;
-    params[i] -= a * ((mi / bc1) / (std::sqrt(vi / bc2) + e) + wd * params[i]);
+    // lr 0 (moments_only on a skipped block): the parameter is not written (bit for bit).
+    if (a != T(0)) params[i] -= a * ((mi / bc1) / (std::sqrt(vi / bc2) + e) + wd * params[i]);
   }
 }
 

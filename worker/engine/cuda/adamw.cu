@@ -26,7 +26,9 @@ __device__ inline void AdamWElement(float& p, float& g_io, float& m, float& v,
   const float vi = a.beta2 * v + (1.f - a.beta2) * g * g;
   m = mi;
   v = vi;
-  p -= a.lr * ((mi / a.bc1) / (sqrtf(vi / a.bc2) + a.eps) + a.weight_decay * p);
+  // lr 0 (the optimizer's moments_only policy on a skipped block): the parameter is not written,
+  // so it stays bit for bit (p - 0 * x would turn -0 into +0 and inf into NaN).
+  if (a.lr != 0.f) p -= a.lr * ((mi / a.bc1) / (sqrtf(vi / a.bc2) + a.eps) + a.weight_decay * p);
 }
 
 // params, grads, m, v (n): one AdamW step per element; grads are set to zero.
