@@ -32,7 +32,7 @@ class ControlServiceImpl final : public v1::ControlService::Service {
 
  private:
   // OK when the caller may act as worker `worker_id`.
-  grpc::Status AuthorizeWorker(const grpc::ServerContext& context,
+  grpc::Status AuthorizeWorker(const grpc::ServerContext* context,
                                const std::string& worker_id) const;
 
   Cluster* const cluster_;

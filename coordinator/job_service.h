@@ -70,7 +70,7 @@ class JobServiceImpl final : public v1::JobService::WithCallbackMethod_WatchJob<
  private:
   JobStore* const store_;
   // The caller, when it may act with role `least`; an error status otherwise.
-  absl::StatusOr<Principal> Authorize(const grpc::ServerContextBase& context, Role least);
+  absl::StatusOr<Principal> Authorize(const grpc::ServerContextBase* context, Role least);
 
   JobLifecycleListener* const listener_;
   JobWatchHub watch_hub_;
