@@ -187,6 +187,12 @@ def write_report(plan, load_run, base, docs=None):
         missing = [name for name, run in stored.items() if run is None]
         title = "GPT (causal LM)" if objective == "gpt" else "BERT (masked LM)"
         lines += [f"## {title}", ""]
+        if objective == "bert":
+            lines += ["These runs come from the engine before 2026-12-01, which ran BERT's output "
+                      "head (and counted its FLOPs) over every position; it now runs on the masked "
+                      "positions only (issue 14), so a new BERT run spends fewer FLOPs on the head "
+                      "and its blocks are a larger share of a step. New runs are not to be mixed "
+                      "with these in one table.", ""]
         by_method = {}
         for r in runs:
             if stored[r[1]] is not None:
