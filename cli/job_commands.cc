@@ -76,21 +76,9 @@ int Setup(const std::string& command, const std::string& usage, int argc, char**
   const char* env = std::getenv("RAPTR_COORDINATOR");
   inv->flags.Define("coordinator", env != nullptr && *env != '\0' ? env : kDefaultCoordinator,
                     "HOST:PORT of raptr-coordinator ($RAPTR_COORDINATOR)");
-  auto env_or = [](const char* name) {
-    const char* value = std::getenv(name);
-    return std::string(value != nullptr ? value : "");
-  };
-  inv->flags.Define("tls-ca", env_or("RAPTR_TLS_CA"),
-                    "PEM CA the coordinator's certificate must chain to; turns TLS on "
-                    "($RAPTR_TLS_CA)");
-  inv->flags.Define("tls-cert", env_or("RAPTR_TLS_CERT"),
-                    "a client certificate (spiffe://raptr/<role>/<name>) for mutual TLS "
-                    "($RAPTR_TLS_CERT)");
-  inv->flags.Define("tls-key", env_or("RAPTR_TLS_KEY"), "the key of --tls-cert ($RAPTR_TLS_KEY)");
-  inv->flags.Define("tls-server-name", "",
-                    "the name the coordinator's certificate must carry, when not the "
-                    "--coordinator host");
-  inv->flags.Define("token-file", env_or("RAPTR_TOKEN_FILE"),
+  DefineClientTlsFlags(&inv->flags,
+                       "a client certificate (spiffe://raptr/<role>/<name>) for mutual TLS");
+  inv->flags.Define("token-file", EnvOrEmpty("RAPTR_TOKEN_FILE"),
                     "file holding this client's token ($RAPTR_TOKEN_FILE; or the token itself in "
                     "$RAPTR_TOKEN)");
   inv->flags.Define("output", "table", "table or json");
@@ -129,11 +117,7 @@ int Setup(const std::string& command, const std::string& usage, int argc, char**
     return UsageError(command, usage, inv->flags, "--timeout must be a number of seconds > 0");
   }
   inv->timeout = std::chrono::milliseconds(static_cast<int64_t>(*timeout * 1000));
-  ClientTlsOptions tls;
-  tls.ca_file = inv->flags.Get("tls-ca");
-  tls.cert_file = inv->flags.Get("tls-cert");
-  tls.key_file = inv->flags.Get("tls-key");
-  tls.server_name = inv->flags.Get("tls-server-name");
+  const ClientTlsOptions tls = ClientTlsFromFlags(inv->flags);
   grpc::ChannelArguments channel_args;
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
       MakeChannelCredentials(tls, &channel_args);

@@ -8,6 +8,7 @@
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -20,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/flags.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
@@ -304,6 +306,30 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
             : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   return grpc::SslServerCredentials(ssl);
+}
+
+std::string EnvOrEmpty(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr ? value : "";
+}
+
+void DefineClientTlsFlags(Flags* flags, const std::string& cert_help) {
+  flags->Define("tls-ca", EnvOrEmpty("RAPTR_TLS_CA"),
+                "PEM CA the coordinator's certificate must chain to; turns TLS on ($RAPTR_TLS_CA)");
+  flags->Define("tls-cert", EnvOrEmpty("RAPTR_TLS_CERT"), cert_help + " ($RAPTR_TLS_CERT)");
+  flags->Define("tls-key", EnvOrEmpty("RAPTR_TLS_KEY"), "the key of --tls-cert ($RAPTR_TLS_KEY)");
+  flags->Define("tls-server-name", "",
+                "the name the coordinator's certificate must carry, when not the --coordinator "
+                "host");
+}
+
+ClientTlsOptions ClientTlsFromFlags(const Flags& flags) {
+  ClientTlsOptions tls;
+  tls.ca_file = flags.Get("tls-ca");
+  tls.cert_file = flags.Get("tls-cert");
+  tls.key_file = flags.Get("tls-key");
+  tls.server_name = flags.Get("tls-server-name");
+  return tls;
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(

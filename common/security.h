@@ -36,6 +36,8 @@ class AuthContext;
 
 namespace raptr {
 
+class Flags;
+
 enum class Role { kReader, kSubmitter, kAdmin, kWorker };
 absl::string_view RoleName(Role role);
 absl::StatusOr<Role> ParseRole(absl::string_view name);
@@ -116,6 +118,14 @@ struct ClientTlsOptions {
   std::string server_name;  // the name expected in the server's certificate; empty: the target's
   bool enabled() const { return !ca_file.empty(); }
 };
+// The client TLS flags raptrctl and `raptr-worker serve` share: --tls-ca, --tls-cert, --tls-key
+// (defaults from $RAPTR_TLS_CA, $RAPTR_TLS_CERT, $RAPTR_TLS_KEY) and --tls-server-name.
+// `cert_help` says whose certificate --tls-cert is.
+void DefineClientTlsFlags(Flags* flags, const std::string& cert_help);
+ClientTlsOptions ClientTlsFromFlags(const Flags& flags);
+// The environment variable `name`, or "" when unset (a flag's default).
+std::string EnvOrEmpty(const char* name);
+
 // Fills `args` with what the credentials need (the server name override).
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
     const ClientTlsOptions& options, grpc::ChannelArguments* args);

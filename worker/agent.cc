@@ -584,19 +584,9 @@ int RunServe(int argc, char** argv) {
   flags.DefineRepeated("data-root",
                        "a directory job data paths must resolve inside before this worker opens "
                        "them (symlinks resolved); none given: no confinement");
-  auto env_or = [](const char* name) {
-    const char* value = std::getenv(name);
-    return std::string(value != nullptr ? value : "");
-  };
-  flags.Define("tls-ca", env_or("RAPTR_TLS_CA"),
-               "PEM CA the coordinator's certificate must chain to; turns TLS on ($RAPTR_TLS_CA)");
-  flags.Define("tls-cert", env_or("RAPTR_TLS_CERT"),
-               "this worker's PEM certificate, its identity (spiffe://raptr/worker/<name>) "
-               "($RAPTR_TLS_CERT)");
-  flags.Define("tls-key", env_or("RAPTR_TLS_KEY"), "the key of --tls-cert ($RAPTR_TLS_KEY)");
-  flags.Define("tls-server-name", "",
-               "the name the coordinator's certificate must carry, when not the --coordinator host");
-  flags.Define("join-token-file", env_or("RAPTR_JOIN_TOKEN_FILE"),
+  DefineClientTlsFlags(&flags,
+                       "this worker's PEM certificate, its identity (spiffe://raptr/worker/<name>)");
+  flags.Define("join-token-file", EnvOrEmpty("RAPTR_JOIN_TOKEN_FILE"),
                "file holding a join token of role worker, instead of a certificate; needs TLS "
                "($RAPTR_JOIN_TOKEN_FILE)");
   flags.Define("metrics-token-file", "",
@@ -626,10 +616,7 @@ int RunServe(int argc, char** argv) {
     return 2;
   }
   options.data_roots = *std::move(data_roots);
-  options.tls.ca_file = flags.Get("tls-ca");
-  options.tls.cert_file = flags.Get("tls-cert");
-  options.tls.key_file = flags.Get("tls-key");
-  options.tls.server_name = flags.Get("tls-server-name");
+  options.tls = ClientTlsFromFlags(flags);
   {
     grpc::ChannelArguments unused;  // the Agent applies --tls-server-name to its own arguments
     absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
