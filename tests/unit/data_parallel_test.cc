@@ -374,12 +374,16 @@ TEST(DataParallel, RejectsABatchThatDoesNotSplit) {
 // connections leave from 127.0.0.1, as a third party's would.
 TEST(DataParallel, APeerConnectingFromAnotherAddressIsRefused) {
   gloo::rendezvous::HashStore store;
-  absl::Status statuses[2];
+  // Each rank's group lives until both have returned: a rank that passed its own check and
+  // closed its sockets at once would fail the other's mesh before that one's check ran.
+  absl::StatusOr<std::unique_ptr<GlooGroup>> groups[2] = {absl::UnknownError("not run"),
+                                                          absl::UnknownError("not run")};
   std::thread peer([&] {
-    statuses[1] = GlooGroup::Connect(store, 1, 2, "127.0.0.2", std::chrono::seconds(10)).status();
+    groups[1] = GlooGroup::Connect(store, 1, 2, "127.0.0.2", std::chrono::seconds(10));
   });
-  statuses[0] = GlooGroup::Connect(store, 0, 2, "127.0.0.1", std::chrono::seconds(10)).status();
+  groups[0] = GlooGroup::Connect(store, 0, 2, "127.0.0.1", std::chrono::seconds(10));
   peer.join();
+  const absl::Status statuses[2] = {groups[0].status(), groups[1].status()};
   int refused = 0;
   for (const absl::Status& status : statuses) {
     if (status.code() == absl::StatusCode::kPermissionDenied) {
