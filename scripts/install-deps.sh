@@ -10,7 +10,7 @@ PACKAGES=(
   libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libgtest-dev libgmock-dev libbenchmark-dev
   libgloo-dev libsqlite3-dev libsentencepiece-dev sentencepiece libyaml-cpp-dev nlohmann-json3-dev
-  python3 python3-torch python3-numpy
+  python3 python3-torch python3-numpy python3-matplotlib  # the paper report's plots
   libtcmalloc-minimal4
   libcpp-httplib-dev  # the HTTP endpoints (/metrics, /healthz)
   libssl-dev openssl  # token hashing and randomness; the CA and certificates the TLS tests make

@@ -180,7 +180,7 @@ def section(plan, load_run, figs, labels, svg_chart, colors):
                 "`zero_grad`: AdamW sees a zero gradient for a skipped block, so its moments "
                 "decay and the block keeps moving on its momentum for about 1/(1-beta1) = 10 "
                 "steps after it was last on the path, and its second moment (memory about "
-                "1/(1-beta2) = 1000 steps) averages in the zeros. `frozen`: a skipped block's "
+                "1/(1-beta2) = 20 steps at the study's beta2 of 0.95) averages in the zeros. `frozen`: a skipped block's "
                 "parameters and moments are untouched and its bias correction counts only the "
                 "steps it trained. The treatment applies to every method that skips blocks, so "
                 "PLD and LayerDrop get it too. Means over the stored seeds.", "",
@@ -197,25 +197,44 @@ def section(plan, load_run, figs, labels, svg_chart, colors):
                        f"{_f(full)} |")
         out.append("")
 
-    # 4. Learning rate, given to both.
+    # 4. Learning rate, given to both. Same seed against same seed: a mean over two seeds next to
+    # one seed is not a difference of anything.
     if get("gpt", "full-lr2x") or get("gpt", "raptr-lr2x"):
         lr = _seed1(get("gpt", "full"))["meta"]["spec"]["optimizer"]["lr"]
         out += ["### Learning rate (GPT)", "",
                 "The study's lr against two and four times it, the same for every method (warmup "
-                "and cosine decay unchanged). Means over the stored seeds, their count in "
-                "brackets; differences are between the means.", "",
-                "| lr | full | RaPTr | RaPTr - full | RaPTr frozen | frozen - full |",
-                "|---|---|---|---|---|---|"]
+                "and cosine decay unchanged). Seed 1 against seed 1; where a point has more seeds "
+                "they are listed with their sample sd.", "",
+                "| lr | full | RaPTr | RaPTr - full | RaPTr frozen | frozen - full | "
+                "more seeds |", "|---|---|---|---|---|---|---|"]
+        sds = []
         for factor, suffix in ((1, ""), (2, "-lr2x"), (4, "-lr4x")):
             f, r, fr = (get("gpt", m + suffix) for m in ("full", "raptr", "raptr-frozen"))
             if not (f or r or fr):
                 continue
-            fm, rm, frm = (_final(x) for x in (f, r, fr))
-            cell = lambda v, rs: f"{v:.4f} ({len(rs)})" if rs else "-"
-            out.append(f"| {factor * lr:g} | {cell(fm, f)} | {cell(rm, r)} | "
-                       f"{_f(rm - fm if f and r else None, True)} | {cell(frm, fr)} | "
-                       f"{_f(frm - fm if f and fr else None, True)} |")
+            s1 = lambda rs: (_seed1(rs) or {}).get("meta", {}).get("final_eval_loss")
+            fm, rm, frm = s1(f), s1(r), s1(fr)
+            more = []
+            for label, rs in (("full", f),):
+                if len(rs) > 1:
+                    sds.append((factor * lr, statistics.stdev(x["meta"]["final_eval_loss"]
+                                                              for x in rs)))
+            for label, rs in (("full", f), ("RaPTr", r), ("frozen", fr)):
+                if len(rs) > 1:
+                    ls = [x["meta"]["final_eval_loss"] for x in
+                          sorted(rs, key=lambda x: x["meta"]["seed"])]
+                    more.append(f"{label} {', '.join(f'{v:.4f}' for v in ls)} "
+                                f"(sd {statistics.stdev(ls):.3f})")
+            out.append(f"| {factor * lr:g} | {_f(fm)} | {_f(rm)} | "
+                       f"{_f(rm - fm if fm and rm else None, True)} | {_f(frm)} | "
+                       f"{_f(frm - fm if fm and frm else None, True)} | "
+                       f"{'; '.join(more) or '-'} |")
         out.append("")
+        if len(sds) > 1:
+            (lo, sd_lo), (hi, sd_hi) = sds[0], sds[-1]
+            out += [f"Full training's seed sd is {sd_hi:.3f} at lr {hi:g} against {sd_lo:.3f} at "
+                    f"{lo:g} ({sd_hi / sd_lo:.1f}x): at the higher rates a one-seed difference "
+                    "smaller than about twice that is not a finding.", ""]
 
     # 5. BERT's targets.
     uni = unigram_cross_entropy()

@@ -1,7 +1,6 @@
 """docs/RESULTS.md and its plots from the stored runs of bench/paper/study.py.
 
-Plots are SVG written here (no plotting package is installed on these machines): line charts with
-axes, ticks, gridlines and a legend.
+Plots are drawn with matplotlib (bench/paper/plots.py), as reproducible SVG.
 """
 import csv
 import math
@@ -15,8 +14,6 @@ DOCS = os.path.join(ROOT, "docs")
 FIGS = os.path.join(DOCS, "results")
 COLUMNS = ["step", "stage", "path_length", "loss", "eval_loss", "lr", "tokens", "flops",
            "flops_full", "step_seconds"]
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
-          "#7f7f7f", "#bcbd22", "#17becf", "#000000"]
 LABELS = {"full": "full training", "raptr": "RaPTr (6-8-10-12)", "pld": "PLD",
           "layerdrop": "LayerDrop (keep 0.75)", "stacking": "stacking (6-9-12)",
           "full-equal-flops": "full, RaPTr's FLOPs", "raptr-exact": "RaPTr, exact sampling",
@@ -40,84 +37,7 @@ def read_csv(path):
         return rows
 
 
-# ------------------------------------------------------------------------------------------------
-# SVG line charts.
-
-def _nice_ticks(lo, hi, n=5):
-    if hi <= lo:
-        hi = lo + 1
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=10 * mag)
-    start = math.floor(lo / step) * step
-    ticks = []
-    t = start
-    while t <= hi + step * 1e-9:
-        if t >= lo - step * 1e-9:
-            ticks.append(t)
-        t += step
-    return ticks
-
-
-def _fmt(v):
-    if v == 0:
-        return "0"
-    a = abs(v)
-    if a >= 1e9 or a < 1e-2:
-        return f"{v:.1e}".replace("e+0", "e").replace("e+", "e")
-    if a >= 100:
-        return f"{v:.0f}"
-    return f"{v:.3g}"
-
-
-def svg_chart(path, title, xlabel, ylabel, series, ylim=None, vlines=()):
-    """series: [(label, xs, ys, color, dashed)]; writes an SVG line chart."""
-    W, H, L, R, T, B = 760, 440, 70, 210, 40, 50
-    xs = [x for s in series for x in s[1]]
-    ys = [y for s in series for y in s[2]]
-    if not xs:
-        return False
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = ylim if ylim else (min(ys), max(ys))
-    pad = (y1 - y0) * 0.05 or 0.1
-    if not ylim:
-        y0, y1 = y0 - pad, y1 + pad
-    px = lambda x: L + (x - x0) / ((x1 - x0) or 1) * (W - L - R)
-    py = lambda y: T + (1 - (y - y0) / ((y1 - y0) or 1)) * (H - T - B)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
-           f'font-family="sans-serif" font-size="12">',
-           f'<rect width="{W}" height="{H}" fill="white"/>',
-           f'<text x="{W / 2 - R / 2}" y="22" text-anchor="middle" font-size="14">{title}</text>']
-    for t in _nice_ticks(x0, x1):
-        out.append(f'<line x1="{px(t):.1f}" y1="{T}" x2="{px(t):.1f}" y2="{H - B}" '
-                   f'stroke="#e5e5e5"/>')
-        out.append(f'<text x="{px(t):.1f}" y="{H - B + 16}" text-anchor="middle">{_fmt(t)}</text>')
-    for t in _nice_ticks(y0, y1):
-        out.append(f'<line x1="{L}" y1="{py(t):.1f}" x2="{W - R}" y2="{py(t):.1f}" '
-                   f'stroke="#e5e5e5"/>')
-        out.append(f'<text x="{L - 6}" y="{py(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
-    for v in vlines:
-        out.append(f'<line x1="{px(v):.1f}" y1="{T}" x2="{px(v):.1f}" y2="{H - B}" '
-                   f'stroke="#999" stroke-dasharray="2,3"/>')
-    out.append(f'<rect x="{L}" y="{T}" width="{W - L - R}" height="{H - T - B}" fill="none" '
-               f'stroke="#333"/>')
-    out.append(f'<text x="{(L + W - R) / 2}" y="{H - 12}" text-anchor="middle">{xlabel}</text>')
-    out.append(f'<text transform="translate(16,{(T + H - B) / 2}) rotate(-90)" '
-               f'text-anchor="middle">{ylabel}</text>')
-    for i, (label, sx, sy, color, dashed) in enumerate(series):
-        pts = " ".join(f"{px(x):.1f},{py(min(max(y, y0), y1)):.1f}" for x, y in zip(sx, sy))
-        dash = ' stroke-dasharray="6,3"' if dashed else ""
-        out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.6"'
-                   f'{dash}/>')
-        ly = T + 14 + 18 * i
-        out.append(f'<line x1="{W - R + 10}" y1="{ly - 4}" x2="{W - R + 34}" y2="{ly - 4}" '
-                   f'stroke="{color}" stroke-width="2"{dash}/>')
-        out.append(f'<text x="{W - R + 40}" y="{ly}">{label}</text>')
-    out.append("</svg>")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("\n".join(out) + "\n")
-    return True
+from plots import COLORS, line_chart as svg_chart  # noqa: E402  (bench/paper/plots.py)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -156,19 +76,25 @@ def _cumulative(rows, key):
     return out
 
 
-def write_report(plan, load_run, base, docs=None):
+def write_report(plan, load_run, base, docs=None, load_long=None):
     """Writes RESULTS.md (and its figures under results/) into `docs` (default docs/)."""
     docs = docs or DOCS
     figs = os.path.join(docs, "results")
-    lines = ["# Reproducing RaPTr on this machine", "",
+    head = ["# Reproducing RaPTr on this machine", "",
              "Regenerated by `make paper` (`bench/paper/study.py`) from the runs stored in",
              "`bench/paper/runs/` (one CSV row per step, from the coordinator's step summaries,",
-             "plus a JSON of totals). Missing runs are listed; rerunning the command adds them.", ""]
+             "plus a JSON of totals). Missing runs are listed; rerunning the command adds them.",
+             "Two studies: the long regime (issue 14, `runs/long/`), near convergence with the "
+             "learning rate tuned, and the short regime (issue 4, `runs/gpt`, `runs/bert`), kept "
+             "as it was run, with its write-up corrected.", ""]
+    lines = []
     t, o = base["training"], base["optimizer"]
+    tokens = t["steps"] * t["batch"] * t["seq"]
     lines += ["## Setup", "",
               f"Both objectives: 12 blocks, d 128, 4 heads, vocabulary 8192 (the bundled State of "
               f"the Union corpus, `data/sotu-8k`), {t['steps']} steps of {t['batch']} sequences x "
-              f"{t['seq']} tokens, AdamW (lr {o['lr']}, {o['warmup_steps']} warmup steps, cosine "
+              f"{t['seq']} tokens ({tokens / 1e6:.3f}M tokens, about 0.73 of a pass over the "
+              f"corpus and 0.65 per non-embedding parameter), AdamW (lr {o['lr']}, {o['warmup_steps']} warmup steps, cosine "
               f"to {o['min_lr_ratio']}x, weight decay {o['weight_decay']}, clip {o['grad_clip']}), "
               f"evaluation of the full model on {t['eval_batches']} validation batches every "
               f"{t['eval_every']} steps. Every method gets the same steps, data order, "
@@ -230,19 +156,30 @@ def write_report(plan, load_run, base, docs=None):
             lines += [f"Missing runs (not yet run): {', '.join(missing)}.", ""]
         # Plots: eval loss against FLOPs and against training time, seed 1 of each method.
         series_flops, series_time = [], []
+        no_quiet = []
         for i, method in enumerate(order):
             run = next((r for r in by_method[method] if r["meta"]["seed"] == 1),
                        by_method[method][0])
-            rows = run["rows"]
-            cum_flops = _cumulative(rows, "flops")
-            cum_time = _cumulative(rows, "step_seconds")
-            ev = [(cum_flops[int(s) - 1], cum_time[int(s) - 1], e) for s, e, _ in _evals(rows)]
+            # Time only from a run that had the machine to itself (the seed-1 runs of GPT's full
+            # training and RaPTr shared it, which drew RaPTr slower than full training).
+            quiet = sorted((r for r in by_method[method]
+                            if r["meta"].get("load_average_after", 0) <= QUIET_LOAD),
+                           key=lambda r: r["meta"]["seed"])
             dashed = method.startswith("raptr-")
             color = COLORS[i % len(COLORS)]
-            series_flops.append((LABELS[method], [a for a, _, _ in ev], [e for _, _, e in ev],
+            rows = run["rows"]
+            cum_flops = _cumulative(rows, "flops")
+            ev = [(cum_flops[int(s) - 1], e) for s, e, _ in _evals(rows)]
+            series_flops.append((LABELS[method], [a for a, _ in ev], [e for _, e in ev],
                                  color, dashed))
-            series_time.append((LABELS[method], [b for _, b, _ in ev], [e for _, _, e in ev],
-                                color, dashed))
+            if not quiet:
+                no_quiet.append(LABELS[method])
+                continue
+            q = quiet[0]
+            cum_time = _cumulative(q["rows"], "step_seconds")
+            ev = [(cum_time[int(s) - 1], e) for s, e, _ in _evals(q["rows"])]
+            series_time.append((f"{LABELS[method]} (seed {q['meta']['seed']})",
+                                [a for a, _ in ev], [e for _, e in ev], color, dashed))
         finals = [s[2][-1] for s in series_flops if s[2]]
         ylim = (min(finals) - 0.15, min(finals) + 1.2) if finals else None
         if svg_chart(os.path.join(figs, f"{objective}-eval-vs-flops.svg"),
@@ -250,10 +187,13 @@ def write_report(plan, load_run, base, docs=None):
                      "eval loss (full model)", series_flops, ylim=ylim):
             lines += [f"![eval loss against FLOPs](results/{objective}-eval-vs-flops.svg)", ""]
         if svg_chart(os.path.join(figs, f"{objective}-eval-vs-time.svg"),
-                     f"{title}: eval loss against training time (seed 1)",
+                     f"{title}: eval loss against training time (quiet runs)",
                      "training time (s, sum of step times)", "eval loss (full model)",
                      series_time, ylim=ylim):
-            lines += [f"![eval loss against time](results/{objective}-eval-vs-time.svg)", ""]
+            lines += [f"![eval loss against time](results/{objective}-eval-vs-time.svg)", "",
+                      "Against time, each method's first run that had the machine to itself "
+                      f"(load at most {QUIET_LOAD} when it ended)"
+                      + (f"; no quiet run: {', '.join(no_quiet)}." if no_quiet else "."), ""]
         # RaPTr's stage transitions: training loss (50-step moving average) of RaPTr and full.
         raptr = next((r for r in by_method.get("raptr", []) if r["meta"]["seed"] == 1), None)
         base = next((r for r in full if r["meta"]["seed"] == 1), None)
@@ -281,10 +221,21 @@ def write_report(plan, load_run, base, docs=None):
     findings = os.path.join(os.path.dirname(os.path.abspath(__file__)), "findings.md")
     if os.path.exists(findings):
         with open(findings) as f:
-            lines += [f.read().rstrip(), ""]
+            lines += f.read().rstrip().split("\n") + [""]
+    # The short regime follows the long one, every heading one level down.
+    short = ["## The short regime (the first study)", "",
+             "1500 steps at d 128 and a vocabulary of 8192: the first study, run before issue "
+             "14's engine changes (PLD's gamma fixed, LayerDrop without fixed layers, BERT's head "
+             "on every position), kept for comparison. Its tables are regenerated from its runs; "
+             "the write-up's errors the review found (the token count, beta2's memory, a "
+             "learning-rate table that mixed seeds, the noise at the higher rates, a time plot "
+             "drawn from two runs that shared the machine) are corrected.", ""]
+    short += [("#" + line) if line.startswith("#") else line for line in lines]
+    import long_report  # noqa: E402  (bench/paper/long_report.py)
+    out = head + long_report.section(load_long, figs) + short
     os.makedirs(docs, exist_ok=True)
     with open(os.path.join(docs, "RESULTS.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(out) + "\n")
 
 
 def _transition_table(raptr, transitions):

@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""The paper study (issue 4): RaPTr against full training, PLD, LayerDrop and gradual stacking,
-with RaPTr's ablations, on a 12-block GPT and a 12-block BERT, trained through the service.
+"""The paper studies: RaPTr against full training, PLD, LayerDrop and gradual stacking, trained
+through the service. Two regimes: the long one (issue 14, bench/paper/long.py: near convergence,
+the learning rate tuned for full training first) and the short one (issue 4: 1500 steps, with
+RaPTr's ablations, GPT and BERT).
 
-  bench/paper/study.py                  run every missing run, then write the report
+  bench/paper/study.py                  run every missing run of the long regime, then the report
+  bench/paper/study.py --regime short   the same for the short regime
   bench/paper/study.py --objective gpt  only the GPT runs
   bench/paper/study.py --only raptr-s1 full-s1
-  bench/paper/study.py --report-only    rewrite docs/RESULTS.md from the stored runs
+  bench/paper/study.py --max-runs 3     stop after three new runs
+  bench/paper/study.py --report-only    rewrite docs/RESULTS.md (both regimes) from the stored runs
   bench/paper/study.py --list           the plan and which runs are stored
 
-Each finished run is stored as bench/paper/runs/<objective>/<run>.csv (one row per step, from the
+Each finished run is stored as bench/paper/runs/[long/]<objective>/<run>.csv (one row per step, from the
 coordinator's step summaries) and <run>.json (spec, timings, totals), committed with the
 repository, so the report regenerates without rerunning and a later session adds runs by running
 this again: stored runs are skipped. Runs go one after another on a local cluster of one worker
@@ -29,10 +33,12 @@ RUNS = DEFAULT_RUNS
 CTL = os.path.join(ROOT, "build", "cli", "raptrctl")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import report  # noqa: E402  (bench/paper/report.py)
+import long  # noqa: E402  (bench/paper/long.py)
 
-# The sizes (see docs/RESULTS.md, "Setup"): 12 blocks of d 128 so that a run of 1500 steps takes
-# about 3-4 minutes here, the whole study about 2 hours; 1500 steps of 16 x 64 tokens (2.4M
-# tokens, about one pass over the corpus) leave the loss still falling at the end.
+# The short regime's sizes (docs/RESULTS.md, "The short regime"): 12 blocks of d 128 so that a
+# run of 1500 steps takes about 3-4 minutes here, the whole study about 2 hours; 1500 steps of
+# 16 x 64 tokens (1.536M tokens, 0.73 of a pass over the corpus, 0.65 tokens per non-embedding
+# parameter) leave the loss still falling at the end. The long regime is bench/paper/long.py.
 STEPS = 1500
 BASE = {
     "model": {"layers": 12, "d_model": 128, "heads": 4, "vocab_size": 8192, "max_seq": 64},
@@ -181,10 +187,19 @@ def ctl(*args, check=True):
     return out.stdout
 
 
-def run_one(objective, name, method, schedule, seed, extra):
-    spec = spec_for(objective, name, method, schedule, seed, extra)
-    os.makedirs(os.path.join(RUNS, objective), exist_ok=True)
-    spec_path = os.path.join(RUNS, objective, name + ".spec.json")
+def cpu_model():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def run_one(objective, name, method, schedule, seed, extra, spec=None, runs_dir=None):
+    spec = spec or spec_for(objective, name, method, schedule, seed, extra)
+    runs_dir = runs_dir or RUNS
+    os.makedirs(os.path.join(runs_dir, objective), exist_ok=True)
+    spec_path = os.path.join(runs_dir, objective, name + ".spec.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f, indent=1)
     # YAML is a superset of JSON: the spec file is a valid job file.
@@ -193,7 +208,13 @@ def run_one(objective, name, method, schedule, seed, extra):
     watch = subprocess.Popen([CTL, "watch", job, "--output", "json"], stdout=subprocess.PIPE,
                              text=True)
     rows, evals = {}, {}
+    # The 1-minute load average, sampled every 20 s while the run trains: the study alone keeps
+    # it near 2 (two training threads); more means other work shared the cores.
+    loads, sampled = [], 0.0
     for line in watch.stdout:
+        if time.monotonic() - sampled >= 20:
+            sampled = time.monotonic()
+            loads.append(os.getloadavg()[0])
         event = json.loads(line)
         if "step" in event:
             s = event["step"]
@@ -230,8 +251,11 @@ def run_one(objective, name, method, schedule, seed, extra):
         "train_seconds": p.get("train_seconds", 0),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "load_average_after": os.getloadavg()[0],
+        "load_average_during": {"mean": sum(loads) / max(1, len(loads)),
+                                "max": max(loads, default=0.0), "samples": len(loads)},
+        "cpu": cpu_model(), "cpus": os.cpu_count(),
     }
-    path = os.path.join(RUNS, objective, name)
+    path = os.path.join(runs_dir, objective, name)
     report.write_csv(path + ".csv", [rows[s] for s in sorted(rows)])
     with open(path + ".json", "w") as f:
         json.dump(meta, f, indent=1)
@@ -256,7 +280,85 @@ DOCS = None  # where the report goes: docs/ for the study's runs, <runs-dir>/doc
 
 def write_report():
     docs = DOCS or (None if RUNS == DEFAULT_RUNS else os.path.join(RUNS, "docs"))
-    report.write_report(plan(), load_run, BASE, docs=docs)
+    report.write_report(plan(), load_run, BASE, docs=docs, load_long=load_long)
+
+
+LONG_RUNS = os.path.join(DEFAULT_RUNS, "long")
+
+
+def load_long(objective, name):
+    path = os.path.join(LONG_RUNS, objective, name)
+    if not os.path.exists(path + ".json"):
+        return None
+    with open(path + ".json") as f:
+        meta = json.load(f)
+    return {"meta": meta, "rows": report.read_csv(path + ".csv")}
+
+
+def start_cluster(port):
+    cluster_dir = os.path.join(ROOT, "runs", "paper")
+    script = os.path.join(ROOT, "scripts", "local-cluster.sh")
+    subprocess.run([script, "stop", "--dir", cluster_dir], capture_output=True)
+    out = subprocess.run([script, "start", "--workers", "1", "--port", str(port),
+                          "--metrics-port", "0", "--dir", cluster_dir],
+                         capture_output=True, text=True, check=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("export "):
+            for pair in line[len("export "):].split():
+                key, value = pair.split("=", 1)
+                os.environ[key] = value
+    time.sleep(1)
+    cancel_stale_jobs()
+    return lambda: subprocess.run([script, "stop", "--dir", cluster_dir], capture_output=True)
+
+
+def run_long(args):
+    """The long regime: the plan grows once the learning-rate sweep is stored, so it is read
+    again after every run."""
+    if not os.path.exists(os.path.join(ROOT, long.DATA, "meta.json")):
+        print(f"[study] {long.DATA} is missing: build/cli/raptrctl data prepare --input data/sotu "
+              f"--out {long.DATA} --vocab-size 1024", file=sys.stderr)
+        return 1
+    # Every run of the study must see the same tokens: the tokenizer is trained on the corpus
+    # when the data is prepared, so a different build of it would silently change the data.
+    with open(os.path.join(ROOT, long.DATA, "meta.json")) as f:
+        meta = json.load(f)
+    stored = os.path.join(LONG_RUNS, "corpus.json")
+    if os.path.exists(stored):
+        with open(stored) as f:
+            want = json.load(f)
+        got = (meta["train"]["tokens"], meta["val"]["tokens"])
+        if got != (want["train_tokens"], want["val_tokens"]):
+            print(f"[study] {long.DATA} has {got[0]} train and {got[1]} val tokens; the stored "
+                  f"runs used {want['train_tokens']} and {want['val_tokens']} (runs/long/"
+                  "corpus.json): prepare it again from the pinned corpus", file=sys.stderr)
+            return 1
+    if args.list:
+        for objective, name, *_ in long.plan(load_long)[0]:
+            state = "stored" if load_long(objective, name) else "missing"
+            print(f"{objective:5} {name:24} {state}")
+        return 0
+    stop, done = None, 0
+    try:
+        while True:
+            runs, _ = long.plan(load_long)
+            missing = [r for r in runs if load_long(r[0], r[1]) is None
+                       and (args.objective in ("all", r[0]))
+                       and (not args.only or r[1] in args.only)]
+            if not missing or (args.max_runs and done >= args.max_runs):
+                break
+            if stop is None:
+                stop = start_cluster(args.port)
+            r = missing[0]
+            run_one(*r, spec=long.spec_for(*r, load_long), runs_dir=LONG_RUNS)
+            done += 1
+            # After every run, so an interrupted study still leaves a current report.
+            write_report()
+    finally:
+        if stop is not None:
+            stop()
+    write_report()
+    return 0
 
 
 def main():
@@ -272,7 +374,12 @@ def main():
                         help="steps per run (smoke tests; the study's runs use the default)")
     parser.add_argument("--runs-dir", default=RUNS, help="where runs are stored (smoke tests)")
     parser.add_argument("--docs", help="write RESULTS.md and its figures here instead")
+    parser.add_argument("--regime", choices=("long", "short"), default="long",
+                        help="which study to run: long (issue 14, the default) or short (the "
+                        "first study, issue 4); the report always covers both")
     args = parser.parse_args()
+    if args.regime == "long" and not args.report_only:
+        return run_long(args)
     configure(args.steps, args.runs_dir)
     global DOCS
     DOCS = args.docs
@@ -288,23 +395,14 @@ def main():
         if args.max_runs:
             missing = missing[:args.max_runs]
         if missing:
-            cluster_dir = os.path.join(ROOT, "runs", "paper")
-            subprocess.run([os.path.join(ROOT, "scripts", "local-cluster.sh"), "stop", "--dir",
-                            cluster_dir], capture_output=True)
-            out = subprocess.run([os.path.join(ROOT, "scripts", "local-cluster.sh"), "start",
-                                  "--workers", "1", "--port", str(args.port), "--metrics-port", "0", "--dir",
-                                  cluster_dir], capture_output=True, text=True, check=True)
-            os.environ["RAPTR_COORDINATOR"] = out.stdout.strip().split("=", 1)[1]
-            time.sleep(1)
-            cancel_stale_jobs()
+            stop = start_cluster(args.port)
             try:
                 for r in missing:
                     run_one(*r)
                     # After every run, so an interrupted study still leaves a current report.
                     write_report()
             finally:
-                subprocess.run([os.path.join(ROOT, "scripts", "local-cluster.sh"), "stop",
-                                "--dir", cluster_dir], capture_output=True)
+                stop()
     write_report()
     return 0
 
