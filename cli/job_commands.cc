@@ -25,7 +25,9 @@
 #include "cli/plot.h"
 #include "cli/progress.h"
 #include "common/flags.h"
+#include "common/job_plan.h"
 #include "common/job_spec.h"
+#include "common/path_schedule.h"
 #include "common/security.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
@@ -229,6 +231,19 @@ void PrintJobTable(const v1::Job& job) {
               static_cast<long long>(job.spec().training().steps()));
   std::printf("workers:     %d (generation %lld)\n", job.world_size(),
               static_cast<long long>(job.generation()));
+  // What the job's schedule runs with, derived values included (a PLD gamma solved from
+  // mean_keep for this job's length).
+  absl::StatusOr<PathScheduleConfig> schedule = PathScheduleFromJobSpec(job.spec());
+  if (schedule.ok()) {
+    std::string text = DescribePathSchedule(*schedule);
+    if (job.spec().schedule().has_pld() && job.spec().schedule().pld().has_mean_keep()) {
+      absl::StrAppend(&text, " (solved: mean keep ", job.spec().schedule().pld().mean_keep(),
+                      " over ", job.spec().training().steps(), " steps)");
+    }
+    std::printf("schedule:    %s\n", text.c_str());
+  } else {
+    std::printf("schedule:    (not runnable: %s)\n", std::string(schedule.status().message()).c_str());
+  }
   if (job.progress().step() > 0) std::printf("loss:        %.4f\n", job.progress().loss());
   if (job.progress().has_eval_loss()) {
     std::printf("eval loss:   %.4f (step %lld)\n", job.progress().eval_loss(),

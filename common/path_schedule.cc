@@ -6,6 +6,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/random.h"
 
@@ -62,6 +63,39 @@ const char* PathScheduleKindName(Kind kind) {
       return "stacking";
   }
   return "unknown";
+}
+
+std::string DescribePathSchedule(const PathScheduleConfig& s) {
+  auto stages = [&s] {
+    return absl::StrJoin(s.stages, ",", [](std::string* out, const RaptrStage& st) {
+      absl::StrAppend(out, st.path_length, ":", st.steps);
+    });
+  };
+  auto scaled = [](bool on) { return on ? "inverse_keep_prob" : "none"; };
+  std::string text = PathScheduleKindName(s.kind);
+  switch (s.kind) {
+    case Kind::kFull:
+      break;
+    case Kind::kRaptr:
+      absl::StrAppend(&text, " stages ", stages(), " fixed {", absl::StrJoin(s.fixed_layers, ","),
+                      "} sampling ", s.sampling == PathSampling::kExact ? "exact" : "bernoulli",
+                      " scaling ", scaled(s.scaling == PathScaling::kInverseKeepProb));
+      if (s.full_warmup_steps > 0) absl::StrAppend(&text, " full_warmup ", s.full_warmup_steps);
+      break;
+    case Kind::kPld:
+      absl::StrAppend(&text, " theta_bar ", s.pld_theta_bar, " gamma ", s.pld_gamma,
+                      " indexing ", s.pld_indexing == PldIndexing::kDeepSpeed ? "deepspeed" : "paper");
+      break;
+    case Kind::kLayerDrop:
+      absl::StrAppend(&text, " keep_prob ", s.keep_prob, " fixed {",
+                      absl::StrJoin(s.fixed_layers, ","), "} scale ", scaled(s.layerdrop_scale));
+      if (s.full_warmup_steps > 0) absl::StrAppend(&text, " full_warmup ", s.full_warmup_steps);
+      break;
+    case Kind::kStacking:
+      absl::StrAppend(&text, " stages ", stages());
+      break;
+  }
+  return text;
 }
 
 absl::Status ParsePathScheduleKind(const std::string& text, Kind* out) {

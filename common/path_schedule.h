@@ -88,6 +88,11 @@ struct PathPlan {
 
 // "full", "raptr", "pld", "layerdrop", "stacking".
 const char* PathScheduleKindName(PathScheduleConfig::Kind kind);
+// The schedule and every parameter it runs with, on one line, as a person reads it: e.g.
+// "raptr stages 6:1625,8:1625,10:1625,12:1625 fixed {0,11} sampling bernoulli scaling none" or
+// "pld theta_bar 0.5 gamma 0.00871 indexing paper". A PLD gamma solved from mean_keep shows the
+// solved value: this is how a user sees it.
+std::string DescribePathSchedule(const PathScheduleConfig& schedule);
 // The inverse of PathScheduleKindName; errors name `schedule.kind` and the accepted values.
 absl::Status ParsePathScheduleKind(const std::string& text, PathScheduleConfig::Kind* out);
 

@@ -100,6 +100,7 @@ absl::Status JobRunner::RunJob() {
                        : std::string(", from step 0")));
   ASSIGN_OR_RETURN(TrainerConfig config,
                    TrainerConfigForWorker(assignment_.spec(), options_.backend));
+  Log(absl::StrCat(job_id(), " schedule: ", DescribePathSchedule(config.schedule)));
   // Before anything opens the job's data: a path outside this worker's --data-root fails the job
   // (INVALID_ARGUMENT, which no other worker would fix either) with the file never opened. The
   // coordinator checked against its own roots at submit; this worker trusts only its own.

@@ -72,40 +72,6 @@ absl::Status ParseFixedLayers(const std::string& text, int L, std::vector<int>* 
 constexpr const char* kSpecCompatibleFlags[] = {"spec", "run-dir", "log-every", "stop-after",
                                                 "resume"};
 
-// "6:150,8:150" for the stages of a RaPTr or stacking schedule.
-std::string StagesText(const PathScheduleConfig& s) {
-  return absl::StrJoin(s.stages, ",", [](std::string* out, const RaptrStage& st) {
-    absl::StrAppend(out, st.path_length, ":", st.steps);
-  });
-}
-
-// The schedule and its parameters, one line, as loaded.
-std::string ScheduleText(const PathScheduleConfig& s) {
-  std::string text = PathScheduleKindName(s.kind);
-  switch (s.kind) {
-    case PathScheduleConfig::Kind::kFull:
-      break;
-    case PathScheduleConfig::Kind::kRaptr:
-      absl::StrAppend(&text, " stages ", StagesText(s), " fixed {",
-                      absl::StrJoin(s.fixed_layers, ","), "} sampling ",
-                      s.sampling == PathSampling::kExact ? "exact" : "bernoulli", " scaling ",
-                      s.scaling == PathScaling::kNone ? "none" : "inverse_keep_prob",
-                      " full_warmup ", s.full_warmup_steps);
-      break;
-    case PathScheduleConfig::Kind::kPld:
-      absl::StrAppend(&text, " theta_bar ", s.pld_theta_bar, " gamma ", s.pld_gamma);
-      break;
-    case PathScheduleConfig::Kind::kLayerDrop:
-      absl::StrAppend(&text, " keep_prob ", s.keep_prob, " scale ",
-                      s.layerdrop_scale ? "inverse_keep_prob" : "none");
-      break;
-    case PathScheduleConfig::Kind::kStacking:
-      absl::StrAppend(&text, " stages ", StagesText(s));
-      break;
-  }
-  return text;
-}
-
 // When the train shard's directory has a `raptrctl data prepare` meta.json, the spec's
 // model.vocab_size (and BERT's data.mask_id) must match the tokenizer that wrote the shards.
 absl::Status CheckSpecAgainstMeta(const TrainerConfig& cfg) {
@@ -174,7 +140,7 @@ absl::StatusOr<TrainerConfig> ConfigFromSpec(const Flags& flags,
       "raptr train: resources (%d..%d workers, priority %d) are the coordinator's: this "
       "local run is one process with the whole global batch\n",
       path.c_str(), spec->name().c_str(), cfg->model.DebugString().c_str(),
-      ScheduleText(cfg->schedule).c_str(), cfg->batch, cfg->seq, cfg->micro_batches,
+      DescribePathSchedule(cfg->schedule).c_str(), cfg->batch, cfg->seq, cfg->micro_batches,
       static_cast<long long>(cfg->steps), static_cast<unsigned long long>(cfg->seed),
       cfg->optimizer.lr, cfg->optimizer.min_lr_ratio,
       static_cast<long long>(cfg->optimizer.warmup_steps),

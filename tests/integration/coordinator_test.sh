@@ -51,6 +51,8 @@ JOB=$("$CTL" submit -f "$SRC/examples/gpt-raptr.yaml") || fail "submit"
 
 "$CTL" get "$JOB" > "$WORK/get.txt" || fail "get"
 grep -Eq "^state: +PENDING" "$WORK/get.txt" || fail "new job is not PENDING: $(cat "$WORK/get.txt")"
+grep -Eq "^schedule: +raptr stages 6:150,8:150,10:150,12:150 fixed \{0,11\} sampling bernoulli scaling none$" \
+  "$WORK/get.txt" || fail "get does not show the schedule: $(cat "$WORK/get.txt")"
 "$CTL" get "$JOB" --output json > "$WORK/get.json" || fail "get --output json"
 grep -q '"state": "JOB_STATE_PENDING"' "$WORK/get.json" || fail "json get: $(cat "$WORK/get.json")"
 grep -q '"name": "gpt-raptr"' "$WORK/get.json" || fail "json get has no name"
@@ -195,6 +197,15 @@ grep -Eq "^state: +CANCELLED" "$WORK/get2.txt" || fail "after restart: $(cat "$W
 grep -Eq "^message: +test" "$WORK/get2.txt" || fail "cancel reason lost: $(cat "$WORK/get2.txt")"
 [[ $("$CTL" list --state cancelled --output json | grep -c '"id":') -eq 3 ]] \
   || fail "list --state cancelled after restart"
+
+# A PLD job that asks for a mean share of blocks shows the gamma solved for its length.
+sed 's/^    gamma: 0.01$/    mean_keep: 0.75/' "$SRC/examples/gpt-pld.yaml" > "$WORK/pld-mean.yaml"
+grep -q "mean_keep: 0.75" "$WORK/pld-mean.yaml" || fail "the PLD example has no 'gamma: 0.01' line to replace"
+PLD=$("$CTL" submit -f "$WORK/pld-mean.yaml") || fail "submit PLD with mean_keep"
+"$CTL" get "$PLD" > "$WORK/get-pld.txt" || fail "get PLD"
+grep -Eq "^schedule: +pld theta_bar 0.5 gamma 0\.[0-9]+ indexing paper \(solved: mean keep 0.75 over 600 steps\)$" \
+  "$WORK/get-pld.txt" || fail "get does not show PLD's solved gamma: $(cat "$WORK/get-pld.txt")"
+"$CTL" cancel "$PLD" > /dev/null || fail "cancel the PLD job"
 
 # Unreachable coordinator: exit 3 (the port is free once the coordinator is gone).
 stop_coordinator

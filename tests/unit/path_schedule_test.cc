@@ -979,5 +979,32 @@ TEST(PathScheduleKindNames, RoundTrip) {
   EXPECT_NE(st.message().find("schedule.kind"), std::string::npos) << st;
 }
 
+// What `raptrctl get` and the worker's log show: every parameter the schedule runs with.
+TEST(DescribePathSchedule, NamesEveryParameter) {
+  EXPECT_EQ(DescribePathSchedule(PathScheduleConfig{}), "full");
+  EXPECT_EQ(DescribePathSchedule(DefaultRaptrSchedule(12, 600)),
+            "raptr stages 6:150,8:150,10:150,12:150 fixed {0,11} sampling bernoulli scaling none");
+  PathScheduleConfig exact = DefaultRaptrSchedule(12, 600);
+  exact.sampling = PathSampling::kExact;
+  exact.scaling = PathScaling::kInverseKeepProb;
+  exact.full_warmup_steps = 60;
+  EXPECT_EQ(DescribePathSchedule(exact),
+            "raptr stages 6:150,8:150,10:150,12:150 fixed {0,11} sampling exact scaling "
+            "inverse_keep_prob full_warmup 60");
+  PathScheduleConfig pld = Pld(0.5, 0.0);
+  pld.pld_gamma = *PldGammaForMeanKeep(pld, 12, 6500, 0.75);
+  EXPECT_EQ(DescribePathSchedule(pld),
+            absl::StrCat("pld theta_bar 0.5 gamma ", pld.pld_gamma, " indexing paper"));
+  pld.pld_indexing = PldIndexing::kDeepSpeed;
+  EXPECT_NE(DescribePathSchedule(pld).find("indexing deepspeed"), std::string::npos);
+  PathScheduleConfig drop;
+  drop.kind = PathScheduleConfig::Kind::kLayerDrop;
+  drop.keep_prob = 0.7;
+  drop.fixed_layers = {0, 11};
+  EXPECT_EQ(DescribePathSchedule(drop), "layerdrop keep_prob 0.7 fixed {0,11} scale none");
+  EXPECT_EQ(DescribePathSchedule(DefaultStackingSchedule(12, 600)),
+            "stacking stages 6:200,9:200,12:200");
+}
+
 }  // namespace
 }  // namespace raptr
