@@ -11,6 +11,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libgloo-dev libsqlite3-dev libsentencepiece-dev sentencepiece libyaml-cpp-dev nlohmann-json3-dev
   python3 python3-torch python3-numpy python3-matplotlib  # the paper report's plots
+  python3-grpcio python3-protobuf python3-yaml  # the Python client (python/raptr)
+  libcli11-dev  # command-line parsing
   libtcmalloc-minimal4
   libcpp-httplib-dev  # the HTTP endpoints (/metrics, /healthz)
   libssl-dev openssl  # token hashing and randomness; the CA and certificates the TLS tests make
