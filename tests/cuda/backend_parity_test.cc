@@ -476,6 +476,56 @@ TEST_F(CudaParity, AdamW) {
   }
 }
 
+// Row gather and scatter (BERT's head over its masked rows): pure copies, so the GPU's results
+// equal the CPU's bitwise. Masks of about 15% of the rows (BERT's rate), none and every row;
+// views misaligned by one float take the scalar kernels. The outputs start poisoned: a gathered
+// row or a zero the GPU fails to write shows as NaN.
+TEST_F(CudaParity, GatherScatterRows) {
+  uint64_t seed = 750;
+  for (const Shape& s : Shapes()) {
+    const int N = s.B * s.T, C = s.C;
+    for (const char* mask : {"15%", "none", "all"}) {
+      CounterRng rng(++seed, 3);
+      std::vector<int32_t> rows;
+      for (int i = 0; i < N; ++i) {
+        const bool masked = mask[0] == 'a' || (mask[0] == '1' && rng.Uniform() < 0.15);
+        if (masked) rows.push_back(i);
+      }
+      const int M = static_cast<int>(rows.size());
+      const size_t MC = static_cast<size_t>(M) * C, NC = static_cast<size_t>(N) * C;
+      for (size_t misalign : {0, 1}) {
+        const std::string tag = std::string(" rows ") + mask + (misalign ? " misaligned" : "");
+        OpCase gather;
+        gather.name = Tag(s, "GatherRows" + tag);
+        gather.floats = {Poison(MC), Uniform(NC, ++seed)};
+        gather.ints = {rows};
+        gather.offsets = {misalign, misalign};
+        gather.compare = {0};
+        gather.run = [=](Backend<float>& be, const DeviceBuffers& b) {
+          be.GatherRows(b.f[0], b.f[1], b.i[0], M, C);
+        };
+        OpCase scatter;
+        scatter.name = Tag(s, "ScatterRows" + tag);
+        scatter.floats = {Poison(NC), Uniform(MC, ++seed)};
+        scatter.ints = {rows};
+        scatter.offsets = {misalign, misalign};
+        scatter.compare = {0};
+        scatter.run = [=](Backend<float>& be, const DeviceBuffers& b) {
+          be.ScatterRows(b.f[0], b.f[1], b.i[0], M, N, C);
+        };
+        for (const OpCase* c : {&gather, &scatter}) {
+          ExpectParity(*gpu_, *c);
+          const OpResult ref = RunOp(Cpu(), *c);
+          const OpResult out = RunOp(*gpu_, *c);
+          EXPECT_EQ(0, std::memcmp(out.out[0].data(), ref.out[0].data(),
+                                   ref.out[0].size() * sizeof(float)))
+              << c->name << ": not bitwise the CPU's";
+        }
+      }
+    }
+  }
+}
+
 TEST_F(CudaParity, SumSquares) {
   uint64_t seed = 800;
   for (size_t n : {size_t{1}, size_t{255}, size_t{1000}, size_t{3000001}}) {

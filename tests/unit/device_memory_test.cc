@@ -99,6 +99,13 @@ class ProtectedCpuBackend final : public Backend<float> {
   void Zero(float* x, size_t n) override { Run(&Cpu::Zero, x, n); }
   void Synchronize() override {}
 
+  void GatherRows(float* dst, const float* src, const int32_t* rows, int M, int C) override {
+    Run(&Cpu::GatherRows, dst, src, rows, M, C);
+  }
+  void ScatterRows(float* dst, const float* src, const int32_t* rows, int M, int N,
+                   int C) override {
+    Run(&Cpu::ScatterRows, dst, src, rows, M, N, C);
+  }
   void EncoderForward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
                       int Tn, int C) override {
     Run(&Cpu::EncoderForward, out, tokens, wte, wpe, B, Tn, C);
@@ -504,6 +511,34 @@ TEST(DeviceMemory, OutOfMemoryNamesTheTensorAndASlotIsWholeOrAbsent) {
   ASSERT_TRUE(model.Backward(1.0f).ok());
   EXPECT_EQ(be.requested_bytes(),
             params + Model<float>::ActivationBytes(cfg.model, cfg.batch, cfg.seq, 4));
+}
+
+TEST(DeviceMemory, ABertModelAllocatesWhatActivationBytesCounts) {
+  // BERT's head runs on its masked rows, gathered into a buffer of their own (B*T rows at most)
+  // with their indices on the device: ActivationBytes counts both, so after a training step a
+  // BERT model holds its parameters and exactly ActivationBytes, the same GPT's plus those two.
+  const std::string dir = FreshDir("device_memory_bert");
+  TrainerConfig cfg = SmallConfig(dir, ModelKind::kBert);
+  OneKernelThread one_thread;
+  ProtectedCpuBackend be;
+  Model<float> model(cfg.model, &be);
+  model.InitWeights(1);
+  const size_t params = be.requested_bytes();
+  const size_t N = static_cast<size_t>(cfg.batch) * cfg.seq, C = cfg.model.d_model;
+  std::vector<int32_t> tokens(N, 5), targets(N, -1);
+  for (size_t i = 1; i < N; i += 3) targets[i] = 7;
+  const ActiveLayerSet full = ActiveLayerSet::Full(cfg.model.num_layers);
+  absl::StatusOr<double> loss =
+      model.Forward(tokens.data(), targets.data(), cfg.batch, cfg.seq, full, true);
+  ASSERT_TRUE(loss.ok()) << loss.status();
+  ASSERT_TRUE(model.Backward(1.0f).ok());
+  const size_t bert =
+      Model<float>::ActivationBytes(cfg.model, cfg.batch, cfg.seq, cfg.model.num_layers);
+  EXPECT_EQ(be.requested_bytes(), params + bert);
+  ModelConfig gpt = cfg.model;
+  gpt.kind = ModelKind::kGpt;
+  EXPECT_EQ(bert - Model<float>::ActivationBytes(gpt, cfg.batch, cfg.seq, cfg.model.num_layers),
+            N * C * sizeof(float) + N * sizeof(int32_t));
 }
 
 TEST(DeviceMemory, ADeviceSessionHoldsItsPlanFromTheStart) {

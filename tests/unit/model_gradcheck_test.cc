@@ -1,9 +1,11 @@
 // Finite-difference gradient checks (double precision) of whole tiny GPT and BERT models over
 // random active-layer sets and output scales, and the skipped-layer guarantees.
-#include <cstring>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <string>
 #include <vector>
 
 #include "common/random.h"
@@ -163,7 +165,7 @@ TEST(ModelSkippedLayers, BertHeadRunsOnTheMaskedPositionsOnly) {
   EXPECT_EQ(model.LogitsToHost().size(), static_cast<size_t>(B) * T * cfg.vocab_size);
 }
 
-// The gather and scatter work in place in buffers that outlive a step: a second step with
+// The gather and scatter use buffers that outlive a step: a second step with
 // another mask (the first scores the last position, the second does not) must give exactly a
 // fresh model's gradients (a stale row of the first step above the second's last masked position
 // would show); a micro-batch without any masked position gives none at all.
@@ -202,6 +204,124 @@ TEST(ModelSkippedLayers, BertHeadLeavesNothingOfAnEarlierMask) {
   EXPECT_EQ(reused.last_head_rows(), 0);
   ASSERT_TRUE(reused.Backward(1.0).ok());
   for (double g : Download<double>(backend, reused.grads())) ASSERT_EQ(g, 0.0);
+}
+
+// The head's gather is out of place (GatherRows into a buffer of its own, ScatterRows of its
+// input gradient into the final LayerNorm's): on an empty path (encoder, final LayerNorm, head)
+// a BERT training Forward + Backward gives bitwise the loss and gradients of the same kernels run
+// here by hand over a copy of the masked rows gathered, and scattered back, on the host. Masks:
+// the first rows unmasked and the last masked, the last unmasked, every row, and none.
+template <typename T>
+void CheckBertHeadAgainstAHostGather() {
+  ModelConfig cfg = TinyConfig(ModelKind::kBert);
+  CpuBackend<T> be;
+  Model<T> model(cfg, &be);
+  model.InitWeights(61);
+  {
+    // Larger than the init, so the head's gradient is far from negligible.
+    CounterRng rng(62, 0);
+    std::vector<T> p = Download<T>(be, model.params());
+    for (T& x : p) x += static_cast<T>(0.4 * rng.Normal());
+    Upload<T>(be, p.data(), model.params());
+  }
+  const int B = 2, Tn = 5, N = B * Tn, C = cfg.d_model, V = cfg.vocab_size;
+  const ParamLayout& lay = model.layout();
+  const ActiveLayerSet empty = ActiveLayerSet::Of(cfg.num_layers, {});
+  const T grad_scale = static_cast<T>(0.37);
+  for (int variant = 0; variant < 4; ++variant) {
+    SCOPED_TRACE("mask variant " + std::to_string(variant));
+    Batch batch = RandomBatch(cfg, B, Tn, 63 + variant);
+    std::vector<int32_t>& tg = batch.targets;
+    if (variant == 0) {
+      tg[0] = tg[1] = -1;
+      tg[N - 1] = 4;
+    } else if (variant == 1) {
+      tg[0] = 2;
+      tg[N - 1] = -1;
+    }
+    for (int i = 0; i < N; ++i) {
+      if (variant == 2) tg[i] = i % V;
+      if (variant == 3) tg[i] = -1;
+    }
+    std::vector<int32_t> rows, compact;
+    for (int i = 0; i < N; ++i) {
+      if (tg[i] >= 0) {
+        rows.push_back(i);
+        compact.push_back(tg[i]);
+      }
+    }
+    const int M = static_cast<int>(rows.size());
+
+    model.ZeroGrads();
+    absl::StatusOr<double> loss = model.Forward(batch.inputs.data(), tg.data(), B, Tn, empty, true);
+    ASSERT_TRUE(loss.ok()) << loss.status();
+    ASSERT_EQ(model.last_head_rows(), M);
+    ASSERT_TRUE(model.Backward(grad_scale).ok());
+    const std::vector<T> grads = Download<T>(be, model.grads());
+
+    // By hand, in the model's order, in buffers of the same allocator.
+    const T* P = model.params().device_data();
+    std::vector<void*> owned;
+    auto alloc = [&](size_t n) {
+      T* p = be.Alloc(std::max<size_t>(n, 1));
+      owned.push_back(p);
+      return p;
+    };
+    T* G = alloc(lay.total());
+    T* res = alloc(static_cast<size_t>(N) * C);
+    T* lnf = alloc(static_cast<size_t>(N) * C);
+    T* mean = alloc(N);
+    T* rstd = alloc(N);
+    T* head_in = alloc(static_cast<size_t>(M) * C);
+    T* logits = alloc(static_cast<size_t>(M) * V);
+    T* losses = alloc(M);
+    T* dhead = alloc(static_cast<size_t>(M) * C);
+    T* dln = alloc(static_cast<size_t>(N) * C);
+    T* dres = alloc(static_cast<size_t>(N) * C);
+    be.EncoderForward(res, batch.inputs.data(), P + lay.wte(), P + lay.wpe(), B, Tn, C);
+    be.LayerNormForward(lnf, mean, rstd, res, P + lay.lnf_w(), P + lay.lnf_b(), N, C);
+    const std::vector<T> lnf_host = Download<T>(be, DeviceSpan<T>(lnf, static_cast<size_t>(N) * C));
+    std::vector<T> head_host(static_cast<size_t>(M) * C);
+    for (int i = 0; i < M; ++i) {
+      std::copy_n(lnf_host.begin() + static_cast<size_t>(rows[i]) * C, C,
+                  head_host.begin() + static_cast<size_t>(i) * C);
+    }
+    Upload<T>(be, head_host.data(), DeviceSpan<T>(head_in, head_host.size()));
+    double total = 0;
+    if (M > 0) {
+      be.MatmulForward(logits, head_in, P + lay.wte(), nullptr, M, C, V, T(1), false);
+      be.CrossEntropyForward(logits, losses, compact.data(), M, V, T(1), true);
+      for (T l : Download<T>(be, DeviceSpan<T>(losses, M))) total += static_cast<double>(l);
+      be.MatmulBackward(dhead, G + lay.wte(), nullptr, logits, head_in, P + lay.wte(), M, C, V,
+                        grad_scale);
+    }
+    const std::vector<T> dhead_host =
+        Download<T>(be, DeviceSpan<T>(dhead, static_cast<size_t>(M) * C));
+    std::vector<T> dln_host(static_cast<size_t>(N) * C, T(0));
+    for (int i = 0; i < M; ++i) {
+      std::copy_n(dhead_host.begin() + static_cast<size_t>(i) * C, C,
+                  dln_host.begin() + static_cast<size_t>(rows[i]) * C);
+    }
+    Upload<T>(be, dln_host.data(), DeviceSpan<T>(dln, dln_host.size()));
+    be.LayerNormBackward(dres, G + lay.lnf_w(), G + lay.lnf_b(), dln, res, P + lay.lnf_w(), mean,
+                         rstd, N, C);
+    be.EncoderBackward(G + lay.wte(), G + lay.wpe(), dres, batch.inputs.data(), B, Tn, C);
+    const std::vector<T> expected = Download<T>(be, DeviceSpan<T>(G, lay.total()));
+    for (void* p : owned) be.FreeBytes(p);
+
+    const double expected_loss = M > 0 ? total / M : 0.0;
+    EXPECT_EQ(0, std::memcmp(&*loss, &expected_loss, sizeof(double)))
+        << *loss << " vs " << expected_loss;
+    ASSERT_EQ(grads.size(), expected.size());
+    EXPECT_EQ(0, std::memcmp(grads.data(), expected.data(), grads.size() * sizeof(T)));
+  }
+}
+
+TEST(ModelSkippedLayers, BertHeadMatchesAHostGatherBitwiseDouble) {
+  CheckBertHeadAgainstAHostGather<double>();
+}
+TEST(ModelSkippedLayers, BertHeadMatchesAHostGatherBitwiseFloat) {
+  CheckBertHeadAgainstAHostGather<float>();
 }
 
 TEST(ModelSkippedLayers, ZeroComputeCountedAndMatchesFlopsModel) {

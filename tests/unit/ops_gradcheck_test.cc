@@ -1,7 +1,8 @@
 // Kernel-level checks of the CPU backend: finite-difference gradient checks (double precision) of
 // every op with a backward, the accumulate / overwrite contracts of backend.h, float-vs-double
 // agreement (which catches the float-only fast exp/tanh of cpu/fast_math.h), the fast exp/tanh
-// themselves, AdamW against a hand-written reference, SumSquares, and bitwise determinism.
+// themselves, AdamW against a hand-written reference, SumSquares, the row gather and scatter
+// against plain loops, and bitwise determinism.
 //
 // Gradient method: random inputs, a random projection R of the op's output, L = sum(out * R).
 // The analytic gradient is the backward with dout = R; the numeric one is a central difference
@@ -755,6 +756,78 @@ void CheckSumSquares() {
 TEST(OpsSumSquares, MatchesDirectSumDouble) { CheckSumSquares<double>(); }
 // Accumulated in double: float inputs lose nothing to float accumulation.
 TEST(OpsSumSquares, MatchesDirectSumFloat) { CheckSumSquares<float>(); }
+
+// ---------------------------------------------------------------------------------------------
+// Row gather and scatter (BERT's head): bitwise what a plain loop gives, for no rows, every row,
+// row sets that skip the first and the last rows, and a large random set (every thread's share).
+
+template <typename T>
+void CheckGatherScatter(int N, int C, const std::vector<int32_t>& rows, uint64_t seed) {
+  CpuBackend<T> be;
+  const int M = static_cast<int>(rows.size());
+  SCOPED_TRACE("N=" + std::to_string(N) + " C=" + std::to_string(C) + " M=" + std::to_string(M));
+  const T poison = std::numeric_limits<T>::quiet_NaN();
+  const std::vector<T> src = Cast<T>(RandomNormal(static_cast<size_t>(N) * C, seed));
+  // GatherRows writes dst's M rows and nothing after them (one poisoned row past the end).
+  std::vector<T> gathered(static_cast<size_t>(M + 1) * C, poison);
+  std::vector<T> expected_gather(gathered.size(), poison);
+  for (int i = 0; i < M; ++i) {
+    for (int c = 0; c < C; ++c) {
+      expected_gather[static_cast<size_t>(i) * C + c] = src[static_cast<size_t>(rows[i]) * C + c];
+    }
+  }
+  be.GatherRows(gathered.data(), src.data(), rows.data(), M, C);
+  EXPECT_TRUE(BitwiseEqual(gathered.data(), expected_gather.data(), gathered.size() * sizeof(T)));
+
+  // ScatterRows writes every element of dst (N,C): the rows' values, zero elsewhere, over a dst
+  // that starts poisoned; the row past the end stays untouched.
+  const std::vector<T> head = Cast<T>(RandomNormal(static_cast<size_t>(M) * C, seed + 1));
+  std::vector<T> scattered(static_cast<size_t>(N + 1) * C, poison);
+  std::vector<T> expected_scatter(scattered.size(), poison);
+  for (size_t k = 0; k < static_cast<size_t>(N) * C; ++k) expected_scatter[k] = T(0);
+  for (int i = 0; i < M; ++i) {
+    for (int c = 0; c < C; ++c) {
+      expected_scatter[static_cast<size_t>(rows[i]) * C + c] = head[static_cast<size_t>(i) * C + c];
+    }
+  }
+  be.ScatterRows(scattered.data(), head.data(), rows.data(), M, N, C);
+  EXPECT_TRUE(
+      BitwiseEqual(scattered.data(), expected_scatter.data(), scattered.size() * sizeof(T)));
+
+  // Scatter after gather puts the gathered rows back where they were.
+  std::vector<T> round_trip(static_cast<size_t>(N) * C, poison);
+  be.ScatterRows(round_trip.data(), gathered.data(), rows.data(), M, N, C);
+  for (int i = 0; i < M; ++i) {
+    EXPECT_TRUE(BitwiseEqual(round_trip.data() + static_cast<size_t>(rows[i]) * C,
+                             src.data() + static_cast<size_t>(rows[i]) * C, sizeof(T) * C));
+  }
+}
+
+template <typename T>
+void CheckGatherScatterCases() {
+  const int N = 7;
+  for (int C : {1, 5, 8}) {
+    std::vector<int32_t> all(N);
+    for (int i = 0; i < N; ++i) all[i] = i;
+    CheckGatherScatter<T>(N, C, {}, 801);               // M = 0
+    CheckGatherScatter<T>(N, C, all, 802);              // M = N
+    CheckGatherScatter<T>(N, C, {2, 3, 6}, 803);        // not from row 0, through the last
+    CheckGatherScatter<T>(N, C, {1, 4}, 804);           // neither the first nor the last row
+    CheckGatherScatter<T>(N, C, {0}, 805);              // the first row only
+    CheckGatherScatter<T>(N, C, {N - 1}, 806);          // the last row only
+    CheckGatherScatter<T>(N, C, {0, 1, 2, 5, 6}, 807);  // one gap in the middle
+  }
+  // Many rows, about 15% of them (BERT's masking rate), over every thread's share.
+  CounterRng rng(808, 0);
+  std::vector<int32_t> some;
+  for (int i = 0; i < 3000; ++i) {
+    if (rng.Uniform() < 0.15) some.push_back(i);
+  }
+  CheckGatherScatter<T>(3000, 33, some, 809);
+}
+
+TEST(OpsRows, GatherAndScatterMatchALoopDouble) { CheckGatherScatterCases<double>(); }
+TEST(OpsRows, GatherAndScatterMatchALoopFloat) { CheckGatherScatterCases<float>(); }
 
 // ---------------------------------------------------------------------------------------------
 // Determinism: the same inputs give bitwise the same outputs, run after run.

@@ -140,6 +140,17 @@ class Backend {
   // bounds its tiles). Checked when a session starts, not at the first step.
   virtual bool SupportsFlashAttention(int head_dim) const { return head_dim > 0; }
 
+  // ---- row gather / scatter (BERT's head runs on its masked positions only) ----
+  // dst (M,C) row i = src row rows[i], for i < M. rows (M) holds int32 row indices into src, in a
+  // backend buffer (a device pointer, like the token ids). dst is a buffer of its own: it does
+  // not overlap src. M may be 0 (nothing is written).
+  virtual void GatherRows(T* dst, const T* src, const int32_t* rows, int M, int C) = 0;
+  // GatherRows' inverse, for the gradient: dst (N,C) is set to zero everywhere, then dst row
+  // rows[i] = src row i (src (M,C)), for i < M. REQUIRES: M <= N, and rows (M, a backend buffer)
+  // distinct and increasing, each in [0, N); dst and src do not overlap. M may be 0 (dst all
+  // zero).
+  virtual void ScatterRows(T* dst, const T* src, const int32_t* rows, int M, int N, int C) = 0;
+
   // ---- forward / backward kernels ----
   // out (B,T,C) = wte[tokens] + wpe[0..T). tokens (B,T) in [0,V).
   virtual void EncoderForward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B,

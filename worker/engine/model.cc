@@ -63,15 +63,16 @@ void Model<T>::FreeActivations() {
   residual_.clear();
   for (void* p :
        {static_cast<void*>(lnf_), static_cast<void*>(lnf_mean_), static_cast<void*>(lnf_rstd_),
+        static_cast<void*>(head_in_), static_cast<void*>(head_rows_dev_),
         static_cast<void*>(logits_), static_cast<void*>(losses_), static_cast<void*>(inputs_),
         static_cast<void*>(targets_), static_cast<void*>(dres_), static_cast<void*>(dln_),
         static_cast<void*>(datty_), static_cast<void*>(dqkv_), static_cast<void*>(dfch_),
         static_cast<void*>(datt_)}) {
     if (p != nullptr) backend_->FreeBytes(p);
   }
-  lnf_ = lnf_mean_ = lnf_rstd_ = logits_ = losses_ = nullptr;
+  lnf_ = lnf_mean_ = lnf_rstd_ = head_in_ = logits_ = losses_ = nullptr;
   dres_ = dln_ = datty_ = dqkv_ = dfch_ = datt_ = nullptr;
-  inputs_ = targets_ = nullptr;
+  inputs_ = targets_ = head_rows_dev_ = nullptr;
   B_ = T_ = 0;
 }
 
@@ -87,15 +88,20 @@ void Model<T>::EnsureBuffers(int B, int Tn, int num_slots) {
     lnf_rstd_ = backend_->AllocTensor(N, "final LayerNorm rstd (B,T)");
     logits_ = backend_->AllocTensor(N * V, "logits (B,T,V)");
     losses_ = backend_->AllocTensor(N, "losses (B,T)");
-    for (const char* what : {"input token ids (B,T)", "target token ids (B,T)"}) {
-      void* p = nullptr;
+    auto alloc_ids = [&](const char* what) {
       try {
-        p = backend_->AllocBytes(N * sizeof(int32_t));
+        return static_cast<int32_t*>(backend_->AllocBytes(N * sizeof(int32_t)));
       } catch (const std::bad_alloc&) {
         throw BackendOutOfMemory(
             absl::StrCat(backend_->name(), " out of memory allocating ", what));
       }
-      (inputs_ == nullptr ? inputs_ : targets_) = static_cast<int32_t*>(p);
+    };
+    inputs_ = alloc_ids("input token ids (B,T)");
+    targets_ = alloc_ids("target token ids (B,T)");
+    if (config_.kind == ModelKind::kBert) {
+      // Sized for every position masked; a step uses the top M rows.
+      head_in_ = backend_->AllocTensor(N * C, "head input: masked rows of the final LayerNorm");
+      head_rows_dev_ = alloc_ids("head row indices (masked positions)");
     }
     host_losses_.assign(N, T(0));
     // Only now: a failed allocation above leaves B_ = 0, so the next call allocates afresh.
@@ -165,12 +171,16 @@ size_t Model<T>::ActivationBytes(const ModelConfig& config, int B, int Tn, int m
   const size_t att = static_cast<size_t>(B) * NH * Tn * (flash ? 1 : Tn);  // att, or lse
   const size_t slots = static_cast<size_t>(std::max(1, max_path));
   const size_t shared = N * C + 2 * N + N * V + N;            // lnf, its mean/rstd, logits, losses
-  const size_t tokens = 2 * N * sizeof(int32_t) / sizeof(T);  // inputs, targets
+  // BERT's head runs on the masked rows, gathered into a buffer of their own (up to N of them).
+  const bool bert = config.kind == ModelKind::kBert;
+  const size_t head_in = bert ? N * C : 0;
+  // Token ids (inputs, targets) and BERT's head row indices, int32 each.
+  const size_t id_bytes = (2 + (bert ? 1 : 0)) * N * sizeof(int32_t);
   const size_t per_slot = 4 * N * C + 4 * N + 3 * N * C + att + 2 * N * F;
   const size_t residual = static_cast<size_t>(std::max<size_t>(2, slots + 1)) * N * C;
   // dres dln datty, dqkv, dfch, and datt when materialized.
   const size_t backward = 3 * N * C + 3 * N * C + N * F + (flash ? 0 : att);
-  return (shared + tokens + slots * per_slot + residual + backward) * sizeof(T);
+  return (shared + head_in + slots * per_slot + residual + backward) * sizeof(T) + id_bytes;
 }
 
 template <typename T>
@@ -276,9 +286,9 @@ absl::StatusOr<double> Model<T>::Forward(const int32_t* inputs, const int32_t* t
   const T* P = params_;
   be->CopyToDevice(inputs_, inputs, sizeof(int32_t) * N);
   // BERT trains its head on the masked positions only (about 15%): the final LayerNorm's rows
-  // with a target are gathered before the head, so the logits, the cross-entropy and their
-  // gradients cover M = num_targets rows, not B*T. Evaluation keeps the whole (B,T,V) logits
-  // (LogitsToHost). GPT scores (nearly) every position: no gather.
+  // with a target are gathered into head_in_ before the head, so the logits, the cross-entropy
+  // and their gradients cover M = num_targets rows, not B*T. Evaluation keeps the whole (B,T,V)
+  // logits (LogitsToHost). GPT scores (nearly) every position: no gather.
   const bool gather = training && cfg.kind == ModelKind::kBert;
   head_rows_.clear();
   if (gather) {
@@ -329,20 +339,16 @@ absl::StatusOr<double> Model<T>::Forward(const int32_t* inputs, const int32_t* t
   const T* final_residual = training ? residual_[K] : residual_[K % 2];
   be->LayerNormForward(lnf_, lnf_mean_, lnf_rstd_, final_residual, P + layout_.lnf_w(),
                        P + layout_.lnf_b(), N, C);
-  if (gather) {
-    // In place: row head_rows_[i] >= i moves to row i, so no source is overwritten before it is
-    // read. The LayerNorm's backward reads its input and statistics, not lnf_, so nothing else
-    // needs the rows left behind.
-    for (int i = 0; i < head_n; ++i) {
-      if (head_rows_[i] != i) {
-        be->Copy(lnf_ + static_cast<size_t>(i) * C, lnf_ + static_cast<size_t>(head_rows_[i]) * C,
-                 C);
-      }
-    }
+  // The head's input (head_n, C): lnf_ itself, or BERT's masked rows of it, gathered.
+  const T* head_in = lnf_;
+  if (gather && head_n > 0) {
+    be->CopyToDevice(head_rows_dev_, head_rows_.data(), sizeof(int32_t) * head_n);
+    be->GatherRows(head_in_, lnf_, head_rows_dev_, head_n, C);
+    head_in = head_in_;
   }
   double total = 0;
   if (head_n > 0) {
-    be->MatmulForward(logits_, lnf_, P + layout_.wte(), nullptr, head_n, C, V, T(1), false);
+    be->MatmulForward(logits_, head_in, P + layout_.wte(), nullptr, head_n, C, V, T(1), false);
     // Training fuses the gradient of the summed loss into the logits buffer; Backward's
     // grad_scale normalises it.
     be->CrossEntropyForward(logits_, losses_, targets_, head_n, V, T(1), training);
@@ -378,28 +384,21 @@ absl::Status Model<T>::Backward(T grad_scale) {
   T* G = grads_;
   EnsureBackwardScratch();
   // Head (tied to wte): logits_ holds dloss/dlogits from the fused cross-entropy, over the
-  // head's rows (all N, or BERT's M masked ones, compacted at the top of lnf_).
+  // head's rows (all N, or BERT's M masked ones, whose input is head_in_).
   const int M = last_head_rows_;
-  if (M > 0) {
+  if (last_gathered_) {
+    // The head's input gradient (M,C) goes to the top rows of dres_, free until the final
+    // LayerNorm's backward (which zeroes it below), and is scattered from there into dln_:
+    // positions without a target get zero.
+    if (M > 0) {
+      be->MatmulBackward(dres_, G + layout_.wte(), nullptr, logits_, head_in_, P + layout_.wte(), M,
+                         C, V, grad_scale);
+    }
+    be->ScatterRows(dln_, dres_, head_rows_dev_, M, N, C);
+  } else if (M > 0) {
     be->MatmulBackward(dln_, G + layout_.wte(), nullptr, logits_, lnf_, P + layout_.wte(), M, C, V,
                        grad_scale);
-  }
-  if (last_gathered_) {
-    // Scatter back in place, last row first (row i goes to head_rows_[i] >= i, above every row
-    // still to move), then zero the positions without a target: they get no gradient.
-    for (int i = M - 1; i >= 0; --i) {
-      if (head_rows_[i] != i) {
-        be->Copy(dln_ + static_cast<size_t>(head_rows_[i]) * C, dln_ + static_cast<size_t>(i) * C,
-                 C);
-      }
-    }
-    int next = 0;  // the first row not yet known to hold a target's gradient
-    for (int i = 0; i <= M; ++i) {
-      const int end = i < M ? head_rows_[i] : N;
-      if (end > next) be->Zero(dln_ + static_cast<size_t>(next) * C, static_cast<size_t>(end - next) * C);
-      next = end + 1;
-    }
-  } else if (M == 0) {
+  } else {
     be->Zero(dln_, static_cast<size_t>(N) * C);
   }
   be->Zero(dres_, static_cast<size_t>(N) * C);

@@ -113,6 +113,10 @@ class Model {
   T* lnf_ = nullptr;
   T* lnf_mean_ = nullptr;
   T* lnf_rstd_ = nullptr;
+  // BERT only (null for GPT): the head's input, the masked rows of lnf_ gathered (at most B*T,
+  // C), and their row indices on the device (B*T int32 at most).
+  T* head_in_ = nullptr;
+  int32_t* head_rows_dev_ = nullptr;
   T* logits_ = nullptr;
   T* losses_ = nullptr;
   int32_t* inputs_ = nullptr;
@@ -133,10 +137,10 @@ class Model {
   std::vector<T> last_scales_;
   int64_t last_num_targets_ = 0;
   // The head's rows in the last training Forward: N, or BERT's masked positions (head_rows_,
-  // ascending), gathered to the top of lnf_ (last_gathered_).
+  // ascending, also in head_rows_dev_), gathered from lnf_ into head_in_ (last_gathered_).
   int last_head_rows_ = 0;
   bool last_gathered_ = false;
-  std::vector<int> head_rows_;
+  std::vector<int32_t> head_rows_;
 };
 
 extern template class Model<float>;

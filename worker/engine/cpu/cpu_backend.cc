@@ -108,6 +108,30 @@ void CpuBackend<T>::Zero(T* x, size_t n) {
 }
 
 template <typename T>
+void CpuBackend<T>::GatherRows(T* dst, const T* src, const int32_t* rows, int M, int C) {
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < M; ++i) {
+    std::memcpy(dst + static_cast<size_t>(i) * C, src + static_cast<size_t>(rows[i]) * C,
+                sizeof(T) * C);
+  }
+}
+
+template <typename T>
+void CpuBackend<T>::ScatterRows(T* dst, const T* src, const int32_t* rows, int M, int N, int C) {
+  // Iteration i zeroes the rows between target row i-1 and target row i (for i == M, those after
+  // the last target), then copies row i to its place.
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i <= M; ++i) {
+    const size_t begin = i == 0 ? 0 : static_cast<size_t>(rows[i - 1]) + 1;
+    const size_t end = i < M ? static_cast<size_t>(rows[i]) : static_cast<size_t>(N);
+    if (end > begin) std::memset(dst + begin * C, 0, sizeof(T) * (end - begin) * C);
+    if (i < M) {
+      std::memcpy(dst + end * C, src + static_cast<size_t>(i) * C, sizeof(T) * C);
+    }
+  }
+}
+
+template <typename T>
 void CpuBackend<T>::EncoderForward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B,
                                    int Tn, int C) {
 #pragma omp parallel for schedule(static)

@@ -29,6 +29,11 @@ class CpuBackend final : public Backend<T> {
   void Synchronize() override {}
   bool host_accessible() const override { return true; }
 
+  // One OpenMP iteration per row; ScatterRows zeroes each gap between two target rows in the
+  // same pass (so every element of dst is written once), which is why it needs rows increasing.
+  void GatherRows(T* dst, const T* src, const int32_t* rows, int M, int C) override;
+  void ScatterRows(T* dst, const T* src, const int32_t* rows, int M, int N, int C) override;
+
   void EncoderForward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B, int Tn,
                       int C) override;
   void EncoderBackward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B, int Tn,

@@ -1,7 +1,7 @@
 // CudaBackend: the Backend<float> of backend.h on one NVIDIA GPU. Matmuls and attention's two
 // products go to cuBLAS; every other op is a kernel of ours, one .cu file per op family
-// (encoder, layernorm, matmul, attention, flash_attention, gelu, crossentropy, adamw), llm.c /
-// ggml style.
+// (encoder, layernorm, matmul, attention, flash_attention, gelu, crossentropy, adamw, gather),
+// llm.c / ggml style.
 //
 // Every call is enqueued on the backend's own stream and returns at once, except the few that
 // hand a value to the host (CopyToHost, SumSquares, Synchronize) and EncoderBackward, which reads
@@ -87,6 +87,11 @@ class CudaBackend final : public Backend<float> {
   // Headroom kept out of AvailableBytes for what the backend allocates on its own (Scratch, the
   // staging events, cuBLAS's workspace).
   static constexpr size_t kReservedBytes = size_t{512} << 20;
+
+  // One block per row, its threads across the columns (gather.cu); ScatterRows zeroes dst with
+  // one cudaMemsetAsync first.
+  void GatherRows(float* dst, const float* src, const int32_t* rows, int M, int C) override;
+  void ScatterRows(float* dst, const float* src, const int32_t* rows, int M, int N, int C) override;
 
   void EncoderForward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
                       int Tn, int C) override;
