@@ -38,7 +38,7 @@ int RunDataPrepare(int argc, char** argv, int first) {
   }
   if (flags.Get("help") == "true") {
     std::printf("%s%s", kPrepareUsage, flags.Usage().c_str());
-    return 2;
+    return 0;
   }
   if (!flags.positional().empty()) {
     return usage_error("unexpected argument '" + flags.positional().front() + "'");

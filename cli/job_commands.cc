@@ -75,14 +75,13 @@ int UsageError(const std::string& command, const std::string& usage, const Flags
 // and connects. Returns -1 when the command should go on, else the exit code to return.
 int Setup(const std::string& command, const std::string& usage, int argc, char** argv, int first,
           size_t positional_args, Invocation* inv) {
-  const char* env = std::getenv("RAPTR_COORDINATOR");
-  inv->flags.Define("coordinator", env != nullptr && *env != '\0' ? env : kDefaultCoordinator,
-                    "HOST:PORT of raptr-coordinator ($RAPTR_COORDINATOR)");
+  inv->flags.Define("coordinator", kDefaultCoordinator, "HOST:PORT of raptr-coordinator");
+  inv->flags.Env("coordinator", "RAPTR_COORDINATOR");
   DefineClientTlsFlags(&inv->flags,
                        "a client certificate (spiffe://raptr/<role>/<name>) for mutual TLS");
-  inv->flags.Define("token-file", EnvOrEmpty("RAPTR_TOKEN_FILE"),
-                    "file holding this client's token ($RAPTR_TOKEN_FILE; or the token itself in "
-                    "$RAPTR_TOKEN)");
+  inv->flags.Define("token-file", "",
+                    "file holding this client's token (or the token itself in $RAPTR_TOKEN)");
+  inv->flags.Env("token-file", "RAPTR_TOKEN_FILE");
   inv->flags.Define("output", "table", "table or json");
   inv->flags.Define("timeout", "10", "deadline of each RPC, seconds");
   inv->flags.Define("help", "false", "print this help");
@@ -98,7 +97,7 @@ int Setup(const std::string& command, const std::string& usage, int argc, char**
   }
   if (inv->flags.Get("help") == "true") {
     std::printf("usage: raptrctl %s\n%s", usage.c_str(), inv->flags.Usage().c_str());
-    return kExitUsage;
+    return kExitOk;
   }
   const size_t given = inv->flags.positional().size();
   if (positional_args == kOneOrMore ? given == 0 : given != positional_args) {

@@ -62,8 +62,8 @@ int Main(int argc, char** argv) {
   }
   const std::string first = argv[1];
   if (first == "help" || first == "--help" || first == "-h") {
-    PrintUsage(stdout);
-    return 2;
+    PrintUsage(stdout);  // asked for: success, on stdout
+    return 0;
   }
   const Command* cmd = Find(argc, argv);
   if (cmd == nullptr) {

@@ -314,10 +314,12 @@ std::string EnvOrEmpty(const char* name) {
 }
 
 void DefineClientTlsFlags(Flags* flags, const std::string& cert_help) {
-  flags->Define("tls-ca", EnvOrEmpty("RAPTR_TLS_CA"),
-                "PEM CA the coordinator's certificate must chain to; turns TLS on ($RAPTR_TLS_CA)");
-  flags->Define("tls-cert", EnvOrEmpty("RAPTR_TLS_CERT"), cert_help + " ($RAPTR_TLS_CERT)");
-  flags->Define("tls-key", EnvOrEmpty("RAPTR_TLS_KEY"), "the key of --tls-cert ($RAPTR_TLS_KEY)");
+  flags->Define("tls-ca", "", "PEM CA the coordinator's certificate must chain to; turns TLS on");
+  flags->Env("tls-ca", "RAPTR_TLS_CA");
+  flags->Define("tls-cert", "", cert_help);
+  flags->Env("tls-cert", "RAPTR_TLS_CERT");
+  flags->Define("tls-key", "", "the key of --tls-cert");
+  flags->Env("tls-key", "RAPTR_TLS_KEY");
   flags->Define("tls-server-name", "",
                 "the name the coordinator's certificate must carry, when not the --coordinator "
                 "host");

@@ -547,9 +547,8 @@ int RunServe(int argc, char** argv) {
       "as one rank of a data-parallel group, until SIGINT or SIGTERM.\n\nflags:\n";
   Flags flags;
   AgentOptions defaults;
-  const char* env = std::getenv("RAPTR_COORDINATOR");
-  flags.Define("coordinator", env != nullptr && *env != '\0' ? env : defaults.coordinator,
-               "HOST:PORT of raptr-coordinator ($RAPTR_COORDINATOR)");
+  flags.Define("coordinator", defaults.coordinator, "HOST:PORT of raptr-coordinator");
+  flags.Env("coordinator", "RAPTR_COORDINATOR");
   flags.Define("id", "",
                "stable worker id (default <hostname>/gpu<device> with --backend cuda, else "
                "<hostname>-<pid>)");
@@ -586,9 +585,9 @@ int RunServe(int argc, char** argv) {
                        "them (symlinks resolved); none given: no confinement");
   DefineClientTlsFlags(&flags,
                        "this worker's PEM certificate, its identity (spiffe://raptr/worker/<name>)");
-  flags.Define("join-token-file", EnvOrEmpty("RAPTR_JOIN_TOKEN_FILE"),
-               "file holding a join token of role worker, instead of a certificate; needs TLS "
-               "($RAPTR_JOIN_TOKEN_FILE)");
+  flags.Define("join-token-file", "",
+               "file holding a join token of role worker, instead of a certificate; needs TLS");
+  flags.Env("join-token-file", "RAPTR_JOIN_TOKEN_FILE");
   flags.Define("metrics-token-file", "",
                "file holding a bearer token /metrics requires (/healthz stays open)");
   flags.Define("help", "false", "print this help");
@@ -605,7 +604,7 @@ int RunServe(int argc, char** argv) {
   options.coordinator = flags.Get("coordinator");
   options.worker_id = flags.Get("id");
   options.host = flags.Get("host");
-  options.exit_after_job = flags.Get("exit-after-job") == "true";
+  options.exit_after_job = *flags.GetBool("exit-after-job");  // Parse checked the spelling
   options.metrics_listen = flags.Get("metrics-listen");
   // Canonicalized here, once: a root that is missing or not a directory stops the worker before
   // it announces itself, rather than failing every job it is given.

@@ -63,11 +63,12 @@ absl::Status DebugStep(int argc, char** argv) {
   flags.Define("active", "all", "active layers: 'all' or a comma list such as 0,2,3");
   flags.Define("scales", "", "comma list of output scales, one per active layer (default 1)");
   flags.Define("out", "", "output safetensors file (required)");
-  if (argc > 2 && std::string(argv[2]) == "--help") {
-    std::fprintf(stderr, "usage: raptr-worker debug-step [flags]\n%s", flags.Usage().c_str());
+  flags.Define("help", "false", "print this help");
+  RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
+  if (flags.Get("help") == "true") {
+    std::printf("usage: raptr-worker debug-step [flags]\n%s", flags.Usage().c_str());
     std::exit(0);
   }
-  RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
   if (flags.Get("weights").empty() || flags.Get("out").empty()) {
     return absl::InvalidArgumentError("--weights and --out are required");
   }

@@ -212,11 +212,12 @@ absl::Status LocalTrain(int argc, char** argv) {
   flags.Define("spec", "",
                "job spec YAML (examples/*.yaml): the source of truth for the job; only --run-dir, "
                "--log-every, --stop-after and --resume may be combined with it");
-  if (argc > 2 && std::string(argv[2]) == "--help") {
-    std::fprintf(stderr, "usage: raptr-worker train [flags]\n%s", flags.Usage().c_str());
+  flags.Define("help", "false", "print this help");
+  RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
+  if (flags.Get("help") == "true") {
+    std::printf("usage: raptr-worker train [flags]\n%s", flags.Usage().c_str());
     std::exit(0);
   }
-  RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
   if (flags.IsSet("spec")) {
     // Every flag defined above and by DefineModelFlags (Usage lists them all), to refuse the
     // ones --spec overrides.

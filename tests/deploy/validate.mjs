@@ -29,7 +29,11 @@ function readHelp(dir, binary) {
   const file = path.join(dir, `${binary}.help`);
   if (!fs.existsSync(file)) throw new Error(`missing ${file}`);
   const flags = new Set();
-  for (const m of fs.readFileSync(file, "utf8").matchAll(/^\s+(--[A-Za-z0-9][A-Za-z0-9-]*)\b/gm)) flags.add(m[1]);
+  // "  --name  help" and, for a boolean, "  --[no-]name  help" (both --name and --no-name).
+  for (const m of fs.readFileSync(file, "utf8").matchAll(/^\s+--(\[no-\])?([A-Za-z0-9][A-Za-z0-9-]*)\b/gm)) {
+    flags.add(`--${m[2]}`);
+    if (m[1]) flags.add(`--no-${m[2]}`);
+  }
   return flags;
 }
 
