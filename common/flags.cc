@@ -153,9 +153,9 @@ absl::Status Flags::Parse(int argc, char** argv, int first) {
             absl::StrCat("flag --", name, ": '", e.value, "' is not a number"));
       }
       if (v < e.range->first || v > e.range->second) {
-        return absl::InvalidArgumentError(absl::StrCat("flag --", name, ": ", e.value,
-                                                       " is outside [", e.range->first, ", ",
-                                                       e.range->second, "]"));
+        return absl::InvalidArgumentError(absl::StrFormat("flag --%s: %s is outside [%.15g, %.15g]",
+                                                          name, e.value, e.range->first,
+                                                          e.range->second));
       }
     }
   }
@@ -213,7 +213,7 @@ std::string Flags::Usage() const {
   for (const auto& [name, e] : flags_) {
     std::string text = e.help;
     if (e.range.has_value()) {
-      absl::StrAppend(&text, " [", e.range->first, ", ", e.range->second, "]");
+      absl::StrAppend(&text, absl::StrFormat(" [%.15g, %.15g]", e.range->first, e.range->second));
     }
     if (!e.env.empty()) absl::StrAppend(&text, " ($", e.env, ")");
     if (e.repeated) {

@@ -556,6 +556,7 @@ int RunServe(int argc, char** argv) {
                "address peers reach this worker at for Gloo (default: 127.0.0.1 with a local "
                "coordinator, else the host name)");
   flags.Define("threads", "0", "CPU threads for the kernels (0: OpenMP's default)");
+  flags.Range("threads", 0, 4096);
   flags.Define("backend", "cpu",
                absl::StrCat("what this worker trains on: cpu, or cuda (one GPU, --device; needs "
                             "the NVIDIA driver and CUDA 13 cuBLAS; exits ",

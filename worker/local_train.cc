@@ -172,6 +172,8 @@ absl::Status LocalTrain(int argc, char** argv) {
   flags.Define("seq", "64", "tokens per sequence (T)");
   flags.Define("micro-batches", "1", "gradient accumulation micro-batches per step");
   flags.Define("steps", "500", "optimizer steps");
+  // Sizes: a zero or negative count is refused at parse time, naming the flag.
+  for (const char* size : {"batch", "seq", "micro-batches", "steps"}) flags.Range(size, 1, 1e9);
   flags.Define("seed", "1", "data order, paths and init");
   flags.Define("lr", "1e-3", "peak learning rate");
   flags.Define("min-lr-ratio", "0.1", "final lr as a fraction of the peak");

@@ -11,6 +11,7 @@ void DefineModelFlags(Flags& flags, const ModelConfig& d) {
   flags.Define("layers", absl::StrCat(d.num_layers), "transformer blocks (L)");
   flags.Define("d-model", absl::StrCat(d.d_model), "model width (C)");
   flags.Define("heads", absl::StrCat(d.num_heads), "attention heads");
+  for (const char* size : {"layers", "d-model", "heads"}) flags.Range(size, 1, 1 << 20);
   flags.Define("d-ff", absl::StrCat(d.d_ff), "MLP width (0: 4 * d-model)");
   flags.Define("vocab", absl::StrCat(d.vocab_size),
                "vocabulary size (0: from the data's meta.json)");
