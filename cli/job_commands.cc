@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "cli/export_command.h"
 #include "cli/plot.h"
 #include "cli/progress.h"
 #include "common/flags.h"
@@ -45,6 +46,7 @@ constexpr int kExitUnreachable = 3;
 constexpr char kDefaultCoordinator[] = "127.0.0.1:50051";
 // Setup's positional_args for commands taking a list (plot JOB...).
 constexpr size_t kOneOrMore = static_cast<size_t>(-1);
+constexpr size_t kZeroOrOne = static_cast<size_t>(-2);
 
 // One parsed command line plus the channel to the coordinator it names.
 struct Invocation {
@@ -100,11 +102,14 @@ int Setup(const std::string& command, const std::string& usage, int argc, char**
     return kExitOk;
   }
   const size_t given = inv->flags.positional().size();
-  if (positional_args == kOneOrMore ? given == 0 : given != positional_args) {
+  if (positional_args == kOneOrMore  ? given == 0
+      : positional_args == kZeroOrOne ? given > 1
+                                      : given != positional_args) {
     return UsageError(command, usage, inv->flags,
                       absl::StrCat("expected ",
-                                   positional_args == kOneOrMore ? std::string("at least 1")
-                                                                 : std::to_string(positional_args),
+                                   positional_args == kOneOrMore   ? std::string("at least 1")
+                                   : positional_args == kZeroOrOne ? std::string("at most 1")
+                                                                   : std::to_string(positional_args),
                                    " argument(s), got ", given));
   }
   const std::string output = inv->flags.Get("output");
@@ -575,6 +580,62 @@ int RunWatch(int argc, char** argv, int first) {
   grpc::Status status = reader->Finish();
   if (live.has_value()) live->Finish(/*stream_ok=*/status.ok());
   if (!status.ok()) return RpcError(inv, "WatchJob", status);
+  return kExitOk;
+}
+
+int RunExport(int argc, char** argv, int first) {
+  const std::string usage = "export JOB | --checkpoint DIR  --format hf -o DIR [flags]";
+  Invocation inv;
+  inv.flags.Define("out", "", "the directory to write config.json and model.safetensors into");
+  inv.flags.Short("out", 'o');
+  inv.flags.Define("format", "hf", "hf: Hugging Face transformers (GPT2LMHeadModel)");
+  inv.flags.Define("checkpoint", "",
+                   "a checkpoint directory (step_N/) to export instead of a job's latest");
+  if (int exit = Setup("export", usage, argc, argv, first, kZeroOrOne, &inv); exit >= 0) {
+    return exit;
+  }
+  if (inv.flags.Get("format") != "hf") {
+    return UsageError("export", usage, inv.flags,
+                      absl::StrCat("--format: '", inv.flags.Get("format"), "' is not hf"));
+  }
+  if (inv.flags.Get("out").empty()) return UsageError("export", usage, inv.flags, "give -o DIR");
+  const bool by_job = !inv.flags.positional().empty();
+  if (by_job == !inv.flags.Get("checkpoint").empty()) {
+    return UsageError("export", usage, inv.flags, "give a JOB or --checkpoint DIR (one of them)");
+  }
+  std::string checkpoint = inv.flags.Get("checkpoint");
+  std::string tokenizer;
+  if (by_job) {
+    v1::GetJobRequest get;
+    get.set_job_id(inv.flags.positional()[0]);
+    v1::Job job;
+    grpc::Status status = inv.stub->GetJob(inv.NewContext().get(), get, &job);
+    if (!status.ok()) return RpcError(inv, "GetJob", status);
+    if (!job.progress().has_checkpoint_path()) {
+      std::fprintf(stderr, "raptrctl export: %s has no committed checkpoint yet\n",
+                   job.id().c_str());
+      return kExitServerError;
+    }
+    checkpoint = job.progress().checkpoint_path();
+    // `raptrctl data prepare` writes the tokenizer beside the shards.
+    if (job.spec().data().train_shards_size() > 0) {
+      const std::string& shard = job.spec().data().train_shards(0);
+      tokenizer = shard.substr(0, shard.rfind('/') + 1) + "tokenizer.model";
+    }
+    std::fprintf(stderr, "raptrctl export: %s step %lld from %s\n", job.id().c_str(),
+                 static_cast<long long>(job.progress().checkpoint_step()), checkpoint.c_str());
+  }
+  if (absl::Status exported = ExportHf(checkpoint, inv.flags.Get("out"), tokenizer);
+      !exported.ok()) {
+    std::fprintf(stderr, "raptrctl export: %s%s\n", std::string(exported.message()).c_str(),
+                 by_job && absl::IsNotFound(exported)
+                     ? " (the coordinator's checkpoint storage: run export where it is mounted, "
+                       "or copy the directory here and pass --checkpoint)"
+                     : "");
+    return kExitServerError;
+  }
+  std::printf("%s/config.json\n%s/model.safetensors\n", inv.flags.Get("out").c_str(),
+              inv.flags.Get("out").c_str());
   return kExitOk;
 }
 

@@ -23,5 +23,7 @@ int RunCancel(int argc, char** argv, int first);
 int RunWatch(int argc, char** argv, int first);
 // plot JOB... -o FILE.svg: training and eval loss against step and against FLOPs.
 int RunPlot(int argc, char** argv, int first);
+// `raptrctl export JOB | --checkpoint DIR --format hf -o DIR`.
+int RunExport(int argc, char** argv, int first);
 
 }  // namespace raptr::cli

@@ -29,6 +29,8 @@ const std::vector<Command>& Commands() {
       {{"cancel"}, "cancel a job", RunCancel},
       {{"watch"}, "print a job's events until it ends", RunWatch},
       {{"plot"}, "plot jobs' loss against step and FLOPs into an SVG file", RunPlot},
+      {{"export"}, "write a job's checkpoint as a Hugging Face GPT-2 (config.json, safetensors)",
+       RunExport},
       {{"token", "new"}, "make a client or worker token and its --auth-tokens line", RunTokenNew},
   };
   return kCommands;

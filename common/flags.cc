@@ -66,6 +66,11 @@ void Flags::Range(const std::string& name, double lo, double hi) {
   if (it != flags_.end()) it->second.range = std::make_pair(lo, hi);
 }
 
+void Flags::Short(const std::string& name, char letter) {
+  auto it = flags_.find(name);
+  if (it != flags_.end()) it->second.letter = letter;
+}
+
 absl::Status Flags::Parse(int argc, char** argv, int first) {
   CLI::App app;
   app.set_help_flag();  // "help" is a flag like the others, where a command defines it
@@ -78,7 +83,9 @@ absl::Status Flags::Parse(int argc, char** argv, int first) {
   std::map<std::string, CLI::Option*> options;
   for (auto& [name, e] : flags_) {
     CLI::Option* opt = nullptr;
-    const std::string names = name == "help" ? "-h,--help" : "--" + name;
+    const std::string names = name == "help" ? "-h,--help"
+                              : e.letter  ? absl::StrCat("-", std::string(1, e.letter), ",--", name)
+                                          : "--" + name;
     if (e.repeated) {
       opt = app.add_option(names, lists[name], e.help)->take_all();
     } else if (e.boolean) {
@@ -104,7 +111,7 @@ absl::Status Flags::Parse(int argc, char** argv, int first) {
   for (const std::string& extra : app.remaining()) {
     double number = 0;
     if (extra.size() > 1 && extra[0] == '-' && !absl::SimpleAtod(extra, &number)) {
-      std::string name = extra.substr(extra.rfind('-', 1) == 1 ? 2 : 1);
+      std::string name = extra.substr(extra.size() > 1 && extra[1] == '-' ? 2 : 1);
       name = name.substr(0, name.find('='));
       std::string best;
       size_t best_distance = 3;
@@ -222,8 +229,10 @@ std::string Flags::Usage() const {
       absl::StrAppend(&text, " (default: ", e.default_value.empty() ? "\"\"" : e.default_value,
                       ")");
     }
-    const std::string shown = name == "help" ? "-h, --help" : e.boolean ? "--[no-]" + name
-                                                                        : "--" + name;
+    const std::string shown = name == "help" ? "-h, --help"
+                              : e.boolean  ? "--[no-]" + name
+                              : e.letter   ? absl::StrCat("-", std::string(1, e.letter), ", --", name)
+                                           : "--" + name;
     absl::StrAppend(&out, absl::StrFormat("  %-24s %s\n", shown, text));
   }
   return out;

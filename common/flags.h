@@ -35,6 +35,8 @@ class Flags {
   void Env(const std::string& name, const std::string& variable);
   // The closed range a defined numeric flag's value must lie in, checked by Parse.
   void Range(const std::string& name, double lo, double hi);
+  // A one-letter alias (-o for --out).
+  void Short(const std::string& name, char letter);
 
   // Parses argv[first..argc). Positional arguments are collected in order.
   absl::Status Parse(int argc, char** argv, int first);
@@ -61,6 +63,7 @@ class Flags {
     bool repeated = false;
     bool boolean = false;
     std::string env;
+    char letter = 0;
     std::optional<std::pair<double, double>> range;
     std::vector<std::string> values;  // every value given, for repeated flags
   };

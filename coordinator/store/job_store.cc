@@ -598,12 +598,17 @@ absl::Status JobStore::LoadProgress(v1::Job* job) {
     progress->set_eval_step(eval.Int(0));
     progress->set_eval_loss(eval.Double(1));
   }
-  ASSIGN_OR_RETURN(
-      Statement checkpoint,
-      Statement::Prepare(db_, "SELECT MAX(step) FROM checkpoints WHERE job_id = ?", path_));
+  ASSIGN_OR_RETURN(Statement checkpoint,
+                   Statement::Prepare(db_,
+                                      "SELECT step, path FROM checkpoints WHERE job_id = ? "
+                                      "ORDER BY step DESC LIMIT 1",
+                                      path_));
   checkpoint.BindText(1, job->id());
   ASSIGN_OR_RETURN(row, checkpoint.Step());
-  if (row && !checkpoint.IsNull(0)) progress->set_checkpoint_step(checkpoint.Int(0));
+  if (row) {
+    progress->set_checkpoint_step(checkpoint.Int(0));
+    progress->set_checkpoint_path(checkpoint.Text(1));
+  }
   return absl::OkStatus();
 }
 

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# `raptrctl export --format hf`: a trained checkpoint becomes config.json + model.safetensors that
+# a GPT-2 built from config.json alone (the PyTorch reference, tests/parity/check_export.py) runs
+# to raptr's own logits; a job's latest checkpoint exports through the coordinator (with its
+# tokenizer); existing files are never overwritten; BERT is refused with the reason.
+# Usage: export_test.sh BUILD_DIR SOURCE_DIR
+set -euo pipefail
+BUILD=$(cd "$1" && pwd)
+SRC=$(cd "$2" && pwd)
+WORK=$(mktemp -d)
+trap 'stop_all; rm -rf "$WORK"' EXIT
+source "$SRC/tests/integration/service_lib.sh"
+source "$SRC/tests/integration/small_corpus.sh"
+PY=/usr/bin/python3
+small_corpus "$CTL" "$WORK" || fail "data prepare"
+MODEL=(--layers 3 --d-model 32 --heads 2)
+
+# A checkpoint from local training, exported by path.
+OMP_NUM_THREADS=1 "$WORKER" train --data "$WORK/data" "${MODEL[@]}" --seq 32 --batch 4 --steps 12 \
+  --eval-every 0 --log-every 0 --run-dir "$WORK/run" > "$WORK/train.log" 2>&1 || fail "train"
+CKPT=$WORK/run/checkpoints/$(cat "$WORK/run/checkpoints/LATEST")
+"$CTL" export --checkpoint "$CKPT" --format hf -o "$WORK/hf" > "$WORK/export.out" 2>&1 \
+  || fail "export --checkpoint: $(cat "$WORK/export.out")"
+[[ -f "$WORK/hf/config.json" && -f "$WORK/hf/model.safetensors" ]] || fail "export wrote $(ls "$WORK/hf")"
+
+# raptr's logits for the exported weights on one batch, against the reference's from config.json.
+SRC_PARITY=$SRC/tests/parity "$PY" - "$WORK" <<'PY' || fail "batch"
+import os, sys
+import numpy as np
+sys.path.insert(0, os.environ["SRC_PARITY"])
+import st
+raw = np.fromfile(sys.argv[1] + "/data/val.bin", dtype="<u2", offset=256 * 4)
+tokens = raw[:2 * 32 + 1].astype(np.int32)
+inputs = np.stack([tokens[0:32], tokens[32:64]])
+targets = np.stack([tokens[1:33], tokens[33:65]])
+st.save(sys.argv[1] + "/batch.safetensors", {"inputs": inputs, "targets": targets})
+PY
+OMP_NUM_THREADS=1 "$WORKER" debug-step --weights "$WORK/hf/model.safetensors" \
+  --batch "$WORK/batch.safetensors" "${MODEL[@]}" --vocab 300 --max-seq 32 \
+  --out "$WORK/raptr.safetensors" > "$WORK/debug.log" 2>&1 || fail "debug-step: $(cat "$WORK/debug.log")"
+"$PY" "$SRC/tests/parity/check_export.py" "$WORK/hf" "$WORK/raptr.safetensors" \
+  "$WORK/batch.safetensors" || fail "the exported model does not compute raptr's logits"
+
+# Nothing is overwritten.
+if "$CTL" export --checkpoint "$CKPT" -o "$WORK/hf" > /dev/null 2> "$WORK/again.err"; then
+  fail "a second export over the first succeeded"
+fi
+grep -q "exists: not overwritten" "$WORK/again.err" || fail "overwrite refusal: $(cat "$WORK/again.err")"
+
+# BERT is refused, with the reason.
+OMP_NUM_THREADS=1 "$WORKER" train --data "$WORK/data" --model bert "${MODEL[@]}" --seq 32 --batch 4 \
+  --steps 4 --schedule full --eval-every 0 --log-every 0 --run-dir "$WORK/bert" > "$WORK/bert.log" 2>&1 \
+  || fail "train bert: $(tail -3 "$WORK/bert.log")"
+if "$CTL" export --checkpoint "$WORK/bert/checkpoints/$(cat "$WORK/bert/checkpoints/LATEST")" \
+     -o "$WORK/hf-bert" > /dev/null 2> "$WORK/bert.err"; then
+  fail "a BERT checkpoint exported as hf"
+fi
+grep -q "pre-LN" "$WORK/bert.err" || fail "BERT refusal does not say why: $(cat "$WORK/bert.err")"
+
+# A job's latest checkpoint, through the coordinator.
+start_coordinator
+start_worker w1
+JOB=$("$CTL" submit -f "$(spec exp 30 1 1)") || fail "submit"
+PENDING=$("$CTL" submit -f "$(spec exp-wait 30 2 2)") || fail "submit the waiting job"
+wait_state "$JOB" SUCCEEDED 120
+if "$CTL" export "$PENDING" -o "$WORK/none" > /dev/null 2> "$WORK/none.err"; then
+  fail "a job with no checkpoint exported"
+fi
+grep -q "no committed checkpoint" "$WORK/none.err" || fail "no-checkpoint message: $(cat "$WORK/none.err")"
+"$CTL" cancel "$PENDING" > /dev/null
+"$CTL" export "$JOB" -o "$WORK/hf-job" > "$WORK/job-export.out" 2> "$WORK/job-export.err" \
+  || fail "export JOB: $(cat "$WORK/job-export.err")"
+path=$("$CTL" get "$JOB" --output json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["progress"]["checkpoint_path"])')
+cmp -s "$path/model.safetensors" "$WORK/hf-job/model.safetensors" \
+  || fail "export JOB did not write the job's latest checkpoint ($path)"
+grep -q "step 30" "$WORK/job-export.err" || fail "export JOB did not say which step: $(cat "$WORK/job-export.err")"
+cmp -s "$WORK/data/tokenizer.model" "$WORK/hf-job/tokenizer.model" || fail "the tokenizer was not copied"
+echo "PASS: export"
