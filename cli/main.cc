@@ -7,6 +7,7 @@
 #include "absl/strings/str_join.h"
 #include "cli/data_command.h"
 #include "cli/job_commands.h"
+#include "cli/methods_command.h"
 #include "cli/token_command.h"
 
 namespace raptr::cli {
@@ -31,6 +32,8 @@ const std::vector<Command>& Commands() {
       {{"plot"}, "plot jobs' loss against step and FLOPs into an SVG file", RunPlot},
       {{"export"}, "write a job's checkpoint as a Hugging Face GPT-2 (config.json, safetensors)",
        RunExport},
+      {{"methods"}, "the training methods a job's schedule can name, with their options",
+       RunMethods},
       {{"token", "new"}, "make a client or worker token and its --auth-tokens line", RunTokenNew},
   };
   return kCommands;

@@ -35,6 +35,10 @@ start_coordinator() {
   fail "coordinator did not report its port"
 }
 
+# docs/METHODS.md is what `raptrctl methods --markdown` prints.
+"$CTL" methods --markdown | diff -q - "$SRC/docs/METHODS.md" > /dev/null \
+  || fail "docs/METHODS.md is stale: build/cli/raptrctl methods --markdown > docs/METHODS.md"
+
 start_coordinator --reflection
 export RAPTR_COORDINATOR=$ADDR
 
