@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_join.h"
 #include "cli/data_command.h"
+#include "cli/completion_command.h"
 #include "cli/job_commands.h"
 #include "cli/methods_command.h"
 #include "cli/token_command.h"
@@ -34,6 +35,8 @@ const std::vector<Command>& Commands() {
        RunExport},
       {{"methods"}, "the training methods a job's schedule can name, with their options",
        RunMethods},
+      {{"completion"}, "print a bash completion script (source <(raptrctl completion bash))",
+       RunCompletion},
       {{"token", "new"}, "make a client or worker token and its --auth-tokens line", RunTokenNew},
   };
   return kCommands;

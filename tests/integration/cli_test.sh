@@ -70,4 +70,27 @@ if "$WORKER" debug-step --layers 4 --d-model 32 --heads 4 --weights "$CKPT/model
   fail "a truncated shard was accepted"
 fi
 grep -q "bad.bin" "$WORK/bad.log" || fail "the error does not name the file: $(cat "$WORK/bad.log")"
+# --help succeeds on stdout; bash completion offers commands, subcommands and flags (both
+# spellings of a boolean), read from the binary's own --help.
+"$CTL" --help > "$WORK/help.txt" || fail "raptrctl --help exited $?"
+grep -q "submit" "$WORK/help.txt" || fail "raptrctl --help printed no commands"
+"$CTL" list --help > /dev/null || fail "raptrctl list --help exited $?"
+"$WORKER" train --help > "$WORK/train-help.txt" || fail "raptr-worker train --help exited $?"
+grep -q -- "--\[no-\]resume" "$WORK/train-help.txt" || fail "train --help: $(head -3 "$WORK/train-help.txt")"
+cat > "$WORK/complete.sh" <<COMPLETE
+PATH=$BUILD/cli:\$PATH
+source <(raptrctl completion bash)
+t() { COMP_WORDS=("\$@"); COMP_CWORD=\$((\${#COMP_WORDS[@]} - 1)); COMPREPLY=(); _raptrctl; echo "\${COMPREPLY[*]}"; }
+t raptrctl su
+t raptrctl token ""
+t raptrctl list --no-f
+t raptrctl export -
+COMPLETE
+bash "$WORK/complete.sh" > "$WORK/complete.txt" 2>&1 || fail "completion script: $(cat "$WORK/complete.txt")"
+mapfile -t got < "$WORK/complete.txt"
+[[ "${got[0]}" == submit ]] || fail "completion of 'su': '${got[0]}'"
+[[ "${got[1]}" == new ]] || fail "completion after 'token': '${got[1]}'"
+[[ "${got[2]}" == --no-full ]] || fail "completion of 'list --no-f': '${got[2]}'"
+[[ " ${got[3]} " == *" --checkpoint "* && " ${got[3]} " == *" --out "* ]] \
+  || fail "completion of export's flags: '${got[3]}'"
 echo "cli_test: PASS"
