@@ -542,18 +542,34 @@ int RunCancel(int argc, char** argv, int first) {
   return PrintJob(inv, job);
 }
 
-int RunWatch(int argc, char** argv, int first) {
-  const std::string usage = "watch JOB [--step-every N] [flags]";
+namespace {
+
+// watch and logs: one WatchJob stream printed as it comes. `logs` replays the job's history
+// first (from_start) and, unless --follow, stops once it is printed.
+int StreamJobEvents(const std::string& command, int argc, char** argv, int first) {
+  const bool logs = command == "logs";
+  const std::string usage = logs ? "logs JOB [-f] [--step-every N] [flags]"
+                                 : "watch JOB [--step-every N] [flags]";
   Invocation inv;
-  inv.flags.Define("step-every", "1", "print every N-th step summary (and the last)");
-  if (int exit = Setup("watch", usage, argc, argv, first, 1, &inv); exit >= 0) return exit;
+  inv.flags.Define("step-every", logs ? "100" : "1",
+                   "print every N-th step summary (and the last)");
+  inv.flags.Range("step-every", 1, 1e12);
+  if (logs) {
+    inv.flags.Define("follow", "false", "keep printing what happens next, until the job ends");
+    inv.flags.Short("follow", 'f');
+  }
+  if (int exit = Setup(command, usage, argc, argv, first, 1, &inv); exit >= 0) return exit;
   absl::StatusOr<int> step_every = inv.flags.GetInt32("step-every");
   if (!step_every.ok()) {
-    return UsageError("watch", usage, inv.flags, std::string(step_every.status().message()));
+    return UsageError(command, usage, inv.flags, std::string(step_every.status().message()));
   }
   v1::WatchJobRequest request;
   request.set_job_id(inv.flags.positional()[0]);
   request.set_step_every(*step_every);
+  if (logs) {
+    request.set_from_start(true);
+    request.set_no_follow(inv.flags.Get("follow") != "true");
+  }
   // The stream lasts as long as the job, so it has no deadline (--timeout does not apply); the
   // call is not wait-for-ready, so an unreachable coordinator still fails at once.
   grpc::ClientContext context;
@@ -561,7 +577,7 @@ int RunWatch(int argc, char** argv, int first) {
   std::unique_ptr<grpc::ClientReader<v1::JobEvent>> reader = inv.stub->WatchJob(&context, request);
   // The live line only where a person watches: pipes and CI logs keep one line per event.
   std::optional<LiveProgress> live;
-  if (!inv.json && isatty(fileno(stdout))) live.emplace();
+  if (!logs && !inv.json && isatty(fileno(stdout))) live.emplace();
   v1::JobEvent event;
   while (reader->Read(&event)) {
     if (inv.json) {
@@ -582,6 +598,12 @@ int RunWatch(int argc, char** argv, int first) {
   if (!status.ok()) return RpcError(inv, "WatchJob", status);
   return kExitOk;
 }
+
+}  // namespace
+
+int RunWatch(int argc, char** argv, int first) { return StreamJobEvents("watch", argc, argv, first); }
+
+int RunLogs(int argc, char** argv, int first) { return StreamJobEvents("logs", argc, argv, first); }
 
 int RunExport(int argc, char** argv, int first) {
   const std::string usage = "export JOB | --checkpoint DIR  --format hf -o DIR [flags]";

@@ -25,5 +25,7 @@ int RunWatch(int argc, char** argv, int first);
 int RunPlot(int argc, char** argv, int first);
 // `raptrctl export JOB | --checkpoint DIR --format hf -o DIR`.
 int RunExport(int argc, char** argv, int first);
+// `raptrctl logs JOB [-f] [--step-every N]`: the job's event log from its submission.
+int RunLogs(int argc, char** argv, int first);
 
 }  // namespace raptr::cli

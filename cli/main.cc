@@ -30,6 +30,7 @@ const std::vector<Command>& Commands() {
       {{"get"}, "show one job", RunGet},
       {{"cancel"}, "cancel a job", RunCancel},
       {{"watch"}, "print a job's events until it ends", RunWatch},
+      {{"logs"}, "print a job's event log from its submission (-f: and follow it)", RunLogs},
       {{"plot"}, "plot jobs' loss against step and FLOPs into an SVG file", RunPlot},
       {{"export"}, "write a job's checkpoint as a Hugging Face GPT-2 (config.json, safetensors)",
        RunExport},

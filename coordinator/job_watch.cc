@@ -49,8 +49,11 @@ void FillStepSummary(const StepSummaryRecord& step, v1::StepSummary* summary) {
 
 // --- JobWatch ----------------------------------------------------------------------------------
 
-JobWatch::JobWatch(std::string job_id, int64_t step_every)
-    : job_id_(std::move(job_id)), step_every_(std::max<int64_t>(step_every, 1)) {}
+JobWatch::JobWatch(std::string job_id, int64_t step_every, bool from_start, bool no_follow)
+    : job_id_(std::move(job_id)),
+      step_every_(std::max<int64_t>(step_every, 1)),
+      from_start_(from_start),
+      no_follow_(no_follow) {}
 
 absl::StatusOr<bool> JobWatch::Start(JobStore& store, std::vector<v1::JobEvent>* out) {
   // The snapshot and the log's position are read together, so tailing the log from last_seq_
@@ -65,7 +68,19 @@ absl::StatusOr<bool> JobWatch::Start(JobStore& store, std::vector<v1::JobEvent>*
   v1::JobEvent snapshot = NewEvent();
   *snapshot.mutable_snapshot() = job;
   out->push_back(std::move(snapshot));
-  return IsTerminal(job.state());
+  if (!from_start_) return no_follow_ || IsTerminal(job.state());
+  // The history: tail the log and the summaries from the very start, up to the snapshot's
+  // position (or the end of the job), here, before the stream is handed to the hub: a job that
+  // has ended changes no more, so nothing would wake a poll for it.
+  last_seq_ = 0;
+  progress_ = v1::JobProgress();
+  while (true) {
+    absl::StatusOr<bool> ended = Poll(store, out);
+    if (!ended.ok()) return ended.status();
+    if (*ended) return true;
+    if (!behind_) break;
+  }
+  return no_follow_ || IsTerminal(job.state());
 }
 
 absl::StatusOr<std::vector<StepSummaryRecord>> JobWatch::ReadSteps(JobStore& store, int64_t from,
@@ -275,7 +290,8 @@ grpc::ServerWriteReactor<v1::JobEvent>* JobWatchHub::Refuse(grpc::Status status)
 
 grpc::ServerWriteReactor<v1::JobEvent>* JobWatchHub::Watch(grpc::CallbackServerContext* /*context*/,
                                                            const v1::WatchJobRequest* request) {
-  auto stream = std::make_shared<Stream>(JobWatch(request->job_id(), request->step_every()));
+  auto stream = std::make_shared<Stream>(JobWatch(request->job_id(), request->step_every(),
+                                                  request->from_start(), request->no_follow()));
   auto* reactor = new Reactor(stream);
   auto finish = [&](grpc::Status status) {
     {

@@ -40,7 +40,10 @@ class JobWatch {
 
   // `step_every` > 1 sends only every step_every-th StepSummary (and the last step's); the
   // progress still counts every step.
-  JobWatch(std::string job_id, int64_t step_every);
+  // `from_start` replays the job's history after the snapshot (Start reads it all); with
+  // `no_follow`, Start reports the watch over once that is appended.
+  JobWatch(std::string job_id, int64_t step_every, bool from_start = false,
+           bool no_follow = false);
 
   const std::string& job_id() const { return job_id_; }
 
@@ -66,6 +69,8 @@ class JobWatch {
 
   const std::string job_id_;
   const int64_t step_every_;
+  const bool from_start_;
+  const bool no_follow_;
   int64_t last_seq_ = 0;
   int64_t last_step_ = 0;  // the job's last step (spec)
   int32_t eval_batches_ = 0;

@@ -319,11 +319,15 @@ class Client:
         return Job.from_proto(self._call("CancelJob", job_pb2.CancelJobRequest(
             job_id=job_id, reason=reason)))
 
-    def watch(self, job_id: str, step_every: int = 1) -> Iterator[object]:
+    def watch(self, job_id: str, step_every: int = 1, from_start: bool = False,
+              follow: bool = True) -> Iterator[object]:
         """The job's events as they happen: a Snapshot first, then StateChanged, Step, Eval,
         Checkpoint, CheckpointRejected and Rewound events, ending after the event that puts the
-        job in a terminal state. step_every > 1 thins the Step events."""
-        request = job_pb2.WatchJobRequest(job_id=job_id, step_every=step_every)
+        job in a terminal state. step_every > 1 thins the Step events; from_start replays the
+        job's history after the snapshot (what `raptrctl logs` prints); follow=False ends once
+        that is sent."""
+        request = job_pb2.WatchJobRequest(job_id=job_id, step_every=step_every,
+                                          from_start=from_start, no_follow=not follow)
         try:
             for e in self._stub.WatchJob(request, metadata=self._metadata):
                 event = _event(e)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `raptrctl export --format hf`: a trained checkpoint becomes config.json + model.safetensors that
+# `raptrctl export --format hf` (and `raptrctl logs` of the exported job): a trained checkpoint
+# becomes config.json + model.safetensors that
 # a GPT-2 built from config.json alone (the PyTorch reference, tests/parity/check_export.py) runs
 # to raptr's own logits; a job's latest checkpoint exports through the coordinator (with its
 # tokenizer); existing files are never overwritten; BERT is refused with the reason.
@@ -18,8 +19,8 @@ MODEL=(--layers 3 --d-model 32 --heads 2)
 # A checkpoint from local training, exported by path.
 OMP_NUM_THREADS=1 "$WORKER" train --data "$WORK/data" "${MODEL[@]}" --seq 32 --batch 4 --steps 12 \
   --eval-every 0 --log-every 0 --run-dir "$WORK/run" > "$WORK/train.log" 2>&1 || fail "train"
-CKPT=$WORK/run/checkpoints/$(cat "$WORK/run/checkpoints/LATEST")
-"$CTL" export --checkpoint "$CKPT" --format hf -o "$WORK/hf" > "$WORK/export.out" 2>&1 \
+LOCAL_CKPT=$WORK/run/checkpoints/$(cat "$WORK/run/checkpoints/LATEST")
+"$CTL" export --checkpoint "$LOCAL_CKPT" --format hf -o "$WORK/hf" > "$WORK/export.out" 2>&1 \
   || fail "export --checkpoint: $(cat "$WORK/export.out")"
 [[ -f "$WORK/hf/config.json" && -f "$WORK/hf/model.safetensors" ]] || fail "export wrote $(ls "$WORK/hf")"
 
@@ -42,7 +43,7 @@ OMP_NUM_THREADS=1 "$WORKER" debug-step --weights "$WORK/hf/model.safetensors" \
   "$WORK/batch.safetensors" || fail "the exported model does not compute raptr's logits"
 
 # Nothing is overwritten.
-if "$CTL" export --checkpoint "$CKPT" -o "$WORK/hf" > /dev/null 2> "$WORK/again.err"; then
+if "$CTL" export --checkpoint "$LOCAL_CKPT" -o "$WORK/hf" > /dev/null 2> "$WORK/again.err"; then
   fail "a second export over the first succeeded"
 fi
 grep -q "exists: not overwritten" "$WORK/again.err" || fail "overwrite refusal: $(cat "$WORK/again.err")"
@@ -75,4 +76,21 @@ cmp -s "$path/model.safetensors" "$WORK/hf-job/model.safetensors" \
   || fail "export JOB did not write the job's latest checkpoint ($path)"
 grep -q "step 30" "$WORK/job-export.err" || fail "export JOB did not say which step: $(cat "$WORK/job-export.err")"
 cmp -s "$WORK/data/tokenizer.model" "$WORK/hf-job/tokenizer.model" || fail "the tokenizer was not copied"
+
+# raptrctl logs: the finished job's history from its submission, ending with its end; a job that
+# has not started prints what there is and returns (no -f).
+timeout 30 "$CTL" logs "$JOB" --step-every 10 > "$WORK/logs.txt" 2>&1 || fail "logs: $(cat "$WORK/logs.txt")"
+for want in "$JOB: SUCCEEDED" "state PENDING -> RUNNING" " step 11 " " step 30 " "eval after step 25" \
+            "checkpoint after step 25"; do
+  grep -q -- "$want" "$WORK/logs.txt" || fail "logs lack '$want': $(cat "$WORK/logs.txt")"
+done
+tail -n 1 "$WORK/logs.txt" | grep -q "state RUNNING -> SUCCEEDED" \
+  || fail "logs do not end with the job's end: $(tail -n 3 "$WORK/logs.txt")"
+# Every 10th step (0-based 0, 10, 20: shown 1, 11, 21) and the last.
+[[ $(grep -c " step [0-9]* stage" "$WORK/logs.txt") -eq 4 ]] \
+  || fail "--step-every 10 over 30 steps printed $(grep -c " step [0-9]* stage" "$WORK/logs.txt") steps"
+LATER=$("$CTL" submit -f "$(spec exp-later 30 2 2)") || fail "submit a job that waits"
+timeout 10 "$CTL" logs "$LATER" > "$WORK/logs-pending.txt" 2>&1 || fail "logs of a pending job did not return"
+grep -q "$LATER: PENDING" "$WORK/logs-pending.txt" || fail "pending logs: $(cat "$WORK/logs-pending.txt")"
+"$CTL" cancel "$LATER" > /dev/null
 echo "PASS: export"

@@ -73,6 +73,9 @@ class ClientTest(unittest.TestCase):
         self.assertEqual([r["loss"] for r in rows], [s.loss for s in steps])
         self.assertEqual([r["step"] for r in rows if r["eval_loss"] is not None], [19, 39, 59])
         self.assertAlmostEqual(sum(r["flops"] for r in rows), got.flops, delta=got.flops * 1e-9)
+        history = list(self.c.watch(job, from_start=True, follow=False))
+        self.assertEqual([e.step for e in history if isinstance(e, raptr.Step)], list(range(60)))
+        self.assertEqual(history[-1].new_state, "SUCCEEDED")
         self.assertIn(job, [j.id for j in self.c.list(states="succeeded")])
         self.assertNotIn(job, [j.id for j in self.c.list(states=["PENDING", "RUNNING"])])
 

@@ -148,6 +148,63 @@ TEST_F(JobWatchTest, RewindBeforeTheWatcherGotThereChangesNothingItSent) {
   EXPECT_EQ(events.back().step().progress().tokens(), job->progress().tokens());
 }
 
+// `raptrctl logs`: from_start replays the whole history after the snapshot, in the order a
+// watcher from the start would have seen it, and no_follow ends the watch once it is out.
+TEST_F(JobWatchTest, FromStartReplaysTheHistoryInOrder) {
+  ASSERT_TRUE(store_->RecordStepSummaries(job_, Steps(0, 10, 3.0)).ok());
+  ASSERT_TRUE(store_->CommitCheckpoint(job_, 10, "/ckpt/step_10", 1).ok());
+  ASSERT_TRUE(store_->RecordStepSummaries(job_, Steps(10, 15, 2.0)).ok());
+  // A live watcher from before the first step is the reference.
+  JobWatch live(job_, 1);
+  std::vector<v1::JobEvent> first;
+  ASSERT_FALSE(*live.Start(*store_, &first));
+  JobWatch replay(job_, 1, /*from_start=*/true, /*no_follow=*/true);
+  std::vector<v1::JobEvent> history;
+  ASSERT_TRUE(*replay.Start(*store_, &history)) << "no_follow: over once the history is out";
+  ASSERT_GT(history.size(), 1u);
+  EXPECT_TRUE(history[0].has_snapshot());
+  EXPECT_EQ(StepsOf(history), (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                                                    13, 14}));
+  // The state change to RUNNING (logged in SetUp) comes before the steps; the checkpoint of step
+  // 10 after step 9's summary and before step 10's.
+  auto index_of = [&](auto pred) {
+    for (size_t i = 0; i < history.size(); ++i) if (pred(history[i])) return static_cast<int>(i);
+    return -1;
+  };
+  const int running = index_of([](const v1::JobEvent& e) {
+    return e.has_state_changed() && e.state_changed().new_state() == v1::JOB_STATE_RUNNING;
+  });
+  const int checkpoint = index_of([](const v1::JobEvent& e) { return e.has_checkpoint(); });
+  const int step0 = index_of([](const v1::JobEvent& e) { return e.has_step() && e.step().step() == 0; });
+  const int step9 = index_of([](const v1::JobEvent& e) { return e.has_step() && e.step().step() == 9; });
+  const int step10 = index_of([](const v1::JobEvent& e) { return e.has_step() && e.step().step() == 10; });
+  ASSERT_GE(running, 0);
+  ASSERT_GE(checkpoint, 0);
+  EXPECT_LT(running, step0);
+  EXPECT_LT(step9, checkpoint);
+  EXPECT_LT(checkpoint, step10);
+  absl::StatusOr<v1::Job> job = store_->GetJob(job_);
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(history.back().step().progress().tokens(), job->progress().tokens());
+
+  // Following instead: the history, then what comes next, then the end.
+  JobWatch follow(job_, 5, /*from_start=*/true);
+  std::vector<v1::JobEvent> events;
+  ASSERT_FALSE(*follow.Start(*store_, &events));
+  EXPECT_EQ(StepsOf(events), (std::vector<int64_t>{0, 5, 10}));
+  ASSERT_TRUE(store_->RecordStepSummaries(job_, Steps(15, 40, 1.0)).ok());
+  ASSERT_TRUE(store_->UpdateJobState(job_, v1::JOB_STATE_SUCCEEDED, "").ok());
+  events.clear();
+  ASSERT_TRUE(*follow.Poll(*store_, &events));
+  EXPECT_EQ(StepsOf(events), (std::vector<int64_t>{15, 20, 25, 30, 35, 39}));
+  // A job that has ended replays to its end whether or not it follows.
+  JobWatch ended(job_, 1000, /*from_start=*/true);
+  events.clear();
+  ASSERT_TRUE(*ended.Start(*store_, &events));
+  EXPECT_TRUE(events.back().has_state_changed());
+  EXPECT_EQ(events.back().state_changed().new_state(), v1::JOB_STATE_SUCCEEDED);
+}
+
 TEST_F(JobWatchTest, DiscardOfNothingLogsNoRewind) {
   ASSERT_TRUE(store_->RecordStepSummaries(job_, Steps(0, 5, 3.0)).ok());
   const int64_t version = store_->JobVersion(job_);
