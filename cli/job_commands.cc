@@ -542,6 +542,20 @@ int RunCancel(int argc, char** argv, int first) {
   return PrintJob(inv, job);
 }
 
+int RunRetry(int argc, char** argv, int first) {
+  const std::string usage = "retry JOB [--reason TEXT] [flags]";
+  Invocation inv;
+  inv.flags.Define("reason", "", "why (recorded with the retry)");
+  if (int exit = Setup("retry", usage, argc, argv, first, 1, &inv); exit >= 0) return exit;
+  v1::RetryJobRequest request;
+  request.set_job_id(inv.flags.positional()[0]);
+  request.set_reason(inv.flags.Get("reason"));
+  v1::Job job;
+  grpc::Status status = inv.stub->RetryJob(inv.NewContext().get(), request, &job);
+  if (!status.ok()) return RpcError(inv, "RetryJob", status);
+  return PrintJob(inv, job);
+}
+
 namespace {
 
 // watch and logs: one WatchJob stream printed as it comes. `logs` replays the job's history

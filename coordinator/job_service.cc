@@ -203,23 +203,50 @@ grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+// A submitter acts on its own jobs only; an admin on any. Owners are immutable, so checking
+// before the state change cannot race with it.
+static grpc::Status CheckOwner(JobStore& store, const Principal& caller, const std::string& job_id,
+                        const char* verb) {
+  if (caller.role == Role::kAdmin) return grpc::Status::OK;
+  absl::StatusOr<v1::Job> target = store.GetJob(job_id);
+  if (!target.ok()) return ToGrpcStatus(target.status());
+  if (target->owner() == caller.owner()) return grpc::Status::OK;
+  return grpc::Status(
+      grpc::StatusCode::PERMISSION_DENIED,
+      absl::StrCat(caller.Describe(), " may not ", verb, " ", target->id(), ", which ",
+                   target->owner().empty() ? std::string("has no owner")
+                                           : absl::StrCat("belongs to ", target->owner()),
+                   "; that needs role admin"));
+}
+
+grpc::Status JobServiceImpl::RetryJob(grpc::ServerContext* context,
+                                      const v1::RetryJobRequest* request, v1::Job* response) {
+  absl::StatusOr<Principal> caller = Authorize(context, Role::kSubmitter);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  if (grpc::Status valid = CheckJobId(request->job_id()); !valid.ok()) return valid;
+  if (grpc::Status owner = CheckOwner(*store_, *caller, request->job_id(), "retry");
+      !owner.ok()) {
+    return owner;
+  }
+  const std::string who = caller->via == Principal::Via::kAnonymous
+                              ? std::string("retried by request")
+                              : absl::StrCat("retried by ", caller->Describe());
+  absl::StatusOr<v1::Job> job = store_->RetryFailedJob(
+      request->job_id(),
+      request->reason().empty() ? who : absl::StrCat(who, ": ", request->reason()));
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  *response = *std::move(job);
+  return grpc::Status::OK;
+}
+
 grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* context,
                                        const v1::CancelJobRequest* request, v1::Job* response) {
   absl::StatusOr<Principal> caller = Authorize(context, Role::kSubmitter);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   if (grpc::Status valid = CheckJobId(request->job_id()); !valid.ok()) return valid;
-  if (caller->role != Role::kAdmin) {
-    // Owners are immutable, so checking before the state change cannot race with it.
-    absl::StatusOr<v1::Job> target = store_->GetJob(request->job_id());
-    if (!target.ok()) return ToGrpcStatus(target.status());
-    if (target->owner() != caller->owner()) {
-      return grpc::Status(
-          grpc::StatusCode::PERMISSION_DENIED,
-          absl::StrCat(caller->Describe(), " may not cancel ", target->id(), ", which ",
-                       target->owner().empty() ? std::string("has no owner")
-                                               : absl::StrCat("belongs to ", target->owner()),
-                       "; that needs role admin"));
-    }
+  if (grpc::Status owner = CheckOwner(*store_, *caller, request->job_id(), "cancel");
+      !owner.ok()) {
+    return owner;
   }
   // Who cancelled is recorded with the job (its message and event log): an audit trail, and the
   // answer to "why did my job stop" when someone else stopped it.

@@ -49,6 +49,8 @@ class JobServiceImpl final : public v1::JobService::WithCallbackMethod_WatchJob<
                       v1::Job* response) override;
   grpc::Status ListJobs(grpc::ServerContext* context, const v1::ListJobsRequest* request,
                         v1::ListJobsResponse* response) override;
+  grpc::Status RetryJob(grpc::ServerContext* context, const v1::RetryJobRequest* request,
+                        v1::Job* response) override;
   grpc::Status CancelJob(grpc::ServerContext* context, const v1::CancelJobRequest* request,
                          v1::Job* response) override;
   grpc::ServerWriteReactor<v1::JobEvent>* WatchJob(grpc::CallbackServerContext* context,

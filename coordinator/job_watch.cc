@@ -164,8 +164,14 @@ absl::StatusOr<bool> JobWatch::Poll(JobStore& store, std::vector<v1::JobEvent>* 
       continue;
     }
     // A checkpoint of step S holds the weights after steps 0 .. S-1: their summaries go first.
-    // A final state is the job's last word: every summary goes before it.
-    const bool terminal = IsEndOfJob(event);
+    // A final state is the job's last word: every summary goes before it. Unless more follows
+    // it: a FAILED job that was retried (RetryJob) goes on, and a replay of its history with it.
+    bool terminal = false;
+    if (IsEndOfJob(event)) {
+      absl::StatusOr<int64_t> latest = store.LastEventSeq(job_id_);
+      if (!latest.ok()) return latest.status();
+      terminal = *latest == seq;
+    }
     if (event.has_checkpoint()) add_steps_before(event.checkpoint().step());
     if (terminal) add_steps_before(std::numeric_limits<int64_t>::max());
     out->push_back(std::move(event));

@@ -788,6 +788,13 @@ absl::Status JobStore::DiscardStepSummariesAfter(const std::string& job_id, int6
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(auto txn, Transaction::BeginWrite(db_, path_));
   RETURN_IF_ERROR(CheckJobExists(job_id));
+  ASSIGN_OR_RETURN(bool discarded, DiscardAfterLocked(job_id, step));
+  RETURN_IF_ERROR(txn->Commit());
+  if (discarded) Changed(job_id);  // else no change a watcher would see
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> JobStore::DiscardAfterLocked(const std::string& job_id, int64_t step) {
   ASSIGN_OR_RETURN(Statement last,
                    Statement::Prepare(db_,
                                       "SELECT MAX(step) FROM step_summaries WHERE job_id = ? AND "
@@ -797,7 +804,7 @@ absl::Status JobStore::DiscardStepSummariesAfter(const std::string& job_id, int6
   last.BindInt(2, step);
   ASSIGN_OR_RETURN(bool row, last.Step());
   // MAX over no rows is NULL: nothing to discard, nothing to log.
-  if (!row || last.IsNull(0)) return txn->Commit();  // No change a watcher would see.
+  if (!row || last.IsNull(0)) return false;
   const int64_t completed = last.Int(0) + 1;
   RETURN_IF_ERROR(last.Reset());
   ASSIGN_OR_RETURN(
@@ -815,9 +822,58 @@ absl::Status JobStore::DiscardStepSummariesAfter(const std::string& job_id, int6
   rewound->set_from_step(completed);
   *rewound->mutable_progress() = job.progress();
   RETURN_IF_ERROR(AppendEvent(job_id, NowMillis(), &event));
+  return true;
+}
+
+absl::StatusOr<v1::Job> JobStore::RetryFailedJob(const std::string& id, const std::string& message) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto txn, Transaction::BeginWrite(db_, path_));
+  ASSIGN_OR_RETURN(Statement select,
+                   Statement::Prepare(db_, "SELECT state FROM jobs WHERE id = ?", path_));
+  select.BindText(1, id);
+  ASSIGN_OR_RETURN(bool found, select.Step());
+  if (!found) return absl::NotFoundError(absl::StrCat("job \"", id, "\" not found"));
+  const auto old_state = static_cast<v1::JobState>(select.Int(0));
+  if (old_state != v1::JOB_STATE_FAILED) {
+    return absl::FailedPreconditionError(absl::StrCat("job \"", id, "\" is ", StateName(old_state),
+                                                      ": only a FAILED job can be retried"));
+  }
+  RETURN_IF_ERROR(select.Reset());
+  // The next group resumes from the latest usable checkpoint (LatestCheckpoint's rule), so the
+  // summaries of the steps it will redo go now.
+  ASSIGN_OR_RETURN(Statement checkpoint,
+                   Statement::Prepare(db_,
+                                      "SELECT MAX(step) FROM checkpoints WHERE job_id = ? AND "
+                                      "rejected_ms IS NULL",
+                                      path_));
+  checkpoint.BindText(1, id);
+  ASSIGN_OR_RETURN(bool row, checkpoint.Step());
+  const int64_t resume_step = row && !checkpoint.IsNull(0) ? checkpoint.Int(0) : 0;
+  RETURN_IF_ERROR(checkpoint.Reset());
+  RETURN_IF_ERROR(DiscardAfterLocked(id, resume_step - 1).status());
+  const int64_t now = NowMillis();
+  ASSIGN_OR_RETURN(Statement update,
+                   Statement::Prepare(db_,
+                                      "UPDATE jobs SET state = ?, error = ?, updated_ms = ?, "
+                                      "finished_ms = NULL WHERE id = ?",
+                                      path_));
+  update.BindInt(1, v1::JOB_STATE_RECOVERING);
+  update.BindText(2, message);
+  update.BindInt(3, now);
+  update.BindText(4, id);
+  RETURN_IF_ERROR(update.Run());
+  ASSIGN_OR_RETURN(v1::Job job, LoadJob(id));
+  v1::JobEvent event;
+  v1::JobStateChanged* changed = event.mutable_state_changed();
+  changed->set_old_state(old_state);
+  changed->set_new_state(v1::JOB_STATE_RECOVERING);
+  changed->set_reason(message);
+  changed->set_generation(job.generation());
+  changed->set_world_size(job.world_size());
+  RETURN_IF_ERROR(AppendEvent(id, now, &event));
   RETURN_IF_ERROR(txn->Commit());
-  Changed(job_id);
-  return absl::OkStatus();
+  Changed(id);
+  return job;
 }
 
 absl::StatusOr<std::vector<StepSummaryRecord>> JobStore::StepSummaries(const std::string& job_id,

@@ -162,6 +162,12 @@ class JobStore {
   // job.
   absl::Status DiscardStepSummariesAfter(const std::string& job_id, int64_t step);
 
+  // A FAILED job back to RECOVERING (RetryJob), in one transaction: its summaries past its latest
+  // usable checkpoint are discarded (a rewind is logged when there were any), end_time is
+  // cleared, `message` recorded and the state change logged. Returns the job. NOT_FOUND for an
+  // unknown id; FAILED_PRECONDITION naming its state when it is not FAILED.
+  absl::StatusOr<v1::Job> RetryFailedJob(const std::string& id, const std::string& message);
+
   // Up to `limit` summaries of steps >= from_step, in step order. NOT_FOUND for an unknown job;
   // INVALID_ARGUMENT for a limit < 1.
   absl::StatusOr<std::vector<StepSummaryRecord>> StepSummaries(const std::string& job_id,
@@ -240,6 +246,9 @@ class JobStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // OK when the job exists, else NOT_FOUND naming it. REQUIRES: mu_ held.
   absl::Status CheckJobExists(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // DiscardStepSummariesAfter inside the caller's write transaction; true when it discarded.
+  absl::StatusOr<bool> DiscardAfterLocked(const std::string& job_id, int64_t step)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Bumps the versions after a committed write of the job (see JobVersion).
   void Changed(const std::string& job_id);

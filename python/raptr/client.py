@@ -319,6 +319,12 @@ class Client:
         return Job.from_proto(self._call("CancelJob", job_pb2.CancelJobRequest(
             job_id=job_id, reason=reason)))
 
+    def retry(self, job_id: str, reason: str = "") -> Job:
+        """Runs a FAILED job again from its last committed checkpoint (it goes RECOVERING);
+        FailedPrecondition for a job that is not FAILED."""
+        return Job.from_proto(self._call("RetryJob", job_pb2.RetryJobRequest(
+            job_id=job_id, reason=reason)))
+
     def watch(self, job_id: str, step_every: int = 1, from_start: bool = False,
               follow: bool = True) -> Iterator[object]:
         """The job's events as they happen: a Snapshot first, then StateChanged, Step, Eval,

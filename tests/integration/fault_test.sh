@@ -17,6 +17,8 @@
 #   E. Three of four workers SIGKILLed at once: one recovery (generation 2), not one per worker.
 #   F. A worker that dies every time: the job is FAILED after a bounded number of tries, with the
 #      reason on the job.
+#   R. A job FAILED after its checkpoint at step 25 (a worker dying at step 30 every time):
+#      raptrctl retry runs it again from that checkpoint to SUCCEEDED, every step counted once.
 #   G. Two processes with one worker id: the second is refused while the first is live; the first
 #      one's job is not disturbed.
 #   H. A job finishes while another is recovering (a use-after-free in the coordinator once).
@@ -321,6 +323,41 @@ echo "ok F: a worker that always dies: FAILED ($(generation_of "$JOB") generatio
 kill -KILL "$DOOMED_LOOP" 2>/dev/null || true
 wait "$DOOMED_LOOP" 2>/dev/null || true
 pkill -KILL -f -- "--id wdoomed" || true
+fi
+
+if scenario R; then
+# --- R. raptrctl retry: a job that FAILED after committing a checkpoint runs again from it.
+new_cluster retry
+( for _ in $(seq 1 8); do
+    OMP_NUM_THREADS=1 "$WORKER" serve --coordinator "$ADDR" --id wflaky --crash-at-step 30 \
+      --metrics-listen 127.0.0.1:0 2>> "$WORK/wflaky.log" || true
+  done ) &
+FLAKY_LOOP=$!
+WORKER_PIDS+=($!)
+JOB=$("$CTL" submit -f "$(spec retry 100 1 1)") || fail "submit retry"
+wait_state "$JOB" FAILED 120
+kill -KILL "$FLAKY_LOOP" 2>/dev/null || true
+wait "$FLAKY_LOOP" 2>/dev/null || true
+pkill -KILL -f -- "--id wflaky" || true
+GEN=$(generation_of "$JOB")
+"$CTL" get "$JOB" --output json | grep -q '"checkpoint_step": "25"' \
+  || fail "the failed job has no checkpoint at step 25: $("$CTL" get "$JOB")"
+OTHER=$("$CTL" submit -f "$(spec retry-pending 10 2 2)") || fail "submit a pending job"
+if "$CTL" retry "$OTHER" > /dev/null 2> "$WORK/retry-pending.err"; then fail "a PENDING job was retried"; fi
+grep -q "only a FAILED job can be retried" "$WORK/retry-pending.err" \
+  || fail "retry of a PENDING job: $(cat "$WORK/retry-pending.err")"
+"$CTL" cancel "$OTHER" > /dev/null
+start_worker wsteady
+"$CTL" retry "$JOB" --reason "the flaky host is gone" > "$WORK/retry.out" || fail "retry: $(cat "$WORK/retry.out")"
+grep -Eq "^state: +RECOVERING" "$WORK/retry.out" || fail "retry did not make it RECOVERING: $(cat "$WORK/retry.out")"
+wait_state "$JOB" SUCCEEDED 120
+wait_log "$WORK/wsteady.log" "$JOB generation $((GEN + 1)): rank 0 of 1, resuming from .*step_00000025" 10
+"$CTL" get "$JOB" --output json | grep -q "\"tokens\": \"$((100 * 8 * 32))\"" \
+  || fail "after the retry the job counts other than 100 steps of tokens: $("$CTL" get "$JOB" --output json | grep tokens)"
+"$CTL" logs "$JOB" > "$WORK/retry-logs.txt" || fail "logs after retry"
+grep -q "FAILED -> RECOVERING: retried by request: the flaky host is gone" "$WORK/retry-logs.txt" \
+  || fail "the retry is not in the job's log: $(grep -i retr "$WORK/retry-logs.txt")"
+echo "ok R: a FAILED job retried from its last checkpoint (step 25) runs to SUCCEEDED with every step counted once"
 fi
 
 if scenario G; then

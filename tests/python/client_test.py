@@ -76,6 +76,9 @@ class ClientTest(unittest.TestCase):
         history = list(self.c.watch(job, from_start=True, follow=False))
         self.assertEqual([e.step for e in history if isinstance(e, raptr.Step)], list(range(60)))
         self.assertEqual(history[-1].new_state, "SUCCEEDED")
+        with self.assertRaises(raptr.FailedPrecondition) as e:
+            self.c.retry(job)
+        self.assertIn("only a FAILED job can be retried", e.exception.details)
         self.assertIn(job, [j.id for j in self.c.list(states="succeeded")])
         self.assertNotIn(job, [j.id for j in self.c.list(states=["PENDING", "RUNNING"])])
 

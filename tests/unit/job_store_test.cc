@@ -347,6 +347,60 @@ TEST_F(JobStoreTest, Checkpoints) {
   EXPECT_EQ(store->LatestCheckpoint("job-123456").status().code(), absl::StatusCode::kNotFound);
 }
 
+// RetryJob's store half: only a FAILED job; back to RECOVERING with the message and no end time,
+// its summaries past the latest usable checkpoint gone (a rewind logged), the rest kept.
+TEST_F(JobStoreTest, RetryFailedJobResumesFromTheLatestUsableCheckpoint) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  const std::string id = store->CreateJob(ValidSpec(), "")->id();
+  EXPECT_EQ(store->RetryFailedJob(id, "x").status().code(), absl::StatusCode::kFailedPrecondition)
+      << "a PENDING job is not retried";
+  ASSERT_TRUE(store->UpdateJobState(id, v1::JOB_STATE_RUNNING, "").ok());
+  std::vector<StepSummaryRecord> steps;
+  for (int i = 0; i < 15; ++i) steps.push_back(Step(i, 5.0 - 0.1 * i));
+  ASSERT_TRUE(store->RecordStepSummaries(id, steps).ok());
+  ASSERT_TRUE(store->CommitCheckpoint(id, 10, "/runs/a/step_10", 0).ok());
+  ASSERT_TRUE(store->CommitCheckpoint(id, 12, "/runs/a/step_12", 0).ok());
+  ASSERT_TRUE(store->RejectCheckpoint(id, 12, "digest mismatch").ok());
+  absl::StatusOr<v1::Job> failed = store->UpdateJobState(id, v1::JOB_STATE_FAILED, "boom");
+  ASSERT_TRUE(failed.ok());
+  ASSERT_TRUE(failed->has_end_time());
+  const int64_t events_before = *store->LastEventSeq(id);
+
+  absl::StatusOr<v1::Job> retried = store->RetryFailedJob(id, "retried by user alice");
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(retried->state(), v1::JOB_STATE_RECOVERING);
+  EXPECT_EQ(retried->message(), "retried by user alice");
+  EXPECT_FALSE(retried->has_end_time());
+  EXPECT_EQ(retried->progress().step(), 10) << "resumes after step 9, from checkpoint 10";
+  EXPECT_EQ(retried->progress().tokens(), 10 * 256);
+  absl::StatusOr<std::vector<StepSummaryRecord>> kept = store->StepSummaries(id, 0, 100);
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(kept->size(), 10u);
+  absl::StatusOr<std::vector<std::pair<int64_t, v1::JobEvent>>> events =
+      store->JobEvents(id, events_before, 100);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 2u);
+  EXPECT_TRUE((*events)[0].second.has_rewound());
+  EXPECT_EQ((*events)[0].second.rewound().to_step(), 10);
+  ASSERT_TRUE((*events)[1].second.has_state_changed());
+  EXPECT_EQ((*events)[1].second.state_changed().old_state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ((*events)[1].second.state_changed().new_state(), v1::JOB_STATE_RECOVERING);
+  // From RECOVERING it runs again as a recovery does; a second retry needs it FAILED again.
+  EXPECT_EQ(store->RetryFailedJob(id, "x").status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(store->UpdateJobState(id, v1::JOB_STATE_RUNNING, "").ok());
+  EXPECT_EQ(store->RetryFailedJob("job-123456", "x").status().code(), absl::StatusCode::kNotFound);
+
+  // With no checkpoint at all, it starts over: every summary goes.
+  const std::string other = store->CreateJob(ValidSpec(), "")->id();
+  ASSERT_TRUE(store->UpdateJobState(other, v1::JOB_STATE_RUNNING, "").ok());
+  ASSERT_TRUE(store->RecordStepSummaries(other, steps).ok());
+  ASSERT_TRUE(store->UpdateJobState(other, v1::JOB_STATE_FAILED, "boom").ok());
+  ASSERT_TRUE(store->RetryFailedJob(other, "again").ok());
+  EXPECT_EQ(store->GetJob(other)->progress().step(), 0);
+  EXPECT_TRUE(store->StepSummaries(other, 0, 100)->empty());
+}
+
 // A checkpoint found unusable at resume is skipped from then on (the previous one is used), with
 // a checkpoint_rejected event; the digest survives the round trip, all 64 bits of it.
 TEST_F(JobStoreTest, RejectedCheckpointsAreSkipped) {
