@@ -172,7 +172,15 @@ def section(load_run, figs):
     if lr is None:
         out += ["The sweep is not complete, so nothing else has run yet.", ""]
     else:
-        out += [f"The best, lr {lr:g}, is given to every method below."]
+        ranked = sorted(sweep, key=lambda x: _final(x[1]))
+        close = ""
+        if len(ranked) > 1:
+            gap = _final(ranked[1][1]) - _final(ranked[0][1])
+            if gap < 0.01:
+                close = (f" (lr {ranked[1][0]:g} is within {gap:.4f} of it, one seed each: the "
+                         "optimum is likely between the two, and the choice between them is "
+                         "noise)")
+        out += [f"The best, lr {lr:g}, is given to every method below{close}."]
         half = load_run("gpt", "full-half-s1")
         best = load_run("gpt", long.lr_name(lr))
         if half and best:
@@ -289,7 +297,7 @@ def _separation(by):
 
 def _verdict(by):
     full = [_final(r) for r in by.get("full", [])]
-    if not full:
+    if not full or not any(by.get(m) for m in ORDER if m != "full"):
         return []
     fm = statistics.mean(full)
     fsd = statistics.stdev(full) if len(full) > 1 else None
