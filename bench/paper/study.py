@@ -256,7 +256,9 @@ def run_one(objective, name, method, schedule, seed, extra, spec=None, runs_dir=
         "cpu": cpu_model(), "cpus": os.cpu_count(),
     }
     path = os.path.join(runs_dir, objective, name)
-    report.write_csv(path + ".csv", [rows[s] for s in sorted(rows)])
+    # The long regime's runs are 6500 rows each: committed compressed.
+    suffix = ".csv.gz" if runs_dir == LONG_RUNS else ".csv"
+    report.write_csv(path + suffix, [rows[s] for s in sorted(rows)])
     with open(path + ".json", "w") as f:
         json.dump(meta, f, indent=1)
     os.remove(spec_path)
@@ -292,7 +294,8 @@ def load_long(objective, name):
         return None
     with open(path + ".json") as f:
         meta = json.load(f)
-    return {"meta": meta, "rows": report.read_csv(path + ".csv")}
+    csv_path = path + ".csv.gz" if os.path.exists(path + ".csv.gz") else path + ".csv"
+    return {"meta": meta, "rows": report.read_csv(csv_path)}
 
 
 def start_cluster(port):
