@@ -542,6 +542,29 @@ int RunCancel(int argc, char** argv, int first) {
   return PrintJob(inv, job);
 }
 
+int RunDelete(int argc, char** argv, int first) {
+  const std::string usage = "delete JOB [flags]";
+  Invocation inv;
+  if (int exit = Setup("delete", usage, argc, argv, first, 1, &inv); exit >= 0) return exit;
+  v1::DeleteJobRequest request;
+  request.set_job_id(inv.flags.positional()[0]);
+  v1::DeleteJobResponse response;
+  grpc::Status status = inv.stub->DeleteJob(inv.NewContext().get(), request, &response);
+  if (!status.ok()) return RpcError(inv, "DeleteJob", status);
+  if (inv.json) return PrintJson(response);
+  std::printf("deleted %s%s\n", request.job_id().c_str(),
+              response.removed_checkpoints().empty()
+                  ? ""
+                  : absl::StrCat(" and its checkpoints (", response.removed_checkpoints(), ")")
+                        .c_str());
+  if (!response.checkpoint_error().empty()) {
+    std::fprintf(stderr, "raptrctl delete: the job is deleted but its checkpoints stay: %s\n",
+                 response.checkpoint_error().c_str());
+    return kExitServerError;
+  }
+  return kExitOk;
+}
+
 int RunRetry(int argc, char** argv, int first) {
   const std::string usage = "retry JOB [--reason TEXT] [flags]";
   Invocation inv;

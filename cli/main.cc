@@ -29,6 +29,7 @@ const std::vector<Command>& Commands() {
       {{"list"}, "list the coordinator's jobs", RunList},
       {{"get"}, "show one job", RunGet},
       {{"cancel"}, "cancel a job", RunCancel},
+      {{"delete"}, "delete an ended job with its history and checkpoints", RunDelete},
       {{"retry"}, "run a FAILED job again from its last committed checkpoint", RunRetry},
       {{"watch"}, "print a job's events until it ends", RunWatch},
       {{"logs"}, "print a job's event log from its submission (-f: and follow it)", RunLogs},

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <filesystem>
+#include <system_error>
 #include <string>
 #include <utility>
 #include <vector>
@@ -236,6 +238,41 @@ grpc::Status JobServiceImpl::RetryJob(grpc::ServerContext* context,
       request->reason().empty() ? who : absl::StrCat(who, ": ", request->reason()));
   if (!job.ok()) return ToGrpcStatus(job.status());
   *response = *std::move(job);
+  return grpc::Status::OK;
+}
+
+grpc::Status JobServiceImpl::DeleteJob(grpc::ServerContext* context,
+                                       const v1::DeleteJobRequest* request,
+                                       v1::DeleteJobResponse* response) {
+  absl::StatusOr<Principal> caller = Authorize(context, Role::kSubmitter);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  if (grpc::Status valid = CheckJobId(request->job_id()); !valid.ok()) return valid;
+  if (grpc::Status owner = CheckOwner(*store_, *caller, request->job_id(), "delete");
+      !owner.ok()) {
+    return owner;
+  }
+  // The records first: a crash or an I/O error after it leaves files no record names (the job is
+  // gone either way), never a record whose checkpoints are half deleted.
+  if (absl::Status deleted = store_->DeleteJob(request->job_id()); !deleted.ok()) {
+    return ToGrpcStatus(deleted);
+  }
+  if (checkpoint_root_.empty()) return grpc::Status::OK;
+  namespace fs = std::filesystem;
+  // The id named a stored job (DeleteJob found it), and the store makes every id job-NNNNNN:
+  // the directory is <root>/<id>, never above the root.
+  const fs::path dir = fs::path(checkpoint_root_) / request->job_id();
+  std::error_code ec;
+  const fs::file_status status = fs::symlink_status(dir, ec);
+  if (ec || !fs::exists(status)) return grpc::Status::OK;  // it never checkpointed here
+  if (fs::is_symlink(status) || !fs::is_directory(status)) {
+    // Not ours to follow: a link could point anywhere.
+    response->set_checkpoint_error(
+        absl::StrCat(dir.string(), " is not a directory (a link?): left as it is"));
+  } else if (fs::remove_all(dir, ec); ec) {  // remove_all removes links, never their targets
+    response->set_checkpoint_error(absl::StrCat("removing ", dir.string(), ": ", ec.message()));
+  } else {
+    response->set_removed_checkpoints(dir.string());
+  }
   return grpc::Status::OK;
 }
 

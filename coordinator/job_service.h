@@ -51,6 +51,11 @@ class JobServiceImpl final : public v1::JobService::WithCallbackMethod_WatchJob<
                         v1::ListJobsResponse* response) override;
   grpc::Status RetryJob(grpc::ServerContext* context, const v1::RetryJobRequest* request,
                         v1::Job* response) override;
+  grpc::Status DeleteJob(grpc::ServerContext* context, const v1::DeleteJobRequest* request,
+                         v1::DeleteJobResponse* response) override;
+  // Where jobs' checkpoint directories live (<root>/<job id>/): DeleteJob removes them. Empty:
+  // DeleteJob removes records only. REQUIRES: set before the server starts.
+  void set_checkpoint_root(std::string root) { checkpoint_root_ = std::move(root); }
   grpc::Status CancelJob(grpc::ServerContext* context, const v1::CancelJobRequest* request,
                          v1::Job* response) override;
   grpc::ServerWriteReactor<v1::JobEvent>* WatchJob(grpc::CallbackServerContext* context,
@@ -78,6 +83,7 @@ class JobServiceImpl final : public v1::JobService::WithCallbackMethod_WatchJob<
   JobWatchHub watch_hub_;
   Authorizer* authorizer_ = nullptr;
   const DataRoots* data_roots_ = nullptr;
+  std::string checkpoint_root_;
 };
 
 }  // namespace raptr

@@ -329,6 +329,7 @@ int Main(int argc, char** argv) {
                 metrics_address.substr(0, metrics_address.rfind(':')).c_str(), *metrics_port);
   }
   JobServiceImpl job_service(store->get(), &cluster);
+  job_service.set_checkpoint_root(options.checkpoint_root);
   job_service.set_authorizer(&authorizer);
   job_service.set_data_roots(&*data_roots);
   ControlServiceImpl control_service(&cluster, &authorizer);

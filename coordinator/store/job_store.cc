@@ -876,6 +876,31 @@ absl::StatusOr<v1::Job> JobStore::RetryFailedJob(const std::string& id, const st
   return job;
 }
 
+absl::Status JobStore::DeleteJob(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto txn, Transaction::BeginWrite(db_, path_));
+  ASSIGN_OR_RETURN(Statement select,
+                   Statement::Prepare(db_, "SELECT state FROM jobs WHERE id = ?", path_));
+  select.BindText(1, id);
+  ASSIGN_OR_RETURN(bool found, select.Step());
+  if (!found) return absl::NotFoundError(absl::StrCat("job \"", id, "\" not found"));
+  const auto state = static_cast<v1::JobState>(select.Int(0));
+  if (!IsTerminal(state)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job \"", id, "\" is ", StateName(state), ": only an ended job can be deleted (cancel it first)"));
+  }
+  RETURN_IF_ERROR(select.Reset());
+  // The summaries, events and checkpoint records go with it (ON DELETE CASCADE; foreign keys
+  // are on for every connection).
+  ASSIGN_OR_RETURN(Statement remove,
+                   Statement::Prepare(db_, "DELETE FROM jobs WHERE id = ?", path_));
+  remove.BindText(1, id);
+  RETURN_IF_ERROR(remove.Run());
+  RETURN_IF_ERROR(txn->Commit());
+  Changed(id);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<StepSummaryRecord>> JobStore::StepSummaries(const std::string& job_id,
                                                                        int64_t from_step,
                                                                        int limit) {

@@ -168,6 +168,11 @@ class JobStore {
   // unknown id; FAILED_PRECONDITION naming its state when it is not FAILED.
   absl::StatusOr<v1::Job> RetryFailedJob(const std::string& id, const std::string& message);
 
+  // Deletes an ended job and everything the store holds of it (summaries, events, checkpoint
+  // records) in one transaction. NOT_FOUND for an unknown id; FAILED_PRECONDITION naming its
+  // state when it has not ended.
+  absl::Status DeleteJob(const std::string& id);
+
   // Up to `limit` summaries of steps >= from_step, in step order. NOT_FOUND for an unknown job;
   // INVALID_ARGUMENT for a limit < 1.
   absl::StatusOr<std::vector<StepSummaryRecord>> StepSummaries(const std::string& job_id,

@@ -319,6 +319,16 @@ class Client:
         return Job.from_proto(self._call("CancelJob", job_pb2.CancelJobRequest(
             job_id=job_id, reason=reason)))
 
+    def delete(self, job_id: str) -> str:
+        """Deletes an ended job with its history and checkpoints; returns the checkpoint
+        directory removed ("" when none). FailedPrecondition for a job that has not ended;
+        RaptrError when the record went but the checkpoint files could not."""
+        response = self._call("DeleteJob", job_pb2.DeleteJobRequest(job_id=job_id))
+        if response.checkpoint_error:
+            raise errors.RaptrError(grpc.StatusCode.INTERNAL, response.checkpoint_error,
+                                    "DeleteJob")
+        return response.removed_checkpoints
+
     def retry(self, job_id: str, reason: str = "") -> Job:
         """Runs a FAILED job again from its last committed checkpoint (it goes RECOVERING);
         FailedPrecondition for a job that is not FAILED."""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `raptrctl export --format hf` (and `raptrctl logs` of the exported job): a trained checkpoint
+# `raptrctl export --format hf` (then `raptrctl logs` and `delete` of the exported job): a trained checkpoint
 # becomes config.json + model.safetensors that
 # a GPT-2 built from config.json alone (the PyTorch reference, tests/parity/check_export.py) runs
 # to raptr's own logits; a job's latest checkpoint exports through the coordinator (with its
@@ -93,4 +93,21 @@ LATER=$("$CTL" submit -f "$(spec exp-later 30 2 2)") || fail "submit a job that 
 timeout 10 "$CTL" logs "$LATER" > "$WORK/logs-pending.txt" 2>&1 || fail "logs of a pending job did not return"
 grep -q "$LATER: PENDING" "$WORK/logs-pending.txt" || fail "pending logs: $(cat "$WORK/logs-pending.txt")"
 "$CTL" cancel "$LATER" > /dev/null
+
+# raptrctl delete: an ended job goes with its history and checkpoint directory; one that has not
+# ended is refused.
+WAITING=$("$CTL" submit -f "$(spec exp-delete 30 2 2)") || fail "submit a job to refuse deleting"
+if "$CTL" delete "$WAITING" > /dev/null 2> "$WORK/delete-pending.err"; then fail "a PENDING job was deleted"; fi
+grep -q "only an ended job can be deleted" "$WORK/delete-pending.err" \
+  || fail "delete of a pending job: $(cat "$WORK/delete-pending.err")"
+JOB_DIR=$(dirname "$(dirname "$(dirname "$path")")")
+[[ -d "$JOB_DIR" && $(basename "$JOB_DIR") == "$JOB" ]] || fail "no checkpoint directory $JOB_DIR for $JOB"
+"$CTL" delete "$JOB" > "$WORK/delete.out" || fail "delete: $(cat "$WORK/delete.out")"
+grep -q "deleted $JOB and its checkpoints" "$WORK/delete.out" || fail "delete said: $(cat "$WORK/delete.out")"
+[[ ! -e "$JOB_DIR" ]] || fail "delete left $JOB_DIR"
+if "$CTL" get "$JOB" > /dev/null 2> "$WORK/deleted-get.err"; then fail "a deleted job is still there"; fi
+grep -q "NOT_FOUND" "$WORK/deleted-get.err" || fail "get of a deleted job: $(cat "$WORK/deleted-get.err")"
+"$CTL" list > "$WORK/list-after-delete.txt"
+! grep -q "^$JOB " "$WORK/list-after-delete.txt" || fail "a deleted job is still listed"
+"$CTL" get "$LATER" > /dev/null || fail "delete took another job with it"
 echo "PASS: export"

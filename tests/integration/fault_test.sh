@@ -585,12 +585,16 @@ start_worker wk
 JOB=$("$CTL" submit -f "$(spec ref4 200 1 1)") || fail "submit commitkill"
 wait "$COORD_PID" 2>/dev/null && fail "the coordinator outlived its failpoint"
 grep -q "failpoint store.commit-checkpoint" "$WORK/coord.log" || fail "the commit failpoint did not fire"
+# The committed checkpoints' steps and the checkpoint events logged (JobEvents parsed with the
+# generated Python stubs: other events carry checkpoint paths too, in their progress).
 committed() {
-  python3 - "$STORE_K" "$JOB" <<'PY'
+  PYTHONPATH=$BUILD/python /usr/bin/python3 - "$STORE_K" "$JOB" <<'PY'
 import sqlite3, sys
+from raptr.v1 import job_pb2
 db = sqlite3.connect(sys.argv[1])
 steps = [s for (s,) in db.execute("SELECT step FROM checkpoints WHERE job_id = ? ORDER BY step", (sys.argv[2],))]
-events = sum(1 for (e,) in db.execute("SELECT event FROM job_events WHERE job_id = ?", (sys.argv[2],)) if b"generation-" in e)
+events = sum(1 for (e,) in db.execute("SELECT event FROM job_events WHERE job_id = ?", (sys.argv[2],))
+             if job_pb2.JobEvent.FromString(e).HasField("checkpoint"))
 print(" ".join(map(str, steps)), "events", events)
 PY
 }

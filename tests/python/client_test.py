@@ -81,6 +81,13 @@ class ClientTest(unittest.TestCase):
         self.assertIn("only a FAILED job can be retried", e.exception.details)
         self.assertIn(job, [j.id for j in self.c.list(states="succeeded")])
         self.assertNotIn(job, [j.id for j in self.c.list(states=["PENDING", "RUNNING"])])
+        checkpoints = got.proto.progress.checkpoint_path
+        self.assertTrue(os.path.isdir(checkpoints))
+        removed = self.c.delete(job)
+        self.assertTrue(checkpoints.startswith(removed + os.sep), (removed, checkpoints))
+        self.assertFalse(os.path.exists(removed))
+        with self.assertRaises(raptr.NotFound):
+            self.c.get(job)
 
     def test_cancel(self):
         # Two workers wanted, one connected: it stays PENDING until cancelled.

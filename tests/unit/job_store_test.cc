@@ -401,6 +401,34 @@ TEST_F(JobStoreTest, RetryFailedJobResumesFromTheLatestUsableCheckpoint) {
   EXPECT_TRUE(store->StepSummaries(other, 0, 100)->empty());
 }
 
+// DeleteJob: only an ended job, and every row of it goes (summaries, events, checkpoints); other
+// jobs keep theirs.
+TEST_F(JobStoreTest, DeleteJobRemovesEveryRowOfAnEndedJobOnly) {
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  const std::string id = store->CreateJob(ValidSpec(), "")->id();
+  const std::string other = store->CreateJob(ValidSpec(), "")->id();
+  for (const std::string& job : {id, other}) {
+    ASSERT_TRUE(store->UpdateJobState(job, v1::JOB_STATE_RUNNING, "").ok());
+    ASSERT_TRUE(store->RecordStepSummaries(job, {Step(0, 2.0), Step(1, 1.5)}).ok());
+    ASSERT_TRUE(store->CommitCheckpoint(job, 2, "/runs/" + job + "/step_2", 0).ok());
+  }
+  EXPECT_EQ(store->DeleteJob(id).code(), absl::StatusCode::kFailedPrecondition)
+      << "a RUNNING job is not deleted";
+  ASSERT_TRUE(store->UpdateJobState(id, v1::JOB_STATE_SUCCEEDED, "").ok());
+  const int64_t rows_before = CountRows("step_summaries") + CountRows("job_events") +
+                              CountRows("checkpoints");
+  ASSERT_TRUE(store->DeleteJob(id).ok());
+  EXPECT_EQ(store->GetJob(id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(CountRows("jobs"), 1);
+  EXPECT_EQ(CountRows("step_summaries"), 2) << "the other job's summaries stay";
+  EXPECT_EQ(CountRows("checkpoints"), 1);
+  EXPECT_LT(CountRows("step_summaries") + CountRows("job_events") + CountRows("checkpoints"),
+            rows_before);
+  EXPECT_EQ(store->GetJob(other)->progress().step(), 2);
+  EXPECT_EQ(store->DeleteJob(id).code(), absl::StatusCode::kNotFound);
+}
+
 // A checkpoint found unusable at resume is skipped from then on (the previous one is used), with
 // a checkpoint_rejected event; the digest survives the round trip, all 64 bits of it.
 TEST_F(JobStoreTest, RejectedCheckpointsAreSkipped) {
