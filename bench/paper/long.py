@@ -119,6 +119,10 @@ def plan(load_run):
     ]
     for method, schedule, extra in first:
         runs.append(("gpt", f"{method}-s1", method, schedule, 1, extra))
+    # What a doubling still buys at the study's length: full training for twice the steps (the
+    # half-length run measures the doubling before it).
+    runs.append(("gpt", "full-double-s1", "full-double", SCHEDULES["full"], 1,
+                 at(steps=2 * STEPS)))
     for seed in SEEDS[1:]:
         runs.append(("gpt", f"full-s{seed}", "full", SCHEDULES["full"], seed, at()))
         for method in ("raptr", "raptr-frozen", "stacking"):
