@@ -8,9 +8,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <sstream>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -540,6 +542,80 @@ int RunCancel(int argc, char** argv, int first) {
   grpc::Status status = inv.stub->CancelJob(inv.NewContext().get(), request, &job);
   if (!status.ok()) return RpcError(inv, "CancelJob", status);
   return PrintJob(inv, job);
+}
+
+int RunTop(int argc, char** argv, int first) {
+  const std::string usage = "top [--interval S] [--once] [flags]";
+  Invocation inv;
+  inv.flags.Define("interval", "2", "seconds between refreshes");
+  inv.flags.Range("interval", 0.2, 3600);
+  inv.flags.Define("once", "false", "print one frame and exit (scripts; also when not a terminal)");
+  if (int exit = Setup("top", usage, argc, argv, first, 0, &inv); exit >= 0) return exit;
+  const double interval = *inv.flags.GetDouble("interval");
+  const bool tty = isatty(fileno(stdout));
+  const bool once = inv.flags.Get("once") == "true" || !tty;
+  // Tokens per second of a job: from the progress between two frames; the first frame uses the
+  // job's own average (tokens over training seconds).
+  std::map<std::string, std::pair<int64_t, double>> last;  // job -> (tokens, train_seconds)
+  while (true) {
+    v1::ListWorkersResponse workers;
+    grpc::Status status =
+        inv.stub->ListWorkers(inv.NewContext().get(), v1::ListWorkersRequest(), &workers);
+    if (!status.ok()) return RpcError(inv, "ListWorkers", status);
+    std::vector<v1::Job> jobs;
+    v1::ListJobsRequest request;
+    request.add_states(v1::JOB_STATE_PENDING);
+    request.add_states(v1::JOB_STATE_RUNNING);
+    request.add_states(v1::JOB_STATE_RECOVERING);
+    request.set_page_size(100);
+    while (true) {
+      v1::ListJobsResponse page;
+      status = inv.stub->ListJobs(inv.NewContext().get(), request, &page);
+      if (!status.ok()) return RpcError(inv, "ListJobs", status);
+      for (v1::Job& job : *page.mutable_jobs()) jobs.push_back(std::move(job));
+      if (page.next_page_token().empty()) break;
+      request.set_page_token(page.next_page_token());
+    }
+    std::string frame;
+    int busy = 0;
+    for (const v1::WorkerInfo& w : workers.workers()) busy += w.state() == "busy";
+    absl::StrAppendFormat(&frame, "raptr %s  workers %d (%d busy)  active jobs %d\n\n",
+                          inv.flags.Get("coordinator"), workers.workers_size(), busy,
+                          static_cast<int>(jobs.size()));
+    absl::StrAppendFormat(&frame, "%-12s %-22s %-11s %11s %6s %9s %8s %8s %8s\n", "JOB", "NAME",
+                          "STATE", "STEP", "%", "TOKENS/S", "LOSS", "EVAL", "SAVED");
+    for (const v1::Job& job : jobs) {
+      const v1::JobProgress& p = job.progress();
+      const int64_t steps = job.spec().training().steps();
+      double rate = p.train_seconds() > 0 ? p.tokens() / p.train_seconds() : 0;
+      if (auto it = last.find(job.id()); it != last.end() && p.train_seconds() > it->second.second) {
+        rate = (p.tokens() - it->second.first) / (p.train_seconds() - it->second.second);
+      }
+      last[job.id()] = {p.tokens(), p.train_seconds()};
+      absl::StrAppendFormat(
+          &frame, "%-12s %-22.22s %-11s %11s %5.1f%% %9.0f %8s %8s %7.1f%%\n", job.id(),
+          job.spec().name(), StateName(job.state()), absl::StrCat(p.step(), "/", steps),
+          steps > 0 ? 100.0 * p.step() / steps : 0.0, rate,
+          p.step() > 0 ? absl::StrFormat("%.4f", p.loss()) : "-",
+          p.has_eval_loss() ? absl::StrFormat("%.4f", p.eval_loss()) : "-",
+          p.flops_full() > 0 ? 100.0 * (1 - p.flops() / p.flops_full()) : 0.0);
+    }
+    absl::StrAppendFormat(&frame, "\n%-20s %-5s %-9s %-12s %5s %10s %s\n", "WORKER", "KIND",
+                          "STATE", "JOB", "RANK", "TOKENS/S", "LAST SEEN");
+    for (const v1::WorkerInfo& w : workers.workers()) {
+      absl::StrAppendFormat(
+          &frame, "%-20.20s %-5s %-9s %-12s %5s %10s %s\n", w.worker_id(),
+          w.backend() == v1::BACKEND_CUDA ? "cuda" : "cpu", w.state(),
+          w.job_id().empty() ? "-" : w.job_id(), w.rank() >= 0 ? absl::StrCat(w.rank()) : "-",
+          w.state() == "busy" ? absl::StrFormat("%.0f", w.tokens_per_second()) : "-",
+          TimeText(w.last_seen()));
+    }
+    if (tty && !once) std::printf("\033[H\033[2J");  // home, clear
+    std::printf("%s", frame.c_str());
+    std::fflush(stdout);
+    if (once) return kExitOk;
+    std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(interval * 1000)));
+  }
 }
 
 int RunDelete(int argc, char** argv, int first) {

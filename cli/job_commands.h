@@ -25,6 +25,8 @@ int RunWatch(int argc, char** argv, int first);
 int RunPlot(int argc, char** argv, int first);
 // `raptrctl export JOB | --checkpoint DIR --format hf -o DIR`.
 int RunExport(int argc, char** argv, int first);
+// `raptrctl top [--interval S] [--once]`: a live view of the workers and the active jobs.
+int RunTop(int argc, char** argv, int first);
 // `raptrctl delete JOB`: an ended job, its history and its checkpoints.
 int RunDelete(int argc, char** argv, int first);
 // `raptrctl retry JOB [--reason TEXT]`: a FAILED job again from its last committed checkpoint.

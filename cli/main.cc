@@ -29,6 +29,7 @@ const std::vector<Command>& Commands() {
       {{"list"}, "list the coordinator's jobs", RunList},
       {{"get"}, "show one job", RunGet},
       {{"cancel"}, "cancel a job", RunCancel},
+      {{"top"}, "a live view of the workers and the active jobs (tokens/s, FLOPs saved)", RunTop},
       {{"delete"}, "delete an ended job with its history and checkpoints", RunDelete},
       {{"retry"}, "run a FAILED job again from its last committed checkpoint", RunRetry},
       {{"watch"}, "print a job's events until it ends", RunWatch},

@@ -17,6 +17,7 @@
 #include "common/security.h"
 #include "coordinator/cluster_util.h"
 #include "coordinator/placement.h"
+#include "google/protobuf/util/time_util.h"
 
 namespace raptr {
 
@@ -275,6 +276,32 @@ void Cluster::JobSubmitted(const std::string& /*job_id*/) {
   absl::MutexLock lock(&mu_);
   schedule_needed_ = true;
   ScheduleIfNeeded();
+}
+
+std::vector<v1::WorkerInfo> Cluster::ConnectedWorkers() {
+  absl::MutexLock lock(&mu_);
+  const double now = Now();
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  std::vector<v1::WorkerInfo> out;
+  for (const auto& [worker_id, session] : session_of_worker_) {
+    auto it = sessions_.find(session);
+    if (it == sessions_.end()) continue;
+    const Worker& worker = it->second;
+    v1::WorkerInfo info;
+    info.set_worker_id(worker_id);
+    info.set_backend(EffectiveBackend(worker.hello.backend()));
+    info.set_devices(worker.hello.devices_size());
+    info.set_memory_bytes(worker.hello.memory_bytes());
+    info.set_state(!worker.job_id.empty() ? "busy" : worker.draining ? "draining" : "idle");
+    info.set_job_id(!worker.job_id.empty() ? worker.job_id : worker.draining_job);
+    info.set_rank(worker.job_id.empty() ? -1 : worker.rank);
+    // Steady seconds since its last message, as wall time.
+    *info.mutable_last_seen() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(
+        now_ms - static_cast<int64_t>((now - worker.last_seen) * 1000));
+    if (!worker.job_id.empty()) info.set_tokens_per_second(worker.tokens_per_second);
+    out.push_back(std::move(info));
+  }
+  return out;
 }
 
 void Cluster::JobCancelled(const std::string& job_id) {

@@ -132,6 +132,7 @@ class Cluster final : public JobLifecycleListener {
   // JobService's hooks: a job was submitted (schedule now) or cancelled (abort its group).
   void JobSubmitted(const std::string& job_id) override;
   void JobCancelled(const std::string& job_id) override;
+  std::vector<v1::WorkerInfo> ConnectedWorkers() override;
 
   // Rendezvous store (ControlService.KvSet / KvGet); see control.proto for the codes.
   absl::Status KvSet(const v1::KvSetRequest& request);

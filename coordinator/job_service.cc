@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <system_error>
 #include <string>
 #include <utility>
@@ -14,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/job_spec.h"
+#include "google/protobuf/util/time_util.h"
 
 namespace raptr {
 namespace {
@@ -238,6 +240,36 @@ grpc::Status JobServiceImpl::RetryJob(grpc::ServerContext* context,
       request->reason().empty() ? who : absl::StrCat(who, ": ", request->reason()));
   if (!job.ok()) return ToGrpcStatus(job.status());
   *response = *std::move(job);
+  return grpc::Status::OK;
+}
+
+grpc::Status JobServiceImpl::ListWorkers(grpc::ServerContext* context,
+                                         const v1::ListWorkersRequest* /*request*/,
+                                         v1::ListWorkersResponse* response) {
+  if (absl::StatusOr<Principal> caller = Authorize(context, Role::kReader); !caller.ok()) {
+    return ToGrpcStatus(caller.status());
+  }
+  std::map<std::string, v1::WorkerInfo> by_id;
+  // Every worker the store has seen, gone unless it is connected now.
+  absl::StatusOr<std::vector<WorkerRecord>> known = store_->ListWorkers();
+  if (!known.ok()) return ToGrpcStatus(known.status());
+  for (const WorkerRecord& record : *known) {
+    v1::WorkerInfo& info = by_id[record.worker_id];
+    info.set_worker_id(record.worker_id);
+    info.set_backend(record.backend);
+    info.set_devices(record.devices);
+    info.set_memory_bytes(record.memory_bytes);
+    info.set_state("gone");
+    info.set_rank(-1);
+    *info.mutable_last_seen() =
+        google::protobuf::util::TimeUtil::MillisecondsToTimestamp(record.last_seen_ms);
+  }
+  if (listener_ != nullptr) {
+    for (v1::WorkerInfo& live : listener_->ConnectedWorkers()) {
+      by_id[live.worker_id()] = std::move(live);
+    }
+  }
+  for (auto& [id, info] : by_id) *response->add_workers() = std::move(info);
   return grpc::Status::OK;
 }
 

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "common/data_roots.h"
@@ -27,6 +28,8 @@ class JobLifecycleListener {
   virtual void JobSubmitted(const std::string& job_id) = 0;
   // A job was moved to CANCELLED (its workers should stop).
   virtual void JobCancelled(const std::string& job_id) = 0;
+  // The workers connected now (ListWorkers); none by default.
+  virtual std::vector<v1::WorkerInfo> ConnectedWorkers() { return {}; }
 };
 
 // JobServiceImpl is thin: every RPC validates its request's envelope (ids, page tokens, sizes),
@@ -53,6 +56,8 @@ class JobServiceImpl final : public v1::JobService::WithCallbackMethod_WatchJob<
                         v1::Job* response) override;
   grpc::Status DeleteJob(grpc::ServerContext* context, const v1::DeleteJobRequest* request,
                          v1::DeleteJobResponse* response) override;
+  grpc::Status ListWorkers(grpc::ServerContext* context, const v1::ListWorkersRequest* request,
+                           v1::ListWorkersResponse* response) override;
   // Where jobs' checkpoint directories live (<root>/<job id>/): DeleteJob removes them. Empty:
   // DeleteJob removes records only. REQUIRES: set before the server starts.
   void set_checkpoint_root(std::string root) { checkpoint_root_ = std::move(root); }

@@ -97,6 +97,13 @@ grep -q "$LATER: PENDING" "$WORK/logs-pending.txt" || fail "pending logs: $(cat 
 # raptrctl delete: an ended job goes with its history and checkpoint directory; one that has not
 # ended is refused.
 WAITING=$("$CTL" submit -f "$(spec exp-delete 30 2 2)") || fail "submit a job to refuse deleting"
+# raptrctl top --once: the connected worker and the active jobs.
+"$CTL" top --once > "$WORK/top.txt" 2>&1 || fail "top: $(cat "$WORK/top.txt")"
+grep -Eq "^w1 +cpu +idle " "$WORK/top.txt" || fail "top does not show w1 idle: $(cat "$WORK/top.txt")"
+grep -Eq "^$WAITING +exp-delete +PENDING +0/30 " "$WORK/top.txt" || fail "top does not show the pending job: $(cat "$WORK/top.txt")"
+grep -q "^$LATER " "$WORK/top.txt" && fail "top lists an ended job: $(cat "$WORK/top.txt")"
+grep -q "workers 1 (0 busy)" "$WORK/top.txt" || fail "top's header: $(head -1 "$WORK/top.txt")"
+
 if "$CTL" delete "$WAITING" > /dev/null 2> "$WORK/delete-pending.err"; then fail "a PENDING job was deleted"; fi
 grep -q "only an ended job can be deleted" "$WORK/delete-pending.err" \
   || fail "delete of a pending job: $(cat "$WORK/delete-pending.err")"
