@@ -825,20 +825,23 @@ absl::StatusOr<bool> JobStore::DiscardAfterLocked(const std::string& job_id, int
   return true;
 }
 
-absl::StatusOr<v1::Job> JobStore::RetryFailedJob(const std::string& id, const std::string& message) {
-  absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(auto txn, Transaction::BeginWrite(db_, path_));
+absl::StatusOr<v1::JobState> JobStore::StateLocked(const std::string& id) {
   ASSIGN_OR_RETURN(Statement select,
                    Statement::Prepare(db_, "SELECT state FROM jobs WHERE id = ?", path_));
   select.BindText(1, id);
   ASSIGN_OR_RETURN(bool found, select.Step());
   if (!found) return absl::NotFoundError(absl::StrCat("job \"", id, "\" not found"));
-  const auto old_state = static_cast<v1::JobState>(select.Int(0));
+  return static_cast<v1::JobState>(select.Int(0));
+}
+
+absl::StatusOr<v1::Job> JobStore::RetryFailedJob(const std::string& id, const std::string& message) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto txn, Transaction::BeginWrite(db_, path_));
+  ASSIGN_OR_RETURN(const v1::JobState old_state, StateLocked(id));
   if (old_state != v1::JOB_STATE_FAILED) {
     return absl::FailedPreconditionError(absl::StrCat("job \"", id, "\" is ", StateName(old_state),
                                                       ": only a FAILED job can be retried"));
   }
-  RETURN_IF_ERROR(select.Reset());
   // The next group resumes from the latest usable checkpoint (LatestCheckpoint's rule), so the
   // summaries of the steps it will redo go now.
   ASSIGN_OR_RETURN(Statement checkpoint,
@@ -879,17 +882,11 @@ absl::StatusOr<v1::Job> JobStore::RetryFailedJob(const std::string& id, const st
 absl::Status JobStore::DeleteJob(const std::string& id) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(auto txn, Transaction::BeginWrite(db_, path_));
-  ASSIGN_OR_RETURN(Statement select,
-                   Statement::Prepare(db_, "SELECT state FROM jobs WHERE id = ?", path_));
-  select.BindText(1, id);
-  ASSIGN_OR_RETURN(bool found, select.Step());
-  if (!found) return absl::NotFoundError(absl::StrCat("job \"", id, "\" not found"));
-  const auto state = static_cast<v1::JobState>(select.Int(0));
+  ASSIGN_OR_RETURN(const v1::JobState state, StateLocked(id));
   if (!IsTerminal(state)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "job \"", id, "\" is ", StateName(state), ": only an ended job can be deleted (cancel it first)"));
   }
-  RETURN_IF_ERROR(select.Reset());
   // The summaries, events and checkpoint records go with it (ON DELETE CASCADE; foreign keys
   // are on for every connection).
   ASSIGN_OR_RETURN(Statement remove,

@@ -251,6 +251,8 @@ class JobStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // OK when the job exists, else NOT_FOUND naming it. REQUIRES: mu_ held.
   absl::Status CheckJobExists(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The job's state; NOT_FOUND for an unknown id.
+  absl::StatusOr<v1::JobState> StateLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // DiscardStepSummariesAfter inside the caller's write transaction; true when it discarded.
   absl::StatusOr<bool> DiscardAfterLocked(const std::string& job_id, int64_t step)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
