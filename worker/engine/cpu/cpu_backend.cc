@@ -89,21 +89,27 @@ void CpuBackend<T>::FreeBytes(void* ptr) {
 
 template <typename T>
 void CpuBackend<T>::CopyToDevice(void* dst, const void* host_src, size_t bytes) {
+  // An empty copy may name no buffer (an empty vector's data() is null; memcpy's arguments must
+  // not be null even for 0 bytes).
+  if (bytes == 0) return;
   std::memcpy(dst, host_src, bytes);
 }
 
 template <typename T>
 void CpuBackend<T>::CopyToHost(void* host_dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
   std::memcpy(host_dst, src, bytes);
 }
 
 template <typename T>
 void CpuBackend<T>::Copy(T* dst, const T* src, size_t n) {
+  if (n == 0) return;
   std::memcpy(dst, src, n * sizeof(T));
 }
 
 template <typename T>
 void CpuBackend<T>::Zero(T* x, size_t n) {
+  if (n == 0) return;
   std::memset(x, 0, n * sizeof(T));
 }
 
