@@ -264,7 +264,8 @@ def _main_table(by):
         if meth == "full-equal-flops" and full:
             share = share * rs[0]["meta"]["steps"] / full[0]["meta"]["steps"]
         br = f"{1 / share:.3f}x fewer" if meth != "full" else "-"
-        quiet = [r for r in rs if _quiet(r) and r["meta"].get("cpu") == cpu]
+        # Without a quiet full-training run there is no ratio, but a quiet run's own time stands.
+        quiet = [r for r in rs if _quiet(r) and (cpu is None or r["meta"].get("cpu") == cpu)]
         wall = statistics.median(r["meta"]["wall_seconds"] for r in quiet) if quiet else None
         wcell = f"{wall:.0f}" if wall else "(no quiet run)"
         wr = (f"{full_wall / wall:.2f}x less" if wall and full_wall and meth != "full" else "-")
