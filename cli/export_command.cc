@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/file_io.h"
 #include "common/status.h"
 #include "worker/engine/checkpoint/safetensors.h"
 #include "worker/engine/checkpoint/checkpoint.h"
@@ -92,11 +93,7 @@ absl::Status ExportHf(const std::string& checkpoint_dir, const std::string& out_
   // The checkpoint's file already is HF GPT-2's layout (names, Conv1D transposes, no lm_head:
   // transformers ties it to wte); its metadata (format "pt", raptr's config, step) is harmless.
   RETURN_IF_ERROR(CopyFile(weights, out_dir + "/model.safetensors"));
-  {
-    std::ofstream out(out_dir + "/config.json", std::ios::trunc);
-    out << Gpt2Config(config);
-    if (!out) return absl::InternalError(absl::StrCat("writing ", out_dir, "/config.json failed"));
-  }
+  RETURN_IF_ERROR(WriteFileAtomically(out_dir + "/config.json", Gpt2Config(config)));
   if (!tokenizer.empty() && Exists(tokenizer)) {
     RETURN_IF_ERROR(CopyFile(tokenizer, out_dir + "/tokenizer.model"));
   }
