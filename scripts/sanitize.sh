@@ -18,6 +18,9 @@ case "$KIND" in
   *) echo "sanitize.sh: unknown kind '$KIND' (asan or tsan)" >&2; exit 2 ;;
 esac
 BUILD_DIR=${RAPTR_SANITIZE_BUILD_DIR:-build-$KIND}
+# Counted before OMP_NUM_THREADS=1 is exported below: coreutils' nproc answers OMP_NUM_THREADS
+# when it is set, which ran every sanitizer test one at a time.
+JOBS=${RAPTR_SANITIZE_JOBS:-$(nproc)}
 # OpenMP: GCC's runtime (libgomp), the one the OpenMP OpenBLAS is linked with, so one process never
 # loads two OpenMP runtimes.
 GOMP=$(gcc -print-file-name=libgomp.so)
@@ -27,7 +30,7 @@ if [[ ! -f "$BUILD_DIR/build.ninja" ]]; then
     -DOpenMP_C_FLAGS=-fopenmp=libgomp -DOpenMP_CXX_FLAGS=-fopenmp=libgomp \
     -DOpenMP_C_LIB_NAMES=gomp -DOpenMP_CXX_LIB_NAMES=gomp -DOpenMP_gomp_LIBRARY="$GOMP" >/dev/null
 fi
-cmake --build "$BUILD_DIR" -- -j"$(nproc)"
+cmake --build "$BUILD_DIR" -- -j"$JOBS"
 export ASAN_OPTIONS=halt_on_error=1:abort_on_error=1:detect_leaks=1:strict_string_checks=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/scripts/tsan.supp"
@@ -56,6 +59,6 @@ fi
 # Sanitized binaries run several times slower: the fault tests' timing targets scale with it.
 export RAPTR_TEST_TIME_SCALE=${RAPTR_TEST_TIME_SCALE:-$([[ "$KIND" == tsan ]] && echo 4 || echo 2)}
 cd "$BUILD_DIR"
-ctest --output-on-failure -j"$(nproc)" \
+ctest --output-on-failure -j"$JOBS" \
   -R '^(coordinator_end_to_end|service_end_to_end|security_end_to_end|fault_end_to_end|monitoring_end_to_end|[A-Z][A-Za-z]*\.[A-Za-z]*)$' \
   -E '^CudaParity\.' "$@"
