@@ -55,16 +55,27 @@ void PrintUsage(std::FILE* out) {
   std::fprintf(out, "\nRun 'raptrctl COMMAND --help' for a command's flags.\n");
 }
 
-// The command whose words are the longest prefix of argv[1..]; nullptr if none.
-const Command* Find(int argc, char** argv) {
+// The command whose words are the longest prefix of argv[at..]; nullptr if none.
+const Command* FindAt(int argc, char** argv, int at) {
   const Command* best = nullptr;
   for (const Command& c : Commands()) {
-    if (static_cast<int>(c.words.size()) > argc - 1) continue;
+    if (static_cast<int>(c.words.size()) > argc - at) continue;
     bool match = true;
-    for (size_t i = 0; i < c.words.size() && match; ++i) match = c.words[i] == argv[1 + i];
+    for (size_t i = 0; i < c.words.size() && match; ++i) match = c.words[i] == argv[at + i];
     if (match && (best == nullptr || c.words.size() > best->words.size())) best = &c;
   }
   return best;
+}
+
+// Flags before the command, as kubectl takes them (`raptrctl --coordinator=H:P list`): the first
+// command after leading flags (and the values of `--flag VALUE`) is the command, and the flags
+// move behind it, where the command's parser reads them. Returns the command's index, or 0.
+int CommandAfterLeadingFlags(int argc, char** argv) {
+  if (argc < 2 || argv[1][0] != '-') return 0;
+  for (int i = 2; i < argc; ++i) {
+    if (FindAt(argc, argv, i) != nullptr) return i;
+  }
+  return 0;
 }
 
 int Main(int argc, char** argv) {
@@ -77,11 +88,28 @@ int Main(int argc, char** argv) {
     PrintUsage(stdout);  // asked for: success, on stdout
     return 0;
   }
-  const Command* cmd = Find(argc, argv);
+  const Command* cmd = FindAt(argc, argv, 1);
+  std::vector<char*> reordered;
+  if (cmd == nullptr) {
+    if (const int at = CommandAfterLeadingFlags(argc, argv); at > 0) {
+      cmd = FindAt(argc, argv, at);
+      const int words = static_cast<int>(cmd->words.size());
+      reordered.push_back(argv[0]);
+      for (int i = at; i < at + words; ++i) reordered.push_back(argv[i]);
+      for (int i = 1; i < at; ++i) reordered.push_back(argv[i]);
+      for (int i = at + words; i < argc; ++i) reordered.push_back(argv[i]);
+      reordered.push_back(nullptr);
+      argv = reordered.data();
+    }
+  }
   if (cmd == nullptr) {
     std::vector<std::string> words;
     for (int i = 1; i < argc && std::strncmp(argv[i], "-", 1) != 0; ++i) words.push_back(argv[i]);
-    std::fprintf(stderr, "raptrctl: unknown command '%s'\n\n", absl::StrJoin(words, " ").c_str());
+    if (words.empty()) {
+      std::fprintf(stderr, "raptrctl: no command (only flags: %s)\n\n", argv[1]);
+    } else {
+      std::fprintf(stderr, "raptrctl: unknown command '%s'\n\n", absl::StrJoin(words, " ").c_str());
+    }
     PrintUsage(stderr);
     return 2;
   }

@@ -77,6 +77,17 @@ grep -q "submit" "$WORK/help.txt" || fail "raptrctl --help printed no commands"
 "$CTL" list --help > /dev/null || fail "raptrctl list --help exited $?"
 "$WORKER" train --help > "$WORK/train-help.txt" || fail "raptr-worker train --help exited $?"
 grep -q -- "--\[no-\]resume" "$WORK/train-help.txt" || fail "train --help: $(head -3 "$WORK/train-help.txt")"
+# Flags before the command (kubectl's habit: `raptrctl --coordinator=H:P list`) mean the same as
+# after it; both forms of a valued flag; a command-less line says what is missing.
+"$CTL" list --coordinator=127.0.0.1:1 --timeout=1 > /dev/null 2> "$WORK/after.err" && fail "list against no coordinator succeeded"
+"$CTL" --coordinator=127.0.0.1:1 --timeout 1 list > /dev/null 2> "$WORK/before.err" && fail "list against no coordinator succeeded"
+cmp -s "$WORK/after.err" "$WORK/before.err" \
+  || fail "flags before the command differ from after it: $(cat "$WORK/before.err") vs $(cat "$WORK/after.err")"
+"$CTL" --markdown methods > "$WORK/methods-before.md" || fail "raptrctl --markdown methods exited $?"
+"$CTL" methods --markdown > "$WORK/methods-after.md" || fail "raptrctl methods --markdown exited $?"
+cmp -s "$WORK/methods-before.md" "$WORK/methods-after.md" || fail "--markdown before methods was not applied"
+if "$CTL" --coordinator=127.0.0.1:1 2> "$WORK/nocmd.err"; then fail "a line with no command succeeded"; fi
+grep -q "no command" "$WORK/nocmd.err" || fail "a line with no command: $(head -1 "$WORK/nocmd.err")"
 cat > "$WORK/complete.sh" <<COMPLETE
 PATH=$BUILD/cli:\$PATH
 source <(raptrctl completion bash)
