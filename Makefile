@@ -1,5 +1,5 @@
 # Convenience targets over scripts/ (the scripts are what CI and the README run).
-.PHONY: all build test bench run deps clean paper paper-report cluster cluster-stop device-bundle
+.PHONY: all build test bench run deps clean paper paper-report cluster cluster-stop device-bundle images
 all: build
 deps:
 	scripts/install-deps.sh
@@ -28,5 +28,11 @@ cluster-stop:
 # (at most 40 MiB) for scripts/device-check.sh; docs/DEVICE_CHECK.md has the device call.
 device-bundle:
 	scripts/device-bundle.sh
+# The three images of deploy/docker, built for real with podman (chroot isolation, vfs storage,
+# a debootstrapped debian:12), then checked from their filesystems and against the Kubernetes
+# overlays; a small job trained by the coordinator and CPU worker images. Needs root, podman and
+# debootstrap; about an hour on 2 cores, too slow for CI (docs/OPERATIONS.md has the last run).
+images:
+	scripts/images.sh
 clean:
 	rm -rf build

@@ -99,6 +99,19 @@ for f in coordinator worker-cpu worker-cuda; do
     || fail "$df.dockerignore is missing or differs from Dockerfile.coordinator.dockerignore"
 done
 
+# (e) make images' scripts (too slow for CI to run, docs/OPERATIONS.md): they still parse, and
+# check_image.py knows every image the Dockerfiles make.
+bash -n "$ROOT/scripts/images.sh" || fail "scripts/images.sh does not parse"
+python3 - "$ROOT" <<'PY' || fail "scripts/check_image.py"
+import ast, sys
+root = sys.argv[1]
+tree = ast.parse(open(f"{root}/scripts/check_image.py").read())
+binaries = next(ast.literal_eval(n.value) for n in tree.body
+                if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "BINARIES")
+for f in ("coordinator", "worker-cpu", "worker-cuda"):
+    assert f in binaries, f"check_image.py: BINARIES has no {f}"
+PY
+
 if [[ $failed -ne 0 ]]; then
   echo "deploy_test: FAILED"
   exit 1

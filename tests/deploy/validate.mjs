@@ -695,7 +695,9 @@ function checkPki(overlay, pods, files, generated) {
 // ---------------------------------------------------------------------------------------------
 // Dockerfiles
 
-function parseDockerfile(text) {
+// Stages of a Dockerfile, with `FROM` names expanded from the global ARGs (those before the first
+// FROM; `args` overrides their defaults, as --build-arg does).
+function parseDockerfile(text, args = {}) {
   const lines = [];
   let cur = "";
   for (const raw of text.split("\n")) {
@@ -712,6 +714,8 @@ function parseDockerfile(text) {
     }
   }
   const stages = [];
+  const global = {};
+  const expand = (v) => v.replace(/\$\{(\w+)\}|\$(\w+)/g, (_, a, b) => global[a ?? b] ?? "");
   for (const l of lines) {
     const m = /^(\S+)\s+(.*)$/.exec(l);
     if (!m) continue;
@@ -719,33 +723,54 @@ function parseDockerfile(text) {
     const rest = m[2];
     if (instr === "FROM") {
       const f = /^(\S+)(?:\s+AS\s+(\S+))?/i.exec(rest);
-      stages.push({ from: f[1], name: f[2], instrs: [] });
+      stages.push({ from: expand(f[1]), name: f[2], instrs: [] });
     } else if (stages.length) stages.at(-1).instrs.push({ instr, rest });
+    else if (instr === "ARG") {
+      const a = /^(\w+)(?:=(.*))?$/.exec(rest.trim());
+      if (a) global[a[1]] = args[a[1]] ?? a[2] ?? "";
+    }
   }
   return stages;
 }
 
+// A stage and the stages it is built FROM, base first.
+function stageChain(stages, last) {
+  const chain = [];
+  for (let s = last; s; s = stages.find((t) => t.name && t.name === s.from)) chain.unshift(s);
+  return chain;
+}
+
 function checkDocker(file, helpDir, packagesFile) {
-  const name = path.basename(file);
-  const stages = parseDockerfile(fs.readFileSync(file, "utf8"));
+  // The CUDA Dockerfile has two toolkit sources (ARG CUDA_SOURCE): check the build each gives.
+  const text = fs.readFileSync(file, "utf8");
+  const sources = /^ARG CUDA_SOURCE=/m.test(text) ? ["apt", "local"] : [undefined];
+  for (const src of sources) checkDockerVariant(file, text, src, helpDir, packagesFile);
+}
+
+function checkDockerVariant(file, text, cudaSource, helpDir, packagesFile) {
+  const name = path.basename(file) + (cudaSource ? ` (CUDA_SOURCE=${cudaSource})` : "");
+  const stages = parseDockerfile(text, cudaSource ? { CUDA_SOURCE: cudaSource } : {});
   const build = stages.find((s) => s.name === "build");
   if (!build) {
     fail(`${name}: no 'FROM ... AS build' stage`);
     return;
   }
   // The build stage (and the stages it is built FROM) run CI's scripts.
-  const chain = [];
-  for (let s = build; s; s = stages.find((t) => t.name && t.name === s.from)) chain.unshift(s);
+  const chain = stageChain(stages, build);
   const runs = chain.flatMap((s) => s.instrs.filter((i) => i.instr === "RUN").map((i) => i.rest));
-  if (!runs.some((r) => /^scripts\/install-deps\.sh\b/.test(r))) fail(`${name}: build stage does not RUN scripts/install-deps.sh`);
-  const buildRun = runs.find((r) => /^scripts\/build\.sh\b/.test(r));
+  const envThen = (script) => new RegExp(`^(?:\\w+=(?:"[^"]*"|\\S+)\\s+)*${script}\\b`);
+  if (!runs.some((r) => envThen("scripts/install-deps\\.sh").test(r))) fail(`${name}: build stage does not RUN scripts/install-deps.sh`);
+  const buildRun = runs.map((r) => r.split(/\s*&&\s*/).slice(-1)[0]).find((r) => envThen("scripts/build\\.sh").test(r));
   if (!buildRun) fail(`${name}: build stage does not RUN scripts/build.sh`);
-  if (name.includes("cuda") && !/-DRAPTR_CUDA=ON/.test(buildRun ?? "")) fail(`${name}: scripts/build.sh without -DRAPTR_CUDA=ON`);
+  if (file.includes("cuda") && !/-DRAPTR_CUDA=ON/.test(buildRun ?? "")) fail(`${name}: scripts/build.sh without -DRAPTR_CUDA=ON`);
   if (!/^debian:12\b/.test(chain[0].from)) fail(`${name}: build stage is not based on debian:12 (CI's system) but ${chain[0].from}`);
 
   const final = stages.at(-1);
   if (final === build) fail(`${name}: not multi-stage (the last stage is the build stage)`);
-  const get = (instr) => final.instrs.filter((i) => i.instr === instr).map((i) => i.rest);
+  const finalChain = stageChain(stages, final);
+  if (!/^debian:12\b/.test(finalChain[0].from)) fail(`${name}: runtime stage is not based on debian:12 but ${finalChain[0].from}`);
+  // USER, ENTRYPOINT, CMD, EXPOSE: the last one along the runtime chain; RUN/COPY: all of them.
+  const get = (instr) => finalChain.flatMap((s) => s.instrs).filter((i) => i.instr === instr).map((i) => i.rest);
   const user = get("USER").at(-1);
   if (!user || /^(0|root)(:|$)/.test(user)) fail(`${name}: final stage does not run as a non-root USER`);
   const json = (instr) => {
@@ -771,6 +796,8 @@ function checkDocker(file, helpDir, packagesFile) {
   if (binary === "raptr-worker") checkWorkerBackend(`${name} ENTRYPOINT/CMD`, args, name.includes("cuda"));
   const copies = get("COPY").join("\n");
   if (!new RegExp(`--from=build\\s+\\S*/${binary}\\s`).test(copies)) fail(`${name}: does not COPY --from=build the ${binary} binary`);
+  const targets = /RAPTR_BUILD_TARGETS=(?:"([^"]*)"|(\S+))/.exec(buildRun ?? "");
+  if (targets && !(targets[1] ?? targets[2]).split(/\s+/).includes(binary)) fail(`${name}: RAPTR_BUILD_TARGETS does not build ${binary}`);
 
   const exposed = new Set(get("EXPOSE").flatMap((e) => e.split(/\s+/)).map((p) => Number(p.split("/")[0])));
   const listened = ["--listen", "--metrics-listen"].map((f) => flagValue(args, f)).filter(Boolean);
@@ -785,7 +812,8 @@ function checkDocker(file, helpDir, packagesFile) {
   // Runtime packages: every Debian package behind `ldd` of the binary is installed explicitly.
   if (packagesFile) {
     const installed = new Set(
-      final.instrs
+      finalChain
+        .flatMap((s) => s.instrs)
         .filter((i) => i.instr === "RUN" && /apt-get install/.test(i.rest))
         .flatMap((i) => i.rest.split(/\s+/)),
     );
@@ -797,12 +825,16 @@ function checkDocker(file, helpDir, packagesFile) {
   }
   // The CUDA worker loads cuBLAS/cuBLASLt at run time (cudart is static): NVIDIA's packages are
   // not Debian's, so ldd above cannot name them.
-  if (name.includes("cuda")) {
-    const runs = final.instrs.filter((i) => i.instr === "RUN" && /apt-get install/.test(i.rest)).map((i) => i.rest).join(" ");
+  // raptr-worker links NCCL when the build finds it (cmake/Nccl.cmake): the data-parallel
+  // all-reduce of CUDA workers. From a local toolkit the same libraries are copied in.
+  if (cudaSource === "apt") {
+    const runs = get("RUN").filter((r) => /apt-get install/.test(r)).join(" ");
     if (!/\blibcublas-(\$\{CUDA_VERSION\}|\d+-\d+)(\s|$)/.test(runs)) fail(`${name}: runtime stage does not install cuBLAS (libcublas-<cuda version>)`);
-    // raptr-worker links NCCL when the build finds it (cmake/Nccl.cmake): the data-parallel
-    // all-reduce of CUDA workers.
     if (!/\blibnccl2(\s|$)/.test(runs)) fail(`${name}: runtime stage does not install NCCL (libnccl2)`);
+  } else if (cudaSource === "local") {
+    for (const lib of ["libcublas.so.13", "libcublasLt.so.13", "libnccl.so.2"]) {
+      if (!new RegExp(`--from=cuda-toolkit\\s.*\\b${lib.replace(/\./g, "\\.")}(\\s|$)`).test(copies)) fail(`${name}: runtime stage does not COPY ${lib} from the toolkit`);
+    }
   }
   console.log(`${name}: ${stages.length} stages, ${binary} ${args.join(" ")}`);
 }
