@@ -117,4 +117,20 @@ grep -q "NOT_FOUND" "$WORK/deleted-get.err" || fail "get of a deleted job: $(cat
 "$CTL" list > "$WORK/list-after-delete.txt"
 ! grep -q "^$JOB " "$WORK/list-after-delete.txt" || fail "a deleted job is still listed"
 "$CTL" get "$LATER" > /dev/null || fail "delete took another job with it"
+# raptrctl top --once with a busy worker: its job, rank and tokens/s, and the job's progress.
+"$CTL" cancel "$WAITING" > /dev/null
+BUSY=$("$CTL" submit -f "$(spec exp-busy 100000 1 1)") || fail "submit a long job"
+shown=""
+for _ in $(seq 1 100); do
+  "$CTL" top --once > "$WORK/top-busy.txt" 2>&1 || fail "top: $(cat "$WORK/top-busy.txt")"
+  if grep -Eq "^w1 +cpu +busy +$BUSY +0 +[1-9][0-9]* " "$WORK/top-busy.txt" \
+     && grep -Eq "^$BUSY +exp-busy +RUNNING +[1-9][0-9]*/100000 " "$WORK/top-busy.txt"; then
+    shown=1
+    break
+  fi
+  sleep 0.2
+done
+[[ -n $shown ]] || fail "top never showed w1 busy on $BUSY with a rate: $(cat "$WORK/top-busy.txt")"
+grep -q "workers 1 (1 busy)  active jobs 1" "$WORK/top-busy.txt" || fail "top's header: $(head -1 "$WORK/top-busy.txt")"
+"$CTL" cancel "$BUSY" > /dev/null
 echo "PASS: export"
