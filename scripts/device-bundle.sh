@@ -22,7 +22,10 @@
 #                   PyTorch's nvidia-* wheels) provides them, and the runner finds them
 #   lib-fallback/   libstdc++ and libgcc_s, used there only if the machine's own are missing
 #   tools/compute-sanitizer/  only if this machine has one and the bundle stays under the limit
-#   scripts/        device-check.sh and torch_step_bench.py as of this build
+#   scripts/        device-check.sh and torch_step_bench.py as of this build; parity/ with
+#                   check_export.py (and the reference it imports) for the export fixture
+#   export-hf/      `raptrctl export --format hf` of a small trained GPT (hf/config.json,
+#                   hf/model.safetensors), a batch and raptr's logits on it (issue 15)
 #   BUILD_INFO, MANIFEST.sha256
 # Fails if the tgz is over DEVICE_BUNDLE_LIMIT_MIB (default 40 MiB): the whole call (tree +
 # carried paths) may be 64 MiB.
@@ -98,6 +101,45 @@ for f in "$DEV"/lib/* "$DEV"/lib-fallback/*; do
 done
 cp scripts/device-check.sh "$DEV/scripts/"
 cp tests/parity/torch_step_bench.py "$DEV/scripts/"
+
+# ---- the export fixture (issue 15): `raptrctl export --format hf` of a small trained GPT, with
+# raptr's logits on one batch, for the GPU machine to load with transformers' GPT2LMHeadModel
+# (transformers is not a Debian package: it is only there). Made here by the bundle's own
+# raptr-worker (CPU backend) and raptrctl, as tests/integration/export_test.sh does.
+FIX=$DEV/export-hf
+if [[ -x "$BUILD/worker/raptr-worker" && -x "$BUILD/cli/raptrctl" ]]; then
+  say "making the export fixture (3 blocks, d 32, 12 steps)"
+  fix_tmp=$(mktemp -d)
+  # shellcheck source=tests/integration/small_corpus.sh
+  source tests/integration/small_corpus.sh
+  small_corpus "$BUILD/cli/raptrctl" "$fix_tmp" || die "export fixture: data prepare failed"
+  OMP_NUM_THREADS=1 "$BUILD/worker/raptr-worker" train --data "$fix_tmp/data" --layers 3 --d-model 32 \
+    --heads 2 --seq 32 --batch 4 --steps 12 --eval-every 0 --log-every 0 --run-dir "$fix_tmp/run" \
+    > "$fix_tmp/train.log" 2>&1 || die "export fixture: training failed ($(tail -3 "$fix_tmp/train.log"))"
+  mkdir -p "$FIX"
+  "$BUILD/cli/raptrctl" export --checkpoint "$fix_tmp/run/checkpoints/$(cat "$fix_tmp/run/checkpoints/LATEST")" \
+    --format hf -o "$FIX/hf" > /dev/null || die "export fixture: raptrctl export failed"
+  /usr/bin/python3 - "$fix_tmp/data/val.bin" "$FIX/batch.safetensors" <<'PY' || die "export fixture: batch"
+import sys
+import numpy as np
+sys.path.insert(0, "tests/parity")
+import st
+tokens = np.fromfile(sys.argv[1], dtype="<u2", offset=256 * 4)[:2 * 32 + 1].astype(np.int32)
+st.save(sys.argv[2], {"inputs": np.stack([tokens[0:32], tokens[32:64]]),
+                      "targets": np.stack([tokens[1:33], tokens[33:65]])})
+PY
+  OMP_NUM_THREADS=1 "$BUILD/worker/raptr-worker" debug-step --weights "$FIX/hf/model.safetensors" \
+    --batch "$FIX/batch.safetensors" --layers 3 --d-model 32 --heads 2 --vocab 300 --max-seq 32 \
+    --out "$FIX/raptr.safetensors" > /dev/null 2>&1 || die "export fixture: debug-step failed"
+  # Proven here against the PyTorch reference before it travels.
+  /usr/bin/python3 tests/parity/check_export.py "$FIX/hf" "$FIX/raptr.safetensors" "$FIX/batch.safetensors" \
+    || die "export fixture: the reference check failed here"
+  mkdir -p "$DEV/scripts/parity"
+  cp tests/parity/check_export.py tests/parity/st.py tests/parity/torch_model.py "$DEV/scripts/parity/"
+  rm -rf "$fix_tmp"
+else
+  say "WARNING: no raptr-worker/raptrctl in the bundle: no export fixture (the transformers check will skip)"
+fi
 
 # ---- compute-sanitizer (if this machine has one) ----------------------------------------------
 SAN=${COMPUTE_SANITIZER:-}

@@ -290,6 +290,30 @@ main() {
     esac
   fi
 
+  # ---- issue 15: the export loads in Hugging Face transformers -------------------------------
+  # The bundle's export fixture (`raptrctl export --format hf` of a small trained GPT) through
+  # transformers' own GPT2LMHeadModel.from_pretrained; its logits must be raptr's. No GPU needed,
+  # but transformers is only on this machine.
+  section "export: transformers GPT2LMHeadModel loads raptrctl's hf export"
+  if [[ ! -f "$DEV/export-hf/hf/config.json" || ! -f "$DEV/scripts/parity/check_export.py" ]]; then
+    record export "transformers loads the export" SKIPPED 0 "no export fixture in the bundle"
+  elif ! fits 20; then
+    record export "transformers loads the export" SKIPPED 0 "budget (needs ~20s)"
+  else
+    local t=$SECONDS rc
+    timeout -k 5 "$(cap 90)" "$PYTHON" "$DEV/scripts/parity/check_export.py" --transformers \
+      "$DEV/export-hf/hf" "$DEV/export-hf/raptr.safetensors" "$DEV/export-hf/batch.safetensors" \
+      >"$TMP/export.out" 2>&1
+    rc=$?
+    cat "$TMP/export.out"
+    case $rc in
+      0) record export "transformers loads the export" ok $((SECONDS - t)) "$(grep '^PASS: transformers' "$TMP/export.out")" ;;
+      3) record export "transformers loads the export" SKIPPED $((SECONDS - t)) "transformers is not installed here" ;;
+      124 | 137) record export "transformers loads the export" "TIMED OUT" $((SECONDS - t)) "cut" ;;
+      *) record export "transformers loads the export" FAILED $((SECONDS - t)) "rc=$rc: $(tail -1 "$TMP/export.out")" ;;
+    esac
+  fi
+
   # ---- raptr benchmarks --------------------------------------------------------------------
   section "cuda_bench: GPT-2 124M, T=1024, paths of 6, 9 and 12 blocks"
   : >"$OUT/bench.jsonl"

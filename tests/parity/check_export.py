@@ -6,7 +6,12 @@ tensors of model.safetensors, by the PyTorch reference (torch_model.RefModel, wh
 GPT-2's conventions: Conv1D weights (in, out), fused c_attn, the head tied to wte), and its logits
 must match raptr's own for the same weights and batch (`raptr-worker debug-step` output).
 
-  check_export.py EXPORT_DIR DEBUG_STEP_OUT.safetensors BATCH.safetensors
+  check_export.py [--transformers] EXPORT_DIR DEBUG_STEP_OUT.safetensors BATCH.safetensors
+
+--transformers: also load the directory with Hugging Face transformers' own
+GPT2LMHeadModel.from_pretrained (installed on the GPU machine, not here: scripts/device-check.sh
+runs this on the export fixture scripts/device-bundle.sh makes) and check its logits too; exits 3
+when transformers is not importable.
 """
 import json
 import os
@@ -22,8 +27,31 @@ from torch_model import RefModel  # noqa: E402
 GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "erf"}
 
 
+def check_transformers(export, inputs, want):
+    """Hugging Face's own loader and model over the export: what a user of the export runs."""
+    try:
+        import transformers
+    except ImportError:
+        print("SKIP: transformers is not installed")
+        sys.exit(3)
+    model = transformers.GPT2LMHeadModel.from_pretrained(export, torch_dtype=torch.float32).eval()
+    got = model(torch.from_numpy(inputs.astype(np.int64))).logits.double().numpy()
+    err = np.max(np.abs(got - want)) / max(1e-12, np.max(np.abs(want)))
+    # Both in float32, different operation orders: float32 rounding over a few blocks.
+    if not err < 1e-4:
+        sys.exit(f"FAIL: transformers {transformers.__version__} GPT2LMHeadModel's logits differ "
+                 f"from raptr's by {err:.3g} (relative max)")
+    print(f"PASS: transformers {transformers.__version__} GPT2LMHeadModel.from_pretrained loads "
+          f"the export unchanged; logits match raptr's to {err:.2e}")
+
+
 def main():
-    export, raptr_out, batch = sys.argv[1:4]
+    args = sys.argv[1:]
+    with_transformers = "--transformers" in args
+    args = [a for a in args if a != "--transformers"]
+    if len(args) != 3:
+        sys.exit(__doc__)
+    export, raptr_out, batch = args
     with open(os.path.join(export, "config.json")) as f:
         config = json.load(f)
     problems = []
@@ -62,6 +90,8 @@ def main():
         sys.exit(f"FAIL: exported model's logits differ from raptr's by {err:.3g} (relative max)")
     print(f"PASS: export loads from config.json alone; logits match raptr's to {err:.2e} "
           f"({config['n_layer']} blocks, d {config['n_embd']}, vocab {config['vocab_size']})")
+    if with_transformers:
+        check_transformers(export, tensors["inputs"], want)
 
 
 if __name__ == "__main__":
