@@ -17,7 +17,20 @@ if(RAPTR_WITH_CUDA)
     set(CMAKE_CUDA_ARCHITECTURES 90)  # Hopper (H100/H200), the GPUs we deploy on.
   endif()
   enable_language(CUDA)
-  find_package(CUDAToolkit REQUIRED)
+  # Debian 12's CMake 3.25.1 FindCUDAToolkit sets a DEPRECATION property on CUDA::nvToolsExt
+  # without checking that the target exists (fixed upstream in 3.25.2), and CUDA 13 ships no
+  # libnvToolsExt: the stock module fails ("set_property could not find TARGET
+  # CUDA::nvToolsExt"; make images found it, this machine's copy of the module is patched). It
+  # does so only for projects that require CMake >= 3.25, so the find runs as if this one
+  # required 3.24 (the variable alone: policies are unchanged).
+  if(CMAKE_VERSION VERSION_LESS 3.25.2)
+    set(_raptr_min_required ${CMAKE_MINIMUM_REQUIRED_VERSION})
+    set(CMAKE_MINIMUM_REQUIRED_VERSION 3.24)
+    find_package(CUDAToolkit REQUIRED)
+    set(CMAKE_MINIMUM_REQUIRED_VERSION ${_raptr_min_required})
+  else()
+    find_package(CUDAToolkit REQUIRED)
+  endif()
   message(STATUS "raptr: CUDA enabled (${CMAKE_CUDA_COMPILER}, arch ${CMAKE_CUDA_ARCHITECTURES})")
 else()
   message(STATUS "raptr: CUDA disabled")
