@@ -31,7 +31,8 @@ device-bundle:
 # The three images of deploy/docker, built for real with podman (chroot isolation, vfs storage,
 # a debootstrapped debian:12), then checked from their filesystems and against the Kubernetes
 # overlays; a small job trained by the coordinator and CPU worker images. Needs root, podman and
-# debootstrap; about an hour on 2 cores, too slow for CI (docs/OPERATIONS.md has the last run).
+# debootstrap; about 30 minutes on 2 cores, 17 GB of disk at its peak: too slow for CI
+# (docs/OPERATIONS.md has the last run).
 images:
 	scripts/images.sh
 clean:
