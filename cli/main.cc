@@ -1,4 +1,5 @@
 // raptrctl entry point: dispatches on the leading command words to a subcommand handler.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -68,8 +69,7 @@ const Command* FindAt(int argc, char** argv, int at) {
 }
 
 // Flags before the command, as kubectl takes them (`raptrctl --coordinator=H:P list`): the first
-// command after leading flags (and the values of `--flag VALUE`) is the command, and the flags
-// move behind it, where the command's parser reads them. Returns the command's index, or 0.
+// command after leading flags (and the values of `--flag VALUE`) is the command. Its index, or 0.
 int CommandAfterLeadingFlags(int argc, char** argv) {
   if (argc < 2 || argv[1][0] != '-') return 0;
   for (int i = 2; i < argc; ++i) {
@@ -88,20 +88,16 @@ int Main(int argc, char** argv) {
     PrintUsage(stdout);  // asked for: success, on stdout
     return 0;
   }
-  const Command* cmd = FindAt(argc, argv, 1);
+  // The leading flags move behind the command words, where the command's parser reads them.
   std::vector<char*> reordered;
-  if (cmd == nullptr) {
-    if (const int at = CommandAfterLeadingFlags(argc, argv); at > 0) {
-      cmd = FindAt(argc, argv, at);
-      const int words = static_cast<int>(cmd->words.size());
-      reordered.push_back(argv[0]);
-      for (int i = at; i < at + words; ++i) reordered.push_back(argv[i]);
-      for (int i = 1; i < at; ++i) reordered.push_back(argv[i]);
-      for (int i = at + words; i < argc; ++i) reordered.push_back(argv[i]);
-      reordered.push_back(nullptr);
-      argv = reordered.data();
-    }
+  if (const int at = CommandAfterLeadingFlags(argc, argv); at > 0) {
+    reordered.assign(argv, argv + argc);
+    std::rotate(reordered.begin() + 1, reordered.begin() + at,
+                reordered.begin() + at + FindAt(argc, argv, at)->words.size());
+    reordered.push_back(nullptr);
+    argv = reordered.data();
   }
+  const Command* cmd = FindAt(argc, argv, 1);
   if (cmd == nullptr) {
     std::vector<std::string> words;
     for (int i = 1; i < argc && std::strncmp(argv[i], "-", 1) != 0; ++i) words.push_back(argv[i]);

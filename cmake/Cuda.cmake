@@ -23,14 +23,12 @@ if(RAPTR_WITH_CUDA)
   # CUDA::nvToolsExt"; make images found it, this machine's copy of the module is patched). It
   # does so only for projects that require CMake >= 3.25, so the find runs as if this one
   # required 3.24 (the variable alone: policies are unchanged).
+  set(_raptr_min_required ${CMAKE_MINIMUM_REQUIRED_VERSION})
   if(CMAKE_VERSION VERSION_LESS 3.25.2)
-    set(_raptr_min_required ${CMAKE_MINIMUM_REQUIRED_VERSION})
     set(CMAKE_MINIMUM_REQUIRED_VERSION 3.24)
-    find_package(CUDAToolkit REQUIRED)
-    set(CMAKE_MINIMUM_REQUIRED_VERSION ${_raptr_min_required})
-  else()
-    find_package(CUDAToolkit REQUIRED)
   endif()
+  find_package(CUDAToolkit REQUIRED)
+  set(CMAKE_MINIMUM_REQUIRED_VERSION ${_raptr_min_required})
   message(STATUS "raptr: CUDA enabled (${CMAKE_CUDA_COMPILER}, arch ${CMAKE_CUDA_ARCHITECTURES})")
 else()
   message(STATUS "raptr: CUDA disabled")

@@ -7,9 +7,5 @@ BUILD_DIR=${RAPTR_BUILD_DIR:-build}
 if [[ ! -f "$BUILD_DIR/build.ninja" ]]; then
   cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
 fi
-if [[ -n ${RAPTR_BUILD_TARGETS:-} ]]; then
-  # shellcheck disable=SC2086  # a list of target names
-  cmake --build "$BUILD_DIR" --target ${RAPTR_BUILD_TARGETS} -- -j"$(nproc)"
-else
-  cmake --build "$BUILD_DIR" -- -j"$(nproc)"
-fi
+# shellcheck disable=SC2086  # a list of target names
+cmake --build "$BUILD_DIR" ${RAPTR_BUILD_TARGETS:+--target $RAPTR_BUILD_TARGETS} -- -j"$(nproc)"
