@@ -160,26 +160,39 @@ def http_get(url, timeout=2):
         return r.status, r.read().decode()
 
 
+def wait_healthz(proc, port, what, seconds=30):
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200:
+                return True
+        except OSError:
+            time.sleep(0.3)
+    fail(f"{what} did not answer /healthz within {seconds} s"
+         + (f" (exited {proc.returncode}: {proc.stdout.read()[-600:]})" if proc.poll() is not None else ""))
+    return False
+
+
+def stop(proc, what, seconds, want_exit_0=False):
+    """SIGTERM, then SIGKILL after `seconds`; a process that needed the kill is a failure."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        fail(f"{what} did not exit within {seconds} s of SIGTERM")
+        return
+    if want_exit_0 and proc.returncode != 0:
+        fail(f"{what} exited {proc.returncode} on SIGTERM")
+
+
 def smoke_coordinator(rootfs, user):
     grpc, metrics = free_port(), free_port()
     proc = in_image(rootfs, user, [
         "/usr/local/bin/raptr-coordinator", f"--listen=127.0.0.1:{grpc}", f"--metrics-listen=127.0.0.1:{metrics}",
         "--store=/var/lib/raptr/coordinator.db", "--checkpoint-dir=/tmp/checkpoints"], background=True)
     try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                status, _ = http_get(f"http://127.0.0.1:{metrics}/healthz")
-                if status == 200:
-                    break
-            except OSError:
-                time.sleep(0.3)
-            if proc.poll() is not None:
-                break
-        else:
-            fail("the coordinator did not answer /healthz within 30 s")
-        if proc.poll() is not None:
-            fail(f"the coordinator exited {proc.returncode}: {proc.stdout.read()[-600:]}")
+        if not wait_healthz(proc, metrics, "the coordinator"):
             return
         _, text = http_get(f"http://127.0.0.1:{metrics}/metrics")
         if "raptr_" not in text:
@@ -194,15 +207,7 @@ def smoke_coordinator(rootfs, user):
             ok(f"coordinator serves /healthz, /metrics ({text.count(chr(10))} lines), raptrctl list "
                f"over gRPC; sqlite3 {r2.stdout.split()[0]}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            fail("the coordinator did not exit within 20 s of SIGTERM")
-        else:
-            if proc.returncode != 0:
-                fail(f"the coordinator exited {proc.returncode} on SIGTERM")
+        stop(proc, "the coordinator", 20, want_exit_0=True)
 
 
 def smoke_cuda_worker(rootfs, user):
@@ -233,19 +238,6 @@ schedule:
     fixed_layers: [0, 3]
 resources: {min_workers: 1, max_workers: 1, backend: cpu}
 """
-
-
-def wait_healthz(proc, port, what, seconds=30):
-    deadline = time.time() + seconds
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200:
-                return True
-        except OSError:
-            time.sleep(0.3)
-    fail(f"{what} did not answer /healthz within {seconds} s"
-         + (f" (exited {proc.returncode}: {proc.stdout.read()[-600:]})" if proc.poll() is not None else ""))
-    return False
 
 
 def job_smoke(coord_rootfs, worker_rootfs, user, data, work):
@@ -303,15 +295,9 @@ def job_smoke(coord_rootfs, worker_rootfs, user, data, work):
         ok(f"job {job} SUCCEEDED {time.time() - t0:.1f} s after submit (40 steps, RaPTr paths 2 then 4 of 4 blocks); "
            f"checkpoints {saved}; worker metrics steps {steps.group(1) if steps else '?'}")
     finally:
-        for p, what in ((worker, "worker"), (coord, "coordinator")):
-            if p is None:
-                continue
-            p.terminate()
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                fail(f"the {what} did not exit within 30 s of SIGTERM")
+        for p, what in ((worker, "the worker"), (coord, "the coordinator")):
+            if p is not None:
+                stop(p, what, 30)
 
 
 def main():
