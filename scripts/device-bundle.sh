@@ -113,24 +113,11 @@ if [[ -x "$BUILD/worker/raptr-worker" && -x "$BUILD/cli/raptrctl" ]]; then
   # shellcheck source=tests/integration/small_corpus.sh
   source tests/integration/small_corpus.sh
   small_corpus "$BUILD/cli/raptrctl" "$fix_tmp" || die "export fixture: data prepare failed"
-  OMP_NUM_THREADS=1 "$BUILD/worker/raptr-worker" train --data "$fix_tmp/data" --layers 3 --d-model 32 \
-    --heads 2 --seq 32 --batch 4 --steps 12 --eval-every 0 --log-every 0 --run-dir "$fix_tmp/run" \
-    > "$fix_tmp/train.log" 2>&1 || die "export fixture: training failed ($(tail -3 "$fix_tmp/train.log"))"
+  # shellcheck source=tests/integration/export_fixture.sh
+  source tests/integration/export_fixture.sh
+  export_fixture "$BUILD/worker/raptr-worker" "$BUILD/cli/raptrctl" "$PWD" "$fix_tmp" || die "export fixture failed"
   mkdir -p "$FIX"
-  "$BUILD/cli/raptrctl" export --checkpoint "$fix_tmp/run/checkpoints/$(cat "$fix_tmp/run/checkpoints/LATEST")" \
-    --format hf -o "$FIX/hf" > /dev/null || die "export fixture: raptrctl export failed"
-  /usr/bin/python3 - "$fix_tmp/data/val.bin" "$FIX/batch.safetensors" <<'PY' || die "export fixture: batch"
-import sys
-import numpy as np
-sys.path.insert(0, "tests/parity")
-import st
-tokens = np.fromfile(sys.argv[1], dtype="<u2", offset=256 * 4)[:2 * 32 + 1].astype(np.int32)
-st.save(sys.argv[2], {"inputs": np.stack([tokens[0:32], tokens[32:64]]),
-                      "targets": np.stack([tokens[1:33], tokens[33:65]])})
-PY
-  OMP_NUM_THREADS=1 "$BUILD/worker/raptr-worker" debug-step --weights "$FIX/hf/model.safetensors" \
-    --batch "$FIX/batch.safetensors" --layers 3 --d-model 32 --heads 2 --vocab 300 --max-seq 32 \
-    --out "$FIX/raptr.safetensors" > /dev/null 2>&1 || die "export fixture: debug-step failed"
+  mv "$fix_tmp/hf" "$fix_tmp/batch.safetensors" "$fix_tmp/raptr.safetensors" "$FIX/"
   # Proven here against the PyTorch reference before it travels.
   /usr/bin/python3 tests/parity/check_export.py "$FIX/hf" "$FIX/raptr.safetensors" "$FIX/batch.safetensors" \
     || die "export fixture: the reference check failed here"

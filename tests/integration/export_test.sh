@@ -12,33 +12,17 @@ WORK=$(mktemp -d)
 trap 'stop_all; rm -rf "$WORK"' EXIT
 source "$SRC/tests/integration/service_lib.sh"
 source "$SRC/tests/integration/small_corpus.sh"
+source "$SRC/tests/integration/export_fixture.sh"
 PY=/usr/bin/python3
 small_corpus "$CTL" "$WORK" || fail "data prepare"
 MODEL=(--layers 3 --d-model 32 --heads 2)
 
-# A checkpoint from local training, exported by path.
-OMP_NUM_THREADS=1 "$WORKER" train --data "$WORK/data" "${MODEL[@]}" --seq 32 --batch 4 --steps 12 \
-  --eval-every 0 --log-every 0 --run-dir "$WORK/run" > "$WORK/train.log" 2>&1 || fail "train"
+# A checkpoint from local training, exported by path, with raptr's logits for the exported
+# weights on one batch (tests/integration/export_fixture.sh), against the reference's from
+# config.json.
+export_fixture "$WORKER" "$CTL" "$SRC" "$WORK" || fail "export fixture"
 LOCAL_CKPT=$WORK/run/checkpoints/$(cat "$WORK/run/checkpoints/LATEST")
-"$CTL" export --checkpoint "$LOCAL_CKPT" --format hf -o "$WORK/hf" > "$WORK/export.out" 2>&1 \
-  || fail "export --checkpoint: $(cat "$WORK/export.out")"
 [[ -f "$WORK/hf/config.json" && -f "$WORK/hf/model.safetensors" ]] || fail "export wrote $(ls "$WORK/hf")"
-
-# raptr's logits for the exported weights on one batch, against the reference's from config.json.
-SRC_PARITY=$SRC/tests/parity "$PY" - "$WORK" <<'PY' || fail "batch"
-import os, sys
-import numpy as np
-sys.path.insert(0, os.environ["SRC_PARITY"])
-import st
-raw = np.fromfile(sys.argv[1] + "/data/val.bin", dtype="<u2", offset=256 * 4)
-tokens = raw[:2 * 32 + 1].astype(np.int32)
-inputs = np.stack([tokens[0:32], tokens[32:64]])
-targets = np.stack([tokens[1:33], tokens[33:65]])
-st.save(sys.argv[1] + "/batch.safetensors", {"inputs": inputs, "targets": targets})
-PY
-OMP_NUM_THREADS=1 "$WORKER" debug-step --weights "$WORK/hf/model.safetensors" \
-  --batch "$WORK/batch.safetensors" "${MODEL[@]}" --vocab 300 --max-seq 32 \
-  --out "$WORK/raptr.safetensors" > "$WORK/debug.log" 2>&1 || fail "debug-step: $(cat "$WORK/debug.log")"
 "$PY" "$SRC/tests/parity/check_export.py" "$WORK/hf" "$WORK/raptr.safetensors" \
   "$WORK/batch.safetensors" || fail "the exported model does not compute raptr's logits"
 
